@@ -1,0 +1,258 @@
+//! The shared vocabulary of raftsql: values, rows, schemas, the replicated log entry
+//! ([`ChangeSet`]) and the [`ReadView`] through which SQL reads data.
+//!
+//! This module imports no other raftsql module. Everything here is either replicated (it travels
+//! inside Raft log entries and snapshots, so its serde form is a wire format) or a seam between
+//! layers.
+//!
+//! # The log is logical and row-based (design.md §2)
+//!
+//! A [`ChangeSet`] carries the *effects* of a batch of requests, never their statements: full row
+//! images keyed by primary key (or by the hidden row id the leader assigned), DDL with the full
+//! schema, and for each request its id and per-statement outcome. Applying it is mechanical and
+//! deterministic: every node that applies the same entries holds the same rows, whatever clock,
+//! random source or evaluation order the leader had. All validation happened on the leader.
+//!
+//! Compatibility: every entry carries [`ChangeSet::version`]. A node must be able to apply every
+//! version it may find in its log or in a snapshot; new fields are added only as new enum variants
+//! or under a new version number.
+
+use serde::{Deserialize, Serialize};
+use std::ops::Bound;
+
+/// The format version written into every [`ChangeSet`] this build produces.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// A single SQL value. `Integer` is 64-bit; `Real` is an IEEE double.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Boolean(bool),
+}
+
+/// A full row image: one value per column of the table, in column order.
+pub type Row = Vec<Value>;
+
+/// A primary-key tuple: the values of the primary-key columns in key order, or
+/// `[Value::Integer(rowid)]` for a table without a declared primary key.
+pub type Key = Vec<Value>;
+
+/// Declared column types (SQL spellings are mapped onto these by `sql`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DataType {
+    Integer,
+    Real,
+    Text,
+    Blob,
+    Boolean,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub data_type: DataType,
+    pub nullable: bool,
+    /// The DEFAULT expression as SQL text, evaluated by the leader when a row is inserted (so
+    /// `CURRENT_TIMESTAMP` reaches followers as a constant inside the row image).
+    pub default: Option<String>,
+}
+
+/// A secondary index. UNIQUE column constraints are implemented as unique indexes too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexSchema {
+    pub name: String,
+    pub table: String,
+    /// Positions of the indexed columns in the table's column list.
+    pub columns: Vec<usize>,
+    pub unique: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Positions of the primary-key columns, in key order. Empty: the table has no declared
+    /// primary key and rows are keyed by a hidden row id the leader assigns.
+    pub primary_key: Vec<usize>,
+    /// The table's secondary indexes, maintained by apply.
+    pub indexes: Vec<IndexSchema>,
+}
+
+impl TableSchema {
+    /// The position of a column, by case-insensitive name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The key of `row` under this schema. For tables with a hidden row id the key is not part
+    /// of the row, so this returns `None`.
+    pub fn key_of(&self, row: &Row) -> Option<Key> {
+        if self.primary_key.is_empty() {
+            return None;
+        }
+        Some(self.primary_key.iter().map(|&i| row[i].clone()).collect())
+    }
+}
+
+/// One effect of a statement. Row changes carry full row images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    CreateTable(TableSchema),
+    DropTable {
+        table: String,
+    },
+    /// Adds the index to the table's schema and builds it over the existing rows.
+    CreateIndex(IndexSchema),
+    DropIndex {
+        table: String,
+        index: String,
+    },
+    /// Stores `row` under `key` (no row exists there before, by the leader's validation).
+    Insert {
+        table: String,
+        key: Key,
+        row: Row,
+    },
+    /// Replaces the row stored under `key` with `row`; the row's key is unchanged (a primary-key
+    /// change is a `Delete` followed by an `Insert`).
+    Update {
+        table: String,
+        key: Key,
+        row: Row,
+    },
+    Delete {
+        table: String,
+        key: Key,
+    },
+}
+
+/// Identifies a client request for exactly-once execution: a client id and a sequence number
+/// that the client increases by one per new request (retries reuse it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client_id: String,
+    pub seq: u64,
+}
+
+/// What kind of failure a statement met; maps one-to-one onto the client `ErrorCode`s that
+/// statement errors can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    Syntax,
+    Unsupported,
+    Type,
+    Constraint,
+    NotFound,
+    /// Any other deterministic evaluation error (e.g. division by zero where it is an error).
+    Invalid,
+}
+
+/// A statement's failure, as recorded in the log and returned to the client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatementError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// 1-based line and column in the statement text, where known (syntax errors).
+    pub position: Option<(u32, u32)>,
+}
+
+/// A statement's result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatementResult {
+    /// Column names of `rows` (empty for statements that return none).
+    pub columns: Vec<String>,
+    /// Rows returned (SELECT, or RETURNING).
+    pub rows: Vec<Row>,
+    pub rows_affected: u64,
+    /// The key of the last row inserted into a table with an integer key, if any.
+    pub last_insert_id: Option<i64>,
+}
+
+pub type StatementOutcome = Result<StatementResult, StatementError>;
+
+/// The effects of one client request inside a batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestEffects {
+    pub request_id: Option<RequestId>,
+    /// Row and schema changes, in the order they must be applied.
+    pub changes: Vec<Change>,
+    /// One outcome per statement, recorded so that a retry gets the original answer.
+    pub outcomes: Vec<StatementOutcome>,
+}
+
+/// The replicated log entry: the effects of one batch of requests evaluated by the sequencer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeSet {
+    pub version: u16,
+    /// Set once, by the first leader: the cluster id that session tokens carry.
+    pub init_cluster_id: Option<String>,
+    pub requests: Vec<RequestEffects>,
+}
+
+impl ChangeSet {
+    pub fn new(requests: Vec<RequestEffects>) -> Self {
+        ChangeSet { version: FORMAT_VERSION, init_cluster_id: None, requests }
+    }
+}
+
+impl std::fmt::Display for ChangeSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let changes: usize = self.requests.iter().map(|r| r.changes.len()).sum();
+        write!(f, "ChangeSet(v{}, {} requests, {} changes)", self.version, self.requests.len(), changes)
+    }
+}
+
+/// What the state machine returns for an applied entry. Empty unless apply found a request id
+/// already recorded (a retry that raced its original): then its changes were skipped and the
+/// originally recorded outcomes are returned instead, by position in `ChangeSet::requests`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub duplicates: Vec<(usize, Vec<StatementOutcome>)>,
+}
+
+/// The per-client exactly-once record kept by the state machine: the highest applied sequence
+/// number and its outcomes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub seq: u64,
+    pub outcomes: Vec<StatementOutcome>,
+}
+
+/// A failure to read the state (I/O, corruption). Never caused by the request itself.
+#[derive(Debug, thiserror::Error)]
+#[error("storage read failed: {0}")]
+pub struct ReadError(pub String);
+
+/// An ordered stream of `(key, row)` pairs.
+pub type RowIter<'a> = Box<dyn Iterator<Item = Result<(Key, Row), ReadError>> + 'a>;
+/// An ordered stream of `(indexed values, primary key)` pairs.
+pub type IndexIter<'a> = Box<dyn Iterator<Item = Result<(Vec<Value>, Key), ReadError>> + 'a>;
+
+/// Read access to the applied state, as the SQL layer sees it.
+///
+/// Implemented by the sled store (a consistent view: apply does not run while a view is in use)
+/// and by an in-memory map for `sql`'s own tests.
+///
+/// Ordering: keys and index entries are ordered as SQLite orders values: NULL, then numbers
+/// (integers and reals compared numerically), then text (bytewise), then blobs; tuples compare
+/// element by element. Range bounds are tuples that may be shorter than the key: a bound on a
+/// prefix covers every key that extends it (`Included(p)` as an upper bound includes all keys
+/// starting with `p`; `Excluded(p)` as a lower bound skips them all).
+pub trait ReadView {
+    /// The schema of a table (case-insensitive name), or `None`.
+    fn table(&self, name: &str) -> Result<Option<TableSchema>, ReadError>;
+    /// All tables, ordered by name.
+    fn tables(&self) -> Result<Vec<TableSchema>, ReadError>;
+    /// The row stored under `key`.
+    fn get(&self, table: &str, key: &[Value]) -> Result<Option<Row>, ReadError>;
+    /// Rows with keys in the range, in key order.
+    fn scan(&self, table: &str, lower: Bound<Key>, upper: Bound<Key>) -> RowIter<'_>;
+    /// Entries of an index with indexed values in the range, in index order.
+    fn scan_index(&self, table: &str, index: &str, lower: Bound<Vec<Value>>, upper: Bound<Vec<Value>>) -> IndexIter<'_>;
+    /// The highest key of a table, for assigning the next hidden row id.
+    fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError>;
+}

@@ -1,0 +1,14 @@
+//! raftsql-server: a Raft-replicated, single-leader SQL database node.
+//!
+//! Layers, each importing only the ones below it (style.md §1):
+//! `changeset` (shared vocabulary) · `typ` (openraft types) · `sql` (parse → evaluate, knows
+//! nothing of Raft) · `store` (sled: log, vote, state machine, snapshots) · `raft` (network,
+//! sequencer, read routing) · `service` (gRPC handlers) · `node` (config, start-up, shutdown).
+
+pub mod changeset;
+pub mod node;
+pub mod raft;
+pub mod service;
+pub mod sql;
+pub mod store;
+pub mod typ;

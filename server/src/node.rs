@@ -1,0 +1,1 @@
+//! Node configuration, start-up and shutdown.

@@ -1,0 +1,1 @@
+//! Raft glue: peer network, the write sequencer, read routing per consistency level.

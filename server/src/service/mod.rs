@@ -1,0 +1,1 @@
+//! gRPC handlers: decode, call `raft`, map errors to codes.

@@ -1,0 +1,1 @@
+//! SQL: parse (sqlparser) → plan → evaluate on a `ReadView` into changes and results.

@@ -1,0 +1,1 @@
+//! Storage on sled: the Raft log and vote, the state machine, snapshots.
