@@ -252,7 +252,13 @@ pub trait ReadView {
     /// Rows with keys in the range, in key order.
     fn scan(&self, table: &str, lower: Bound<Key>, upper: Bound<Key>) -> RowIter<'_>;
     /// Entries of an index with indexed values in the range, in index order.
-    fn scan_index(&self, table: &str, index: &str, lower: Bound<Vec<Value>>, upper: Bound<Vec<Value>>) -> IndexIter<'_>;
+    fn scan_index(
+        &self,
+        table: &str,
+        index: &str,
+        lower: Bound<Vec<Value>>,
+        upper: Bound<Vec<Value>>,
+    ) -> IndexIter<'_>;
     /// The highest key of a table, for assigning the next hidden row id.
     fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError>;
 }
