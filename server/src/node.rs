@@ -1,1 +1,285 @@
-//! Node configuration, start-up and shutdown.
+//! Node configuration, start-up and shutdown (design.md §7).
+//!
+//! Start-up: open the store (which refuses another node's data dir), start openraft, the
+//! sequencer and the gRPC server, then — only on a node that has no Raft state yet —
+//! either bootstrap or join:
+//! - `--bootstrap "1=h:p,2=h:p,3=h:p"`: the lowest listed id initializes the cluster once every
+//!   listed member answers; the others wait to be contacted. All members get the same flag.
+//! - `--join h:p`: ask any member to add this node (forwarded to the leader), which adds it as a
+//!   learner, waits until it has caught up (snapshot + log) and promotes it to voter.
+//!
+//! A restart needs only `--id`, `--listen` and `--data-dir`: the membership is in the log.
+//! SIGTERM or SIGINT: stop serving, shut openraft down, flush sled, exit 0.
+//!
+//! Known gaps: a leader does not hand over leadership before exiting (openraft 0.9 has no
+//! leadership transfer; followers elect a new leader after the election timeout); the TOML
+//! config file and the HTTP side port (metrics, health) of design.md §7/§9 are not built yet.
+
+use crate::raft::network::{Network, MAX_PEER_MESSAGE};
+use crate::raft::sequencer::Sequencer;
+use crate::raft::{Core, Options};
+use crate::service::{admin::AdminService, peer::PeerService, sql::SqlService, sql::MAX_CLIENT_MESSAGE};
+use crate::store;
+use crate::typ::{NodeId, Raft};
+use anyhow::{bail, Context};
+use openraft::{BasicNode, SnapshotPolicy};
+use raftsql_proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn, Instrument};
+
+/// Command line of `raftsql-server`; every flag can also come from `RAFTSQL_<FLAG>`.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "raftsql-server", version, about = "A raftsql node: Raft-replicated SQL on sled")]
+pub struct Config {
+    /// This node's id (>= 1), unique in the cluster and fixed for the life of its data dir.
+    #[arg(long, env = "RAFTSQL_ID")]
+    pub id: NodeId,
+    /// Address to listen on for clients and peers, HOST:PORT.
+    #[arg(long, env = "RAFTSQL_LISTEN")]
+    pub listen: String,
+    /// Address other nodes and clients reach this node at (default: --listen).
+    #[arg(long, env = "RAFTSQL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory holding this node's data (created if missing).
+    #[arg(long, env = "RAFTSQL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Initial members "ID=HOST:PORT,..." (first start only; every initial member gets the same list).
+    #[arg(long, env = "RAFTSQL_BOOTSTRAP")]
+    pub bootstrap: Option<String>,
+    /// Join an existing cluster through any member, HOST:PORT (first start only).
+    #[arg(long, env = "RAFTSQL_JOIN")]
+    pub join: Option<String>,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    #[arg(long, env = "RAFTSQL_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
+    pub snapshot_threshold: u64,
+    /// Entries kept behind a snapshot, so briefly lagging followers catch up from the log.
+    #[arg(long, env = "RAFTSQL_SNAPSHOT_KEEP_LOGS", default_value_t = 1_000)]
+    pub snapshot_keep_logs: u64,
+    /// Leader heartbeat interval, milliseconds.
+    #[arg(long, env = "RAFTSQL_HEARTBEAT_MS", default_value_t = 150)]
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout, milliseconds (the maximum is twice this).
+    #[arg(long, env = "RAFTSQL_ELECTION_TIMEOUT_MS", default_value_t = 1_000)]
+    pub election_timeout_ms: u64,
+    /// sled's background flush interval in ms; 0 = only explicit fsyncs persist anything.
+    #[arg(long, env = "RAFTSQL_FLUSH_EVERY_MS", default_value_t = 500)]
+    pub flush_every_ms: u64,
+    /// Largest query result a read may return, in bytes.
+    #[arg(long, env = "RAFTSQL_MAX_RESULT_BYTES", default_value_t = 64 << 20)]
+    pub max_result_bytes: usize,
+}
+
+/// Parses `"1=h:p,2=h:p"` into ids and addresses.
+pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
+    let mut members = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("bad --bootstrap member {part:?}: expected ID=HOST:PORT"))?;
+        let id: NodeId = id.trim().parse().with_context(|| format!("bad node id {id:?} in --bootstrap"))?;
+        if id == 0 {
+            bail!("node ids start at 1 (--bootstrap lists 0)");
+        }
+        if !addr.contains(':') {
+            bail!("bad address {addr:?} for node {id} in --bootstrap: expected HOST:PORT");
+        }
+        if members.insert(id, addr.trim().to_string()).is_some() {
+            bail!("node {id} is listed twice in --bootstrap");
+        }
+    }
+    if members.is_empty() {
+        bail!("--bootstrap lists no members");
+    }
+    Ok(members)
+}
+
+/// Runs a node until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.id == 0 {
+        bail!("--id must be at least 1");
+    }
+    let members = cfg.bootstrap.as_deref().map(parse_members).transpose()?;
+    if let Some(m) = &members {
+        if !m.contains_key(&cfg.id) {
+            bail!("--bootstrap does not list this node's id {}", cfg.id);
+        }
+        if cfg.join.is_some() {
+            bail!("--bootstrap and --join exclude each other: a node either founds a cluster or joins one");
+        }
+    }
+    let addr = cfg.advertise.clone().unwrap_or_else(|| cfg.listen.clone());
+    if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
+        bail!("--listen {} is a wildcard address: pass --advertise HOST:PORT so peers can reach this node", cfg.listen);
+    }
+    let span = tracing::info_span!("node", node_id = cfg.id);
+    async move {
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let flush_every = (cfg.flush_every_ms > 0).then(|| Duration::from_millis(cfg.flush_every_ms));
+        let (log, sm) =
+            store::open(&store::Options { data_dir: cfg.data_dir.clone(), node_id: cfg.id, flush_every })?;
+        let has_state = log.has_state()?;
+        let raft_config = openraft::Config {
+            cluster_name: "raftsql".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_ms,
+            election_timeout_max: cfg.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold.max(1)),
+            max_in_snapshot_log_to_keep: cfg.snapshot_keep_logs,
+            max_payload_entries: 256,
+            snapshot_max_chunk_size: 4 << 20,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .context("invalid Raft timing configuration")?;
+        let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(cfg.id), log, sm.clone())
+            .await
+            .context("starting Raft")?;
+        let options = Options { max_result_bytes: cfg.max_result_bytes, ..Default::default() };
+        let sequencer = Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), options.clone());
+        let core = Arc::new(Core {
+            id: cfg.id,
+            addr: addr.clone(),
+            raft: raft.clone(),
+            sm,
+            sequencer,
+            options,
+            last_leader_contact: Default::default(),
+        });
+        info!(listen = %cfg.listen, %addr, data_dir = %cfg.data_dir.display(), has_state, "raftsql node started");
+
+        if !has_state {
+            if let Some(members) = members {
+                tokio::spawn(bootstrap(raft.clone(), cfg.id, members).in_current_span());
+            } else if let Some(seed) = cfg.join.clone() {
+                tokio::spawn(join(seed, cfg.id, addr.clone()).in_current_span());
+            } else {
+                warn!("this node has no Raft state and neither --bootstrap nor --join: it waits to be added");
+            }
+        }
+
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                pb::sql_server::SqlServer::new(SqlService { core: core.clone() })
+                    .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                    .max_encoding_message_size(MAX_CLIENT_MESSAGE),
+            )
+            .add_service(pb::admin_server::AdminServer::new(AdminService { core: core.clone() }))
+            .add_service(
+                pb::raft_server::RaftServer::new(PeerService { core: core.clone() })
+                    .max_decoding_message_size(MAX_PEER_MESSAGE)
+                    .max_encoding_message_size(MAX_PEER_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal());
+        server.await.context("gRPC server failed")?;
+
+        info!("shutting down");
+        if let Err(e) = raft.shutdown().await {
+            warn!(error = %e, "Raft did not shut down cleanly");
+        }
+        core.sm.flush().context("flushing the store on shutdown")?;
+        info!("stopped; data flushed");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
+
+/// On the lowest listed id: initialize once every listed member answers.
+async fn bootstrap(raft: Raft, id: NodeId, members: BTreeMap<NodeId, String>) {
+    let first = *members.keys().next().expect("parse_members rejects an empty list");
+    if id != first {
+        info!(initializer = first, "waiting for node {first} to initialize the cluster");
+        return;
+    }
+    let mut logged = false;
+    loop {
+        let mut missing = Vec::new();
+        for (&m, addr) in members.iter().filter(|(&m, _)| m != id) {
+            if !answers(addr).await {
+                missing.push(m);
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if !logged {
+            info!(?missing, "waiting for every bootstrap member to answer before initializing");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let nodes: BTreeMap<NodeId, BasicNode> =
+        members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+    match raft.initialize(nodes).await {
+        Ok(()) => info!("cluster initialized"),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+            info!("cluster was already initialized")
+        }
+        Err(e) => error!(error = %e, "initializing the cluster failed"),
+    }
+}
+
+async fn answers(addr: &str) -> bool {
+    let Ok(channel) = crate::raft::network::channel(addr) else { return false };
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let mut req = tonic::Request::new(pb::StatusRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    client.status(req).await.is_ok()
+}
+
+/// Asks `seed` (any member) to add this node; retries until it succeeds or is refused for good.
+async fn join(seed: String, id: NodeId, addr: String) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let channel = crate::raft::network::channel(&seed).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut client = pb::admin_client::AdminClient::new(channel);
+            client.join(pb::JoinRequest { node_id: id, addr: addr.clone(), as_learner: false }).await
+        };
+        match attempt.await {
+            Ok(_) => {
+                info!(%seed, "joined the cluster as a voter");
+                return;
+            }
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                error!(%seed, error = %s.message(), "the cluster refused this node; fix the configuration and restart");
+                return;
+            }
+            Err(s) => {
+                warn!(%seed, error = %s.message(), "join attempt failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_members_parse_and_reject_bad_input() {
+        let m = parse_members("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=h:3").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&2], "127.0.0.1:7002");
+        for bad in ["", "1", "x=h:1", "0=h:1", "1=h", "1=h:1,1=h:2"] {
+            assert!(parse_members(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}

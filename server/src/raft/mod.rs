@@ -1,1 +1,178 @@
-//! Raft glue: peer network, the write sequencer, read routing per consistency level.
+//! Raft glue: the peer network, the write sequencer and read routing per consistency level.
+//!
+//! This layer owns every decision about roles and terms; it calls `sql` to compute results and
+//! `store` (through openraft and `StateMachine::read`) to hold data, and never touches sled or
+//! parses SQL itself.
+//!
+//! - [`network`]: openraft's `RaftNetwork` over tonic.
+//! - [`sequencer`]: the single task on the leader that evaluates batches of writes into one
+//!   `ChangeSet` each, one batch in flight (design.md §3).
+//! - [`read`]: serves a query at the level it names (design.md §4).
+//!
+//! [`Core`] bundles what a running node's services need: the `Raft` handle, the state machine
+//! and the sequencer.
+
+pub mod network;
+pub mod read;
+pub mod sequencer;
+
+use crate::changeset::StatementOutcome;
+use crate::store::StateMachine;
+use crate::typ::{NodeId, Raft, RaftMetrics};
+use openraft::ServerState;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use read::Consistency;
+
+/// Errors of the Raft layer: what a request met besides SQL errors, which travel inside
+/// statement outcomes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", not_leader_message(*leader_id, leader_addr.as_deref(), *term))]
+    NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String>, term: u64 },
+    /// The request may or may not have taken effect: its log entry was proposed but leadership
+    /// was lost or the commit did not complete in time. Retry with the same request id.
+    #[error("outcome unknown: {reason} (term {term}); retry with the same request id, it will not apply twice")]
+    Indeterminate { reason: String, leader_id: Option<NodeId>, leader_addr: Option<String>, term: u64 },
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("bad session token: {0}")]
+    Token(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    Sql(#[from] crate::sql::Error),
+    #[error("storage failure on this node: {0}")]
+    Storage(#[from] crate::store::Error),
+}
+
+fn not_leader_message(leader_id: Option<NodeId>, addr: Option<&str>, term: u64) -> String {
+    match (leader_id, addr) {
+        (Some(id), Some(addr)) => format!("not the leader: node {id} ({addr}) leads term {term}"),
+        (Some(id), None) => format!("not the leader: node {id} leads term {term}"),
+        _ => format!("not the leader, and no leader is known in term {term}: retry shortly"),
+    }
+}
+
+/// A node's role as clients see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl From<ServerState> for Role {
+    fn from(s: ServerState) -> Self {
+        match s {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+/// Where and when a request was served (design.md §3 step 4, §4).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Receipt {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    /// Writes: the index of the entry that carried the write. Reads: the applied index the read
+    /// was served at.
+    pub index: u64,
+    pub level: Consistency,
+    pub applied_index: u64,
+}
+
+/// The result of a write request.
+#[derive(Debug)]
+pub struct WriteReply {
+    pub outcomes: Vec<StatementOutcome>,
+    pub receipt: Receipt,
+}
+
+/// Timeouts and limits of request handling.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a write may wait for its entry to commit and apply.
+    pub write_timeout: Duration,
+    /// How long a read may wait for leadership confirmation or apply.
+    pub read_timeout: Duration,
+    /// How long a READ_YOUR_WRITES read waits for this replica to catch up before it is sent
+    /// to the leader.
+    pub ryw_wait: Duration,
+    /// The largest query result (encoded bytes, estimated) a read may return.
+    pub max_result_bytes: usize,
+    /// The largest batch the sequencer evaluates into one entry (requests).
+    pub max_batch_requests: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            write_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(5),
+            ryw_wait: Duration::from_millis(200),
+            max_result_bytes: 64 << 20,
+            max_batch_requests: 512,
+        }
+    }
+}
+
+/// Everything a running node's services need.
+pub struct Core {
+    pub id: NodeId,
+    /// The address other nodes and clients reach this node at.
+    pub addr: String,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub sequencer: sequencer::Sequencer,
+    pub options: Options,
+    /// When this node last accepted an AppendEntries from a leader (unix ms), for BOUNDED reads.
+    pub last_leader_contact: Arc<AtomicU64>,
+}
+
+impl Core {
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The NotLeader error as this node knows it now.
+    pub fn not_leader(&self) -> Error {
+        let m = self.metrics();
+        let leader_addr = m.current_leader.and_then(|l| {
+            m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+        });
+        Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
+    }
+
+    /// Records that a leader's AppendEntries was accepted just now.
+    pub fn touch_leader_contact(&self) {
+        self.last_leader_contact.store(now_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn receipt(&self, index: u64, level: Consistency) -> Receipt {
+        let m = self.metrics();
+        Receipt {
+            node_id: self.id,
+            role: m.state.into(),
+            term: m.current_term,
+            index,
+            level,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+        }
+    }
+}
+
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

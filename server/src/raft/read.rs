@@ -1,0 +1,182 @@
+//! Read routing per consistency level (design.md §4). The level is decided here and only here.
+//!
+//! | level | served by | how |
+//! | --- | --- | --- |
+//! | `Strong` | the leader | `ensure_linearizable` (ReadIndex: a heartbeat round confirms leadership), then waits for apply ≥ that index |
+//! | `ReadYourWrites` | any node whose applied index ≥ the session token | waits up to `ryw_wait` for apply; otherwise `NotLeader` so the client goes to the leader |
+//! | `Bounded(d)` | any node that heard from the current leader within d | the leader counts the last quorum ack; a follower its last accepted AppendEntries |
+//! | `Any` | the local replica | no promise |
+//!
+//! The evaluation itself runs on a consistent view of the applied state
+//! (`StateMachine::read`, which holds apply off) on a blocking thread.
+//!
+//! Session tokens are `"{cluster_id}.{index}"`: opaque to clients, checked here — a token of
+//! another cluster or from the future (beyond the leader's last log index) is a `Token` error.
+
+use super::{Core, Error, Receipt};
+use crate::changeset::{StatementResult, Value};
+use openraft::ServerState;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// The consistency level of a read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Consistency {
+    Strong,
+    ReadYourWrites,
+    Bounded(Duration),
+    Any,
+}
+
+/// A parsed session token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionToken {
+    pub cluster_id: String,
+    pub index: u64,
+}
+
+impl SessionToken {
+    pub fn parse(s: &str) -> Result<SessionToken, Error> {
+        let (cluster_id, index) = s
+            .rsplit_once('.')
+            .ok_or_else(|| Error::Token(format!("{s:?} is not a raftsql session token")))?;
+        let index =
+            index.parse().map_err(|_| Error::Token(format!("{s:?} is not a raftsql session token")))?;
+        if cluster_id.is_empty() {
+            return Err(Error::Token(format!("{s:?} names no cluster")));
+        }
+        Ok(SessionToken { cluster_id: cluster_id.to_string(), index })
+    }
+
+    pub fn encode(cluster_id: &str, index: u64) -> String {
+        format!("{cluster_id}.{index}")
+    }
+}
+
+/// A read request.
+#[derive(Clone, Debug)]
+pub struct ReadRequest {
+    pub sql: String,
+    pub params: Vec<Value>,
+    pub level: Consistency,
+    pub session_token: Option<String>,
+}
+
+/// Serves a read at its level, or says where to go instead.
+pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Receipt), Error> {
+    match req.level {
+        Consistency::Strong => strong(core).await?,
+        Consistency::ReadYourWrites => read_your_writes(core, req.session_token.as_deref()).await?,
+        Consistency::Bounded(max) => bounded(core, max)?,
+        Consistency::Any => {}
+    }
+    let sm = core.sm.clone();
+    let (sql, params, limit) = (req.sql, req.params, core.options.max_result_bytes);
+    let (result, applied) = tokio::task::spawn_blocking(move || {
+        sm.read(|view| (crate::sql::query(view, &sql, &params), sm.applied_index()))
+    })
+    .await
+    .map_err(|panic| {
+        tracing::error!(error = %panic, "query evaluation panicked");
+        Error::Unavailable("internal error while evaluating the query".into())
+    })?;
+    let result = result?;
+    let size = estimate_size(&result);
+    if size > limit {
+        return Err(Error::InvalidArgument(format!(
+            "the result is about {size} bytes, over this node's limit of {limit}: add a LIMIT or a \
+             narrower WHERE, or raise --max-result-bytes"
+        )));
+    }
+    Ok((result, core.receipt(applied.unwrap_or(0), req.level)))
+}
+
+async fn strong(core: &Core) -> Result<(), Error> {
+    let m = core.metrics();
+    if m.current_leader != Some(core.id) {
+        return Err(core.not_leader());
+    }
+    match tokio::time::timeout(core.options.read_timeout, core.raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(core.not_leader()),
+        Err(_) => Err(Error::Unavailable(format!(
+            "could not confirm leadership within {:?}: is a majority of nodes reachable?",
+            core.options.read_timeout
+        ))),
+    }
+}
+
+async fn read_your_writes(core: &Core, token: Option<&str>) -> Result<(), Error> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Ok(()); // a session that has seen nothing: any state is its own past
+    };
+    let token = SessionToken::parse(token)?;
+    match core.sm.cluster_id()? {
+        Some(id) if id == token.cluster_id => {}
+        Some(id) => {
+            return Err(Error::Token(format!(
+                "the token belongs to cluster {:?}, this is cluster {id:?}",
+                token.cluster_id
+            )))
+        }
+        None => return Err(Error::Unavailable("this node has not learnt the cluster id yet".into())),
+    }
+    let m = core.metrics();
+    let is_leader = m.state == ServerState::Leader;
+    if is_leader && token.index > m.last_log_index.unwrap_or(0) {
+        return Err(Error::Token(format!(
+            "the token's index {} is beyond the last log index {}: it does not come from this cluster's \
+             history",
+            token.index,
+            m.last_log_index.unwrap_or(0)
+        )));
+    }
+    if core.sm.applied_index().unwrap_or(0) >= token.index {
+        return Ok(());
+    }
+    let wait = if is_leader { core.options.read_timeout } else { core.options.ryw_wait };
+    match core.raft.wait(Some(wait)).applied_index_at_least(Some(token.index), "read your writes").await {
+        Ok(_) => Ok(()),
+        Err(_) if is_leader => Err(Error::Timeout(format!("the leader did not apply index {} in time", token.index))),
+        Err(_) => Err(core.not_leader()),
+    }
+}
+
+fn bounded(core: &Core, max: Duration) -> Result<(), Error> {
+    let m = core.metrics();
+    let staleness_ms = if m.state == ServerState::Leader {
+        m.millis_since_quorum_ack.unwrap_or(u64::MAX)
+    } else {
+        let last = core.last_leader_contact.load(Ordering::Relaxed);
+        if last == 0 {
+            u64::MAX
+        } else {
+            (super::now_millis() as u64).saturating_sub(last)
+        }
+    };
+    if staleness_ms <= max.as_millis() as u64 {
+        Ok(())
+    } else {
+        Err(Error::Unavailable(format!(
+            "this replica last heard from the leader {} ago, more than the {max:?} allowed: read from \
+             another node or the leader",
+            if staleness_ms == u64::MAX { "never".to_string() } else { format!("{staleness_ms} ms") }
+        )))
+    }
+}
+
+fn estimate_size(r: &StatementResult) -> usize {
+    r.rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|v| match v {
+                    Value::Text(s) => s.len() + 4,
+                    Value::Blob(b) => b.len() + 4,
+                    _ => 10,
+                })
+                .sum::<usize>()
+                + 4
+        })
+        .sum()
+}

@@ -1,0 +1,137 @@
+//! The `Sql` service: Execute (writes through the sequencer) and Query (reads at a level).
+
+use super::{invalid, receipt_to_pb, row_to_pb, statement_error, status_from, value_from_pb};
+use crate::changeset::RequestId;
+use crate::raft::read::{self, ReadRequest};
+use crate::raft::sequencer::WriteRequest;
+use crate::raft::{Consistency, Core};
+use raftsql_proto::v1 as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tracing::Instrument;
+
+/// The largest client message the server accepts (16 MiB): a larger one is refused by tonic
+/// with a clear `OutOfRange` status before it is decoded.
+pub const MAX_CLIENT_MESSAGE: usize = 16 << 20;
+/// Rows per streamed page unless the request asks otherwise.
+const DEFAULT_PAGE_ROWS: usize = 1000;
+/// The longest client id accepted in a request id.
+const MAX_CLIENT_ID: usize = 64;
+
+pub struct SqlService {
+    pub core: Arc<Core>,
+}
+
+fn term_now(core: &Core) -> u64 {
+    core.metrics().current_term
+}
+
+#[tonic::async_trait]
+impl pb::sql_server::Sql for SqlService {
+    async fn execute(
+        &self,
+        request: tonic::Request<pb::ExecuteRequest>,
+    ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let request_id = match req.request_id {
+            None => None,
+            Some(r) if r.client_id.is_empty() || r.client_id.len() > MAX_CLIENT_ID => {
+                return Err(invalid(format!(
+                    "request_id.client_id must be 1 to {MAX_CLIENT_ID} bytes, got {}",
+                    r.client_id.len()
+                )))
+            }
+            Some(r) if r.seq == 0 => return Err(invalid("request_id.seq must be at least 1")),
+            Some(r) => Some(RequestId { client_id: r.client_id, seq: r.seq }),
+        };
+        if req.statements.is_empty() {
+            return Err(invalid("the request has no statements"));
+        }
+        let span = tracing::info_span!(
+            "execute",
+            node_id = self.core.id,
+            term = term_now(&self.core),
+            client_id = request_id.as_ref().map(|r| r.client_id.as_str()).unwrap_or(""),
+            request_id = request_id.as_ref().map(|r| r.seq).unwrap_or(0),
+        );
+        let statements = req
+            .statements
+            .into_iter()
+            .map(|s| (s.sql, s.params.into_iter().map(value_from_pb).collect()))
+            .collect();
+        let write = WriteRequest { statements, transaction: req.transaction, request_id };
+        let reply = self.core.sequencer.write(write).instrument(span.clone()).await.map_err(|e| {
+            tracing::debug!(parent: &span, error = %e, "execute failed");
+            status_from(e)
+        })?;
+        let results = reply
+            .outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(r) => pb::StatementResult {
+                    columns: r.columns,
+                    rows: r.rows.iter().map(|row| row_to_pb(row)).collect(),
+                    rows_affected: r.rows_affected,
+                    last_insert_id: r.last_insert_id,
+                    error: None,
+                },
+                Err(e) => pb::StatementResult { error: Some(statement_error(&e)), ..Default::default() },
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::ExecuteResponse { results, receipt: Some(receipt_to_pb(&reply.receipt)) }))
+    }
+
+    type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryResponse, tonic::Status>> + Send>>;
+
+    async fn query(
+        &self,
+        request: tonic::Request<pb::QueryRequest>,
+    ) -> Result<tonic::Response<Self::QueryStream>, tonic::Status> {
+        let req = request.into_inner();
+        let level = match pb::Consistency::try_from(req.consistency) {
+            Ok(pb::Consistency::Unspecified | pb::Consistency::Strong) => Consistency::Strong,
+            Ok(pb::Consistency::ReadYourWrites) => Consistency::ReadYourWrites,
+            Ok(pb::Consistency::Bounded) => {
+                if req.max_staleness_ms == 0 {
+                    return Err(invalid("BOUNDED reads need max_staleness_ms > 0"));
+                }
+                Consistency::Bounded(Duration::from_millis(req.max_staleness_ms))
+            }
+            Ok(pb::Consistency::Any) => Consistency::Any,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown consistency level {}: use STRONG, READ_YOUR_WRITES, BOUNDED or ANY",
+                    req.consistency
+                )))
+            }
+        };
+        let span = tracing::info_span!("query", node_id = self.core.id, term = term_now(&self.core), level = ?level);
+        let read = ReadRequest {
+            sql: req.sql,
+            params: req.params.into_iter().map(value_from_pb).collect(),
+            level,
+            session_token: Some(req.session_token).filter(|t| !t.is_empty()),
+        };
+        let (result, receipt) = read::query(&self.core, read).instrument(span.clone()).await.map_err(|e| {
+            tracing::debug!(parent: &span, error = %e, "query failed");
+            status_from(e)
+        })?;
+        let page = if req.page_rows == 0 { DEFAULT_PAGE_ROWS } else { req.page_rows as usize };
+        let mut pages: Vec<pb::QueryResponse> = result
+            .rows
+            .chunks(page)
+            .map(|rows| pb::QueryResponse {
+                rows: rows.iter().map(|r| row_to_pb(r)).collect(),
+                ..Default::default()
+            })
+            .collect();
+        if pages.is_empty() {
+            pages.push(pb::QueryResponse::default());
+        }
+        pages[0].columns = result.columns;
+        pages.last_mut().expect("at least one page").receipt = Some(receipt_to_pb(&receipt));
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)))))
+    }
+}
