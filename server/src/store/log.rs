@@ -1,0 +1,215 @@
+//! The Raft log and vote: [`LogStore`], openraft's `RaftLogStorage` on two sled trees.
+//!
+//! Tree `log`: big-endian u64 index → bincode [`Entry`]. Tree `raft`: `vote`, `committed`,
+//! `last_purged` → bincode values. Writes go to sled directly (they are in-memory work for sled);
+//! durability comes from the [`Flusher`]: `save_vote` awaits a flush, `append` hands openraft's
+//! callback to it.
+
+use super::flusher::{Done, Flusher};
+use super::{decode, encode, Error};
+use crate::typ::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogId, RaftLogReader, StorageIOError};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The Raft log and vote of this node. Cheap to clone; clones share the trees.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    log: sled::Tree,
+    raft: sled::Tree,
+    flusher: Arc<Flusher>,
+}
+
+fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &Error) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
+}
+
+impl LogStore {
+    pub(crate) fn open(db: &sled::Db, flusher: Arc<Flusher>) -> Result<LogStore, Error> {
+        let log = db.open_tree("log").map_err(Error::sled("open the log tree"))?;
+        let raft = db.open_tree("raft").map_err(Error::sled("open the raft metadata tree"))?;
+        let store = LogStore { inner: Arc::new(Inner { log, raft, flusher }) };
+        // A purge that crashed half-way left entries at or below `last_purged`: finish it.
+        if let Some(purged) = store.last_purged()? {
+            store.remove_upto(purged.index)?;
+        }
+        Ok(store)
+    }
+
+    /// A vote or any log entry exists: the node was initialized or joined a cluster before.
+    pub fn has_state(&self) -> Result<bool, Error> {
+        Ok(self.meta::<Vote>(KEY_VOTE)?.is_some()
+            || self.last_purged()?.is_some()
+            || !self.inner.log.is_empty())
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, Error> {
+        let what = String::from_utf8_lossy(key);
+        match self.inner.raft.get(key).map_err(Error::sled(format!("read the {what}")))? {
+            Some(v) => Ok(Some(decode(&v, &what)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), Error> {
+        let what = String::from_utf8_lossy(key);
+        self.inner.raft.insert(key, encode(value)?).map_err(Error::sled(format!("write the {what}")))?;
+        Ok(())
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, Error> {
+        self.meta(KEY_LAST_PURGED)
+    }
+
+    fn remove_upto(&self, index: u64) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for k in self.inner.log.range(..=log_key(index)).keys() {
+            batch.remove(k.map_err(Error::sled("read the log"))?);
+        }
+        self.inner.log.apply_batch(batch).map_err(Error::sled("purge the log"))
+    }
+
+    fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, Error> {
+        let lo = range.0.map(log_key);
+        let hi = range.1.map(log_key);
+        let mut out = Vec::new();
+        for kv in self.inner.log.range::<[u8; 8], _>((lo, hi)) {
+            let (_, v) = kv.map_err(Error::sled("read the log"))?;
+            out.push(decode::<Entry>(&v, "log entry")?);
+        }
+        Ok(out)
+    }
+
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Option<LogId>, Error> {
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        for e in entries {
+            batch.insert(&log_key(e.log_id.index), encode(&e)?);
+            last = Some(e.log_id);
+        }
+        self.inner.log.apply_batch(batch).map_err(Error::sled("append to the log"))?;
+        Ok(last)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.entries(range).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let read = |e: Error| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e);
+        let last_purged_log_id = self.last_purged().map_err(read)?;
+        let last = match self.inner.log.last().map_err(Error::sled("read the log")).map_err(read)? {
+            Some((_, v)) => Some(*decode::<Entry>(&v, "log entry").map_err(read)?.get_log_id()),
+            None => None,
+        };
+        let last_log_id = std::cmp::max(last, last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let write = |e: Error| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e);
+        self.set_meta(KEY_VOTE, vote).map_err(write)?;
+        self.inner
+            .flusher
+            .flush()
+            .await
+            .map_err(|e| write(Error::Io { context: "persist the vote".into(), source: e }))
+    }
+
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.meta(KEY_VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &e))
+    }
+
+    /// Not flushed: losing it only means re-applying fewer entries at start-up (see `store`).
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.set_meta(KEY_COMMITTED, &committed)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))
+    }
+
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> =
+            self.meta(KEY_COMMITTED).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        Ok(committed.flatten())
+    }
+
+    #[tracing::instrument(level = "trace", skip(self, entries, callback))]
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        match self.write_entries(entries) {
+            Ok(last) => {
+                tracing::trace!(last = ?last, "appended; waiting for fsync");
+                // The entries are readable now; the callback fires once they are on disk.
+                self.inner.flusher.flush_then(Done::Log(callback));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))
+            }
+        }
+    }
+
+    /// Removes entries from `log_id.index` on, in one atomic batch (no hole). Not flushed: if it
+    /// is lost in a crash, the node simply still holds uncommitted entries it was told to drop,
+    /// as if the request had never arrived; the next `append`'s fsync persists it.
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let run = || -> Result<(), Error> {
+            let mut batch = sled::Batch::default();
+            for k in self.inner.log.range(log_key(log_id.index)..).keys() {
+                batch.remove(k.map_err(Error::sled("read the log"))?);
+            }
+            self.inner.log.apply_batch(batch).map_err(Error::sled("truncate the log"))
+        };
+        run().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+    }
+
+    /// Records `last_purged` first, then removes the entries up to it in one batch: a crash in
+    /// between leaves entries at or below `last_purged`, which readers ignore and `open` removes;
+    /// never a hole. Not flushed (a purge lost in a crash leaves extra entries, harmless).
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let run = || -> Result<(), Error> {
+            self.set_meta(KEY_LAST_PURGED, &log_id)?;
+            self.remove_upto(log_id.index)
+        };
+        run().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+    }
+}

@@ -1,0 +1,470 @@
+//! Snapshots: files under `data_dir/snapshots`, built from and installed into the state machine;
+//! and openraft's `RaftStateMachine` impl, which ties apply and snapshots together.
+//!
+//! # File format (version [`SNAPSHOT_FORMAT`])
+//!
+//! ```text
+//! "RSQLSNAP"  u16 LE format version  bincode SnapshotMeta
+//! bincode Record*   (ClusterId? · per table: Table(schema), Row* · Request* · End{records})
+//! ```
+//!
+//! The records are logical (schemas, rows, request records), not sled pages: index entries are
+//! rebuilt on install, so the file does not depend on the key layout. `End` carries the record
+//! count, so a truncated file is refused.
+//!
+//! Files: `snapshot-<id>.snap` is published (renamed into place after fsync);
+//! `build-<id>.part`, `install-<id>.part`, `recv-<n>.part` are in progress. A snapshot id is
+//! `<term>-<index>-<counter>` (`0-0-<counter>` before anything was applied); the counter is
+//! unique within the dir.
+
+use super::keys;
+use super::state_machine::{generation_tree_name, index_entries, StateMachine, StoredRow, KEY_GENERATION};
+use super::{decode, encode, sync_dir, Error};
+use crate::changeset::{Applied, RequestRecord, TableSchema};
+use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const MAGIC: &[u8; 8] = b"RSQLSNAP";
+/// The snapshot file format this build writes and reads.
+pub(crate) const SNAPSHOT_FORMAT: u16 = 1;
+/// Writes per sled batch while loading a snapshot.
+const LOAD_BATCH: usize = 10_000;
+
+#[derive(Serialize, Deserialize)]
+enum Record {
+    ClusterId(String),
+    Table(TableSchema),
+    Row(StoredRow),
+    Request { client_id: String, record: RequestRecord },
+    End { records: u64 },
+}
+
+/// The snapshot directory: naming, publishing, finding the current snapshot.
+pub(crate) struct SnapshotDir {
+    dir: PathBuf,
+    counter: AtomicU64,
+    /// Serializes publishing (rename + deleting older files) between a build and an install.
+    publish: Mutex<()>,
+}
+
+/// Orders snapshots: by last log id, then by the counter in the id.
+fn order_key(meta: &SnapshotMeta) -> (Option<LogId>, u64) {
+    (meta.last_log_id, id_counter(&meta.snapshot_id))
+}
+
+fn id_counter(id: &str) -> u64 {
+    id.rsplit('-').next().and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn write_header(w: &mut impl Write, meta: &SnapshotMeta) -> Result<(), Error> {
+    w.write_all(MAGIC).map_err(Error::io("write a snapshot header"))?;
+    w.write_all(&SNAPSHOT_FORMAT.to_le_bytes()).map_err(Error::io("write a snapshot header"))?;
+    w.write_all(&encode(meta)?).map_err(Error::io("write a snapshot header"))
+}
+
+fn read_header(r: &mut impl Read, path: &Path) -> Result<SnapshotMeta, Error> {
+    let bad = |reason: String| Error::BadSnapshot { path: path.to_path_buf(), reason };
+    let mut magic = [0u8; 10];
+    r.read_exact(&mut magic).map_err(|e| bad(format!("cannot read its header: {e}")))?;
+    if &magic[..8] != MAGIC {
+        return Err(bad("it is not a raftsql snapshot (bad magic bytes)".into()));
+    }
+    let version = u16::from_le_bytes([magic[8], magic[9]]);
+    if version != SNAPSHOT_FORMAT {
+        return Err(bad(format!(
+            "format v{version}, this build reads v{SNAPSHOT_FORMAT}: upgrade this node"
+        )));
+    }
+    bincode::deserialize_from(r).map_err(|e| bad(format!("cannot decode its metadata: {e}")))
+}
+
+impl SnapshotDir {
+    /// Opens the dir, removes unfinished files and every snapshot but the latest.
+    pub(crate) fn open(dir: PathBuf) -> Result<Self, Error> {
+        std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir { path: dir.clone(), source })?;
+        let sd = SnapshotDir { dir, counter: AtomicU64::new(1), publish: Mutex::new(()) };
+        for (path, name) in sd.files()? {
+            if name.ends_with(".part") {
+                std::fs::remove_file(&path).map_err(Error::io(format!("remove {path:?}")))?;
+            }
+        }
+        let snaps = sd.snapshots();
+        let max = snaps.iter().map(|(_, m)| id_counter(&m.snapshot_id)).max().unwrap_or(0);
+        sd.counter.store(max + 1, Ordering::Relaxed);
+        if let Some((keep, _)) = sd.latest()? {
+            for (path, _) in snaps.iter().filter(|(p, _)| *p != keep) {
+                std::fs::remove_file(path).map_err(Error::io(format!("remove {path:?}")))?;
+            }
+        }
+        Ok(sd)
+    }
+
+    fn files(&self) -> Result<Vec<(PathBuf, String)>, Error> {
+        let mut out = Vec::new();
+        let list = std::fs::read_dir(&self.dir).map_err(Error::io(format!("list {:?}", self.dir)))?;
+        for e in list {
+            let e = e.map_err(Error::io(format!("list {:?}", self.dir)))?;
+            out.push((e.path(), e.file_name().to_string_lossy().into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Published snapshots with readable headers.
+    fn snapshots(&self) -> Vec<(PathBuf, SnapshotMeta)> {
+        let mut out = Vec::new();
+        for (path, name) in self.files().unwrap_or_default() {
+            if !(name.starts_with("snapshot-") && name.ends_with(".snap")) {
+                continue;
+            }
+            let meta = File::open(&path)
+                .map_err(Error::io(format!("open {path:?}")))
+                .and_then(|f| read_header(&mut BufReader::new(f), &path));
+            match meta {
+                Ok(m) => out.push((path, m)),
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable snapshot file"),
+            }
+        }
+        out
+    }
+
+    fn latest(&self) -> Result<Option<(PathBuf, SnapshotMeta)>, Error> {
+        Ok(self.snapshots().into_iter().max_by_key(|(_, m)| order_key(m)))
+    }
+
+    fn next_id(&self, last: Option<LogId>) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        match last {
+            Some(l) => format!("{}-{}-{n}", l.leader_id.term, l.index),
+            None => format!("0-0-{n}"),
+        }
+    }
+
+    fn published_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("snapshot-{id}.snap"))
+    }
+
+    /// Renames `part` into place as the snapshot `meta`, then deletes older snapshots (and, when
+    /// `installed`, every other snapshot and received file). Returns false if a newer snapshot
+    /// was already published (a build that raced an install), in which case `part` is removed.
+    fn publish(&self, part: &Path, meta: &SnapshotMeta, installed: bool) -> Result<bool, Error> {
+        let _guard = self.publish.lock().expect("snapshot publish lock: no code panics while holding it");
+        let path = self.published_path(&meta.snapshot_id);
+        let others = self.snapshots();
+        if !installed && others.iter().any(|(_, m)| order_key(m) > order_key(meta)) {
+            std::fs::remove_file(part).map_err(Error::io(format!("remove {part:?}")))?;
+            return Ok(false);
+        }
+        std::fs::rename(part, &path).map_err(Error::io(format!("publish snapshot {path:?}")))?;
+        sync_dir(&self.dir).map_err(Error::io(format!("sync {:?}", self.dir)))?;
+        for (p, m) in others {
+            if p != path && (installed || order_key(&m) < order_key(meta)) {
+                std::fs::remove_file(&p).map_err(Error::io(format!("remove {p:?}")))?;
+            }
+        }
+        if installed {
+            for (p, name) in self.files()? {
+                if name.starts_with("recv-") {
+                    std::fs::remove_file(&p).map_err(Error::io(format!("remove {p:?}")))?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn open_snapshot(path: &Path, meta: SnapshotMeta) -> Result<Snapshot, Error> {
+        let f = File::open(path).map_err(Error::io(format!("open {path:?}")))?;
+        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(f)) })
+    }
+}
+
+fn put_record(w: &mut impl Write, r: &Record, n: &mut u64) -> Result<(), Error> {
+    *n += 1;
+    bincode::serialize_into(w, r).map_err(|source| Error::Encode { what: "snapshot record", source })
+}
+
+/// Writes the state-machine records of `tree`; returns how many (not counting `End`).
+fn write_records(w: &mut impl Write, tree: &sled::Tree) -> Result<u64, Error> {
+    let mut n = 0u64;
+    if let Some(v) =
+        tree.get(keys::meta_key(keys::META_CLUSTER_ID)).map_err(Error::sled("read the cluster id"))?
+    {
+        put_record(w, &Record::ClusterId(decode(&v, "cluster id")?), &mut n)?;
+    }
+    for kv in tree.scan_prefix(keys::catalog_prefix()) {
+        let (_, v) = kv.map_err(Error::sled("read the catalog"))?;
+        let schema: TableSchema = decode(&v, "table schema")?;
+        let rows = keys::rows_prefix(&schema.name);
+        put_record(w, &Record::Table(schema), &mut n)?;
+        for kv in tree.scan_prefix(rows) {
+            let (_, v) = kv.map_err(Error::sled("read rows"))?;
+            put_record(w, &Record::Row(decode(&v, "row")?), &mut n)?;
+        }
+    }
+    let prefix = keys::requests_prefix();
+    for kv in tree.scan_prefix(&prefix) {
+        let (k, v) = kv.map_err(Error::sled("read request records"))?;
+        let client_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        put_record(w, &Record::Request { client_id, record: decode(&v, "request record")? }, &mut n)?;
+    }
+    let records = n;
+    put_record(w, &Record::End { records }, &mut n)?;
+    Ok(records)
+}
+
+/// Builds snapshots for openraft; see [`SnapshotBuilder::build_snapshot`].
+pub struct SnapshotBuilder {
+    pub(crate) sm: StateMachine,
+}
+
+impl SnapshotBuilder {
+    /// Builds a snapshot; also returns how long apply was blocked.
+    pub(crate) fn build_blocking(&self) -> Result<(Snapshot, Duration), Error> {
+        let shared = &self.sm.shared;
+        let dir = &shared.snapshots;
+        let started = Instant::now();
+        let (meta, part, records, file, paused) = {
+            // Apply waits while the records are copied: the snapshot is exactly one state.
+            let current = shared.read_state();
+            let meta = SnapshotMeta {
+                last_log_id: current.last_applied,
+                last_membership: current.membership.clone(),
+                snapshot_id: dir.next_id(current.last_applied),
+            };
+            let part = dir.dir.join(format!("build-{}.part", meta.snapshot_id));
+            let file = File::create(&part).map_err(Error::io(format!("create {part:?}")))?;
+            let mut w = BufWriter::new(file);
+            write_header(&mut w, &meta)?;
+            let records = write_records(&mut w, &current.tree)?;
+            let file = w
+                .into_inner()
+                .map_err(|e| Error::Io { context: format!("write {part:?}"), source: e.into_error() })?;
+            (meta, part, records, file, started.elapsed())
+        };
+        file.sync_all().map_err(Error::io(format!("fsync {part:?}")))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Durability choice (b): the state machine must be durable up to the snapshot before
+        // the snapshot is reported, because openraft purges the log up to it next.
+        shared.flusher.flush_blocking().map_err(Error::io("flush the state machine"))?;
+        let path = dir.published_path(&meta.snapshot_id);
+        if !dir.publish(&part, &meta, false)? {
+            tracing::info!(id = %meta.snapshot_id, "a newer snapshot was installed meanwhile; this one is discarded");
+            // Hand openraft the newer one; it keeps whichever is latest.
+            if let Some((p, m)) = dir.latest()? {
+                return Ok((SnapshotDir::open_snapshot(&p, m)?, paused));
+            }
+        }
+        tracing::info!(
+            id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, records, bytes,
+            apply_paused_ms = paused.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
+        Ok((SnapshotDir::open_snapshot(&path, meta)?, paused))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Copies the applied state into a new snapshot file under the read lock (apply waits,
+    /// reads do not), fsyncs it, flushes sled, publishes it and deletes older snapshots.
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let b = SnapshotBuilder { sm: self.sm.clone() };
+        let r = tokio::task::spawn_blocking(move || b.build_blocking().map(|(s, _)| s)).await;
+        flatten(r).map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)).into())
+    }
+}
+
+fn flatten<T>(r: Result<Result<T, Error>, tokio::task::JoinError>) -> Result<T, Error> {
+    r.unwrap_or_else(|e| Err(Error::Io { context: "run a storage task".into(), source: io::Error::other(e) }))
+}
+
+/// Loads the records of a snapshot file into `tree` (empty), index entries included.
+fn load_records(r: &mut impl Read, tree: &sled::Tree, path: &Path) -> Result<u64, Error> {
+    let bad = |reason: String| Error::BadSnapshot { path: path.to_path_buf(), reason };
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    let mut table: Option<TableSchema> = None;
+    let mut n = 0u64;
+    loop {
+        let record: Record =
+            bincode::deserialize_from(&mut *r).map_err(|e| bad(format!("record {n}: {e}")))?;
+        match record {
+            Record::End { records } if records == n => break,
+            Record::End { records } => return Err(bad(format!("it says {records} records, it holds {n}"))),
+            Record::ClusterId(id) => batch.insert(keys::meta_key(keys::META_CLUSTER_ID), encode(&id)?),
+            Record::Table(schema) => {
+                batch.insert(keys::catalog_key(&schema.name), encode(&schema)?);
+                table = Some(schema);
+            }
+            Record::Row(stored) => {
+                let schema =
+                    table.as_ref().ok_or_else(|| bad(format!("record {n}: a row before any table")))?;
+                for (k, v) in index_entries(schema, &stored.key, &stored.row).map_err(bad)? {
+                    batch.insert(k, v);
+                    pending += 1;
+                }
+                batch.insert(keys::row_key(&schema.name, &stored.key), encode(&stored)?);
+            }
+            Record::Request { client_id, record } => {
+                batch.insert(keys::request_key(&client_id), encode(&record)?)
+            }
+        }
+        n += 1;
+        pending += 1;
+        if pending >= LOAD_BATCH {
+            tree.apply_batch(std::mem::take(&mut batch)).map_err(Error::sled("load a snapshot"))?;
+            pending = 0;
+        }
+    }
+    tree.apply_batch(batch).map_err(Error::sled("load a snapshot"))?;
+    Ok(n)
+}
+
+impl StateMachine {
+    fn install_blocking(&self, meta: &SnapshotMeta, mut source: File) -> Result<(), Error> {
+        let shared = &self.shared;
+        let dir = &shared.snapshots;
+        let started = Instant::now();
+        let part = dir.dir.join(format!("install-{}.part", meta.snapshot_id));
+        // Check the header, then copy the file into our dir (it may be another node's file).
+        source.seek(SeekFrom::Start(0)).map_err(Error::io("seek the received snapshot"))?;
+        let found = read_header(&mut BufReader::new(&mut source), &part)?;
+        if found.last_log_id != meta.last_log_id || found.last_membership != meta.last_membership {
+            return Err(Error::BadSnapshot {
+                path: part,
+                reason: format!("its header says {found}, openraft says {meta}"),
+            });
+        }
+        source.seek(SeekFrom::Start(0)).map_err(Error::io("seek the received snapshot"))?;
+        let mut copy = File::create(&part).map_err(Error::io(format!("create {part:?}")))?;
+        let bytes = io::copy(&mut source, &mut copy).map_err(Error::io(format!("write {part:?}")))?;
+        copy.sync_all().map_err(Error::io(format!("fsync {part:?}")))?;
+        drop(copy);
+
+        // Fill a fresh generation; readers keep using the current one meanwhile.
+        let old_gen = shared.read_state().gen;
+        let gen = old_gen + 1;
+        let name = generation_tree_name(gen);
+        shared.db.drop_tree(&name).map_err(Error::sled("drop a stale generation"))?;
+        let tree = shared.db.open_tree(&name).map_err(Error::sled("create a state-machine generation"))?;
+        let mut r = BufReader::new(File::open(&part).map_err(Error::io(format!("open {part:?}")))?);
+        read_header(&mut r, &part)?;
+        let records = load_records(&mut r, &tree, &part)?;
+        tree.insert(keys::meta_key(keys::META_LAST_APPLIED), encode(&meta.last_log_id)?)
+            .map_err(Error::sled("write last applied"))?;
+        tree.insert(keys::meta_key(keys::META_MEMBERSHIP), encode(&meta.last_membership)?)
+            .map_err(Error::sled("write the membership"))?;
+        shared.flusher.flush_blocking().map_err(Error::io("flush the new state-machine generation"))?;
+
+        // The switch: one durable pointer write, under the write lock.
+        let old_tree = {
+            let mut current = shared.write_state();
+            shared
+                .meta
+                .insert(KEY_GENERATION, encode(&gen)?)
+                .map_err(Error::sled("switch the generation"))?;
+            shared.flusher.flush_blocking().map_err(Error::io("persist the generation switch"))?;
+            let old = std::mem::replace(&mut current.tree, tree);
+            current.gen = gen;
+            current.last_applied = meta.last_log_id;
+            current.membership = meta.last_membership.clone();
+            shared.set_applied_index(meta.last_log_id);
+            old
+        };
+        drop(old_tree);
+        shared.db.drop_tree(generation_tree_name(old_gen)).map_err(Error::sled("drop the old generation"))?;
+        dir.publish(&part, meta, true)?;
+        tracing::info!(
+            id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, records, bytes,
+            total_ms = started.elapsed().as_millis() as u64, "snapshot installed"
+        );
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(StateMachine::applied_state(self))
+    }
+
+    #[tracing::instrument(level = "trace", skip(self, entries))]
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let sm = self.clone();
+        // Large entries (an index build, a table drop) must not stall a tokio worker.
+        match tokio::task::spawn_blocking(move || sm.apply_blocking(entries)).await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err((log_id, e))) => Err(StorageIOError::apply(log_id, AnyError::new(&e)).into()),
+            Err(e) => {
+                Err(StorageIOError::new(ErrorSubject::StateMachine, ErrorVerb::Write, AnyError::new(&e))
+                    .into())
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { sm: self.clone() }
+    }
+
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let dir = &self.shared.snapshots;
+        let path = dir.dir.join(format!("recv-{}.part", dir.counter.fetch_add(1, Ordering::Relaxed)));
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await;
+        let f = f.map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+        Ok(Box::new(f))
+    }
+
+    /// Replaces the whole state machine with the snapshot (generation switch), publishes it and
+    /// deletes every other snapshot file, before returning.
+    #[tracing::instrument(level = "trace", skip(self, snapshot))]
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        use tokio::io::AsyncWriteExt;
+        let to_storage = |e: Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)).into()
+        };
+        snapshot
+            .flush()
+            .await
+            .map_err(|e| to_storage(Error::io("finish writing the received snapshot")(e)))?;
+        let file = snapshot.into_std().await;
+        let (sm, m) = (self.clone(), meta.clone());
+        let r = tokio::task::spawn_blocking(move || sm.install_blocking(&m, file)).await;
+        flatten(r).map_err(to_storage)
+    }
+
+    #[tracing::instrument(level = "trace", skip(self))]
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let sm = self.clone();
+        let r = tokio::task::spawn_blocking(move || match sm.shared.snapshots.latest()? {
+            Some((path, meta)) => SnapshotDir::open_snapshot(&path, meta).map(Some),
+            None => Ok(None),
+        })
+        .await;
+        flatten(r).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)).into())
+    }
+}

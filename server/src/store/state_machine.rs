@@ -1,0 +1,503 @@
+//! The state machine: applying log entries to the current generation tree, and reading it.
+//!
+//! Concurrency: [`Current`] sits behind one `RwLock`. `apply` and the generation switch of a
+//! snapshot install take it for writing; [`StateMachine::read`] and snapshot building take it for
+//! reading, so a reader sees the state between two applied entries, never inside one.
+
+use super::flusher::Flusher;
+use super::keys;
+use super::snapshot::SnapshotDir;
+use super::{decode, encode, Error};
+use crate::changeset::{
+    Applied, Change, ChangeSet, ErrorKind, IndexIter, Key, ReadError, ReadView, RequestRecord, Row, RowIter,
+    StatementError, TableSchema, Value, FORMAT_VERSION,
+};
+use crate::typ::{Entry, LogId, StoredMembership};
+use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Key of the current-generation pointer in tree `meta`.
+pub(crate) const KEY_GENERATION: &[u8] = b"sm_generation";
+const NO_INDEX: u64 = u64::MAX;
+
+/// Raw key/value pairs of the state-machine tree.
+pub(crate) type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A row as stored: the key is kept because key encodings are not decoded (see `keys`), and
+/// the index of the entry that last wrote the row is kept for optimistic transactions later.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredRow {
+    pub key: Key,
+    pub row: Row,
+    pub written_at: u64,
+}
+
+/// The state machine of this node. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct StateMachine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) db: sled::Db,
+    pub(crate) meta: sled::Tree,
+    pub(crate) flusher: Arc<Flusher>,
+    state: RwLock<Current>,
+    applied_index: AtomicU64,
+    pub(crate) snapshots: SnapshotDir,
+}
+
+/// The current generation and the applied state, as in memory.
+pub(crate) struct Current {
+    pub gen: u64,
+    pub tree: sled::Tree,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+pub(crate) fn generation_tree_name(gen: u64) -> String {
+    format!("sm.{gen}")
+}
+
+fn get_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, name: &str) -> Result<Option<T>, Error> {
+    match tree.get(keys::meta_key(name)).map_err(Error::sled(format!("read {name}")))? {
+        Some(v) => Ok(Some(decode(&v, name)?)),
+        None => Ok(None),
+    }
+}
+
+impl StateMachine {
+    pub(crate) fn open(db: &sled::Db, flusher: Arc<Flusher>, snapshot_dir: PathBuf) -> Result<Self, Error> {
+        let meta = db.open_tree("meta").map_err(Error::sled("open the meta tree"))?;
+        let gen = match meta.get(KEY_GENERATION).map_err(Error::sled("read the state-machine generation"))? {
+            Some(v) => decode::<u64>(&v, "state-machine generation")?,
+            None => {
+                meta.insert(KEY_GENERATION, encode(&1u64)?).map_err(Error::sled("write the generation"))?;
+                1
+            }
+        };
+        let current_name = generation_tree_name(gen);
+        for name in db.tree_names() {
+            if name.starts_with(b"sm.") && name != current_name.as_bytes() {
+                // Left by a snapshot install that crashed before or after its switch.
+                tracing::info!(tree = %String::from_utf8_lossy(&name), "dropping stale state-machine generation");
+                db.drop_tree(&name).map_err(Error::sled("drop a stale state-machine generation"))?;
+            }
+        }
+        let tree = db.open_tree(&current_name).map_err(Error::sled("open the state-machine tree"))?;
+        let last_applied: Option<LogId> =
+            get_meta::<Option<LogId>>(&tree, keys::META_LAST_APPLIED)?.flatten();
+        let membership = get_meta(&tree, keys::META_MEMBERSHIP)?.unwrap_or_default();
+        let snapshots = SnapshotDir::open(snapshot_dir)?;
+        let shared = Shared {
+            db: db.clone(),
+            meta,
+            flusher,
+            applied_index: AtomicU64::new(last_applied.map_or(NO_INDEX, |l| l.index)),
+            state: RwLock::new(Current { gen, tree, last_applied, membership }),
+            snapshots,
+        };
+        Ok(StateMachine { shared: Arc::new(shared) })
+    }
+
+    /// Runs `f` on a consistent view of the applied state: apply does not run meanwhile.
+    /// Blocks while an entry is being applied; call it from a blocking thread for long reads.
+    /// Do not call other `StateMachine` methods inside `f`: they take the same lock, and a
+    /// nested read deadlocks when an apply is waiting for it.
+    pub fn read<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> R {
+        let current = self.shared.read_state();
+        f(&View { tree: &current.tree })
+    }
+
+    /// The cluster id, once the first leader's entry set it.
+    pub fn cluster_id(&self) -> Result<Option<String>, Error> {
+        get_meta(&self.shared.read_state().tree, keys::META_CLUSTER_ID)
+    }
+
+    /// The exactly-once record of a client: its highest applied sequence number and outcomes.
+    pub fn request_record(&self, client_id: &str) -> Result<Option<RequestRecord>, Error> {
+        let current = self.shared.read_state();
+        match current.tree.get(keys::request_key(client_id)).map_err(Error::sled("read a request record"))? {
+            Some(v) => Ok(Some(decode(&v, "request record")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The index of the last applied entry (from memory; never blocks).
+    /// Makes every write so far durable (one fsync through the flusher), e.g. at shutdown.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.flusher.flush_blocking().map_err(Error::io("flush the store"))
+    }
+
+    pub fn applied_index(&self) -> Option<u64> {
+        match self.shared.applied_index.load(Ordering::Acquire) {
+            NO_INDEX => None,
+            i => Some(i),
+        }
+    }
+
+    pub(crate) fn applied_state(&self) -> (Option<LogId>, StoredMembership) {
+        let current = self.shared.read_state();
+        (current.last_applied, current.membership.clone())
+    }
+
+    /// Applies entries, one atomic sled batch each (not flushed: see the module doc of `store`).
+    /// On failure, returns the log id of the entry that failed.
+    pub(crate) fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Applied>, (LogId, Error)> {
+        let mut current = self.shared.write_state();
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let log_id = entry.log_id;
+            tracing::trace!(%log_id, "apply");
+            out.push(apply_entry(&mut current, &entry).map_err(|e| (log_id, e))?);
+            self.shared.applied_index.store(log_id.index, Ordering::Release);
+        }
+        Ok(out)
+    }
+}
+
+fn apply_entry(current: &mut Current, entry: &Entry) -> Result<Applied, Error> {
+    let log_id = entry.log_id;
+    let mut txn = Txn::new(&current.tree);
+    let mut applied = Applied::default();
+    let mut membership = None;
+    match &entry.payload {
+        EntryPayload::Blank => {}
+        EntryPayload::Normal(cs) => applied = apply_changeset(&mut txn, cs, log_id)?,
+        EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(log_id), m.clone())),
+    }
+    txn.put(keys::meta_key(keys::META_LAST_APPLIED), encode(&Some(log_id))?);
+    if let Some(m) = &membership {
+        txn.put(keys::meta_key(keys::META_MEMBERSHIP), encode(m)?);
+    }
+    let batch = txn.into_batch();
+    current.tree.apply_batch(batch).map_err(Error::sled("apply an entry"))?;
+    current.last_applied = Some(log_id);
+    if let Some(m) = membership {
+        current.membership = m;
+    }
+    Ok(applied)
+}
+
+impl Shared {
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, Current> {
+        // A panic while applying leaves a state we cannot trust; propagating it is right.
+        self.state.read().expect("state-machine lock poisoned by a panic during apply")
+    }
+
+    pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, Current> {
+        self.state.write().expect("state-machine lock poisoned by a panic during apply")
+    }
+
+    pub(crate) fn set_applied_index(&self, last_applied: Option<LogId>) {
+        self.applied_index.store(last_applied.map_or(NO_INDEX, |l| l.index), Ordering::Release);
+    }
+}
+
+/// The writes of one entry, readable before they are applied (a later change in the same entry
+/// sees an earlier one).
+struct Txn<'a> {
+    tree: &'a sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Txn { tree, writes: BTreeMap::new() }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        Ok(self.tree.get(key).map_err(Error::sled("read the state machine"))?.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Every live key/value under `prefix`, this entry's writes included, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KeyValues, Error> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(Error::sled("scan the state machine"))?;
+            merged.insert(k.to_vec(), Some(v.to_vec()));
+        }
+        for (k, v) in self.writes.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch
+    }
+
+    fn schema(&self, table: &str) -> Result<Option<TableSchema>, Error> {
+        match self.get(&keys::catalog_key(table))? {
+            Some(v) => Ok(Some(decode(&v, "table schema")?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The index entries (key, value) of one row under every index of `schema`.
+pub(crate) fn index_entries(schema: &TableSchema, key: &Key, row: &Row) -> Result<KeyValues, String> {
+    let mut out = Vec::with_capacity(schema.indexes.len());
+    for ix in &schema.indexes {
+        let mut values = Vec::with_capacity(ix.columns.len());
+        for &c in &ix.columns {
+            let v = row.get(c).ok_or_else(|| {
+                format!(
+                    "index {:?} names column {c}, but a row of {:?} has {} values",
+                    ix.name,
+                    schema.name,
+                    row.len()
+                )
+            })?;
+            values.push(v.clone());
+        }
+        let k = keys::index_key(&schema.name, &ix.name, &values, key);
+        out.push((k, bincode::serialize(&(values, key)).map_err(|e| e.to_string())?));
+    }
+    Ok(out)
+}
+
+fn apply_changeset(txn: &mut Txn<'_>, cs: &ChangeSet, log_id: LogId) -> Result<Applied, Error> {
+    let invalid = |reason: String| Error::InvalidEntry { log_id: log_id.to_string(), reason };
+    if cs.version > FORMAT_VERSION {
+        return Err(invalid(format!(
+            "it was written in change-set format v{}, this build reads up to v{FORMAT_VERSION}: upgrade this node",
+            cs.version
+        )));
+    }
+    if let Some(id) = &cs.init_cluster_id {
+        let key = keys::meta_key(keys::META_CLUSTER_ID);
+        if txn.get(&key)?.is_none() {
+            txn.put(key, encode(id)?);
+        }
+    }
+    let mut applied = Applied::default();
+    for (position, req) in cs.requests.iter().enumerate() {
+        if let Some(rid) = &req.request_id {
+            let rkey = keys::request_key(&rid.client_id);
+            if let Some(v) = txn.get(&rkey)? {
+                let rec: RequestRecord = decode(&v, "request record")?;
+                if rec.seq == rid.seq {
+                    applied.duplicates.push((position, rec.outcomes));
+                    continue;
+                }
+                if rec.seq > rid.seq {
+                    let message = format!(
+                        "request {} of client {:?} is older than the client's last applied request {}",
+                        rid.seq, rid.client_id, rec.seq
+                    );
+                    let err = StatementError { kind: ErrorKind::Invalid, message, position: None };
+                    applied.duplicates.push((position, vec![Err(err)]));
+                    continue;
+                }
+            }
+        }
+        for change in &req.changes {
+            apply_change(txn, change, log_id.index).map_err(|e| match e {
+                ChangeError::Invalid(reason) => invalid(reason),
+                ChangeError::Storage(e) => e,
+            })?;
+        }
+        if let Some(rid) = &req.request_id {
+            let rec = RequestRecord { seq: rid.seq, outcomes: req.outcomes.clone() };
+            txn.put(keys::request_key(&rid.client_id), encode(&rec)?);
+        }
+    }
+    Ok(applied)
+}
+
+/// Why a change could not be applied: an invalid entry, or a storage failure.
+enum ChangeError {
+    Invalid(String),
+    Storage(Error),
+}
+
+impl From<Error> for ChangeError {
+    fn from(e: Error) -> Self {
+        ChangeError::Storage(e)
+    }
+}
+
+fn must_schema(txn: &Txn<'_>, table: &str) -> Result<TableSchema, ChangeError> {
+    txn.schema(table)?.ok_or_else(|| ChangeError::Invalid(format!("table {table:?} does not exist")))
+}
+
+fn remove_row_indexes(txn: &mut Txn<'_>, schema: &TableSchema, key_bytes: &[u8]) -> Result<(), ChangeError> {
+    if let Some(old) = txn.get(key_bytes)? {
+        let old: StoredRow = decode(&old, "row")?;
+        for (k, _) in index_entries(schema, &old.key, &old.row).map_err(ChangeError::Invalid)? {
+            txn.remove(k);
+        }
+    }
+    Ok(())
+}
+
+fn apply_change(txn: &mut Txn<'_>, change: &Change, index: u64) -> Result<(), ChangeError> {
+    match change {
+        Change::CreateTable(schema) => {
+            txn.put(keys::catalog_key(&schema.name), encode(schema)?);
+        }
+        Change::DropTable { table } => {
+            txn.remove(keys::catalog_key(table));
+            for prefix in [keys::rows_prefix(table), keys::table_indexes_prefix(table)] {
+                for (k, _) in txn.scan_prefix(&prefix)? {
+                    txn.remove(k);
+                }
+            }
+        }
+        Change::CreateIndex(ix) => {
+            let mut schema = must_schema(txn, &ix.table)?;
+            let lname = keys::lookup_name(&ix.name);
+            schema.indexes.retain(|i| keys::lookup_name(&i.name) != lname);
+            schema.indexes.push(ix.clone());
+            let only = TableSchema { indexes: vec![ix.clone()], ..schema.clone() };
+            for (_, v) in txn.scan_prefix(&keys::rows_prefix(&ix.table))? {
+                let stored: StoredRow = decode(&v, "row")?;
+                for (k, v) in index_entries(&only, &stored.key, &stored.row).map_err(ChangeError::Invalid)? {
+                    txn.put(k, v);
+                }
+            }
+            txn.put(keys::catalog_key(&schema.name), encode(&schema)?);
+        }
+        Change::DropIndex { table, index } => {
+            let mut schema = must_schema(txn, table)?;
+            let lname = keys::lookup_name(index);
+            schema.indexes.retain(|i| keys::lookup_name(&i.name) != lname);
+            for (k, _) in txn.scan_prefix(&keys::index_prefix(table, index))? {
+                txn.remove(k);
+            }
+            txn.put(keys::catalog_key(&schema.name), encode(&schema)?);
+        }
+        Change::Insert { table, key, row } | Change::Update { table, key, row } => {
+            let schema = must_schema(txn, table)?;
+            if row.len() != schema.columns.len() {
+                return Err(ChangeError::Invalid(format!(
+                    "a row for {table:?} has {} values, the table has {} columns",
+                    row.len(),
+                    schema.columns.len()
+                )));
+            }
+            let rk = keys::row_key(table, key);
+            remove_row_indexes(txn, &schema, &rk)?;
+            for (k, v) in index_entries(&schema, key, row).map_err(ChangeError::Invalid)? {
+                txn.put(k, v);
+            }
+            let stored = StoredRow { key: key.clone(), row: row.clone(), written_at: index };
+            txn.put(rk, encode(&stored)?);
+        }
+        Change::Delete { table, key } => {
+            let schema = must_schema(txn, table)?;
+            let rk = keys::row_key(table, key);
+            remove_row_indexes(txn, &schema, &rk)?;
+            txn.remove(rk);
+        }
+    }
+    Ok(())
+}
+
+/// A [`ReadView`] over one generation tree; valid while the state lock is held.
+pub(crate) struct View<'a> {
+    pub tree: &'a sled::Tree,
+}
+
+fn read_err(e: impl std::fmt::Display) -> ReadError {
+    ReadError(e.to_string())
+}
+
+impl View<'_> {
+    fn range(&self, prefix: &[u8], lower: Bound<&[Value]>, upper: Bound<&[Value]>) -> sled::Iter {
+        let lo = keys::lower_bound(prefix, lower);
+        let hi = keys::upper_bound(prefix, upper);
+        self.tree.range::<Vec<u8>, _>((lo, hi))
+    }
+}
+
+fn bound_slice(b: &Bound<Vec<Value>>) -> Bound<&[Value]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl ReadView for View<'_> {
+    fn table(&self, name: &str) -> Result<Option<TableSchema>, ReadError> {
+        match self.tree.get(keys::catalog_key(name)).map_err(read_err)? {
+            Some(v) => Ok(Some(decode(&v, "table schema").map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn tables(&self) -> Result<Vec<TableSchema>, ReadError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(keys::catalog_prefix()) {
+            let (_, v) = kv.map_err(read_err)?;
+            out.push(decode(&v, "table schema").map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    fn get(&self, table: &str, key: &[Value]) -> Result<Option<Row>, ReadError> {
+        match self.tree.get(keys::row_key(table, key)).map_err(read_err)? {
+            Some(v) => Ok(Some(decode::<StoredRow>(&v, "row").map_err(read_err)?.row)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, table: &str, lower: Bound<Key>, upper: Bound<Key>) -> RowIter<'_> {
+        let iter = self.range(&keys::rows_prefix(table), bound_slice(&lower), bound_slice(&upper));
+        Box::new(iter.map(|kv| {
+            let (_, v) = kv.map_err(read_err)?;
+            let stored: StoredRow = decode(&v, "row").map_err(read_err)?;
+            Ok((stored.key, stored.row))
+        }))
+    }
+
+    fn scan_index(
+        &self,
+        table: &str,
+        index: &str,
+        lower: Bound<Vec<Value>>,
+        upper: Bound<Vec<Value>>,
+    ) -> IndexIter<'_> {
+        let iter = self.range(&keys::index_prefix(table, index), bound_slice(&lower), bound_slice(&upper));
+        Box::new(iter.map(|kv| {
+            let (_, v) = kv.map_err(read_err)?;
+            decode::<(Vec<Value>, Key)>(&v, "index entry").map_err(read_err)
+        }))
+    }
+
+    fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError> {
+        let mut iter = self.range(&keys::rows_prefix(table), Bound::Unbounded, Bound::Unbounded);
+        match iter.next_back() {
+            Some(kv) => {
+                let (_, v) = kv.map_err(read_err)?;
+                Ok(Some(decode::<StoredRow>(&v, "row").map_err(read_err)?.key))
+            }
+            None => Ok(None),
+        }
+    }
+}

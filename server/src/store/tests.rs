@@ -1,0 +1,433 @@
+//! Tests of the sled store: openraft's conformance suite, apply and reads, exactly-once,
+//! snapshots, restart, and data-dir checks.
+
+use super::*;
+use crate::changeset::{
+    Applied, Change, ChangeSet, Column, DataType, ErrorKind, IndexSchema, RequestEffects, RequestId,
+    StatementResult, TableSchema, Value,
+};
+use crate::typ::{Entry, LogId, Membership, StorageError, TypeConfig, Vote};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
+use std::collections::BTreeSet;
+use std::ops::Bound::{self, Excluded, Included, Unbounded};
+use tempfile::TempDir;
+use Value::{Integer as I, Null, Text};
+
+fn opts(dir: &Path, node_id: NodeId) -> Options {
+    Options { data_dir: dir.join("data"), node_id, flush_every: None }
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("create a temp dir");
+        let (log, sm) = open(&opts(dir.path(), 0)).expect("open a fresh store");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn store_openraft_suite() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+fn normal(index: u64, cs: ChangeSet) -> Entry {
+    Entry { log_id: log_id(index), payload: EntryPayload::Normal(cs) }
+}
+
+fn req(changes: Vec<Change>) -> RequestEffects {
+    RequestEffects { request_id: None, changes, outcomes: vec![] }
+}
+
+fn col(name: &str, data_type: DataType) -> Column {
+    Column { name: name.into(), data_type, nullable: true, default: None }
+}
+
+/// Table `Users(id INTEGER PRIMARY KEY, name TEXT, age INTEGER)`.
+fn users() -> TableSchema {
+    TableSchema {
+        name: "Users".into(),
+        columns: vec![
+            col("id", DataType::Integer),
+            col("name", DataType::Text),
+            col("age", DataType::Integer),
+        ],
+        primary_key: vec![0],
+        indexes: vec![],
+    }
+}
+
+fn by_age() -> IndexSchema {
+    IndexSchema { name: "By_Age".into(), table: "users".into(), columns: vec![2], unique: false }
+}
+
+fn user(id: i64, name: &str, age: Value) -> Change {
+    Change::Insert { table: "users".into(), key: vec![I(id)], row: vec![I(id), Text(name.into()), age] }
+}
+
+async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) -> Vec<Applied> {
+    RaftStateMachine::apply(sm, entries).await.expect("apply")
+}
+
+fn scan(sm: &StateMachine, lo: Bound<Vec<Value>>, hi: Bound<Vec<Value>>) -> Vec<i64> {
+    sm.read(|v| {
+        v.scan("USERS", lo, hi)
+            .map(|r| match r.expect("scan").0[0] {
+                I(i) => i,
+                ref other => panic!("key {other:?}"),
+            })
+            .collect()
+    })
+}
+
+fn scan_index(
+    sm: &StateMachine,
+    lo: Bound<Vec<Value>>,
+    hi: Bound<Vec<Value>>,
+) -> Vec<(Vec<Value>, Vec<Value>)> {
+    sm.read(|v| v.scan_index("users", "by_age", lo, hi).map(|r| r.expect("scan_index")).collect())
+}
+
+/// Every key/value of the current state-machine generation.
+fn dump(sm: &StateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let current = sm.shared.read_state();
+    current.tree.iter().map(|kv| kv.expect("iterate")).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+/// Users 1..=5 with ages 30, NULL, 25, 30, 40, and the index by age.
+async fn populated(dir: &Path) -> (LogStore, StateMachine) {
+    let (log, mut sm) = open(&opts(dir, 1)).expect("open");
+    let cs = ChangeSet::new(vec![req(vec![
+        Change::CreateTable(users()),
+        user(1, "ann", I(30)),
+        user(2, "bob", Null),
+        user(3, "cid", I(25)),
+        Change::CreateIndex(by_age()),
+        user(4, "dan", I(30)),
+    ])]);
+    let cs2 = ChangeSet::new(vec![req(vec![user(5, "eve", I(40))])]);
+    let applied = apply(&mut sm, vec![normal(1, cs), normal(2, cs2)]).await;
+    assert_eq!(applied, vec![Applied::default(), Applied::default()]);
+    (log, sm)
+}
+
+#[tokio::test]
+async fn store_apply_then_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, sm) = populated(dir.path()).await;
+    assert_eq!(sm.applied_index(), Some(2));
+    sm.read(|v| {
+        assert_eq!(v.table("USERS").unwrap().unwrap().indexes, vec![by_age()]);
+        assert_eq!(v.tables().unwrap().len(), 1);
+        assert_eq!(v.get("users", &[I(3)]).unwrap(), Some(vec![I(3), Text("cid".into()), I(25)]));
+        assert_eq!(v.get("users", &[Value::Real(3.0)]).unwrap().map(|r| r[0].clone()), Some(I(3)));
+        assert_eq!(v.get("users", &[I(9)]).unwrap(), None);
+        assert_eq!(v.last_key("Users").unwrap(), Some(vec![I(5)]));
+        assert_eq!(v.last_key("nope").unwrap(), None);
+    });
+    assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 2, 3, 4, 5]);
+    assert_eq!(scan(&sm, Included(vec![I(2)]), Excluded(vec![I(4)])), vec![2, 3]);
+    assert_eq!(scan(&sm, Excluded(vec![I(2)]), Included(vec![I(4)])), vec![3, 4]);
+    assert_eq!(scan(&sm, Included(vec![]), Included(vec![])), vec![1, 2, 3, 4, 5]);
+    assert_eq!(scan(&sm, Included(vec![I(4)]), Excluded(vec![I(2)])), Vec::<i64>::new(), "empty range");
+    assert_eq!(scan(&sm, Excluded(vec![I(3)]), Included(vec![I(3)])), Vec::<i64>::new(), "empty range");
+    // Index order: NULL first, then ages, ties by primary key.
+    let all = scan_index(&sm, Unbounded, Unbounded);
+    let order: Vec<_> = all.iter().map(|(_, k)| k[0].clone()).collect();
+    assert_eq!(order, vec![I(2), I(3), I(1), I(4), I(5)]);
+    assert_eq!(all[0], (vec![Null], vec![I(2)]));
+    // Prefix bounds: Included(30) as upper includes every entry with age 30.
+    let upto30 = scan_index(&sm, Excluded(vec![Null]), Included(vec![I(30)]));
+    assert_eq!(upto30.iter().map(|(_, k)| k[0].clone()).collect::<Vec<_>>(), vec![I(3), I(1), I(4)]);
+    let after30 = scan_index(&sm, Excluded(vec![I(30)]), Unbounded);
+    assert_eq!(after30, vec![(vec![I(40)], vec![I(5)])]);
+    let exactly30 = scan_index(&sm, Included(vec![Value::Real(30.0)]), Included(vec![I(30)]));
+    assert_eq!(exactly30.len(), 2);
+}
+
+#[tokio::test]
+async fn store_index_maintenance_across_update_delete_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = populated(dir.path()).await;
+    let update =
+        Change::Update { table: "users".into(), key: vec![I(1)], row: vec![I(1), Text("ann".into()), I(50)] };
+    let delete = Change::Delete { table: "USERS".into(), key: vec![I(4)] };
+    apply(&mut sm, vec![normal(3, ChangeSet::new(vec![req(vec![update, delete])]))]).await;
+    let ages: Vec<_> = scan_index(&sm, Unbounded, Unbounded);
+    assert_eq!(
+        ages,
+        vec![
+            (vec![Null], vec![I(2)]),
+            (vec![I(25)], vec![I(3)]),
+            (vec![I(40)], vec![I(5)]),
+            (vec![I(50)], vec![I(1)])
+        ]
+    );
+    assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 2, 3, 5]);
+
+    let drop_index = Change::DropIndex { table: "users".into(), index: "BY_AGE".into() };
+    apply(&mut sm, vec![normal(4, ChangeSet::new(vec![req(vec![drop_index])]))]).await;
+    assert!(scan_index(&sm, Unbounded, Unbounded).is_empty());
+    assert!(sm.read(|v| v.table("users").unwrap().unwrap().indexes.is_empty()));
+
+    // Re-create it over existing rows, then drop the table: nothing of it may remain.
+    let recreate = Change::CreateIndex(by_age());
+    apply(&mut sm, vec![normal(5, ChangeSet::new(vec![req(vec![recreate])]))]).await;
+    assert_eq!(scan_index(&sm, Unbounded, Unbounded).len(), 4);
+    let before_table = dump(&sm).len();
+    let drop_table = Change::DropTable { table: "Users".into() };
+    apply(&mut sm, vec![normal(6, ChangeSet::new(vec![req(vec![drop_table])]))]).await;
+    assert!(sm.read(|v| v.table("users").unwrap().is_none() && v.tables().unwrap().is_empty()));
+    // Only meta keys are left (last applied; membership is not set in these tests).
+    let left = dump(&sm);
+    assert!(before_table > left.len());
+    assert!(left.iter().all(|(k, _)| k[0] == 0x01), "left: {left:?}");
+}
+
+fn with_id(client: &str, seq: u64, changes: Vec<Change>, rows_affected: u64) -> RequestEffects {
+    RequestEffects {
+        request_id: Some(RequestId { client_id: client.into(), seq }),
+        changes,
+        outcomes: vec![Ok(StatementResult { rows_affected, ..Default::default() })],
+    }
+}
+
+#[tokio::test]
+async fn store_apply_is_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(&opts(dir.path(), 1)).unwrap();
+    let mut first = ChangeSet::new(vec![
+        req(vec![Change::CreateTable(users())]),
+        with_id("c1", 7, vec![user(1, "ann", I(1))], 1),
+    ]);
+    first.init_cluster_id = Some("cluster-a".into());
+    assert_eq!(apply(&mut sm, vec![normal(1, first)]).await, vec![Applied::default()]);
+    assert_eq!(sm.cluster_id().unwrap().as_deref(), Some("cluster-a"));
+
+    // A retry of seq 7 (racing its original), an older seq 6, and a new seq from another client.
+    let mut retry = ChangeSet::new(vec![
+        with_id("c1", 7, vec![user(2, "dup", I(2))], 99),
+        with_id("c1", 6, vec![user(3, "old", I(3))], 99),
+        with_id("c2", 1, vec![user(4, "new", I(4))], 1),
+    ]);
+    retry.init_cluster_id = Some("cluster-b".into());
+    let applied = apply(&mut sm, vec![normal(2, retry)]).await;
+    let dups = &applied[0].duplicates;
+    assert_eq!(dups.len(), 2);
+    assert_eq!(dups[0], (0, vec![Ok(StatementResult { rows_affected: 1, ..Default::default() })]));
+    assert_eq!(dups[1].0, 1);
+    let err = dups[1].1[0].as_ref().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid);
+    assert!(err.message.contains("older"), "{}", err.message);
+    assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 4]);
+    assert_eq!(sm.request_record("c1").unwrap().unwrap().seq, 7);
+    assert_eq!(sm.request_record("c2").unwrap().unwrap().seq, 1);
+    assert_eq!(sm.request_record("c3").unwrap(), None);
+    assert_eq!(sm.cluster_id().unwrap().as_deref(), Some("cluster-a"), "set once");
+
+    // Within one entry, a second copy of the same request is a duplicate of the first.
+    let twice = ChangeSet::new(vec![
+        with_id("c3", 1, vec![user(5, "x", I(5))], 1),
+        with_id("c3", 1, vec![user(6, "y", I(6))], 1),
+    ]);
+    let applied = apply(&mut sm, vec![normal(3, twice)]).await;
+    assert_eq!(applied[0].duplicates.len(), 1);
+    assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 4, 5]);
+}
+
+#[tokio::test]
+async fn store_snapshot_build_install_gives_identical_state() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_la, mut sm_a) = populated(a.path()).await;
+    let members = Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
+    let cs = ChangeSet::new(vec![with_id("c1", 1, vec![user(6, "fay", I(20))], 1)]);
+    apply(
+        &mut sm_a,
+        vec![Entry { log_id: log_id(3), payload: EntryPayload::Membership(members) }, normal(4, cs)],
+    )
+    .await;
+    let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(4)));
+    assert_eq!(snap.meta.last_membership.log_id(), &Some(log_id(3)));
+
+    let (_lb, mut sm_b) = open(&opts(b.path(), 2)).unwrap();
+    let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+    sm_b.install_snapshot(&snap.meta, recv).await.unwrap();
+    assert_eq!(dump(&sm_a), dump(&sm_b));
+    assert_eq!(sm_b.applied_index(), Some(4));
+    assert_eq!(RaftStateMachine::applied_state(&mut sm_b).await.unwrap(), sm_a.applied_state());
+    assert_eq!(scan_index(&sm_b, Unbounded, Unbounded), scan_index(&sm_a, Unbounded, Unbounded));
+    let cur = sm_b.get_current_snapshot().await.unwrap().expect("installed snapshot is current");
+    assert_eq!(cur.meta, snap.meta);
+    // Only the published snapshot file is left.
+    let files: Vec<_> = std::fs::read_dir(b.path().join("data/snapshots")).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+
+    // After a restart the state, the generation and the current snapshot are still there.
+    let before = dump(&sm_b);
+    drop((_lb, sm_b));
+    let (_lb, mut sm_b) = open(&opts(b.path(), 2)).unwrap();
+    assert_eq!(dump(&sm_b), before);
+    assert_eq!(sm_b.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+}
+
+#[tokio::test]
+async fn store_reopen_keeps_vote_log_and_applied_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new(3, 1);
+    {
+        let (mut log, mut sm) = open(&opts(dir.path(), 1)).unwrap();
+        assert!(!log.has_state().unwrap());
+        log.save_vote(&vote).await.unwrap();
+        let cs = ChangeSet::new(vec![req(vec![Change::CreateTable(users()), user(1, "ann", I(1))])]);
+        let entries = vec![Entry { log_id: log_id(1), payload: EntryPayload::Blank }, normal(2, cs)];
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.save_committed(Some(log_id(2))).await.unwrap();
+        apply(&mut sm, entries).await;
+        assert!(log.has_state().unwrap());
+    }
+    let (mut log, mut sm) = open(&opts(dir.path(), 1)).unwrap();
+    assert!(log.has_state().unwrap());
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (None, Some(log_id(2))));
+    assert_eq!(log.try_get_log_entries(1..3).await.unwrap().len(), 2);
+    assert_eq!(sm.applied_index(), Some(2));
+    assert_eq!(RaftStateMachine::applied_state(&mut sm).await.unwrap().0, Some(log_id(2)));
+    assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1]);
+
+    // Purge and truncate keep the log without holes, across a reopen too.
+    log.blocking_append((3..=6).map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank }))
+        .await
+        .unwrap();
+    log.purge(log_id(2)).await.unwrap();
+    log.truncate(log_id(5)).await.unwrap();
+    drop((log, sm));
+    let (mut log, _sm) = open(&opts(dir.path(), 1)).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(2)), Some(log_id(4))));
+    let idx: Vec<u64> =
+        log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(idx, vec![3, 4]);
+}
+
+#[test]
+fn store_refuses_a_data_dir_of_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&opts(dir.path(), 2)).unwrap());
+    let err = open(&opts(dir.path(), 3)).err().expect("node 3 must be refused");
+    let path = dir.path().join("data");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "data dir {path:?} belongs to node 2, not node 3: start with --id 2, or point --data-dir at an empty directory"
+        )
+    );
+    assert!(open(&opts(dir.path(), 2)).is_ok());
+}
+
+#[test]
+fn store_refuses_unusable_data_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"x").unwrap();
+    let err = open(&opts(dir.path(), 1)).err().expect("a file is not a data dir");
+    assert!(matches!(err, Error::NotADirectory { .. }), "{err}");
+
+    let other = tempfile::tempdir().unwrap();
+    let _held = open(&opts(other.path(), 1)).unwrap();
+    let err = open(&opts(other.path(), 1)).err().expect("a locked data dir");
+    assert!(err.to_string().contains("another raftsql-server may be running on it"), "{err}");
+}
+
+/// Measures how long building a snapshot blocks apply, for the module doc.
+#[tokio::test]
+async fn store_snapshot_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(&opts(dir.path(), 1)).unwrap();
+    let n = 20_000;
+    let mut changes = vec![Change::CreateTable(users()), Change::CreateIndex(by_age())];
+    changes.extend((0..n).map(|i| user(i, "someone", I(i % 90))));
+    apply(&mut sm, vec![normal(1, ChangeSet::new(vec![req(changes)]))]).await;
+    let started = std::time::Instant::now();
+    let (snap, paused) = snapshot::SnapshotBuilder { sm: sm.clone() }.build_blocking().unwrap();
+    let took = started.elapsed();
+    eprintln!("snapshot of {n} rows: apply blocked {paused:?}, {took:?} in total");
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1)));
+}
+
+const CRASH_CHILD_ENV: &str = "RAFTSQL_STORE_CRASH_CHILD_DIR";
+
+/// The writer half of `store_crash_keeps_acknowledged_writes`: runs only in the child process.
+/// Appends and applies entry i (inserting row i), printing `acked i` once the append callback
+/// said it is durable; then waits to be killed.
+#[test]
+fn store_crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut log, mut sm) = open(&opts(Path::new(&dir), 1)).unwrap();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let cs = ChangeSet::new(vec![req(vec![Change::CreateTable(users())])]);
+        log.blocking_append([normal(1, cs.clone())]).await.unwrap();
+        apply(&mut sm, vec![normal(1, cs)]).await;
+        for i in 2.. {
+            let entry = normal(i, ChangeSet::new(vec![req(vec![user(i as i64, "x", I(i as i64))])]));
+            log.blocking_append([entry.clone()]).await.unwrap();
+            println!("acked {i}");
+            apply(&mut sm, vec![entry]).await;
+        }
+    });
+}
+
+/// kill -9 a writer, then check the crash argument of the module doc: every acknowledged entry
+/// is in the log, the log has no hole, and the state machine is exactly some applied prefix.
+#[tokio::test]
+async fn store_crash_keeps_acknowledged_writes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["store::tests::store_crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut acked = 0;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(i) = line.unwrap().strip_prefix("acked ") {
+            acked = i.parse().unwrap();
+            if acked >= 300 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor, no flush
+    child.wait().unwrap();
+    assert!(acked >= 300, "the child stopped early");
+
+    let (mut log, mut sm) = open(&opts(dir.path(), 1)).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
+    let last = log.get_log_state().await.unwrap().last_log_id.unwrap().index;
+    assert!(last >= acked, "acknowledged {acked}, log ends at {last}");
+    let idx: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(idx, (1..=last).collect::<Vec<_>>(), "no hole");
+    let applied = sm.applied_index().unwrap_or(0);
+    assert!(applied <= last);
+    let want: Vec<i64> = (2..=applied as i64).collect();
+    assert_eq!(scan(&sm, Unbounded, Unbounded), want, "state machine is the prefix up to {applied}");
+    // What openraft does at start-up: re-apply the rest from the log.
+    let rest = log.try_get_log_entries(applied + 1..=last).await.unwrap();
+    apply(&mut sm, rest).await;
+    assert_eq!(scan(&sm, Unbounded, Unbounded), (2..=last as i64).collect::<Vec<_>>());
+    eprintln!("crash: acknowledged {acked}, log ends at {last}, applied {applied}");
+}
