@@ -131,7 +131,7 @@ impl StateMachine {
     /// The index of the last applied entry (from memory; never blocks).
     /// Makes every write so far durable (one fsync through the flusher), e.g. at shutdown.
     pub fn flush(&self) -> Result<(), Error> {
-        self.flusher.flush_blocking().map_err(Error::io("flush the store"))
+        self.shared.flusher.flush_blocking().map_err(Error::io("flush the store"))
     }
 
     pub fn applied_index(&self) -> Option<u64> {
