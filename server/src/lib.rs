@@ -6,13 +6,8 @@
 //! sequencer, read routing) · `service` (gRPC handlers) · `node` (config, start-up, shutdown).
 
 pub mod changeset;
-// `node` is a temporary feature while store/ and sql/ are being written: the layers above them
-// compile only once their APIs exist.
-#[cfg(feature = "node")]
 pub mod node;
-#[cfg(feature = "node")]
 pub mod raft;
-#[cfg(feature = "node")]
 pub mod service;
 pub mod sql;
 pub mod store;

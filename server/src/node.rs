@@ -112,7 +112,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let addr = cfg.advertise.clone().unwrap_or_else(|| cfg.listen.clone());
     if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
-        bail!("--listen {} is a wildcard address: pass --advertise HOST:PORT so peers can reach this node", cfg.listen);
+        bail!(
+            "--listen {} is a wildcard address: pass --advertise HOST:PORT so peers can reach this node",
+            cfg.listen
+        );
     }
     let span = tracing::info_span!("node", node_id = cfg.id);
     async move {
@@ -247,7 +250,8 @@ async fn join(seed: String, id: NodeId, addr: String) {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let channel = crate::raft::network::channel(&seed).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let channel = crate::raft::network::channel(&seed)
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::admin_client::AdminClient::new(channel);
             client.join(pb::JoinRequest { node_id: id, addr: addr.clone(), as_learner: false }).await
         };

@@ -1,1 +1,420 @@
+//! The cluster harness: real `raftsql-server` processes on 127.0.0.1 with ports picked at run
+//! time and data in a temp dir, for end-to-end tests.
+//!
+//! A [`Cluster`] owns its processes: `Drop` kills (SIGKILL) and reaps every one it started and
+//! removes the temp dir — unless the test is panicking, in which case the dir (node logs
+//! `node-<id>.log`, data dirs) is kept and its path printed. Every wait polls a condition with a
+//! deadline; nothing sleeps to synchronize.
 
+use raftsql_client::{pb, Client, Consistency, QueryOptions, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// How a cluster is started.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// `--snapshot-threshold` for every node.
+    pub snapshot_threshold: Option<u64>,
+    /// More flags for every node.
+    pub extra_args: Vec<String>,
+    /// More environment variables for every node.
+    pub env: Vec<(String, String)>,
+}
+
+/// The directory holding the `raftsql-server` and `raftsql` binaries, built once per process so
+/// a test never runs a stale binary. `RAFTSQL_BIN_DIR` overrides (and skips the build).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(dir) = std::env::var("RAFTSQL_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        // current_exe is target/<profile>/deps/<test>-<hash>.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "raftsql-server",
+            "-p",
+            "raftsql-client",
+            "--bins",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the server binaries");
+        assert!(status.success(), "building raftsql-server and raftsql failed");
+        profile_dir
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+struct Node {
+    addr: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running set of nodes.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    nodes: BTreeMap<u64, Node>,
+    opts: ClusterOptions,
+    client: Client,
+}
+
+impl Cluster {
+    /// Starts `n` nodes that bootstrap a cluster; returns once every node answers status.
+    pub async fn start(n: u64, opts: ClusterOptions) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("raftsql-test-").tempdir().map_err(|e| e.to_string())?;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(id, Node::new(dir.path(), id));
+        }
+        let bootstrap: Vec<String> = nodes.iter().map(|(id, node)| format!("{id}={}", node.addr)).collect();
+        let client =
+            Client::connect(nodes.values().map(|n| n.addr.clone())).await.map_err(|e| e.to_string())?;
+        let mut cluster = Cluster { dir: Some(dir), nodes, opts, client };
+        let bootstrap = bootstrap.join(",");
+        for id in 1..=n {
+            cluster.spawn(id, &["--bootstrap", &bootstrap])?;
+        }
+        for id in 1..=n {
+            cluster.wait_answering(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("the dir is kept until drop").path()
+    }
+
+    /// Ids of every node this cluster knows (running or not).
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the nodes whose process runs.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, n)| n.child.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.nodes[&id].addr
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.addr.clone()).collect()
+    }
+
+    /// A client over every node's address.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addrs()).await.expect("addresses are valid")
+    }
+
+    fn spawn(&mut self, id: u64, extra: &[&str]) -> Result<()> {
+        let server = bin_dir().join("raftsql-server");
+        let node = self.nodes.get_mut(&id).ok_or_else(|| format!("no node {id}"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&server);
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(&node.addr)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(extra)
+            .args(&self.opts.extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RAFTSQL_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .envs(self.opts.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        if let Some(t) = self.opts.snapshot_threshold {
+            cmd.arg("--snapshot-threshold").arg(t.to_string());
+        }
+        let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", server.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// The last lines of a node's log, for error messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn check_alive(&mut self, id: u64) -> Result<()> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| format!("no node {id}"))?;
+        if let Some(child) = node.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                return Err(format!("node {id} exited ({status}); its log ends:\n{}", self.log_tail(id)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_answering(&mut self, id: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.check_alive(id)?;
+            if self.client.status(&self.nodes[&id].addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "node {id} did not answer within 30 s; its log ends:\n{}",
+                    self.log_tail(id)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A node's status.
+    pub async fn status(&self, id: u64) -> Result<pb::StatusResponse> {
+        self.client.status(&self.nodes[&id].addr).await.map_err(|e| format!("status of node {id}: {e}"))
+    }
+
+    /// Waits until every running node names the same leader, which says it leads that term.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(u64, u64)> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            let mut seen = Vec::new();
+            for id in self.running() {
+                match self.status(id).await {
+                    Ok(s) => seen.push((id, s.leader_id, s.term, s.role())),
+                    Err(e) => last = e,
+                }
+            }
+            if seen.len() == self.running().len() {
+                let (_, leader, _, _) = seen[0];
+                let agreed = leader != 0 && seen.iter().all(|(_, l, _, _)| *l == leader);
+                if agreed {
+                    if let Some((_, _, term, _)) =
+                        seen.iter().find(|(id, _, _, role)| *id == leader && *role == pb::Role::Leader)
+                    {
+                        return Ok((leader, *term));
+                    }
+                }
+                last = format!("{seen:?}");
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no agreed leader within {timeout:?}; last seen: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status(id).await {
+                if s.applied_index >= index {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("node {id} did not apply index {index} within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL a node and reap it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, id: u64, sig: i32) {
+        if let Some(child) = self.nodes.get(&id).and_then(|n| n.child.as_ref()) {
+            // SAFETY: kill(2) on the pid of a child this harness started and has not reaped.
+            unsafe {
+                libc::kill(child.id() as i32, sig);
+            }
+        }
+    }
+
+    /// SIGSTOP a node.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// SIGCONT a paused node.
+    pub fn resume(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    /// Restarts a node with only its id, listen address and data dir.
+    pub async fn restart(&mut self, id: u64) -> Result<()> {
+        self.kill(id);
+        self.spawn(id, &[])?;
+        self.wait_answering(id).await
+    }
+
+    /// Adds a node that joins through a running member; returns once it is a voter that has
+    /// applied everything the leader had applied when it joined.
+    pub async fn add_node(&mut self) -> Result<u64> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let node = Node::new(self.dir(), id);
+        self.nodes.insert(id, node);
+        let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
+        let seed = self.addr(leader).to_string();
+        self.spawn(id, &["--join", &seed])?;
+        self.wait_answering(id).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_alive(id)?;
+            let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
+            let ls = self.status(leader).await?;
+            if ls.members.iter().any(|m| m.id == id && m.voter) {
+                self.wait_applied(id, ls.applied_index, Duration::from_secs(30)).await?;
+                self.client = Client::connect(self.addrs()).await.map_err(|e| e.to_string())?;
+                return Ok(id);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "node {id} did not become a voter within 60 s; its log ends:\n{}",
+                    self.log_tail(id)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every row of `table` on node `id` (a read at ANY pinned to it): row count and a checksum
+    /// over the rows sorted by their rendering.
+    pub async fn table_checksum(&self, id: u64, table: &str) -> Result<(usize, String)> {
+        let opts = QueryOptions {
+            consistency: Consistency::Any,
+            node: Some(self.addr(id).to_string()),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .query(&format!("SELECT * FROM {table}"), &[], opts)
+            .await
+            .map_err(|e| format!("reading {table} on node {id}: {e}"))?;
+        let mut lines: Vec<String> = r.rows.iter().map(|row| render(row)).collect();
+        lines.sort();
+        Ok((lines.len(), fnv(&lines.join("\n"))))
+    }
+
+    /// Waits until every running node has applied what the leader applied, then checks that
+    /// they hold identical contents of `table`. Returns (rows, checksum).
+    pub async fn assert_converged(&self, table: &str) -> Result<(usize, String)> {
+        let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
+        let target = self.status(leader).await?.applied_index;
+        for id in self.running() {
+            self.wait_applied(id, target, Duration::from_secs(30)).await?;
+        }
+        let mut sums = Vec::new();
+        for id in self.running() {
+            sums.push((id, self.table_checksum(id, table).await?));
+        }
+        let first = sums[0].1.clone();
+        if sums.iter().any(|(_, s)| *s != first) {
+            return Err(format!("replicas diverge on {table}: {sums:?}"));
+        }
+        Ok(first)
+    }
+}
+
+impl Node {
+    fn new(dir: &Path, id: u64) -> Node {
+        Node {
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.join(format!("node-{id}")),
+            log: dir.join(format!("node-{id}.log")),
+            child: None,
+        }
+    }
+}
+
+fn render(row: &[Value]) -> String {
+    row.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join("|")
+}
+
+/// FNV-1a, 64-bit: stable across processes and builds.
+fn fnv(s: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in self.ids() {
+            self.resume(id);
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("cluster test failed: logs and data kept in {}", kept.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_and_bindable() {
+        let a = free_port();
+        let b = free_port();
+        assert!(a > 0 && b > 0);
+        std::net::TcpListener::bind(("127.0.0.1", a)).expect("a free port can be bound");
+    }
+
+    #[test]
+    fn checksums_are_stable() {
+        assert_eq!(fnv(""), "cbf29ce484222325");
+        assert_eq!(render(&[Value::Integer(1), Value::Null]), "Integer(1)|Null");
+    }
+}

@@ -1,1 +1,57 @@
-fn main() {}
+//! `raftsql`: the raftsql shell. Non-interactive for now: `-e SQL` (repeatable) or SQL on stdin.
+
+use clap::Parser;
+use raftsql_client::shell::{run_text, Format};
+use raftsql_client::{Client, QueryOptions};
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "raftsql", version, about = "The raftsql shell")]
+struct Args {
+    /// Cluster addresses, HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "RAFTSQL_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    addr: Vec<String>,
+    /// SQL to run (repeatable); without -e, SQL is read from standard input.
+    #[arg(short = 'e', long = "execute")]
+    execute: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let client = match Client::connect(&args.addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("raftsql: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let texts = if args.execute.is_empty() {
+        if std::io::stdin().is_terminal() {
+            eprintln!("raftsql: give SQL with -e, or pipe it on standard input");
+            return ExitCode::from(2);
+        }
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            eprintln!("raftsql: reading standard input: {e}");
+            return ExitCode::from(2);
+        }
+        vec![s]
+    } else {
+        args.execute
+    };
+    let mut failed = 0;
+    let mut out = std::io::stdout();
+    for text in &texts {
+        failed += run_text(&client, text, args.format, &QueryOptions::default(), &mut out).await;
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

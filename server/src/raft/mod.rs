@@ -34,7 +34,9 @@ pub enum Error {
     NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String>, term: u64 },
     /// The request may or may not have taken effect: its log entry was proposed but leadership
     /// was lost or the commit did not complete in time. Retry with the same request id.
-    #[error("outcome unknown: {reason} (term {term}); retry with the same request id, it will not apply twice")]
+    #[error(
+        "outcome unknown: {reason} (term {term}); retry with the same request id, it will not apply twice"
+    )]
     Indeterminate { reason: String, leader_id: Option<NodeId>, leader_addr: Option<String>, term: u64 },
     #[error("timed out: {0}")]
     Timeout(String),
@@ -149,9 +151,9 @@ impl Core {
     /// The NotLeader error as this node knows it now.
     pub fn not_leader(&self) -> Error {
         let m = self.metrics();
-        let leader_addr = m.current_leader.and_then(|l| {
-            m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
-        });
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
     }
 

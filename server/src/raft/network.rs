@@ -71,7 +71,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 channels.insert(key, c.clone());
             }),
         };
-        PeerClient { me: self.me, target, addr: node.addr.clone(), channel: channel.map_err(|e| e.to_string()) }
+        PeerClient {
+            me: self.me,
+            target,
+            addr: node.addr.clone(),
+            channel: channel.map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -92,7 +97,12 @@ type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
 
 impl PeerClient {
     /// Sends one RPC: encode, call with the hard TTL, decode the remote `Result`.
-    async fn call<Req, Resp, E>(&mut self, kind: RPCTypes, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -101,7 +111,8 @@ impl PeerClient {
         let channel = match &self.channel {
             Ok(c) => c.clone(),
             Err(e) => {
-                let err = TransportError(format!("bad address {:?} for node {}: {e}", self.addr, self.target));
+                let err =
+                    TransportError(format!("bad address {:?} for node {}: {e}", self.addr, self.target));
                 return Err(RPCError::Unreachable(Unreachable::new(&err)));
             }
         };
@@ -119,11 +130,13 @@ impl PeerClient {
                 RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
             }
         };
-        let timeout = || RPCError::Timeout(Timeout { action: kind, id: self.me, target: self.target, timeout: ttl });
+        let timeout =
+            || RPCError::Timeout(Timeout { action: kind, id: self.me, target: self.target, timeout: ttl });
         let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_elapsed) => return Err(timeout()),
             Ok(Err(status)) => {
-                let err = TransportError(format!("{kind} to node {} at {}: {status}", self.target, self.addr));
+                let err =
+                    TransportError(format!("{kind} to node {} at {}: {status}", self.target, self.addr));
                 return Err(match status.code() {
                     tonic::Code::DeadlineExceeded => timeout(),
                     tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),

@@ -137,7 +137,9 @@ async fn read_your_writes(core: &Core, token: Option<&str>) -> Result<(), Error>
     let wait = if is_leader { core.options.read_timeout } else { core.options.ryw_wait };
     match core.raft.wait(Some(wait)).applied_index_at_least(Some(token.index), "read your writes").await {
         Ok(_) => Ok(()),
-        Err(_) if is_leader => Err(Error::Timeout(format!("the leader did not apply index {} in time", token.index))),
+        Err(_) if is_leader => {
+            Err(Error::Timeout(format!("the leader did not apply index {} in time", token.index)))
+        }
         Err(_) => Err(core.not_leader()),
     }
 }

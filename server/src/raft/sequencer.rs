@@ -84,8 +84,10 @@ impl Sequencer {
     }
 }
 
-type ProposalResult =
-    Result<ClientWriteResponse<crate::typ::TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>>;
+type ProposalResult = Result<
+    ClientWriteResponse<crate::typ::TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+>;
 
 /// A proposal whose outcome was not awaited to the end.
 struct InFlight {
@@ -127,8 +129,9 @@ impl Task {
 
     fn not_leader(&self) -> Error {
         let m = self.raft.metrics().borrow().clone();
-        let leader_addr =
-            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
     }
 
@@ -143,7 +146,14 @@ impl Task {
 
     fn receipt(&self, term: u64, index: u64) -> Receipt {
         let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        Receipt { node_id: self.id, role: Role::Leader, term, index, level: Consistency::Strong, applied_index: applied }
+        Receipt {
+            node_id: self.id,
+            role: Role::Leader,
+            term,
+            index,
+            level: Consistency::Strong,
+            applied_index: applied,
+        }
     }
 
     /// The current term if this node leads it, else None.
@@ -264,7 +274,10 @@ impl Task {
                 Some(rec) if rec.seq == rid.seq => {
                     debug!(parent: &p.span, client_id = %rid.client_id, seq = rid.seq, "answered from the exactly-once record");
                     let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-                    let _ = p.reply.send(Ok(WriteReply { outcomes: rec.outcomes, receipt: self.receipt(term, applied) }));
+                    let _ = p.reply.send(Ok(WriteReply {
+                        outcomes: rec.outcomes,
+                        receipt: self.receipt(term, applied),
+                    }));
                 }
                 Some(rec) if rec.seq > rid.seq => {
                     let _ = p.reply.send(Err(Error::InvalidArgument(format!(
@@ -386,7 +399,11 @@ impl Task {
 
     /// Proposes one entry and waits until it is applied here, leadership or the term changes,
     /// or the write timeout passes. Every failure after the proposal is `Indeterminate`.
-    async fn propose(&mut self, cs: ChangeSet, term: u64) -> Result<ClientWriteResponse<crate::typ::TypeConfig>, Error> {
+    async fn propose(
+        &mut self,
+        cs: ChangeSet,
+        term: u64,
+    ) -> Result<ClientWriteResponse<crate::typ::TypeConfig>, Error> {
         let raft = self.raft.clone();
         let (tx, mut done) = oneshot::channel();
         tokio::spawn(async move {

@@ -48,7 +48,11 @@ pub fn status(core: &Core) -> pb::StatusResponse {
         role: role_to_pb(m.state.into()) as i32,
         term: m.current_term,
         leader_id: m.current_leader.unwrap_or(0),
-        leader_addr: m.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default(),
+        leader_addr: m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone())
+            .unwrap_or_default(),
         last_log_index: last_log,
         // openraft 0.9 does not publish the commit index; everything applied is committed.
         committed_index: applied,
@@ -79,15 +83,24 @@ impl AdminService {
             info!(node = req.node_id, addr = %req.addr, "adding learner; waiting for it to catch up");
             let add = self.core.raft.add_learner(req.node_id, BasicNode { addr: req.addr.clone() }, true);
             match tokio::time::timeout(JOIN_TIMEOUT, add).await {
-                Err(_) => return Err(Error::Timeout(format!("node {} did not catch up within {JOIN_TIMEOUT:?}", req.node_id))),
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "node {} did not catch up within {JOIN_TIMEOUT:?}",
+                        req.node_id
+                    )))
+                }
                 Ok(Err(e)) => return Err(join_error(&self.core, e)),
                 Ok(Ok(_)) => {}
             }
             if !req.as_learner {
                 info!(node = req.node_id, "promoting learner to voter");
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]));
-                match tokio::time::timeout(JOIN_TIMEOUT, self.core.raft.change_membership(change, false)).await {
-                    Err(_) => return Err(Error::Timeout(format!("promoting node {} did not commit", req.node_id))),
+                match tokio::time::timeout(JOIN_TIMEOUT, self.core.raft.change_membership(change, false))
+                    .await
+                {
+                    Err(_) => {
+                        return Err(Error::Timeout(format!("promoting node {} did not commit", req.node_id)))
+                    }
                     Ok(Err(e)) => return Err(join_error(&self.core, e)),
                     Ok(Ok(_)) => {}
                 }
@@ -133,7 +146,8 @@ impl pb::admin_server::Admin for AdminService {
             let Error::NotLeader { leader_addr: Some(addr), .. } = self.core.not_leader() else {
                 return Err(status_from(self.core.not_leader()));
             };
-            let channel = crate::raft::network::channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let channel = crate::raft::network::channel(&addr)
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::admin_client::AdminClient::new(channel);
             return client.join(req).await;
         }

@@ -158,7 +158,11 @@ mod tests {
             (Error::Timeout("t".into()), pb::ErrorCode::Timeout, tonic::Code::DeadlineExceeded),
             (Error::Unavailable("u".into()), pb::ErrorCode::Unavailable, tonic::Code::Unavailable),
             (Error::Token("k".into()), pb::ErrorCode::Token, tonic::Code::InvalidArgument),
-            (Error::InvalidArgument("i".into()), pb::ErrorCode::InvalidArgument, tonic::Code::InvalidArgument),
+            (
+                Error::InvalidArgument("i".into()),
+                pb::ErrorCode::InvalidArgument,
+                tonic::Code::InvalidArgument,
+            ),
         ];
         for (err, code, tonic_code) in cases {
             let text = err.to_string();
@@ -168,7 +172,8 @@ mod tests {
             assert_eq!(d.code(), code, "{text}");
             assert_eq!(d.message, text);
         }
-        let s = status_from(Error::NotLeader { leader_id: Some(2), leader_addr: Some("h:1".into()), term: 7 });
+        let s =
+            status_from(Error::NotLeader { leader_id: Some(2), leader_addr: Some("h:1".into()), term: 7 });
         let d = decode(&s);
         assert_eq!((d.leader_id, d.leader_addr.as_str(), d.term), (2, "h:1", 7));
         assert_eq!(d.message, "not the leader: node 2 (h:1) leads term 7");

@@ -80,7 +80,10 @@ impl pb::sql_server::Sql for SqlService {
                 Err(e) => pb::StatementResult { error: Some(statement_error(&e)), ..Default::default() },
             })
             .collect();
-        Ok(tonic::Response::new(pb::ExecuteResponse { results, receipt: Some(receipt_to_pb(&reply.receipt)) }))
+        Ok(tonic::Response::new(pb::ExecuteResponse {
+            results,
+            receipt: Some(receipt_to_pb(&reply.receipt)),
+        }))
     }
 
     type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryResponse, tonic::Status>> + Send>>;
@@ -107,17 +110,19 @@ impl pb::sql_server::Sql for SqlService {
                 )))
             }
         };
-        let span = tracing::info_span!("query", node_id = self.core.id, term = term_now(&self.core), level = ?level);
+        let span =
+            tracing::info_span!("query", node_id = self.core.id, term = term_now(&self.core), level = ?level);
         let read = ReadRequest {
             sql: req.sql,
             params: req.params.into_iter().map(value_from_pb).collect(),
             level,
             session_token: Some(req.session_token).filter(|t| !t.is_empty()),
         };
-        let (result, receipt) = read::query(&self.core, read).instrument(span.clone()).await.map_err(|e| {
-            tracing::debug!(parent: &span, error = %e, "query failed");
-            status_from(e)
-        })?;
+        let (result, receipt) =
+            read::query(&self.core, read).instrument(span.clone()).await.map_err(|e| {
+                tracing::debug!(parent: &span, error = %e, "query failed");
+                status_from(e)
+            })?;
         let page = if req.page_rows == 0 { DEFAULT_PAGE_ROWS } else { req.page_rows as usize };
         let mut pages: Vec<pb::QueryResponse> = result
             .rows

@@ -1,1 +1,116 @@
-//! SQL: parse (sqlparser) → plan → evaluate on a `ReadView` into changes and results.
+//! SQL: parse (sqlparser) → evaluate on a [`ReadView`] into row-image changes and results.
+//!
+//! This layer knows nothing of Raft, sled or gRPC: it reads through `ReadView` and returns
+//! `Change`s. The sequencer runs an [`Executor`] per batch on the leader; [`query`] serves reads
+//! on any replica.
+//!
+//! Scope today (issue 2's minimum; the full engine is issue 3): CREATE TABLE [IF NOT EXISTS]
+//! with types, PRIMARY KEY (column or table constraint, composite), NOT NULL, UNIQUE, DEFAULT;
+//! DROP TABLE [IF EXISTS]; INSERT with column lists and multi-row VALUES; SELECT of `*`, columns
+//! and expressions from one table with WHERE; `WHERE pk = value` is a point lookup, never a scan.
+//! Everything else is refused with an `Unsupported` error, never a wrong answer.
+
+mod eval;
+mod exec;
+mod overlay;
+
+pub use exec::{query, Executor};
+pub use overlay::MemoryView;
+
+use crate::changeset::{ErrorKind, StatementError};
+
+/// Leader-side context for non-deterministic functions, evaluated once on the leader.
+#[derive(Clone, Copy, Debug)]
+pub struct Context {
+    /// Unix time in milliseconds, from the leader's clock.
+    pub now_millis: i64,
+    /// Seed for RANDOM().
+    pub seed: u64,
+}
+
+/// Why a statement failed. Every variant is deterministic: the same statement on the same state
+/// fails the same way on every node.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("syntax error at line {line}, column {column}: {message}")]
+    Parse { message: String, line: u32, column: u32 },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Type(String),
+    #[error("{0}")]
+    Constraint(String),
+    #[error("no such table: {0}")]
+    NoSuchTable(String),
+    #[error("table {table:?} has no column {column:?}")]
+    NoSuchColumn { table: String, column: String },
+    #[error("table {0:?} already exists")]
+    TableExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Read(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Parse { .. } => ErrorKind::Syntax,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Type(_) => ErrorKind::Type,
+            Error::Constraint(_) | Error::TableExists(_) => ErrorKind::Constraint,
+            Error::NoSuchTable(_) | Error::NoSuchColumn { .. } => ErrorKind::NotFound,
+            Error::Invalid(_) | Error::Read(_) => ErrorKind::Invalid,
+        }
+    }
+}
+
+impl From<crate::changeset::ReadError> for Error {
+    fn from(e: crate::changeset::ReadError) -> Self {
+        Error::Read(e.0)
+    }
+}
+
+impl From<Error> for StatementError {
+    fn from(e: Error) -> Self {
+        let position = match &e {
+            Error::Parse { line, column, .. } if *line > 0 => Some((*line, *column)),
+            _ => None,
+        };
+        StatementError { kind: e.kind(), message: e.to_string(), position }
+    }
+}
+
+/// True when `sql` holds only read-only statements, judged by each statement's first keyword.
+pub fn is_read_only(sql: &str) -> bool {
+    let statements: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+    !statements.is_empty()
+        && statements.iter().all(|s| {
+            let first = s.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            matches!(first.as_str(), "SELECT" | "VALUES" | "WITH" | "EXPLAIN")
+        })
+}
+
+/// Parses SQL text into statements, turning parser errors into positioned `Parse` errors.
+pub(crate) fn parse(sql: &str) -> Result<Vec<sqlparser::ast::Statement>, Error> {
+    let dialect = sqlparser::dialect::SQLiteDialect {};
+    sqlparser::parser::Parser::parse_sql(&dialect, sql).map_err(|e| {
+        let text = match e {
+            sqlparser::parser::ParserError::ParserError(s)
+            | sqlparser::parser::ParserError::TokenizerError(s) => s,
+            sqlparser::parser::ParserError::RecursionLimitExceeded => "statement nested too deeply".into(),
+        };
+        // sqlparser appends " at Line: L, Column: C".
+        let (message, line, column) = match text.rfind(" at Line: ") {
+            Some(i) => {
+                let pos = &text[i + " at Line: ".len()..];
+                let mut it = pos.split(", Column: ");
+                let line = it.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+                let column = it.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+                (text[..i].to_string(), line, column)
+            }
+            None => (text, 0, 0),
+        };
+        Error::Parse { message, line, column }
+    })
+}
