@@ -3,7 +3,8 @@
 //!
 //! A [`Cluster`] owns its processes: `Drop` kills (SIGKILL) and reaps every one it started and
 //! removes the temp dir — unless the test is panicking, in which case the dir (node logs
-//! `node-<id>.log`, data dirs) is kept and its path printed. Every wait polls a condition with a
+//! `node-<id>.log`, data dirs) is kept and its path printed (also when `RAFTSQL_KEEP_TEST_DIR` is
+//! set). Every wait polls a condition with a
 //! deadline; nothing sleeps to synchronize.
 
 use raftsql_client::{pb, Client, Consistency, QueryOptions, Value};
@@ -391,10 +392,10 @@ impl Drop for Cluster {
             self.resume(id);
             self.kill(id);
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("RAFTSQL_KEEP_TEST_DIR").is_some() {
             if let Some(dir) = self.dir.take() {
                 let kept = dir.keep();
-                eprintln!("cluster test failed: logs and data kept in {}", kept.display());
+                eprintln!("cluster logs and data kept in {}", kept.display());
             }
         }
     }

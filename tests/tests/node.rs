@@ -1,0 +1,179 @@
+//! A single `raftsql-server` process and the `raftsql` shell: start-up refusals, clean
+//! shutdown, and the shell's non-interactive contract against a real cluster.
+
+use raftsql_tests::{bin_dir, free_port, Cluster, ClusterOptions};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn server(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin_dir().join("raftsql-server"));
+    cmd.args(args).env("RUST_LOG", "warn").stdin(Stdio::null());
+    cmd
+}
+
+fn run_to_end(mut cmd: Command) -> Output {
+    // These invocations refuse to start, so they end by themselves; the timeout only guards a
+    // regression that would make one serve forever.
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn raftsql-server");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => out.expect("wait for raftsql-server"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of the child spawned above, not yet reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("raftsql-server did not exit within {WAIT:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+
+    // Node 1 claims the dir, then stops cleanly on SIGTERM.
+    let mut child =
+        server(&["--id", "1", "--listen", &addr, "--data-dir", data, "--bootstrap", &format!("1={addr}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    let client = raftsql_client::Client::connect([addr.clone()]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // A single-node cluster elects itself.
+        if client.status(&addr).await.is_ok_and(|s| s.role() == raftsql_client::pb::Role::Leader) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node 1 never led its single-node cluster");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = client.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[]).await.unwrap();
+    res.results.into_iter().next().unwrap().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "SIGTERM must end the node cleanly, got {status}");
+
+    // Node 2 on node 1's dir: refused with a message that says what to do.
+    let out = run_to_end(server(&["--id", "2", "--listen", &addr, "--data-dir", data]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to node 1, not node 2") && err.contains("--id 1"),
+        "unexpected refusal message: {err}"
+    );
+
+    // The dir is untouched: node 1 restarts on it alone and still has its table.
+    let mut child = server(&["--id", "1", "--listen", &addr, "--data-dir", data])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ok = false;
+    while tokio::time::Instant::now() < deadline + WAIT {
+        if let Ok(r) = client.query("SELECT * FROM t", &[], Default::default()).await {
+            assert!(r.rows.is_empty());
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "node 1 did not serve its table after the refused start");
+}
+
+#[test]
+fn bad_flags_are_refused_with_readable_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    for (args, expect) in [
+        (vec!["--id", "0", "--listen", &addr, "--data-dir", data], "--id must be at least 1"),
+        (
+            vec!["--id", "1", "--listen", &addr, "--data-dir", data, "--bootstrap", "2=h:1"],
+            "does not list this node",
+        ),
+        (
+            vec!["--id", "1", "--listen", &addr, "--data-dir", data, "--bootstrap", "1=h"],
+            "expected HOST:PORT",
+        ),
+        (vec!["--id", "1", "--listen", "0.0.0.0:1", "--data-dir", data], "--advertise"),
+        (vec!["--id", "1", "--listen", &addr, "--data-dir", "/proc/version"], "not a directory"),
+        (vec!["--id", "x", "--listen", &addr, "--data-dir", data], "invalid value"),
+    ] {
+        let out = run_to_end(server(&args));
+        assert!(!out.status.success(), "{args:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: expected {expect:?} in: {err}");
+    }
+}
+
+fn shell(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(bin_dir().join("raftsql"));
+    cmd.arg("--addr").arg(cluster.addrs().join(",")).args(args);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_json_contract_and_exit_codes() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+
+    let out = shell(
+        &cluster,
+        &[
+            "--format",
+            "json",
+            "-e",
+            "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER, r REAL, b BLOB)",
+            "-e",
+            "INSERT INTO kv VALUES ('a', 1, 0.5, x'ff00'), ('b', NULL, NULL, NULL); SELECT * FROM kv WHERE k = 'a'",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "one JSON object per statement: {lines:?}");
+    assert_eq!(lines[1]["rows_affected"], 2);
+    assert_eq!(lines[2]["columns"], serde_json::json!(["k", "v", "r", "b"]));
+    assert_eq!(lines[2]["rows"], serde_json::json!([["a", 1, 0.5, "\\xff00"]]));
+    let receipt = &lines[1]["receipt"];
+    assert!(receipt["node"].as_u64().unwrap() >= 1 && receipt["term"].as_u64().unwrap() >= 1);
+    assert!(receipt["index"].as_u64().unwrap() > lines[0]["receipt"]["index"].as_u64().unwrap());
+
+    // A failing statement: error object, message on stderr, exit status 1; the others still run.
+    let out = shell(
+        &cluster,
+        &["--format", "json"],
+        Some("INSERT INTO kv VALUES ('a', 2, 0, NULL);\nSELECT v FROM kv WHERE k = 'a';"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["error"]["code"], "CONSTRAINT");
+    assert_eq!(lines[1]["rows"], serde_json::json!([[1]]), "the duplicate changed nothing");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNIQUE constraint failed"));
+
+    // Table format for people.
+    let out = shell(&cluster, &["-e", "SELECT k, v FROM kv WHERE k = 'b'"], None);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("k | v") && text.contains("b | NULL") && text.contains("(1 row)"), "{text}");
+}
