@@ -25,6 +25,7 @@
 //! `INDETERMINATE` → back off (50 ms doubling to 1 s) and try again, same request id, until the
 //! deadline (10 s by default). Statement errors are returned, never retried.
 
+pub mod demo;
 pub mod shell;
 
 pub use raftsql_proto::v1 as pb;

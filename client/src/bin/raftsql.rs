@@ -1,6 +1,7 @@
-//! `raftsql`: the raftsql shell. Non-interactive for now: `-e SQL` (repeatable) or SQL on stdin.
+//! `raftsql`: the raftsql shell. Non-interactive for now (`-e SQL`, repeatable, or SQL on
+//! stdin), plus `raftsql demo`, a local cluster with a SQL prompt.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use raftsql_client::shell::{run_text, Format};
 use raftsql_client::{Client, QueryOptions};
 use std::io::{IsTerminal, Read};
@@ -9,6 +10,8 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "raftsql", version, about = "The raftsql shell")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Cluster addresses, HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "RAFTSQL_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7001")]
     addr: Vec<String>,
@@ -20,9 +23,28 @@ struct Args {
     format: Format,
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a local cluster of real server processes and a SQL prompt connected to it.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+    },
+}
+
+#[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::Demo { nodes }) = args.command {
+        return match raftsql_client::demo::run(nodes).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("raftsql demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let client = match Client::connect(&args.addr).await {
         Ok(c) => c,
         Err(e) => {
@@ -32,7 +54,7 @@ async fn main() -> ExitCode {
     };
     let texts = if args.execute.is_empty() {
         if std::io::stdin().is_terminal() {
-            eprintln!("raftsql: give SQL with -e, or pipe it on standard input");
+            eprintln!("raftsql: give SQL with -e, or pipe it on standard input (or try `raftsql demo`)");
             return ExitCode::from(2);
         }
         let mut s = String::new();
