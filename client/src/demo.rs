@@ -72,8 +72,28 @@ fn server_binary() -> anyhow::Result<PathBuf> {
     Ok(server)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A free TCP port on 127.0.0.1, chosen below the kernel's ephemeral range: a port taken from
+/// that range (as `bind(:0)` does) can be grabbed as the source port of some outgoing connection
+/// between the moment it is checked here and the moment a server binds it.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    if low > 11_000 {
+        for _ in 0..200 {
+            let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+            let port = 10_000 + (random % (low as u64 - 10_000)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port on 127.0.0.1")
 }
 
 impl Demo {
@@ -158,7 +178,7 @@ pub async fn run(n: u64) -> anyhow::Result<()> {
         nodes.insert(
             id,
             Node {
-                addr: format!("127.0.0.1:{}", free_port()?),
+                addr: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 child: None,

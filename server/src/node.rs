@@ -58,6 +58,9 @@ pub struct Config {
     /// Entries kept behind a snapshot, so briefly lagging followers catch up from the log.
     #[arg(long, env = "RAFTSQL_SNAPSHOT_KEEP_LOGS", default_value_t = 1_000)]
     pub snapshot_keep_logs: u64,
+    /// Largest chunk a snapshot is sent in, bytes (bounded by the peer message limit).
+    #[arg(long, env = "RAFTSQL_SNAPSHOT_CHUNK_BYTES", default_value_t = 4 << 20)]
+    pub snapshot_chunk_bytes: u64,
     /// Leader heartbeat interval, milliseconds.
     #[arg(long, env = "RAFTSQL_HEARTBEAT_MS", default_value_t = 150)]
     pub heartbeat_ms: u64,
@@ -134,7 +137,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold.max(1)),
             max_in_snapshot_log_to_keep: cfg.snapshot_keep_logs,
             max_payload_entries: 256,
-            snapshot_max_chunk_size: 4 << 20,
+            snapshot_max_chunk_size: cfg.snapshot_chunk_bytes.clamp(1, (MAX_PEER_MESSAGE / 2) as u64),
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }

@@ -66,14 +66,7 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
+pub use raftsql_client::demo::free_port;
 
 struct Node {
     addr: String,
@@ -92,7 +85,20 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `n` nodes that bootstrap a cluster; returns once every node answers status.
+    /// If a node loses its port to another process before binding it, the whole start is
+    /// retried on fresh ports.
     pub async fn start(n: u64, opts: ClusterOptions) -> Result<Cluster> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(n, opts.clone()).await {
+                Err(e) if attempt < 3 && e.contains("Address already in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_start(n: u64, opts: ClusterOptions) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("raftsql-test-").tempdir().map_err(|e| e.to_string())?;
         let mut nodes = BTreeMap::new();
         for id in 1..=n {

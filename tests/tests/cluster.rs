@@ -133,7 +133,13 @@ async fn killed_follower_catches_up_from_its_log() {
 async fn new_node_joins_after_purge_and_catches_up_by_snapshot() {
     let opts = ClusterOptions {
         snapshot_threshold: Some(20),
-        extra_args: vec!["--snapshot-keep-logs".into(), "0".into()],
+        // Small chunks: the snapshot (about 100 KB) travels in many InstallSnapshot messages.
+        extra_args: vec![
+            "--snapshot-keep-logs".into(),
+            "0".into(),
+            "--snapshot-chunk-bytes".into(),
+            "8192".into(),
+        ],
         ..Default::default()
     };
     let mut cluster = Cluster::start(3, opts).await.expect("cluster starts");
@@ -269,4 +275,32 @@ async fn acknowledged_writes_survive_kill_9_of_the_leader_under_load() {
     let lost: Vec<_> = acked.iter().filter(|id| !present.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(present.len(), rows, "no row twice");
+}
+
+/// A row far larger than tonic's 4 MiB default message limit replicates to every node; a
+/// request over the server's 16 MiB limit is refused with a readable error and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_replicate_and_oversized_requests_are_refused() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    let client = cluster.client().await;
+    create_table(&client).await;
+
+    let big = "x".repeat(6 << 20);
+    let res = client
+        .execute("INSERT INTO t VALUES ($1, $2, 0.0)", &[Value::Integer(1), Value::Text(big.clone())])
+        .await
+        .expect("a 6 MiB row is accepted");
+    res.results.into_iter().next().unwrap().expect("insert succeeds");
+    let (rows, _) = cluster.assert_converged("t").await.expect("the large row reaches every node");
+    assert_eq!(rows, 1);
+
+    let huge = "y".repeat(17 << 20);
+    let err = client
+        .execute("INSERT INTO t VALUES ($1, $2, 0.0)", &[Value::Integer(2), Value::Text(huge)])
+        .await
+        .expect_err("a 17 MiB request is refused");
+    assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+    assert!(err.to_string().contains("too large"), "the error says why: {err}");
+    assert_eq!(count(&client).await, 1, "nothing changed");
 }
