@@ -135,6 +135,8 @@ pub struct Receipt {
     pub index: u64,
     pub level: String,
     pub applied_index: u64,
+    /// Opaque token of this receipt's index in its cluster; see [`Session`].
+    pub session_token: String,
 }
 
 impl Receipt {
@@ -147,6 +149,7 @@ impl Receipt {
             index: r.index,
             level: r.level().as_str_name().to_ascii_lowercase(),
             applied_index: r.applied_index,
+            session_token: r.session_token,
         }
     }
 }
@@ -398,15 +401,33 @@ impl Client {
     ) -> Result<ExecuteResult, Error> {
         let (lane, seq) = self.take_lane();
         let seq = seq + 1;
+        let client_id = format!("{}-{lane}", self.inner.client_id);
+        let result = self.execute_as(&client_id, seq, statements, transaction).await;
+        self.release_lane((lane, seq));
+        result
+    }
+
+    /// Runs a request under a request id the caller chose: `client_id` (1 to 64 bytes) and a
+    /// `seq` that the caller increases by one per new request and reuses for a retry. For
+    /// applications that keep their own ids, e.g. to retry after their own restart: a request
+    /// whose id was already applied returns its original outcome and has no second effect.
+    /// The caller must not have two requests of one client id in flight.
+    pub async fn execute_as(
+        &self,
+        client_id: &str,
+        seq: u64,
+        statements: Vec<(String, Vec<Value>)>,
+        transaction: bool,
+    ) -> Result<ExecuteResult, Error> {
         let request = pb::ExecuteRequest {
             statements: statements
                 .into_iter()
                 .map(|(sql, params)| pb::Statement { sql, params: params.iter().map(Value::to_pb).collect() })
                 .collect(),
-            request_id: Some(pb::RequestId { client_id: format!("{}-{lane}", self.inner.client_id), seq }),
+            request_id: Some(pb::RequestId { client_id: client_id.to_string(), seq }),
             transaction,
         };
-        let result = self
+        let resp = self
             .retrying(None, true, |addr, channel, timeout| {
                 let mut req = tonic::Request::new(request.clone());
                 req.set_timeout(timeout);
@@ -420,9 +441,7 @@ impl Client {
                         .map_err(|s| Error::from_status(&addr, s))
                 }
             })
-            .await;
-        self.release_lane((lane, seq));
-        let resp = result?;
+            .await?;
         let results = resp
             .results
             .into_iter()
@@ -486,6 +505,11 @@ impl Client {
         .await
     }
 
+    /// A new causal session over this client's connections.
+    pub fn session(&self) -> Session {
+        Session { client: self.clone(), token: Arc::new(Mutex::new(None)) }
+    }
+
     /// A node's status.
     pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, Error> {
         let mut client = pb::admin_client::AdminClient::new(self.channel(addr)?);
@@ -541,10 +565,98 @@ impl Client {
     }
 }
 
+/// A causal session: it remembers the highest session token its requests have seen and sends
+/// it with `ReadYourWrites` reads, so its reads see its own writes and never go back in time —
+/// on any node, without sending every read to the leader. Clones share the token (and so the
+/// causality); [`Session::token`] and [`Client::session_from`] carry it between processes.
+#[derive(Clone)]
+pub struct Session {
+    client: Client,
+    /// (index, token) of the highest token seen.
+    token: Arc<Mutex<Option<(u64, String)>>>,
+}
+
+fn token_index(token: &str) -> Option<u64> {
+    token.rsplit_once('.').and_then(|(_, i)| i.parse().ok())
+}
+
+impl Client {
+    /// A session that continues the causality of `token` (from [`Session::token`], possibly
+    /// of another process).
+    pub fn session_from(&self, token: &str) -> Session {
+        let s = self.session();
+        s.observe(token);
+        s
+    }
+}
+
+impl Session {
+    /// The highest session token seen, to hand to another process.
+    pub fn token(&self) -> Option<String> {
+        self.token.lock().expect("token lock").as_ref().map(|(_, t)| t.clone())
+    }
+
+    /// Takes a token into account (keeps the highest).
+    pub fn observe(&self, token: &str) {
+        let Some(index) = token_index(token) else { return };
+        let mut t = self.token.lock().expect("token lock");
+        if t.as_ref().is_none_or(|(i, _)| index > *i) {
+            *t = Some((index, token.to_string()));
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<ExecuteResult, Error> {
+        self.execute_batch(vec![(sql.to_string(), params.to_vec())], false).await
+    }
+
+    pub async fn execute_batch(
+        &self,
+        statements: Vec<(String, Vec<Value>)>,
+        transaction: bool,
+    ) -> Result<ExecuteResult, Error> {
+        let r = self.client.execute_batch(statements, transaction).await?;
+        self.observe(&r.receipt.session_token);
+        Ok(r)
+    }
+
+    /// A query; at `ReadYourWrites` it carries the session's token unless `opts` names one.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+        mut opts: QueryOptions,
+    ) -> Result<QueryResult, Error> {
+        if opts.consistency == Consistency::ReadYourWrites && opts.session_token.is_none() {
+            opts.session_token = self.token();
+        }
+        let r = self.client.query(sql, params, opts).await?;
+        self.observe(&r.receipt.session_token);
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[tokio::test]
+    async fn sessions_keep_the_highest_token_and_share_it_when_cloned() {
+        let c = Client::connect(["127.0.0.1:1"]).await.unwrap();
+        let s = c.session();
+        assert_eq!(s.token(), None);
+        s.observe("abc.5");
+        s.observe("abc.3");
+        s.observe("garbage");
+        let clone = s.clone();
+        clone.observe("abc.9");
+        assert_eq!(s.token().as_deref(), Some("abc.9"));
+        assert_eq!(c.session_from("abc.4").token().as_deref(), Some("abc.4"));
+    }
 
     #[test]
     fn errors_decode_from_status_details() {

@@ -93,6 +93,8 @@ pub struct Receipt {
     pub index: u64,
     pub level: Consistency,
     pub applied_index: u64,
+    /// `"{cluster_id}.{index}"`, empty while the cluster id is not known yet.
+    pub session_token: String,
 }
 
 /// The result of a write request.
@@ -171,7 +173,16 @@ impl Core {
             index,
             level,
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            session_token: session_token(&self.sm, index),
         }
+    }
+}
+
+/// The session token of `index` in this node's cluster (empty before the cluster id is known).
+pub(crate) fn session_token(sm: &StateMachine, index: u64) -> String {
+    match sm.cluster_id() {
+        Ok(Some(cluster_id)) => read::SessionToken::encode(&cluster_id, index),
+        _ => String::new(),
     }
 }
 

@@ -153,6 +153,7 @@ impl Task {
             index,
             level: Consistency::Strong,
             applied_index: applied,
+            session_token: super::session_token(&self.sm, index),
         }
     }
 

@@ -130,6 +130,7 @@ pub fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
         index: r.index,
         level: level_to_pb(r.level) as i32,
         applied_index: r.applied_index,
+        session_token: r.session_token.clone(),
     }
 }
 

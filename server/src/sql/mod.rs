@@ -1,4 +1,4 @@
-//! SQL: parse (sqlparser) → evaluate on a [`ReadView`] into row-image changes and results.
+//! SQL: parse (sqlparser) → evaluate on a [`ReadView`](crate::changeset::ReadView) into row-image changes and results.
 //!
 //! This layer knows nothing of Raft, sled or gRPC: it reads through `ReadView` and returns
 //! `Change`s. The sequencer runs an [`Executor`] per batch on the leader; [`query`] serves reads

@@ -1,0 +1,220 @@
+//! Consistency levels and exactly-once writes against real server processes (issue 4).
+
+use raftsql_client::{Client, Consistency, Error, QueryOptions, Value};
+use raftsql_tests::{Cluster, ClusterOptions};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn setup(cluster: &Cluster) -> Client {
+    cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    let client = cluster.client().await;
+    let r = client.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)", &[]).await.unwrap();
+    r.results.into_iter().next().unwrap().unwrap();
+    client
+}
+
+fn pinned(cluster: &Cluster, id: u64, consistency: Consistency) -> QueryOptions {
+    QueryOptions { consistency, node: Some(cluster.addr(id).to_string()), ..Default::default() }
+}
+
+fn int(r: &raftsql_client::QueryResult) -> Option<i64> {
+    match r.rows.first().map(|row| &row[0]) {
+        Some(Value::Integer(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// A follower paused while the session writes is behind when it resumes (the leader is backing
+/// off its replication to it). READ_YOUR_WRITES pinned to it still sees the write — served there
+/// once it catches up, or by the leader — every time; ANY pinned to it can miss the write, and
+/// the test observes that, so the positive check means something.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_on_a_lagging_follower() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let session = client.session();
+    let mut any_missed = 0;
+    for round in 1..=5i64 {
+        cluster.pause(follower);
+        let w = session
+            .execute("INSERT INTO kv VALUES ($1, $2)", &[Value::Integer(round), Value::Integer(round * 10)])
+            .await;
+        w.expect("the write commits on the other two nodes").results.remove(0).expect("insert succeeds");
+        cluster.resume(follower);
+
+        let stale = client
+            .query(
+                "SELECT v FROM kv WHERE k = $1",
+                &[Value::Integer(round)],
+                pinned(&cluster, follower, Consistency::Any),
+            )
+            .await;
+        if stale.as_ref().is_ok_and(|r| r.rows.is_empty()) {
+            any_missed += 1;
+        }
+        let r = session
+            .query(
+                "SELECT v FROM kv WHERE k = $1",
+                &[Value::Integer(round)],
+                pinned(&cluster, follower, Consistency::ReadYourWrites),
+            )
+            .await
+            .expect("read-your-writes read");
+        assert_eq!(
+            int(&r),
+            Some(round * 10),
+            "round {round}: the session's own write must be visible (served by node {})",
+            r.receipt.node_id
+        );
+    }
+    assert!(
+        any_missed > 0,
+        "ANY never missed a fresh write on the resumed follower: the test cannot tell RYW from ANY"
+    );
+}
+
+/// A session reading alternately from both followers while writes go on never sees an older
+/// index, nor fewer rows, than it saw before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monotonic_reads_across_followers() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for k in 0..60i64 {
+                let _ = client.execute("INSERT INTO kv VALUES ($1, $1)", &[Value::Integer(k)]).await;
+            }
+        })
+    };
+    let session = client.session();
+    let (mut last_index, mut last_rows) = (0, 0);
+    for i in 0..60 {
+        let node = followers[i % followers.len()];
+        let r = session
+            .query("SELECT k FROM kv", &[], pinned(&cluster, node, Consistency::ReadYourWrites))
+            .await
+            .expect("read");
+        assert!(
+            r.receipt.applied_index >= last_index,
+            "read {i} on node {node} went back from index {last_index} to {}",
+            r.receipt.applied_index
+        );
+        assert!(
+            r.rows.len() >= last_rows,
+            "read {i} on node {node} saw {} rows after {last_rows}",
+            r.rows.len()
+        );
+        (last_index, last_rows) = (r.receipt.applied_index, r.rows.len());
+    }
+    writer.await.unwrap();
+}
+
+/// A leader paused beyond the election timeout is deposed; a new value is written under the new
+/// leader; when the old leader resumes, a STRONG read sent to it never returns the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_never_come_from_a_deposed_leader() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    client.execute("INSERT INTO kv VALUES (1, 100)", &[]).await.unwrap().results.remove(0).unwrap();
+    let (old, old_term) = cluster.wait_for_leader(WAIT).await.unwrap();
+    cluster.pause(old);
+    // The other two elect a leader among themselves.
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let new_leader = loop {
+        let mut found = None;
+        for &id in &others {
+            if let Ok(s) = cluster.status(id).await {
+                if s.role() == raftsql_client::pb::Role::Leader && s.term > old_term {
+                    found = Some(id);
+                }
+            }
+        }
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader while node {old} is paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let to_new = Client::connect([cluster.addr(new_leader).to_string()]).await.unwrap();
+    to_new.execute("INSERT INTO kv VALUES (2, 200)", &[]).await.unwrap().results.remove(0).unwrap();
+    cluster.resume(old);
+    for _ in 0..20 {
+        match client
+            .query("SELECT v FROM kv WHERE k = 2", &[], pinned(&cluster, old, Consistency::Strong))
+            .await
+        {
+            Ok(r) => assert_eq!(
+                int(&r),
+                Some(200),
+                "a STRONG read returned a state without the new leader's write (node {})",
+                r.receipt.node_id
+            ),
+            Err(e) => assert!(
+                matches!(e, Error::NotLeader { .. } | Error::Unavailable { .. } | Error::Timeout { .. }),
+                "{e}"
+            ),
+        }
+    }
+}
+
+/// A committed write whose response is lost (the leader is killed right after it answered, and
+/// the client retries the same request id at the new leader) has exactly one effect, and the
+/// retry returns the original outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_applies_once_across_a_leader_change() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    client.execute("CREATE TABLE log (msg TEXT)", &[]).await.unwrap().results.remove(0).unwrap();
+    let stmt = || vec![("INSERT INTO log VALUES ('once')".to_string(), vec![])];
+    let first = client.execute_as("app-42", 1, stmt(), false).await.expect("write");
+    let first_id = first.results[0].as_ref().unwrap().last_insert_id;
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
+    cluster.kill(leader);
+    cluster.wait_for_leader(WAIT).await.expect("a new leader");
+    let retry = client.execute_as("app-42", 1, stmt(), false).await.expect("retry");
+    assert_eq!(
+        retry.results[0].as_ref().unwrap().last_insert_id,
+        first_id,
+        "the retry returns the original outcome"
+    );
+    let retry_again = client.execute_as("app-42", 1, stmt(), false).await.expect("retry");
+    assert_eq!(retry_again.results[0].as_ref().unwrap().rows_affected, 1);
+    let r = client.query("SELECT msg FROM log", &[], QueryOptions::default()).await.unwrap();
+    assert_eq!(r.rows.len(), 1, "one effect, however often it is retried");
+    // The next sequence number is a new request; an older one is refused, not re-applied.
+    client.execute_as("app-42", 2, stmt(), false).await.expect("next request").results.remove(0).unwrap();
+    let old = client.execute_as("app-42", 1, stmt(), false).await.expect_err("seq 1 is older than 2");
+    assert_eq!(old.code(), "INVALID_ARGUMENT", "{old}");
+    assert_eq!(
+        client.query("SELECT msg FROM log", &[], QueryOptions::default()).await.unwrap().rows.len(),
+        2
+    );
+}
+
+/// Bad session tokens get typed TOKEN errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_session_tokens_are_typed_errors() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    let session = client.session();
+    session.execute("INSERT INTO kv VALUES (1, 1)", &[]).await.unwrap();
+    let token = session.token().expect("writes return a session token");
+    let (cluster_id, index) = token.rsplit_once('.').unwrap();
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
+    let future = format!("{cluster_id}.{}", index.parse::<u64>().unwrap() + 1_000_000);
+    for bad in ["not-a-token", "othercluster.1", future.as_str()] {
+        let opts = QueryOptions {
+            session_token: Some(bad.to_string()),
+            ..pinned(&cluster, leader, Consistency::ReadYourWrites)
+        };
+        let err = client.query("SELECT * FROM kv", &[], opts).await.expect_err(bad);
+        assert_eq!(err.code(), "TOKEN", "{bad}: {err}");
+    }
+}
