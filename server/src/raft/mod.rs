@@ -172,7 +172,9 @@ impl Core {
             term: m.current_term,
             index,
             level,
-            applied_index: m.last_applied.map_or(0, |l| l.index),
+            // The state machine's own applied index: openraft's metrics trail it, and a read is
+            // served at (and its token names) the state machine's index.
+            applied_index: self.sm.applied_index().unwrap_or(0).max(index),
             session_token: session_token(&self.sm, index),
         }
     }

@@ -145,7 +145,7 @@ impl Task {
     }
 
     fn receipt(&self, term: u64, index: u64) -> Receipt {
-        let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let applied = self.sm.applied_index().unwrap_or(0).max(index);
         Receipt {
             node_id: self.id,
             role: Role::Leader,
@@ -274,7 +274,7 @@ impl Task {
             match record {
                 Some(rec) if rec.seq == rid.seq => {
                     debug!(parent: &p.span, client_id = %rid.client_id, seq = rid.seq, "answered from the exactly-once record");
-                    let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+                    let applied = self.sm.applied_index().unwrap_or(0);
                     let _ = p.reply.send(Ok(WriteReply {
                         outcomes: rec.outcomes,
                         receipt: self.receipt(term, applied),
