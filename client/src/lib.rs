@@ -261,6 +261,13 @@ impl Error {
             }
         }
         match s.code() {
+            // tonic reports its own request deadline passing as Cancelled "Timeout expired".
+            tonic::Code::Cancelled if s.message().contains("Timeout expired") => Error::Timeout {
+                message: format!(
+                    "no answer from {addr} before the deadline; a write may or may not have been applied: \
+                     retry it with the same request id"
+                ),
+            },
             tonic::Code::Unavailable | tonic::Code::Cancelled => {
                 Error::Transport { addr: addr.to_string(), message: s.message().to_string() }
             }
@@ -293,6 +300,8 @@ struct Inner {
     lanes: Mutex<Vec<(u32, u64)>>,
     next_lane: Mutex<u32>,
     deadline: Duration,
+    /// Writes return once this many nodes applied them (0: once committed).
+    min_replicas: u32,
 }
 
 /// A connection to a raftsql cluster. Cheap to clone; clones share connections and lanes.
@@ -324,6 +333,7 @@ impl Client {
                 lanes: Mutex::new(Vec::new()),
                 next_lane: Mutex::new(0),
                 deadline: Duration::from_secs(10),
+                min_replicas: 0,
             }),
         })
     }
@@ -340,8 +350,26 @@ impl Client {
                 lanes: Mutex::new(Vec::new()),
                 next_lane: Mutex::new(0),
                 deadline,
+                min_replicas: i.min_replicas,
             }),
         }
+    }
+
+    /// The same client, whose writes return only once `k` nodes (the leader included) have
+    /// applied them — or fail with `Timeout` saying how many did (like Redis's `WAIT`).
+    pub fn with_min_replicas(&self, k: u32) -> Client {
+        let c = self.with_deadline(self.inner.deadline);
+        Client {
+            inner: Arc::new(Inner {
+                min_replicas: k,
+                ..Arc::into_inner(c.inner).expect("a fresh client has one owner")
+            }),
+        }
+    }
+
+    /// The address the client currently sends writes to first (diagnostics).
+    pub fn cached_leader(&self) -> Option<String> {
+        self.inner.leader.lock().expect("leader lock").clone()
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -426,6 +454,7 @@ impl Client {
                 .collect(),
             request_id: Some(pb::RequestId { client_id: client_id.to_string(), seq }),
             transaction,
+            min_replicas: self.inner.min_replicas,
         };
         let resp = self
             .retrying(None, true, |addr, channel, timeout| {

@@ -2,7 +2,7 @@
 //! and everything else as writes, print results as a table or as JSON lines.
 //!
 //! The JSON contract (stable): one object per statement and line,
-//! `{"columns":[..],"rows":[[..]],"rows_affected":N,"receipt":{"node":N,"term":N,"index":N}}`,
+//! `{"columns":[..],"rows":[[..]],"rows_affected":N,"receipt":{"node":N,"term":N,"index":N,"token":".."}}`,
 //! or `{"error":{"code":"CONSTRAINT","message":".."}}` for a failed statement.
 
 use crate::{Client, Error, QueryOptions, Receipt, Value};
@@ -134,7 +134,40 @@ fn value_text(v: &Value) -> String {
 }
 
 fn receipt_json(r: &Receipt) -> serde_json::Value {
-    json!({"node": r.node_id, "term": r.term, "index": r.index})
+    json!({"node": r.node_id, "term": r.term, "index": r.index, "token": r.session_token})
+}
+
+/// Parses `strong`, `ryw` (or `read_your_writes`), `bounded:DURATION` (e.g. `bounded:500ms`,
+/// `bounded:2s`) and `any`.
+pub fn parse_consistency(s: &str) -> Result<crate::Consistency, String> {
+    use crate::Consistency;
+    let lower = s.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "strong" => Ok(Consistency::Strong),
+        "ryw" | "read_your_writes" | "read-your-writes" => Ok(Consistency::ReadYourWrites),
+        "any" => Ok(Consistency::Any),
+        _ => match lower.strip_prefix("bounded:") {
+            Some(d) => parse_duration(d).map(Consistency::Bounded),
+            None => Err(format!("unknown consistency level {s:?}: use strong, ryw, bounded:DURATION or any")),
+        },
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("bad duration {s:?}: use e.g. 500ms, 2s or 1m (positive)");
+    let (num, unit) =
+        s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(bad()),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// A statement's printed outcome.
@@ -271,7 +304,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
-            json!({"columns":["a","b"],"rows":[[1,null],[1.5,"\\xab"]],"rows_affected":0,"receipt":{"node":2,"term":3,"index":9}})
+            json!({"columns":["a","b"],"rows":[[1,null],[1.5,"\\xab"]],"rows_affected":0,"receipt":{"node":2,"term":3,"index":9,"token":""}})
         );
         let mut out = Vec::new();
         print(&mut out, Format::Json, &Err(Error::Constraint { message: "dup".into() })).unwrap();

@@ -70,6 +70,10 @@ pub struct Config {
     /// sled's background flush interval in ms; 0 = only explicit fsyncs persist anything.
     #[arg(long, env = "RAFTSQL_FLUSH_EVERY_MS", default_value_t = 500)]
     pub flush_every_ms: u64,
+    /// Forward writes that reach a follower to the leader (default: answer NOT_LEADER and let
+    /// the client library redirect).
+    #[arg(long, env = "RAFTSQL_FORWARD_WRITES")]
+    pub forward_writes: bool,
     /// Largest query result a read may return, in bytes.
     #[arg(long, env = "RAFTSQL_MAX_RESULT_BYTES", default_value_t = 64 << 20)]
     pub max_result_bytes: usize,
@@ -146,7 +150,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(cfg.id), log, sm.clone())
             .await
             .context("starting Raft")?;
-        let options = Options { max_result_bytes: cfg.max_result_bytes, ..Default::default() };
+        let options =
+            Options { max_result_bytes: cfg.max_result_bytes, forward_writes: cfg.forward_writes, ..Default::default() };
         let sequencer = Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), options.clone());
         let core = Arc::new(Core {
             id: cfg.id,

@@ -218,3 +218,70 @@ async fn bad_session_tokens_are_typed_errors() {
         assert_eq!(err.code(), "TOKEN", "{bad}: {err}");
     }
 }
+
+/// `min_replicas`: a write returns once k nodes applied it; with a follower paused, asking for
+/// all three times out with a typed error that says how many applied it, and the write is
+/// committed all the same; asking for more nodes than exist is refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_waits_for_k_nodes_or_says_how_many() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    let all = client.with_min_replicas(3);
+    all.execute("INSERT INTO kv VALUES (1, 1)", &[]).await.expect("3 of 3").results.remove(0).unwrap();
+    for id in cluster.ids() {
+        let r = client
+            .query("SELECT v FROM kv WHERE k = 1", &[], pinned(&cluster, id, Consistency::Any))
+            .await
+            .unwrap();
+        assert_eq!(int(&r), Some(1), "node {id} had applied the write when it was acknowledged");
+    }
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.pause(follower);
+    let err = all.execute("INSERT INTO kv VALUES (2, 2)", &[]).await.expect_err("3 of 3 cannot apply it");
+    assert_eq!(err.code(), "TIMEOUT", "{err}");
+    assert!(err.to_string().contains("only 2 of the 3"), "{err}");
+    client
+        .with_min_replicas(2)
+        .execute("INSERT INTO kv VALUES (3, 3)", &[])
+        .await
+        .expect("2 of 3")
+        .results
+        .remove(0)
+        .unwrap();
+    cluster.resume(follower);
+    let r = client.query("SELECT k FROM kv", &[], QueryOptions::default()).await.unwrap();
+    assert_eq!(r.rows.len(), 3, "the timed-out write was committed all the same");
+    let err = client
+        .with_min_replicas(4)
+        .execute("INSERT INTO kv VALUES (4, 4)", &[])
+        .await
+        .expect_err("4 > 3 members");
+    assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+}
+
+/// With `--forward-writes`, a follower passes writes on to the leader itself: a client that
+/// knows only that follower never sees NOT_LEADER (it keeps writing to the follower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_forward_writes_when_asked_to() {
+    let opts = ClusterOptions { extra_args: vec!["--forward-writes".into()], ..Default::default() };
+    let cluster = Cluster::start(3, opts).await.expect("cluster starts");
+    setup(&cluster).await;
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let via = Client::connect([cluster.addr(follower).to_string()]).await.unwrap();
+    for k in 0..5 {
+        let r = via
+            .execute("INSERT INTO kv VALUES ($1, $1)", &[Value::Integer(k)])
+            .await
+            .expect("forwarded write");
+        assert_eq!(r.receipt.node_id, leader, "the leader applied it");
+    }
+    assert_eq!(
+        via.cached_leader().as_deref(),
+        Some(cluster.addr(follower)),
+        "no redirect reached the client"
+    );
+    let (rows, _) = cluster.assert_converged("kv").await.unwrap();
+    assert_eq!(rows, 5);
+}

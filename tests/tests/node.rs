@@ -223,3 +223,60 @@ fn demo_runs_sql_survives_a_kill_and_cleans_up() {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "server pid {pid} still runs");
     }
 }
+
+/// Causality across shell invocations: the token printed by a write, passed with `--token` to a
+/// read at `--consistency ryw` on a single follower, makes that read see the write; bad levels
+/// are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_carries_session_tokens_between_invocations() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    let out = shell(
+        &cluster,
+        &[
+            "--format",
+            "json",
+            "-e",
+            "CREATE TABLE t (k INTEGER PRIMARY KEY)",
+            "-e",
+            "INSERT INTO t VALUES (7)",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+    let token = last["receipt"]["token"].as_str().expect("a token in the receipt").to_string();
+    assert!(token.contains('.'), "{token}");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let out = Command::new(bin_dir().join("raftsql"))
+        .args([
+            "--addr",
+            cluster.addr(follower),
+            "--consistency",
+            "ryw",
+            "--token",
+            &token,
+            "--format",
+            "json",
+            "-e",
+            "SELECT k FROM t",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"], serde_json::json!([[7]]));
+    for bad in ["eventual", "bounded:-5s"] {
+        let out = Command::new(bin_dir().join("raftsql"))
+            .args(["--consistency", bad, "-e", "SELECT 1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad} must be refused");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("consistency"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -21,6 +21,12 @@ struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Read consistency: strong, ryw, bounded:DURATION (e.g. bounded:500ms) or any.
+    #[arg(long, default_value = "strong", value_parser = raftsql_client::shell::parse_consistency)]
+    consistency: raftsql_client::Consistency,
+    /// Session token to read at least as new as (from an earlier `--format json` receipt).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,10 +72,12 @@ async fn main() -> ExitCode {
     } else {
         args.execute
     };
+    let opts =
+        QueryOptions { consistency: args.consistency, session_token: args.token, ..Default::default() };
     let mut failed = 0;
     let mut out = std::io::stdout();
     for text in &texts {
-        failed += run_text(&client, text, args.format, &QueryOptions::default(), &mut out).await;
+        failed += run_text(&client, text, args.format, &opts, &mut out).await;
     }
     if failed > 0 {
         ExitCode::from(1)

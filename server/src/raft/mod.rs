@@ -118,6 +118,8 @@ pub struct Options {
     pub max_result_bytes: usize,
     /// The largest batch the sequencer evaluates into one entry (requests).
     pub max_batch_requests: usize,
+    /// A follower forwards writes to the leader instead of answering NOT_LEADER.
+    pub forward_writes: bool,
 }
 
 impl Default for Options {
@@ -128,6 +130,7 @@ impl Default for Options {
             ryw_wait: Duration::from_millis(200),
             max_result_bytes: 64 << 20,
             max_batch_requests: 512,
+            forward_writes: false,
         }
     }
 }
@@ -157,6 +160,50 @@ impl Core {
             .current_leader
             .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
+    }
+
+    /// Waits until `k` nodes (this one included) report `index` applied, polling the other
+    /// members' status; returns how many did, or, after `timeout`, a `Timeout` that says so.
+    pub async fn wait_replicas(&self, index: u64, k: usize, timeout: Duration) -> Result<usize, Error> {
+        let members: Vec<(NodeId, String)> = {
+            let m = self.metrics();
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+        };
+        if k > members.len() {
+            return Err(Error::InvalidArgument(format!(
+                "min_replicas {k} is more than the {} members of the cluster",
+                members.len()
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut done: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+        loop {
+            if self.sm.applied_index().unwrap_or(0) >= index {
+                done.insert(self.id);
+            }
+            let pending: Vec<&(NodeId, String)> =
+                members.iter().filter(|(id, _)| !done.contains(id) && *id != self.id).collect();
+            for (id, addr) in pending {
+                let Ok(channel) = network::channel(addr) else { continue };
+                let mut client = raftsql_proto::v1::admin_client::AdminClient::new(channel);
+                let mut req = tonic::Request::new(raftsql_proto::v1::StatusRequest {});
+                req.set_timeout(Duration::from_millis(500));
+                if client.status(req).await.is_ok_and(|s| s.into_inner().applied_index >= index) {
+                    done.insert(*id);
+                }
+            }
+            if done.len() >= k {
+                return Ok(done.len());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "the write (index {index}) is committed, but only {} of the {k} requested nodes applied it \
+                     within {timeout:?}",
+                    done.len(),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Records that a leader's AppendEntries was accepted just now.

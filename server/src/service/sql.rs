@@ -20,6 +20,40 @@ const DEFAULT_PAGE_ROWS: usize = 1000;
 /// The longest client id accepted in a request id.
 const MAX_CLIENT_ID: usize = 64;
 
+/// The caller's deadline from the `grpc-timeout` header ("<digits><H|M|S|m|u|n>").
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Marks a write forwarded by a follower, so it is never forwarded twice.
+const FORWARDED: &str = "x-raftsql-forwarded";
+
+/// Sends a write on to the leader and relays its answer.
+async fn forward(
+    addr: &str,
+    req: pb::ExecuteRequest,
+) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+    let channel = crate::raft::network::channel(addr)
+        .map_err(|e| tonic::Status::unavailable(format!("leader {addr}: {e}")))?;
+    let mut client = pb::sql_client::SqlClient::new(channel)
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+        .max_encoding_message_size(MAX_CLIENT_MESSAGE);
+    let mut request = tonic::Request::new(req);
+    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    client.execute(request).await
+}
+
 pub struct SqlService {
     pub core: Arc<Core>,
 }
@@ -34,8 +68,12 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::ExecuteRequest>,
     ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+        let started = std::time::Instant::now();
+        let caller_timeout = grpc_timeout(request.metadata());
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let req = request.into_inner();
-        let request_id = match req.request_id {
+        let original = (self.core.options.forward_writes && !forwarded).then(|| req.clone());
+        let request_id = match req.request_id.clone() {
             None => None,
             Some(r) if r.client_id.is_empty() || r.client_id.len() > MAX_CLIENT_ID => {
                 return Err(invalid(format!(
@@ -62,10 +100,29 @@ impl pb::sql_server::Sql for SqlService {
             .map(|s| (s.sql, s.params.into_iter().map(value_from_pb).collect()))
             .collect();
         let write = WriteRequest { statements, transaction: req.transaction, request_id };
-        let reply = self.core.sequencer.write(write).instrument(span.clone()).await.map_err(|e| {
-            tracing::debug!(parent: &span, error = %e, "execute failed");
-            status_from(e)
-        })?;
+        let reply = match self.core.sequencer.write(write).instrument(span.clone()).await {
+            Ok(r) => r,
+            Err(crate::raft::Error::NotLeader { leader_addr: Some(addr), .. }) if original.is_some() => {
+                tracing::debug!(parent: &span, leader = %addr, "forwarding the write to the leader");
+                return forward(&addr, original.expect("checked above")).await;
+            }
+            Err(e) => {
+                tracing::debug!(parent: &span, error = %e, "execute failed");
+                return Err(status_from(e));
+            }
+        };
+        if req.min_replicas > 1 {
+            // Answer within the caller's deadline (with a margin), so a shortfall arrives as a
+            // TIMEOUT that says how many nodes applied the write, not as a cut connection.
+            let budget = caller_timeout.map_or(self.core.options.write_timeout, |t| {
+                t.mul_f64(0.8).min(self.core.options.write_timeout)
+            });
+            let timeout = budget.saturating_sub(started.elapsed());
+            self.core
+                .wait_replicas(reply.receipt.index, req.min_replicas as usize, timeout)
+                .await
+                .map_err(status_from)?;
+        }
         let results = reply
             .outcomes
             .into_iter()
@@ -138,5 +195,26 @@ impl pb::sql_server::Sql for SqlService {
         pages[0].columns = result.columns;
         pages.last_mut().expect("at least one page").receipt = Some(receipt_to_pb(&receipt));
         Ok(tonic::Response::new(Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&m), None);
+        for (v, d) in [
+            ("9999m", Duration::from_millis(9999)),
+            ("2S", Duration::from_secs(2)),
+            ("5u", Duration::from_micros(5)),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), Some(d));
+        }
+        m.insert("grpc-timeout", "12x".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None);
     }
 }
