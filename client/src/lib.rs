@@ -4,14 +4,21 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), raftsql_client::Error> {
-//! use raftsql_client::{Client, QueryOptions, Value};
+//! use raftsql_client::{Client, Consistency, QueryOptions, Value};
 //! let client = Client::connect(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]).await?;
-//! client.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)", &[]).await?;
-//! client.execute("INSERT INTO users VALUES ($1, $2)", &[Value::Integer(1), "ada".into()]).await?;
-//! let r = client.query("SELECT name FROM users WHERE id = 1", &[], QueryOptions::default()).await?;
-//! assert_eq!(r.rows, vec![vec![Value::Text("ada".into())]]);
+//! let session = client.session(); // tracks the session token for you
+//! session.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)", &[]).await?;
+//! session.execute("INSERT INTO users VALUES ($1, $2)", &[Value::Integer(1), "ada".into()]).await?;
+//! let ryw = QueryOptions { consistency: Consistency::ReadYourWrites, ..Default::default() };
+//! let r = session.query("SELECT name FROM users WHERE id = 1", &[], ryw).await?; // any caught-up node
+//! let token = session.token(); // hand it to another process: client.session_from(&token)
+//! let safe = client.with_min_replicas(3); // writes return once all three nodes applied them
+//! # assert_eq!(r.rows, vec![vec![Value::Text("ada".into())]]);
+//! # let _ = (token, safe);
 //! # Ok(()) }
 //! ```
+//!
+//! The same lines are the README's "client library in ten lines"; keep them in step.
 //!
 //! # Exactly once
 //! Every write carries a request id (client id, sequence number). The server keeps, per client

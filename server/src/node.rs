@@ -6,7 +6,8 @@
 //! - `--bootstrap "1=h:p,2=h:p,3=h:p"`: the lowest listed id initializes the cluster once every
 //!   listed member answers; the others wait to be contacted. All members get the same flag.
 //! - `--join h:p`: ask any member to add this node (forwarded to the leader), which adds it as a
-//!   learner, waits until it has caught up (snapshot + log) and promotes it to voter.
+//!   learner, waits until it has caught up (snapshot + log) and promotes it to voter — unless
+//!   `--learner` asks it to stay a read replica that never votes.
 //!
 //! A restart needs only `--id`, `--listen` and `--data-dir`: the membership is in the log.
 //! SIGTERM or SIGINT: stop serving, shut openraft down, flush sled, exit 0.
@@ -52,6 +53,9 @@ pub struct Config {
     /// Join an existing cluster through any member, HOST:PORT (first start only).
     #[arg(long, env = "RAFTSQL_JOIN")]
     pub join: Option<String>,
+    /// With --join: stay a learner (a read replica that never votes and never leads).
+    #[arg(long, env = "RAFTSQL_LEARNER", requires = "join")]
+    pub learner: bool,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, env = "RAFTSQL_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
     pub snapshot_threshold: u64,
@@ -168,7 +172,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             if let Some(members) = members {
                 tokio::spawn(bootstrap(raft.clone(), cfg.id, members).in_current_span());
             } else if let Some(seed) = cfg.join.clone() {
-                tokio::spawn(join(seed, cfg.id, addr.clone()).in_current_span());
+                tokio::spawn(join(seed, cfg.id, addr.clone(), cfg.learner).in_current_span());
             } else {
                 warn!("this node has no Raft state and neither --bootstrap nor --join: it waits to be added");
             }
@@ -254,18 +258,18 @@ async fn answers(addr: &str) -> bool {
 }
 
 /// Asks `seed` (any member) to add this node; retries until it succeeds or is refused for good.
-async fn join(seed: String, id: NodeId, addr: String) {
+async fn join(seed: String, id: NodeId, addr: String, as_learner: bool) {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
             let channel = crate::raft::network::channel(&seed)
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::admin_client::AdminClient::new(channel);
-            client.join(pb::JoinRequest { node_id: id, addr: addr.clone(), as_learner: false }).await
+            client.join(pb::JoinRequest { node_id: id, addr: addr.clone(), as_learner }).await
         };
         match attempt.await {
             Ok(_) => {
-                info!(%seed, "joined the cluster as a voter");
+                info!(%seed, as_learner, "joined the cluster");
                 return;
             }
             Err(s) if s.code() == tonic::Code::InvalidArgument => {

@@ -302,26 +302,39 @@ impl Cluster {
     /// Adds a node that joins through a running member; returns once it is a voter that has
     /// applied everything the leader had applied when it joined.
     pub async fn add_node(&mut self) -> Result<u64> {
+        self.add(false).await
+    }
+
+    /// Adds a learner (read replica); returns once it is a member that has caught up.
+    pub async fn add_learner(&mut self) -> Result<u64> {
+        self.add(true).await
+    }
+
+    async fn add(&mut self, learner: bool) -> Result<u64> {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
         let node = Node::new(self.dir(), id);
         self.nodes.insert(id, node);
         let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
         let seed = self.addr(leader).to_string();
-        self.spawn(id, &["--join", &seed])?;
+        let mut args = vec!["--join", seed.as_str()];
+        if learner {
+            args.push("--learner");
+        }
+        self.spawn(id, &args)?;
         self.wait_answering(id).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.check_alive(id)?;
             let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
             let ls = self.status(leader).await?;
-            if ls.members.iter().any(|m| m.id == id && m.voter) {
+            if ls.members.iter().any(|m| m.id == id && m.voter != learner) {
                 self.wait_applied(id, ls.applied_index, Duration::from_secs(30)).await?;
                 self.client = Client::connect(self.addrs()).await.map_err(|e| e.to_string())?;
                 return Ok(id);
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "node {id} did not become a voter within 60 s; its log ends:\n{}",
+                    "node {id} did not become a member within 60 s; its log ends:\n{}",
                     self.log_tail(id)
                 ));
             }

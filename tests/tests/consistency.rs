@@ -285,3 +285,111 @@ async fn followers_forward_writes_when_asked_to() {
     let (rows, _) = cluster.assert_converged("kv").await.unwrap();
     assert_eq!(rows, 5);
 }
+
+/// A learner is a read replica: it serves reads (read-your-writes included), redirects writes,
+/// and never votes or leads, even when the leader dies. Clients may name nodes by DNS name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learners_serve_reads_but_never_write_vote_or_lead() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    setup(&cluster).await;
+    let learner = cluster.add_learner().await.expect("a learner joins");
+    let st = cluster.status(learner).await.unwrap();
+    assert!(st.members.iter().any(|m| m.id == learner && !m.voter), "{:?}", st.members);
+    assert_eq!(st.role(), raftsql_client::pb::Role::Learner);
+
+    // By DNS name: "localhost:PORT".
+    let port = cluster.addr(learner).rsplit(':').next().unwrap().to_string();
+    let via_learner = Client::connect([format!("localhost:{port}")]).await.unwrap();
+    let session = via_learner.session();
+    let w = session
+        .execute("INSERT INTO kv VALUES (1, 11)", &[])
+        .await
+        .expect("write via a learner is redirected");
+    assert_ne!(w.receipt.node_id, learner, "the learner never applies a write as leader");
+    let opts = QueryOptions {
+        consistency: Consistency::ReadYourWrites,
+        node: Some(format!("localhost:{port}")),
+        ..Default::default()
+    };
+    let r = session.query("SELECT v FROM kv WHERE k = 1", &[], opts).await.expect("read on the learner");
+    assert_eq!(int(&r), Some(11));
+
+    let (leader, term) = cluster.wait_for_leader(WAIT).await.unwrap();
+    cluster.kill(leader);
+    let (new_leader, new_term) = cluster.wait_for_leader(WAIT).await.expect("the voters elect a leader");
+    assert!(new_leader != learner && new_term > term, "node {new_leader} leads term {new_term}");
+    assert_eq!(cluster.status(learner).await.unwrap().role(), raftsql_client::pb::Role::Learner);
+}
+
+/// Requests the client library would never send are refused with typed errors: an unknown
+/// consistency level, BOUNDED without a staleness, a malformed request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_typed_errors() {
+    use raftsql_client::pb;
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    setup(&cluster).await;
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
+    let addr = cluster.addr(leader).to_string();
+    let mut raw = pb::sql_client::SqlClient::connect(format!("http://{addr}")).await.unwrap();
+    let query = |consistency: i32, max_staleness_ms: u64| pb::QueryRequest {
+        sql: "SELECT * FROM kv".into(),
+        consistency,
+        max_staleness_ms,
+        ..Default::default()
+    };
+    for (req, what) in [
+        (query(99, 0), "unknown consistency level"),
+        (query(pb::Consistency::Bounded as i32, 0), "max_staleness_ms"),
+    ] {
+        let status = raw.query(req).await.expect_err(what);
+        let err = raftsql_client::Error::from_status(&addr, status);
+        assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    for (id, what) in [
+        (pb::RequestId { client_id: String::new(), seq: 1 }, "client_id"),
+        (pb::RequestId { client_id: "x".repeat(65), seq: 1 }, "client_id"),
+        (pb::RequestId { client_id: "c".into(), seq: 0 }, "seq"),
+    ] {
+        let req = pb::ExecuteRequest {
+            statements: vec![pb::Statement { sql: "INSERT INTO kv VALUES (5, 5)".into(), params: vec![] }],
+            request_id: Some(id),
+            ..Default::default()
+        };
+        let err = raftsql_client::Error::from_status(&addr, raw.execute(req).await.expect_err(what));
+        assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    let r = cluster.client().await.query("SELECT * FROM kv", &[], QueryOptions::default()).await.unwrap();
+    assert!(r.rows.is_empty(), "nothing was applied");
+}
+
+/// The README's "client library in ten lines", run for real against a cluster (the doc test
+/// only compiles it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_client_example_runs() -> Result<(), Error> {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let addrs = cluster.addrs();
+    // From here on, the README's lines (with this cluster's addresses).
+    let client = Client::connect([addrs[0].as_str(), addrs[1].as_str(), addrs[2].as_str()]).await?;
+    let session = client.session(); // tracks the session token for you
+    session.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)", &[]).await?;
+    session.execute("INSERT INTO users VALUES ($1, $2)", &[Value::Integer(1), "ada".into()]).await?;
+    let ryw = QueryOptions { consistency: Consistency::ReadYourWrites, ..Default::default() };
+    let r = session.query("SELECT name FROM users WHERE id = 1", &[], ryw).await?; // any caught-up node
+    let token = session.token(); // hand it to another process: client.session_from(&token)
+    let safe = client.with_min_replicas(3); // writes return once all three nodes applied them
+    assert_eq!(r.rows, vec![vec![Value::Text("ada".into())]]);
+    let other = client.session_from(&token.expect("a token after a write"));
+    let r = other
+        .query(
+            "SELECT name FROM users",
+            &[],
+            QueryOptions { consistency: Consistency::ReadYourWrites, ..Default::default() },
+        )
+        .await?;
+    assert_eq!(r.rows.len(), 1);
+    safe.execute("INSERT INTO users VALUES (2, 'grace')", &[]).await?.results.remove(0)?;
+    Ok(())
+}
