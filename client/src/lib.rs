@@ -576,6 +576,9 @@ impl Client {
                     return Ok(v);
                 }
                 Err(e) if !e.retryable() => return Err(e),
+                // A read pinned to one node at a level that does not redirect (BOUNDED, ANY)
+                // answers at once: that node's refusal (too stale, say) is the answer.
+                Err(e) if pinned.is_some() && !follow => return Err(e),
                 Err(e) => e,
             };
             if Instant::now() + backoff >= deadline {
