@@ -88,7 +88,12 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
              narrower WHERE, or raise --max-result-bytes"
         )));
     }
-    Ok((result, core.receipt(applied.unwrap_or(0), req.level)))
+    let served_at = applied.unwrap_or(0);
+    let mut receipt = core.receipt(served_at, req.level);
+    // The state the read saw, read under the same lock as the data — not whatever this node has
+    // applied since: that is what the session token names and what monotonic reads compare.
+    receipt.applied_index = served_at;
+    Ok((result, receipt))
 }
 
 async fn strong(core: &Core) -> Result<(), Error> {
