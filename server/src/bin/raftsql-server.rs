@@ -12,7 +12,13 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn".into()),
         )
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting tokio");
+    // SQL parsing, planning and evaluation recurse with the nesting of a statement (bounded by
+    // `sql::MAX_NESTING`); large stacks keep the deepest statement we accept far from overflow.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(raftsql_server::sql::STACK_BYTES)
+        .build()
+        .expect("starting tokio");
     match runtime.block_on(run(cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

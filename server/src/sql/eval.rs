@@ -1,9 +1,9 @@
 //! Values and expressions: SQLite's ordering of values, coercion into column types, and the
 //! evaluation of an expression against one row.
 
-use super::{Context, Error};
-use crate::changeset::{DataType, Row, TableSchema, Value};
-use sqlparser::ast::{self, BinaryOperator, Expr, UnaryOperator};
+use super::Error;
+use crate::changeset::{DataType, Value};
+use sqlparser::ast;
 use std::cmp::Ordering;
 
 /// SQLite's order of values: NULL < numbers (integers, reals and booleans compared numerically)
@@ -28,7 +28,7 @@ pub fn compare(a: &Value, b: &Value) -> Ordering {
     }
 }
 
-fn int_of(v: &Value) -> Option<i64> {
+pub fn int_of(v: &Value) -> Option<i64> {
     match v {
         Value::Integer(i) => Some(*i),
         Value::Boolean(b) => Some(*b as i64),
@@ -36,7 +36,7 @@ fn int_of(v: &Value) -> Option<i64> {
     }
 }
 
-fn real_of(v: &Value) -> f64 {
+pub fn real_of(v: &Value) -> f64 {
     match v {
         Value::Integer(i) => *i as f64,
         Value::Real(r) => *r,
@@ -116,34 +116,8 @@ pub fn display(v: &Value) -> String {
     }
 }
 
-/// What an expression may refer to: the columns of one table's row (none for VALUES).
-pub struct Scope<'a> {
-    pub table: Option<&'a TableSchema>,
-    /// The alias or name the query used for the table.
-    pub name: Option<&'a str>,
-    pub row: Option<&'a Row>,
-    pub params: &'a [Value],
-    pub ctx: Option<Context>,
-}
-
-impl Scope<'_> {
-    fn column(&self, qualifier: Option<&str>, name: &str) -> Result<Value, Error> {
-        let table = self.table.ok_or_else(|| Error::Invalid(format!("no such column: {name}")))?;
-        if let Some(q) = qualifier {
-            let matches =
-                q.eq_ignore_ascii_case(&table.name) || self.name.is_some_and(|n| n.eq_ignore_ascii_case(q));
-            if !matches {
-                return Err(Error::NoSuchTable(q.to_string()));
-            }
-        }
-        let i = table
-            .column_index(name)
-            .ok_or_else(|| Error::NoSuchColumn { table: table.name.clone(), column: name.to_string() })?;
-        Ok(self.row.map_or(Value::Null, |r| r[i].clone()))
-    }
-}
-
-pub fn literal(v: &ast::Value, params: &[Value], next_param: &mut usize) -> Result<Value, Error> {
+/// Parses a SQL literal (parameters are bound by the planner, not here).
+pub fn literal(v: &ast::Value) -> Result<Value, Error> {
     Ok(match v {
         ast::Value::Number(n, _) => match n.parse::<i64>() {
             Ok(i) => Value::Integer(i),
@@ -159,31 +133,19 @@ pub fn literal(v: &ast::Value, params: &[Value], next_param: &mut usize) -> Resu
         }
         ast::Value::Boolean(b) => Value::Boolean(*b),
         ast::Value::Null => Value::Null,
-        ast::Value::Placeholder(p) => {
-            let index = if p == "?" {
-                *next_param += 1;
-                *next_param
-            } else {
-                p.trim_start_matches(['$', '?', ':'])
-                    .parse::<usize>()
-                    .map_err(|_| Error::Unsupported(format!("parameter {p}: use $1, ?1 or ?")))?
-            };
-            params.get(index.wrapping_sub(1)).cloned().ok_or_else(|| {
-                Error::Invalid(format!("parameter {p} has no value: {} given", params.len()))
-            })?
-        }
         other => return Err(Error::Unsupported(format!("literal {other}"))),
     })
 }
 
-fn truth(v: &Value) -> Option<bool> {
+/// SQLite's truth of a value: NULL is unknown, numbers are true when non-zero, text by its
+/// numeric prefix.
+pub fn truth(v: &Value) -> Option<bool> {
     match v {
         Value::Null => None,
         Value::Boolean(b) => Some(*b),
         Value::Integer(i) => Some(*i != 0),
         Value::Real(r) => Some(*r != 0.0),
-        Value::Text(s) => Some(s.trim().parse::<f64>().is_ok_and(|f| f != 0.0)),
-        Value::Blob(_) => Some(false),
+        Value::Text(_) | Value::Blob(_) => Some(real_of(&numeric(v)) != 0.0),
     }
 }
 
@@ -191,153 +153,255 @@ pub fn is_true(v: &Value) -> bool {
     truth(v) == Some(true)
 }
 
-fn bool_value(b: Option<bool>) -> Value {
+pub fn bool_value(b: Option<bool>) -> Value {
     b.map_or(Value::Null, |b| Value::Integer(b as i64))
 }
 
-fn arith(op: &BinaryOperator, a: Value, b: Value) -> Result<Value, Error> {
-    if matches!(a, Value::Null) || matches!(b, Value::Null) {
-        return Ok(Value::Null);
+/// The longest numeric prefix of a text, as SQLite converts text in arithmetic: `'12abc'` is
+/// 12, `'1.5e2x'` is 150.0, `'abc'` is 0.
+pub fn numeric_prefix(s: &str) -> Value {
+    let t = s.trim_start();
+    let b = t.as_bytes();
+    let mut i = 0;
+    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+        i += 1;
     }
-    let num = |v: &Value| match v {
-        Value::Text(s) => s
-            .trim()
-            .parse::<i64>()
-            .map(Value::Integer)
-            .or_else(|_| s.trim().parse::<f64>().map(Value::Real))
-            .unwrap_or(Value::Integer(0)),
+    let digits_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let mut is_real = false;
+    let mut end = i;
+    if i < b.len() && b[i] == b'.' {
+        let mut j = i + 1;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j > i + 1 || i > digits_start {
+            is_real = true;
+            i = j;
+            end = j;
+        }
+    }
+    if end == digits_start {
+        return Value::Integer(0);
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        let exp_start = j;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j > exp_start {
+            is_real = true;
+            end = j;
+        }
+    }
+    let text = &t[..end];
+    if !is_real {
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::Integer(i);
+        }
+    }
+    Value::Real(text.parse::<f64>().unwrap_or(0.0))
+}
+
+/// A value as a number for arithmetic: NULL stays NULL, text and blobs by numeric prefix.
+pub fn numeric(v: &Value) -> Value {
+    match v {
+        Value::Text(s) => numeric_prefix(s),
+        Value::Blob(b) => numeric_prefix(&String::from_utf8_lossy(b)),
         Value::Boolean(b) => Value::Integer(*b as i64),
-        Value::Blob(_) => Value::Integer(0),
         other => other.clone(),
-    };
-    let (a, b) = (num(&a), num(&b));
+    }
+}
+
+/// Text that is wholly a number (used for column affinity on comparisons).
+pub fn parse_number_exact(s: &str) -> Option<Value> {
+    let t = s.trim();
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(Value::Integer(i));
+    }
+    if t.is_empty() || t.eq_ignore_ascii_case("inf") || t.to_ascii_lowercase().contains("nan") {
+        return None;
+    }
+    t.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::Real)
+}
+
+/// The binary arithmetic operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+/// SQLite arithmetic: integers stay integers (overflow becomes real), division truncates,
+/// division or modulo by zero is NULL.
+pub fn arith(op: Arith, a: &Value, b: &Value) -> Value {
+    if matches!(a, Value::Null) || matches!(b, Value::Null) {
+        return Value::Null;
+    }
+    let (a, b) = (numeric(a), numeric(b));
     if let (Value::Integer(x), Value::Integer(y)) = (&a, &b) {
         let (x, y) = (*x, *y);
         let r = match op {
-            BinaryOperator::Plus => x.checked_add(y),
-            BinaryOperator::Minus => x.checked_sub(y),
-            BinaryOperator::Multiply => x.checked_mul(y),
-            BinaryOperator::Divide => {
-                if y == 0 {
-                    return Ok(Value::Null);
-                }
-                x.checked_div(y)
-            }
-            BinaryOperator::Modulo => {
-                if y == 0 {
-                    return Ok(Value::Null);
-                }
-                x.checked_rem(y)
-            }
-            _ => unreachable!("arith is called for arithmetic operators only"),
+            Arith::Add => x.checked_add(y),
+            Arith::Sub => x.checked_sub(y),
+            Arith::Mul => x.checked_mul(y),
+            Arith::Div if y == 0 => return Value::Null,
+            Arith::Div => x.checked_div(y),
+            Arith::Mod if y == 0 => return Value::Null,
+            Arith::Mod => Some(x.wrapping_rem(y)),
         };
         if let Some(r) = r {
-            return Ok(Value::Integer(r));
+            return Value::Integer(r);
         }
     }
     let (x, y) = (real_of(&a), real_of(&b));
-    Ok(match op {
-        BinaryOperator::Plus => Value::Real(x + y),
-        BinaryOperator::Minus => Value::Real(x - y),
-        BinaryOperator::Multiply => Value::Real(x * y),
-        BinaryOperator::Divide if y == 0.0 => Value::Null,
-        BinaryOperator::Divide => Value::Real(x / y),
-        BinaryOperator::Modulo if y == 0.0 => Value::Null,
-        BinaryOperator::Modulo => Value::Real(x % y),
-        _ => unreachable!("arith is called for arithmetic operators only"),
-    })
+    match op {
+        Arith::Add => Value::Real(x + y),
+        Arith::Sub => Value::Real(x - y),
+        Arith::Mul => Value::Real(x * y),
+        Arith::Div if y == 0.0 => Value::Null,
+        Arith::Div => Value::Real(x / y),
+        Arith::Mod => {
+            let (xi, yi) = (x as i64, y as i64);
+            if yi == 0 {
+                Value::Null
+            } else {
+                Value::Real(xi.wrapping_rem(yi) as f64)
+            }
+        }
+    }
 }
 
-/// Evaluates an expression in a scope.
-pub fn eval(expr: &Expr, scope: &Scope, next_param: &mut usize) -> Result<Value, Error> {
-    Ok(match expr {
-        Expr::Value(v) => literal(&v.value, scope.params, next_param)?,
-        Expr::Identifier(id) => scope.column(None, &id.value)?,
-        Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
-            scope.column(Some(&ids[0].value), &ids[1].value)?
+/// A real as SQLite prints it (`%!.15g`): `1.0`, `0.5`, `1.0e+20`.
+pub fn real_text(r: f64) -> String {
+    if r.is_nan() {
+        return "NULL".into();
+    }
+    if r.is_infinite() {
+        return if r > 0.0 { "Inf".into() } else { "-Inf".into() };
+    }
+    if r == r.trunc() && r.abs() < 1e15 {
+        return format!("{r:.1}");
+    }
+    let s = format!("{:.15e}", r);
+    // Shortest of 15 significant digits.
+    let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+    if (-5..15).contains(&exp) {
+        let v: f64 = format!("{mantissa}e{exp}").parse().unwrap_or(r);
+        let mut t = format!("{v}");
+        if !t.contains('.') && !t.contains('e') {
+            t.push_str(".0");
         }
-        Expr::Nested(e) => eval(e, scope, next_param)?,
-        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match eval(expr, scope, next_param)? {
-            Value::Integer(i) => i.checked_neg().map_or(Value::Real(-(i as f64)), Value::Integer),
-            Value::Real(r) => Value::Real(-r),
-            Value::Null => Value::Null,
-            v => arith(&BinaryOperator::Minus, Value::Integer(0), v)?,
+        t
+    } else {
+        let m = if mantissa.contains('.') { mantissa.to_string() } else { format!("{mantissa}.0") };
+        format!("{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    }
+}
+
+/// CAST targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CastTo {
+    Integer,
+    Real,
+    Text,
+    Blob,
+    Numeric,
+    Boolean,
+}
+
+/// SQLite's CAST: never an error; text converts by numeric prefix.
+pub fn cast(v: &Value, to: CastTo) -> Value {
+    if matches!(v, Value::Null) {
+        return Value::Null;
+    }
+    match to {
+        CastTo::Integer => match numeric(v) {
+            Value::Real(r) => Value::Integer(if r.is_nan() {
+                0
+            } else if r >= 9.223372036854775807e18 {
+                i64::MAX
+            } else if r <= -9.223372036854775808e18 {
+                i64::MIN
+            } else {
+                r as i64
+            }),
+            other => other,
         },
-        Expr::UnaryOp { op: UnaryOperator::Plus, expr } => eval(expr, scope, next_param)?,
-        Expr::UnaryOp { op: UnaryOperator::Not, expr } => {
-            bool_value(truth(&eval(expr, scope, next_param)?).map(|b| !b))
-        }
-        Expr::IsNull(e) => Value::Integer(matches!(eval(e, scope, next_param)?, Value::Null) as i64),
-        Expr::IsNotNull(e) => Value::Integer(!matches!(eval(e, scope, next_param)?, Value::Null) as i64),
-        Expr::BinaryOp { left, op, right } => {
-            let a = eval(left, scope, next_param)?;
-            let b = eval(right, scope, next_param)?;
-            match op {
-                BinaryOperator::And => bool_value(match (truth(&a), truth(&b)) {
-                    (Some(false), _) | (_, Some(false)) => Some(false),
-                    (Some(true), Some(true)) => Some(true),
-                    _ => None,
-                }),
-                BinaryOperator::Or => bool_value(match (truth(&a), truth(&b)) {
-                    (Some(true), _) | (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                }),
-                BinaryOperator::Eq
-                | BinaryOperator::NotEq
-                | BinaryOperator::Lt
-                | BinaryOperator::LtEq
-                | BinaryOperator::Gt
-                | BinaryOperator::GtEq => {
-                    if matches!(a, Value::Null) || matches!(b, Value::Null) {
-                        Value::Null
-                    } else {
-                        let o = compare(&a, &b);
-                        let r = match op {
-                            BinaryOperator::Eq => o == Ordering::Equal,
-                            BinaryOperator::NotEq => o != Ordering::Equal,
-                            BinaryOperator::Lt => o == Ordering::Less,
-                            BinaryOperator::LtEq => o != Ordering::Greater,
-                            BinaryOperator::Gt => o == Ordering::Greater,
-                            _ => o != Ordering::Less,
-                        };
-                        Value::Integer(r as i64)
-                    }
-                }
-                BinaryOperator::Plus
-                | BinaryOperator::Minus
-                | BinaryOperator::Multiply
-                | BinaryOperator::Divide
-                | BinaryOperator::Modulo => arith(op, a, b)?,
-                BinaryOperator::StringConcat => match (a, b) {
-                    (Value::Null, _) | (_, Value::Null) => Value::Null,
-                    (a, b) => Value::Text(format!("{}{}", text_of(&a), text_of(&b))),
-                },
-                other => return Err(Error::Unsupported(format!("operator {other}"))),
-            }
-        }
-        Expr::Function(f) => {
-            let name = f.name.to_string().to_ascii_uppercase();
-            match (name.as_str(), scope.ctx) {
-                ("NOW" | "CURRENT_TIMESTAMP", Some(ctx)) => Value::Text(timestamp(ctx.now_millis)),
-                ("NOW" | "CURRENT_TIMESTAMP", None) => {
-                    return Err(Error::Unsupported(format!(
-                        "{name}() in a read: it is evaluated by the leader on write"
-                    )))
-                }
-                _ => return Err(Error::Unsupported(format!("function {name}"))),
-            }
-        }
-        other => return Err(Error::Unsupported(format!("expression {other}"))),
-    })
+        CastTo::Real => Value::Real(real_of(&numeric(v))),
+        CastTo::Text => Value::Text(text_of(v)),
+        CastTo::Blob => match v {
+            Value::Blob(b) => Value::Blob(b.clone()),
+            other => Value::Blob(text_of(other).into_bytes()),
+        },
+        CastTo::Numeric => match v {
+            Value::Text(s) => match numeric_prefix(s) {
+                Value::Real(r) if r == r.trunc() && r.abs() < 9.2e18 => Value::Integer(r as i64),
+                other => other,
+            },
+            other => numeric(other),
+        },
+        CastTo::Boolean => bool_value(truth(v)),
+    }
 }
 
-fn text_of(v: &Value) -> String {
+/// SQL LIKE (ASCII case-insensitive) or GLOB (case-sensitive, `*` and `?`).
+pub fn like(text: &str, pattern: &str, escape: Option<char>, glob: bool) -> bool {
+    fn go(t: &[char], p: &[char], escape: Option<char>, glob: bool) -> bool {
+        let (many, one) = if glob { ('*', '?') } else { ('%', '_') };
+        let Some((&c, rest)) = p.split_first() else { return t.is_empty() };
+        if Some(c) == escape && !glob {
+            return match rest.split_first() {
+                Some((&lit, rest2)) => {
+                    t.first().is_some_and(|&x| x.eq_ignore_ascii_case(&lit))
+                        && go(&t[1..], rest2, escape, glob)
+                }
+                None => false,
+            };
+        }
+        if c == many {
+            let rest = {
+                let mut r = rest;
+                while r.first() == Some(&many) {
+                    r = &r[1..];
+                }
+                r
+            };
+            if rest.is_empty() {
+                return true;
+            }
+            (0..=t.len()).any(|i| go(&t[i..], rest, escape, glob))
+        } else if c == one {
+            !t.is_empty() && go(&t[1..], rest, escape, glob)
+        } else {
+            let eq = |x: char| if glob { x == c } else { x.eq_ignore_ascii_case(&c) };
+            t.first().is_some_and(|&x| eq(x)) && go(&t[1..], rest, escape, glob)
+        }
+    }
+    let t: Vec<char> = text.chars().collect();
+    let p: Vec<char> = pattern.chars().collect();
+    go(&t, &p, escape, glob)
+}
+
+pub fn text_of(v: &Value) -> String {
     match v {
         Value::Text(s) => s.clone(),
         Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
         Value::Null => String::new(),
-        other => display(other),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) => real_text(*r),
+        Value::Boolean(b) => (*b as i64).to_string(),
     }
 }
 

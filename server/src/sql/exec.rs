@@ -1,13 +1,15 @@
 //! Statement execution: DDL and DML into `Change`s on an overlay, SELECT into rows.
 
-use super::eval::{coerce, compare_tuples, eval, is_true, Scope};
+use super::eval::{coerce, compare_tuples};
 use super::overlay::Overlay;
+use super::plan::{object_name, BExpr, Binder, Body, Scope};
+use super::run::{Env, Runner};
 use super::{parse, Context, Error};
 use crate::changeset::{
     Change, Column, DataType, IndexSchema, Key, ReadView, Row, StatementOutcome, StatementResult,
     TableSchema, Value,
 };
-use sqlparser::ast::{self, Expr, SelectItem, SetExpr, Statement, TableFactor};
+use sqlparser::ast::{self, SelectItem, Statement};
 use std::ops::Bound;
 
 /// Evaluates the requests of one batch in order over an in-memory overlay of `view`.
@@ -118,25 +120,100 @@ impl<'a> Executor<'a> {
         match stmt {
             Statement::CreateTable(ct) => self.create_table(ct, out),
             Statement::Drop { object_type: ast::ObjectType::Table, if_exists, names, .. } => {
-                let mut affected = 0;
                 for name in names {
                     let name = object_name(name)?;
                     match self.overlay.table(&name)? {
-                        Some(t) => {
-                            self.emit(Change::DropTable { table: t.name }, out);
-                            affected += 1;
-                        }
+                        Some(t) => self.emit(Change::DropTable { table: t.name }, out),
                         None if *if_exists => {}
                         None => return Err(Error::NoSuchTable(name)),
                     }
                 }
-                let _ = affected;
                 Ok(StatementResult::default())
             }
+            Statement::Drop { object_type: ast::ObjectType::Index, if_exists, names, .. } => {
+                for name in names {
+                    let name = object_name(name)?;
+                    match self.find_index(&name)? {
+                        Some((table, index)) => self.emit(Change::DropIndex { table, index }, out),
+                        None if *if_exists => {}
+                        None => return Err(Error::NoSuchIndex(name)),
+                    }
+                }
+                Ok(StatementResult::default())
+            }
+            Statement::CreateIndex(ci) => self.create_index(ci, out),
             Statement::Insert(insert) => self.insert(insert, params, out),
-            Statement::Query(q) => run_query(&self.overlay, q, params),
+            Statement::Update(update) => self.update(update, params, out),
+            Statement::Delete(delete) => self.delete(delete, params, out),
+            Statement::Query(q) => run_query(&self.overlay, q, params, Some(self.ctx)),
+            Statement::Explain { statement, .. } => explain(&self.overlay, statement, params),
             other => Err(Error::Unsupported(format!("statement {}", first_words(&other.to_string())))),
         }
+    }
+
+    fn find_index(&self, name: &str) -> Result<Option<(String, String)>, Error> {
+        for t in self.overlay.tables()? {
+            if let Some(ix) = t.indexes.iter().find(|i| i.name.eq_ignore_ascii_case(name)) {
+                return Ok(Some((t.name.clone(), ix.name.clone())));
+            }
+        }
+        Ok(None)
+    }
+
+    fn create_index(
+        &mut self,
+        ci: &ast::CreateIndex,
+        out: &mut Vec<Change>,
+    ) -> Result<StatementResult, Error> {
+        let name = match &ci.name {
+            Some(n) => object_name(n)?,
+            None => return Err(Error::Invalid("CREATE INDEX needs a name".into())),
+        };
+        if ci.predicate.is_some() || !ci.include.is_empty() {
+            return Err(Error::Unsupported("partial indexes and INCLUDE".into()));
+        }
+        let table_name = object_name(&ci.table_name)?;
+        let schema =
+            self.overlay.table(&table_name)?.ok_or_else(|| Error::NoSuchTable(table_name.clone()))?;
+        if self.find_index(&name)?.is_some() || self.overlay.table(&name)?.is_some() {
+            return if ci.if_not_exists {
+                Ok(StatementResult::default())
+            } else {
+                Err(Error::Invalid(format!("index {name} already exists")))
+            };
+        }
+        let mut columns = Vec::new();
+        for ic in &ci.columns {
+            let col = match &ic.column.expr {
+                ast::Expr::Identifier(id) => id.value.clone(),
+                other => return Err(Error::Unsupported(format!("index on the expression {other}"))),
+            };
+            let i = schema
+                .column_index(&col)
+                .ok_or_else(|| Error::NoSuchColumn { table: schema.name.clone(), column: col.clone() })?;
+            columns.push(i);
+        }
+        if ci.unique {
+            let mut seen = std::collections::BTreeSet::new();
+            for item in self.overlay.scan(&schema.name, Bound::Unbounded, Bound::Unbounded) {
+                let (_, row) = item?;
+                let values: Vec<Value> = columns.iter().map(|&c| row[c].clone()).collect();
+                if values.contains(&Value::Null) {
+                    continue;
+                }
+                if !seen.insert(super::overlay::OrdKey(values)) {
+                    return Err(Error::Constraint(format!(
+                        "UNIQUE constraint failed: the rows of {} already repeat the values of index {name}",
+                        schema.name
+                    )));
+                }
+            }
+        }
+        self.emit(
+            Change::CreateIndex(IndexSchema { name, table: schema.name.clone(), columns, unique: ci.unique }),
+            out,
+        );
+        Ok(StatementResult::default())
     }
 
     fn create_table(
@@ -242,9 +319,30 @@ impl<'a> Executor<'a> {
         params: &[Value],
         out: &mut Vec<Change>,
     ) -> Result<StatementResult, Error> {
-        if insert.or.is_some() || insert.on.is_some() || insert.returning.is_some() {
-            return Err(Error::Unsupported("INSERT OR / ON CONFLICT / RETURNING".into()));
+        #[derive(PartialEq)]
+        enum OnConflict {
+            Fail,
+            Replace,
+            Ignore,
         }
+        let on_conflict = match (&insert.or, &insert.on, insert.replace_into) {
+            (_, _, true) | (Some(ast::SqliteOnConflict::Replace), None, _) => OnConflict::Replace,
+            (Some(ast::SqliteOnConflict::Ignore), None, _) => OnConflict::Ignore,
+            (None | Some(ast::SqliteOnConflict::Abort | ast::SqliteOnConflict::Fail), None, _) => {
+                OnConflict::Fail
+            }
+            (None, Some(ast::OnInsert::OnConflict(c)), _)
+                if matches!(c.action, ast::OnConflictAction::DoNothing) =>
+            {
+                OnConflict::Ignore
+            }
+            _ => {
+                return Err(Error::Unsupported(
+                    "this INSERT conflict clause (use OR REPLACE, OR IGNORE or ON CONFLICT DO NOTHING)"
+                        .into(),
+                ))
+            }
+        };
         let table_name = match &insert.table {
             ast::TableObject::TableName(n) => object_name(n)?,
             other => return Err(Error::Unsupported(format!("INSERT INTO {other}"))),
@@ -265,52 +363,265 @@ impl<'a> Executor<'a> {
                 })
                 .collect::<Result<_, _>>()?
         };
-        let source =
-            insert.source.as_ref().ok_or_else(|| Error::Unsupported("INSERT without VALUES".into()))?;
-        let SetExpr::Values(values) = source.body.as_ref() else {
-            return Err(Error::Unsupported("INSERT ... SELECT".into()));
+        // The source rows, evaluated against the state before this statement.
+        let source_rows: Vec<Row> = match &insert.source {
+            None => vec![vec![]],
+            Some(q) => {
+                let binder = Binder::new(&self.overlay, params);
+                let bound = binder.query(q)?;
+                let runner = Runner::new(&self.overlay, Some(self.ctx));
+                runner.query(&bound, &Env::EMPTY)?.0
+            }
         };
-        let mut next_param = 0;
+        let returning = self.returning_plan(insert.returning.as_deref(), &schema, params)?;
         let mut affected = 0;
         let mut last_insert_id = None;
-        for row_exprs in &values.rows {
-            if row_exprs.len() != targets.len() {
+        let mut returned = Vec::new();
+        for values in source_rows {
+            if insert.source.is_some() && values.len() != targets.len() {
                 return Err(Error::Invalid(format!(
                     "{} values for {} columns in INSERT INTO {}",
-                    row_exprs.len(),
+                    values.len(),
                     targets.len(),
                     schema.name
                 )));
             }
             let mut given: Vec<Option<Value>> = vec![None; schema.columns.len()];
-            for (expr, &i) in row_exprs.iter().zip(&targets) {
-                let scope = Scope { table: None, name: None, row: None, params, ctx: Some(self.ctx) };
-                given[i] = Some(eval(expr, &scope, &mut next_param)?);
+            for (v, &i) in values.into_iter().zip(&targets) {
+                given[i] = Some(v);
             }
             let (key, row) = self.complete_row(&schema, given)?;
+            let existing = self.overlay.get(&schema.name, &key)?;
+            let mut conflicts = self.unique_conflicts(&schema, &key, &row)?;
+            if existing.is_some() || !conflicts.is_empty() {
+                match on_conflict {
+                    OnConflict::Ignore => continue,
+                    OnConflict::Fail => {
+                        return Err(match existing {
+                            Some(_) => pk_violation(&schema),
+                            None => conflicts.remove(0).1,
+                        })
+                    }
+                    OnConflict::Replace => {
+                        for (k, _) in conflicts {
+                            self.emit(Change::Delete { table: schema.name.clone(), key: k }, out);
+                        }
+                    }
+                }
+            }
             if let [Value::Integer(id)] = key.as_slice() {
                 last_insert_id = Some(*id);
             }
-            if self.overlay.get(&schema.name, &key)?.is_some() {
-                let cols: Vec<String> = if schema.primary_key.is_empty() {
-                    vec!["rowid".into()]
-                } else {
-                    schema
-                        .primary_key
-                        .iter()
-                        .map(|&i| format!("{}.{}", schema.name, schema.columns[i].name))
-                        .collect()
-                };
-                return Err(Error::Constraint(format!(
-                    "UNIQUE constraint failed: {} (primary key)",
-                    cols.join(", ")
-                )));
+            if let Some(r) = &returning {
+                returned.push(self.eval_returning(r, &row)?);
             }
-            self.check_unique(&schema, &key, &row)?;
-            self.emit(Change::Insert { table: schema.name.clone(), key, row }, out);
+            let change = if existing.is_some() {
+                Change::Update { table: schema.name.clone(), key, row }
+            } else {
+                Change::Insert { table: schema.name.clone(), key, row }
+            };
+            self.emit(change, out);
             affected += 1;
         }
-        Ok(StatementResult { rows_affected: affected, last_insert_id, ..Default::default() })
+        Ok(StatementResult {
+            rows_affected: affected,
+            last_insert_id,
+            columns: returning.map(|r| r.1).unwrap_or_default(),
+            rows: returned,
+        })
+    }
+
+    fn returning_plan(
+        &self,
+        items: Option<&[SelectItem]>,
+        schema: &TableSchema,
+        params: &[Value],
+    ) -> Result<Option<(Vec<BExpr>, Vec<String>)>, Error> {
+        let Some(items) = items else { return Ok(None) };
+        let binder = Binder::new(&self.overlay, params);
+        let top = Scope::marker(None);
+        let scope = table_scope(schema, &schema.name, &top);
+        let mut exprs = Vec::new();
+        let mut names = Vec::new();
+        for item in items {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    for (i, c) in schema.columns.iter().enumerate() {
+                        exprs.push(BExpr::Col { depth: 0, index: i });
+                        names.push(c.name.clone());
+                    }
+                }
+                SelectItem::UnnamedExpr(e) => {
+                    exprs.push(binder.expr(e, &scope)?);
+                    names.push(e.to_string());
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    exprs.push(binder.expr(expr, &scope)?);
+                    names.push(alias.value.clone());
+                }
+                other => return Err(Error::Unsupported(format!("RETURNING {other}"))),
+            }
+        }
+        Ok(Some((exprs, names)))
+    }
+
+    fn eval_returning(&self, r: &(Vec<BExpr>, Vec<String>), row: &Row) -> Result<Row, Error> {
+        let runner = Runner::new(&self.overlay, Some(self.ctx));
+        let env = Env { row, aggs: &[], outer: Some(&Env::EMPTY) };
+        r.0.iter().map(|e| runner.eval(e, &env)).collect()
+    }
+
+    /// The rows of `table` matching `selection`, with their keys, through the planner's access
+    /// paths.
+    fn matching_rows(
+        &self,
+        table: &str,
+        selection: Option<&ast::Expr>,
+        params: &[Value],
+    ) -> Result<Vec<(Key, Row)>, Error> {
+        let sql = match selection {
+            Some(w) => format!("SELECT * FROM \"{}\" WHERE {w}", table.replace('"', "\"\"")),
+            None => format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")),
+        };
+        let q = match parse(&sql)?.pop() {
+            Some(Statement::Query(q)) => q,
+            _ => return Err(Error::Invalid("could not plan the WHERE clause".into())),
+        };
+        let binder = Binder::new(&self.overlay, params);
+        let bound = binder.query(&q)?;
+        let runner = Runner::new(&self.overlay, Some(self.ctx));
+        match &bound.body {
+            Body::Select(plan) => runner.keyed_rows(plan, &Env::EMPTY),
+            _ => Err(Error::Invalid("could not plan the WHERE clause".into())),
+        }
+    }
+
+    fn update(
+        &mut self,
+        update: &ast::Update,
+        params: &[Value],
+        out: &mut Vec<Change>,
+    ) -> Result<StatementResult, Error> {
+        if update.from.is_some() || !update.table.joins.is_empty() || update.limit.is_some() {
+            return Err(Error::Unsupported("UPDATE ... FROM / JOIN / LIMIT".into()));
+        }
+        let table_name = match &update.table.relation {
+            ast::TableFactor::Table { name, .. } => object_name(name)?,
+            other => return Err(Error::Unsupported(format!("UPDATE {other}"))),
+        };
+        let schema =
+            self.overlay.table(&table_name)?.ok_or_else(|| Error::NoSuchTable(table_name.clone()))?;
+        // SET targets and expressions, bound over the table's row.
+        let binder = Binder::new(&self.overlay, params);
+        let top = Scope::marker(None);
+        let scope = table_scope(&schema, &schema.name, &top);
+        let mut sets: Vec<(usize, BExpr)> = Vec::new();
+        for a in &update.assignments {
+            let names = match &a.target {
+                ast::AssignmentTarget::ColumnName(n) => vec![n],
+                ast::AssignmentTarget::Tuple(_) => {
+                    return Err(Error::Unsupported("UPDATE SET (a, b) = ...".into()))
+                }
+            };
+            let col = object_name(names[0])?;
+            let i = schema
+                .column_index(&col)
+                .ok_or_else(|| Error::NoSuchColumn { table: schema.name.clone(), column: col.clone() })?;
+            sets.push((i, binder.expr(&a.value, &scope)?));
+        }
+        let returning = self.returning_plan(update.returning.as_deref(), &schema, params)?;
+        let rows = self.matching_rows(&schema.name, update.selection.as_ref(), params)?;
+        let runner = Runner::new(&self.overlay, Some(self.ctx));
+        let mut updates = Vec::with_capacity(rows.len());
+        for (key, row) in rows {
+            let env = Env { row: &row, aggs: &[], outer: Some(&Env::EMPTY) };
+            let mut new = row.clone();
+            for (i, e) in &sets {
+                let v = runner.eval(e, &env)?;
+                new[*i] = coerce(v, schema.columns[*i].data_type, &schema.name, &schema.columns[*i].name)?;
+            }
+            updates.push((key, new));
+        }
+        drop(runner);
+        let mut returned = Vec::new();
+        let affected = updates.len() as u64;
+        for (key, row) in updates {
+            for (col, v) in schema.columns.iter().zip(&row) {
+                if !col.nullable && *v == Value::Null {
+                    return Err(Error::Constraint(format!(
+                        "NOT NULL constraint failed: {}.{}",
+                        schema.name, col.name
+                    )));
+                }
+            }
+            let new_key = schema.key_of(&row).unwrap_or_else(|| key.clone());
+            if compare_tuples(&new_key, &key).is_ne() {
+                if self.overlay.get(&schema.name, &new_key)?.is_some() {
+                    return Err(pk_violation(&schema));
+                }
+                if let Some((_, e)) = self.unique_conflicts(&schema, &key, &row)?.into_iter().next() {
+                    return Err(e);
+                }
+                self.emit(Change::Delete { table: schema.name.clone(), key }, out);
+                if let Some(r) = &returning {
+                    returned.push(self.eval_returning(r, &row)?);
+                }
+                self.emit(Change::Insert { table: schema.name.clone(), key: new_key, row }, out);
+            } else {
+                if let Some((_, e)) = self.unique_conflicts(&schema, &key, &row)?.into_iter().next() {
+                    return Err(e);
+                }
+                if let Some(r) = &returning {
+                    returned.push(self.eval_returning(r, &row)?);
+                }
+                self.emit(Change::Update { table: schema.name.clone(), key, row }, out);
+            }
+        }
+        Ok(StatementResult {
+            rows_affected: affected,
+            columns: returning.map(|r| r.1).unwrap_or_default(),
+            rows: returned,
+            ..Default::default()
+        })
+    }
+
+    fn delete(
+        &mut self,
+        delete: &ast::Delete,
+        params: &[Value],
+        out: &mut Vec<Change>,
+    ) -> Result<StatementResult, Error> {
+        if delete.using.is_some() || delete.limit.is_some() || !delete.tables.is_empty() {
+            return Err(Error::Unsupported("DELETE ... USING / LIMIT / multiple tables".into()));
+        }
+        let from = match &delete.from {
+            ast::FromTable::WithFromKeyword(v) | ast::FromTable::WithoutKeyword(v) => v,
+        };
+        let table_name = match from.as_slice() {
+            [twj] if twj.joins.is_empty() => match &twj.relation {
+                ast::TableFactor::Table { name, .. } => object_name(name)?,
+                other => return Err(Error::Unsupported(format!("DELETE FROM {other}"))),
+            },
+            _ => return Err(Error::Unsupported("DELETE from several tables".into())),
+        };
+        let schema =
+            self.overlay.table(&table_name)?.ok_or_else(|| Error::NoSuchTable(table_name.clone()))?;
+        let returning = self.returning_plan(delete.returning.as_deref(), &schema, params)?;
+        let rows = self.matching_rows(&schema.name, delete.selection.as_ref(), params)?;
+        let mut returned = Vec::new();
+        let affected = rows.len() as u64;
+        for (key, row) in rows {
+            if let Some(r) = &returning {
+                returned.push(self.eval_returning(r, &row)?);
+            }
+            self.emit(Change::Delete { table: schema.name.clone(), key }, out);
+        }
+        Ok(StatementResult {
+            rows_affected: affected,
+            columns: returning.map(|r| r.1).unwrap_or_default(),
+            rows: returned,
+            ..Default::default()
+        })
     }
 
     /// Fills defaults, coerces types, checks NOT NULL and assigns the key.
@@ -327,9 +638,9 @@ impl<'a> Executor<'a> {
                             .map_err(|e| {
                                 Error::Invalid(format!("bad DEFAULT of {}.{}: {e}", schema.name, col.name))
                             })?;
-                        let scope =
-                            Scope { table: None, name: None, row: None, params: &[], ctx: Some(self.ctx) };
-                        eval(&expr, &scope, &mut 0)?
+                        let top = Scope::marker(None);
+                        let bound = Binder::new(&self.overlay, &[]).expr(&expr, &top)?;
+                        Runner::new(&self.overlay, Some(self.ctx)).eval(&bound, &Env::EMPTY)?
                     }
                     None => Value::Null,
                 },
@@ -366,7 +677,15 @@ impl<'a> Executor<'a> {
         })
     }
 
-    fn check_unique(&self, schema: &TableSchema, key: &Key, row: &Row) -> Result<(), Error> {
+    /// Rows other than `key` that hold `row`'s values in a unique index, with the error to
+    /// report for each.
+    fn unique_conflicts(
+        &self,
+        schema: &TableSchema,
+        key: &Key,
+        row: &Row,
+    ) -> Result<Vec<(Key, Error)>, Error> {
+        let mut out = Vec::new();
         for ix in schema.indexes.iter().filter(|i| i.unique) {
             let values: Vec<Value> = ix.columns.iter().map(|&c| row[c].clone()).collect();
             if values.contains(&Value::Null) {
@@ -385,221 +704,72 @@ impl<'a> Executor<'a> {
                         .iter()
                         .map(|&c| format!("{}.{}", schema.name, schema.columns[c].name))
                         .collect();
-                    return Err(Error::Constraint(format!("UNIQUE constraint failed: {}", cols.join(", "))));
+                    out.push((
+                        other,
+                        Error::Constraint(format!("UNIQUE constraint failed: {}", cols.join(", "))),
+                    ));
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
-/// A read-only query (SELECT / VALUES) on any replica's view.
+fn pk_violation(schema: &TableSchema) -> Error {
+    let cols: Vec<String> = if schema.primary_key.is_empty() {
+        vec!["rowid".into()]
+    } else {
+        schema.primary_key.iter().map(|&i| format!("{}.{}", schema.name, schema.columns[i].name)).collect()
+    };
+    Error::Constraint(format!("UNIQUE constraint failed: {} (primary key)", cols.join(", ")))
+}
+
+/// The scope of one table's row, as UPDATE, DELETE and RETURNING see it.
+fn table_scope<'p>(schema: &TableSchema, alias: &str, top: &'p Scope<'p>) -> Scope<'p> {
+    Scope::new(
+        schema.columns.iter().map(|c| (alias.to_string(), c.name.clone(), Some(c.data_type))).collect(),
+        Some(top),
+    )
+}
+
+/// A read-only query (SELECT, VALUES or EXPLAIN) on any replica's view.
 pub fn query(view: &dyn ReadView, sql: &str, params: &[Value]) -> Result<StatementResult, Error> {
     let stmts = parse(sql)?;
     match stmts.as_slice() {
-        [Statement::Query(q)] => run_query(view, q, params),
+        [Statement::Query(q)] => run_query(view, q, params, None),
+        [Statement::Explain { statement, .. }] => explain(view, statement, params),
         [] => Err(Error::Invalid("empty query".into())),
         [_] => Err(Error::Invalid(
-            "only SELECT or VALUES can be sent as a query; send writes with Execute".into(),
+            "only SELECT, VALUES or EXPLAIN can be sent as a query; send writes with Execute".into(),
         )),
         _ => Err(Error::Invalid("a query holds exactly one statement".into())),
     }
 }
 
-fn run_query(view: &dyn ReadView, q: &ast::Query, params: &[Value]) -> Result<StatementResult, Error> {
-    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
-        return Err(Error::Unsupported("WITH, ORDER BY, LIMIT (coming with the full SQL engine)".into()));
-    }
-    let select = match q.body.as_ref() {
-        SetExpr::Select(s) => s,
-        SetExpr::Values(v) => {
-            let mut rows = Vec::new();
-            let mut next_param = 0;
-            for r in &v.rows {
-                let scope = Scope { table: None, name: None, row: None, params, ctx: None };
-                rows.push(r.iter().map(|e| eval(e, &scope, &mut next_param)).collect::<Result<Vec<_>, _>>()?);
-            }
-            let width = rows.first().map_or(0, |r| r.len());
-            return Ok(StatementResult {
-                columns: (1..=width).map(|i| format!("column{i}")).collect(),
-                rows,
-                ..Default::default()
-            });
-        }
-        other => return Err(Error::Unsupported(format!("query {}", first_words(&other.to_string())))),
-    };
-    if select.distinct.is_some()
-        || select.having.is_some()
-        || !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
-    {
-        return Err(Error::Unsupported(
-            "DISTINCT, GROUP BY, HAVING (coming with the full SQL engine)".into(),
-        ));
-    }
-    let (schema, alias) = match select.from.as_slice() {
-        [] => (None, None),
-        [twj] if twj.joins.is_empty() => match &twj.relation {
-            TableFactor::Table { name, alias, .. } => {
-                let name = object_name(name)?;
-                let schema = view.table(&name)?.ok_or(Error::NoSuchTable(name))?;
-                (Some(schema), alias.as_ref().map(|a| a.name.value.clone()))
-            }
-            other => return Err(Error::Unsupported(format!("FROM {other}"))),
-        },
-        _ => return Err(Error::Unsupported("joins (coming with the full SQL engine)".into())),
-    };
-
-    // Output columns.
-    let mut columns = Vec::new();
-    let mut exprs: Vec<Option<&Expr>> = Vec::new(); // None: a column position for `*`
-    let mut star_positions = Vec::new();
-    for item in &select.projection {
-        match item {
-            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                let s = schema.as_ref().ok_or_else(|| Error::Invalid("* needs a FROM clause".into()))?;
-                for (i, c) in s.columns.iter().enumerate() {
-                    columns.push(c.name.clone());
-                    exprs.push(None);
-                    star_positions.push(Some(i));
-                }
-            }
-            SelectItem::UnnamedExpr(e) => {
-                columns.push(match e {
-                    Expr::Identifier(id) => id.value.clone(),
-                    Expr::CompoundIdentifier(ids) => ids.last().map_or(e.to_string(), |i| i.value.clone()),
-                    _ => e.to_string(),
-                });
-                exprs.push(Some(e));
-                star_positions.push(None);
-            }
-            SelectItem::ExprWithAlias { expr, alias } => {
-                columns.push(alias.value.clone());
-                exprs.push(Some(expr));
-                star_positions.push(None);
-            }
-            other => return Err(Error::Unsupported(format!("select item {other}"))),
-        }
-    }
-
-    let project = |row: Option<&Row>| -> Result<Row, Error> {
-        let scope = Scope { table: schema.as_ref(), name: alias.as_deref(), row, params, ctx: None };
-        let mut next_param = 0;
-        exprs
-            .iter()
-            .zip(&star_positions)
-            .map(|(e, star)| match (e, star) {
-                (Some(e), _) => eval(e, &scope, &mut next_param),
-                (None, Some(i)) => Ok(row.map_or(Value::Null, |r| r[*i].clone())),
-                (None, None) => unreachable!("every output column is an expression or a star position"),
-            })
-            .collect()
-    };
-    let Some(schema) = schema.as_ref() else {
-        return Ok(StatementResult { columns, rows: vec![project(None)?], ..Default::default() });
-    };
-    let matches = |row: &Row| -> Result<bool, Error> {
-        match &select.selection {
-            None => Ok(true),
-            Some(w) => {
-                let scope =
-                    Scope { table: Some(schema), name: alias.as_deref(), row: Some(row), params, ctx: None };
-                Ok(is_true(&eval(w, &scope, &mut 0)?))
-            }
-        }
-    };
-    // Validate the projection and filter once, even on an empty table.
-    project(None)?;
-    if let Some(w) = &select.selection {
-        eval(
-            w,
-            &Scope { table: Some(schema), name: alias.as_deref(), row: None, params, ctx: None },
-            &mut 0,
-        )?;
-    }
-
-    let mut rows = Vec::new();
-    match point_lookup(schema, select.selection.as_ref(), params)? {
-        Some(keys) => {
-            for key in keys {
-                if let Some(row) = view.get(&schema.name, &key)? {
-                    if matches(&row)? {
-                        rows.push(project(Some(&row))?);
-                    }
-                }
-            }
-        }
-        None => {
-            for item in view.scan(&schema.name, Bound::Unbounded, Bound::Unbounded) {
-                let (_, row) = item?;
-                if matches(&row)? {
-                    rows.push(project(Some(&row))?);
-                }
-            }
-        }
-    }
+fn run_query(
+    view: &dyn ReadView,
+    q: &ast::Query,
+    params: &[Value],
+    ctx: Option<Context>,
+) -> Result<StatementResult, Error> {
+    let bound = Binder::new(view, params).query(q)?;
+    let (rows, columns) = Runner::new(view, ctx).query(&bound, &Env::EMPTY)?;
     Ok(StatementResult { columns, rows, ..Default::default() })
 }
 
-/// The keys a WHERE clause pins down, if it is `pk = v` (ANDed with anything) or `pk IN (...)`
-/// on a single-column primary key.
-fn point_lookup(
-    schema: &TableSchema,
-    selection: Option<&Expr>,
-    params: &[Value],
-) -> Result<Option<Vec<Key>>, Error> {
-    let [pk] = schema.primary_key.as_slice() else { return Ok(None) };
-    let col = &schema.columns[*pk];
-    let is_pk = |e: &Expr| match e {
-        Expr::Identifier(id) => id.value.eq_ignore_ascii_case(&col.name),
-        Expr::CompoundIdentifier(ids) => {
-            ids.last().is_some_and(|id| id.value.eq_ignore_ascii_case(&col.name))
-        }
-        _ => false,
+/// EXPLAIN: the plan as an indented tree, one line per row.
+fn explain(view: &dyn ReadView, statement: &Statement, params: &[Value]) -> Result<StatementResult, Error> {
+    let Statement::Query(q) = statement else {
+        return Err(Error::Unsupported("EXPLAIN of a statement other than a query".into()));
     };
-    let constant = |e: &Expr| -> Option<Value> {
-        let scope = Scope { table: None, name: None, row: None, params, ctx: None };
-        let v = eval(e, &scope, &mut 0).ok()?;
-        coerce(v, col.data_type, &schema.name, &col.name).ok()
-    };
-    fn find(
-        e: &Expr,
-        is_pk: &dyn Fn(&Expr) -> bool,
-        constant: &dyn Fn(&Expr) -> Option<Value>,
-    ) -> Option<Vec<Key>> {
-        match e {
-            Expr::Nested(inner) => find(inner, is_pk, constant),
-            Expr::BinaryOp { left, op: ast::BinaryOperator::Eq, right } => {
-                if is_pk(left) {
-                    constant(right).map(|v| vec![vec![v]])
-                } else if is_pk(right) {
-                    constant(left).map(|v| vec![vec![v]])
-                } else {
-                    None
-                }
-            }
-            Expr::BinaryOp { left, op: ast::BinaryOperator::And, right } => {
-                find(left, is_pk, constant).or_else(|| find(right, is_pk, constant))
-            }
-            Expr::InList { expr, list, negated: false } if is_pk(expr) => {
-                list.iter().map(|e| constant(e).map(|v| vec![v])).collect()
-            }
-            _ => None,
-        }
-    }
-    // A placeholder counter would be shared across the WHERE clause; only `$n` parameters are
-    // safe to evaluate out of order, so a `?` anywhere disables the shortcut.
-    let Some(sel) = selection else { return Ok(None) };
-    if sel.to_string().contains('?') {
-        return Ok(None);
-    }
-    Ok(find(sel, &is_pk, &constant))
-}
-
-fn object_name(name: &ast::ObjectName) -> Result<String, Error> {
-    match name.0.as_slice() {
-        [ast::ObjectNamePart::Identifier(id)] => Ok(id.value.clone()),
-        _ => Err(Error::Unsupported(format!("qualified name {name}"))),
-    }
+    let bound = Binder::new(view, params).query(q)?;
+    let mut lines = Vec::new();
+    super::plan::describe(&bound, 0, &mut lines);
+    Ok(StatementResult {
+        columns: vec!["plan".into()],
+        rows: lines.into_iter().map(|l| vec![Value::Text(l)]).collect(),
+        ..Default::default()
+    })
 }
 
 fn data_type(t: &ast::DataType) -> Result<DataType, Error> {
@@ -725,12 +895,69 @@ mod tests {
         assert_eq!(err(&mut v, "INSERT INTO t VALUES ("), ErrorKind::Syntax);
         assert_eq!(err(&mut v, "CREATE TABLE t (a INT)"), ErrorKind::Constraint);
         assert_eq!(err(&mut v, "CREATE TABLE u (a WIDGET)"), ErrorKind::Unsupported);
-        assert_eq!(err(&mut v, "UPDATE t SET name = 'x'"), ErrorKind::Unsupported);
+        assert_eq!(err(&mut v, "CREATE VIEW v AS SELECT 1"), ErrorKind::Unsupported);
+        assert_eq!(err(&mut v, "UPDATE t SET name = NULL"), ErrorKind::Constraint);
+        assert_eq!(err(&mut v, "UPDATE t SET id = 'x'"), ErrorKind::Type);
+        assert_eq!(err(&mut v, "DROP INDEX nope"), ErrorKind::NotFound);
+        assert_eq!(err(&mut v, "SELECT nope FROM t"), ErrorKind::NotFound);
         let e = query(&v, "SELEKT 1", &[]).unwrap_err();
         assert!(matches!(e, Error::Parse { line: 1, .. }), "{e:?}");
-        assert!(matches!(query(&v, "SELECT nope FROM t", &[]), Err(Error::NoSuchColumn { .. })));
+        assert!(matches!(query(&v, "SELECT nope FROM t", &[]), Err(Error::NoSuchColumnName(_))));
+        assert!(matches!(query(&v, "SELECT t.nope FROM t", &[]), Err(Error::NoSuchColumn { .. })));
         assert!(matches!(query(&v, "SELECT * FROM nope", &[]), Err(Error::NoSuchTable(_))));
         assert_eq!(query(&v, "SELECT * FROM t", &[]).unwrap().rows.len(), 1);
+    }
+
+    #[test]
+    fn bare_placeholders_bind_in_text_order() {
+        let mut v = setup();
+        ok(&mut v, "INSERT INTO t (id, name, score) VALUES (1, 'a', 1.0), (2, 'b', 2.0), (3, 'c', 3.0)");
+        // The planner binds WHERE before the projection; `?` still numbers left to right.
+        let r = query(
+            &v,
+            "SELECT name || ? FROM t WHERE score > ? AND id < ? ORDER BY id",
+            &[Value::Text("!".into()), Value::Real(1.5), Value::Integer(3)],
+        )
+        .unwrap();
+        assert_eq!(r.rows, vec![vec![Value::Text("b!".into())]]);
+        assert!(matches!(query(&v, "SELECT ? + ?", &[Value::Integer(1)]), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn updates_and_deletes_use_keys_and_indexes() {
+        let mut v = setup();
+        ok(&mut v, "CREATE INDEX t_score ON t (score)");
+        ok(&mut v, "INSERT INTO t (id, name, score) VALUES (1, 'a', 1.0), (2, 'b', 2.0), (3, 'c', 3.0)");
+        let r =
+            ok(&mut v, "UPDATE t SET id = id + 10, name = upper(name) WHERE score >= 2 RETURNING id, name");
+        assert_eq!(r.rows_affected, 2);
+        assert_eq!(r.rows.len(), 2);
+        let plan = query(&v, "EXPLAIN SELECT * FROM t WHERE score = 3.0", &[]).unwrap();
+        assert!(format!("{:?}", plan.rows).contains("IndexLookup t_score"), "{:?}", plan.rows);
+        let r = query(&v, "SELECT id, name FROM t WHERE score = 3 ORDER BY id", &[]).unwrap();
+        assert_eq!(r.rows, vec![vec![Value::Integer(13), Value::Text("C".into())]]);
+        assert_eq!(ok(&mut v, "DELETE FROM t WHERE score < 2.5").rows_affected, 2);
+        let r = query(&v, "SELECT count(*), sum(id) FROM t", &[]).unwrap();
+        assert_eq!(r.rows, vec![vec![Value::Integer(1), Value::Integer(13)]]);
+        // A unique index refuses duplicates; OR REPLACE removes the conflicting row.
+        ok(&mut v, "CREATE UNIQUE INDEX t_name ON t (name)");
+        assert_eq!(err(&mut v, "INSERT INTO t (id, name) VALUES (20, 'C')"), ErrorKind::Constraint);
+        ok(&mut v, "INSERT OR REPLACE INTO t (id, name) VALUES (20, 'C')");
+        let r = query(&v, "SELECT id FROM t", &[]).unwrap();
+        assert_eq!(r.rows, vec![vec![Value::Integer(20)]]);
+        ok(&mut v, "INSERT INTO t (id, name) VALUES (21, 'C') ON CONFLICT DO NOTHING");
+        assert_eq!(query(&v, "SELECT count(*) FROM t", &[]).unwrap().rows[0][0], Value::Integer(1));
+    }
+
+    #[test]
+    fn leader_side_functions_are_constants_in_the_changes() {
+        let mut v = MemoryView::new();
+        ok(&mut v, "CREATE TABLE e (id INTEGER PRIMARY KEY, r INTEGER, at TEXT)");
+        let (changes, o) = run(&mut v, "INSERT INTO e (r, at) VALUES (random(), now())");
+        assert!(o[0].is_ok(), "{o:?}");
+        let Change::Insert { row, .. } = &changes[0] else { panic!("{changes:?}") };
+        assert!(matches!(row[1], Value::Integer(_)));
+        assert_eq!(row[2], Value::Text("2023-11-14 22:13:20".into()));
     }
 
     #[test]

@@ -4,15 +4,21 @@
 //! `Change`s. The sequencer runs an [`Executor`] per batch on the leader; [`query`] serves reads
 //! on any replica.
 //!
-//! Scope today (issue 2's minimum; the full engine is issue 3): CREATE TABLE [IF NOT EXISTS]
-//! with types, PRIMARY KEY (column or table constraint, composite), NOT NULL, UNIQUE, DEFAULT;
-//! DROP TABLE [IF EXISTS]; INSERT with column lists and multi-row VALUES; SELECT of `*`, columns
-//! and expressions from one table with WHERE; `WHERE pk = value` is a point lookup, never a scan.
-//! Everything else is refused with an `Unsupported` error, never a wrong answer.
+//! Modules: `eval` holds value semantics (SQLite's ordering, arithmetic, CAST, LIKE);
+//! `plan` binds the AST into plans with positional column references and chooses access paths
+//! (primary key, secondary index, hash probe for equi-joins); `run` executes plans; `exec` turns
+//! DDL and DML into `Change`s over an `overlay` of the batch's earlier writes.
+//!
+//! Semantics follow SQLite where SQL leaves room (integer division truncates, NULLs sort first,
+//! division by zero is NULL, mixed integer/real comparison), with one deliberate difference:
+//! a value that does not fit its column's declared type is a `Type` error, not stored as is.
+//! Anything not supported is refused with an `Unsupported` error, never a wrong answer.
 
 mod eval;
 mod exec;
 mod overlay;
+mod plan;
+mod run;
 
 pub use exec::{query, Executor};
 pub use overlay::MemoryView;
@@ -42,6 +48,10 @@ pub enum Error {
     Constraint(String),
     #[error("no such table: {0}")]
     NoSuchTable(String),
+    #[error("no such index: {0}")]
+    NoSuchIndex(String),
+    #[error("no such column: {0}")]
+    NoSuchColumnName(String),
     #[error("table {table:?} has no column {column:?}")]
     NoSuchColumn { table: String, column: String },
     #[error("table {0:?} already exists")]
@@ -59,7 +69,10 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Type(_) => ErrorKind::Type,
             Error::Constraint(_) | Error::TableExists(_) => ErrorKind::Constraint,
-            Error::NoSuchTable(_) | Error::NoSuchColumn { .. } => ErrorKind::NotFound,
+            Error::NoSuchTable(_)
+            | Error::NoSuchIndex(_)
+            | Error::NoSuchColumn { .. }
+            | Error::NoSuchColumnName(_) => ErrorKind::NotFound,
             Error::Invalid(_) | Error::Read(_) => ErrorKind::Invalid,
         }
     }
@@ -91,26 +104,66 @@ pub fn is_read_only(sql: &str) -> bool {
         })
 }
 
+/// How deeply a statement may nest (parentheses, subqueries, operator chains) before it is
+/// refused with a syntax error.
+pub const MAX_NESTING: usize = 256;
+
+/// The stack size for threads that run SQL: enough for a statement nested `MAX_NESTING` deep in
+/// a debug build.
+pub const STACK_BYTES: usize = 64 << 20;
+
+/// Numbers bare `?` placeholders in text order (`?1`, `?2`, ...), so that binding does not depend
+/// on the order in which the planner visits expressions.
+fn number_placeholders(sql: &str) -> String {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    if !sql.contains('?') {
+        return sql.to_string();
+    }
+    let dialect = sqlparser::dialect::SQLiteDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return sql.to_string() };
+    if !tokens.iter().any(|t| matches!(t, Token::Placeholder(p) if p == "?")) {
+        return sql.to_string();
+    }
+    let mut n = 0;
+    tokens
+        .into_iter()
+        .map(|t| match t {
+            Token::Placeholder(p) if p == "?" => {
+                n += 1;
+                format!("?{n}")
+            }
+            other => other.to_string(),
+        })
+        .collect()
+}
+
 /// Parses SQL text into statements, turning parser errors into positioned `Parse` errors.
 pub(crate) fn parse(sql: &str) -> Result<Vec<sqlparser::ast::Statement>, Error> {
     let dialect = sqlparser::dialect::SQLiteDialect {};
-    sqlparser::parser::Parser::parse_sql(&dialect, sql).map_err(|e| {
-        let text = match e {
-            sqlparser::parser::ParserError::ParserError(s)
-            | sqlparser::parser::ParserError::TokenizerError(s) => s,
-            sqlparser::parser::ParserError::RecursionLimitExceeded => "statement nested too deeply".into(),
-        };
-        // sqlparser appends " at Line: L, Column: C".
-        let (message, line, column) = match text.rfind(" at Line: ") {
-            Some(i) => {
-                let pos = &text[i + " at Line: ".len()..];
-                let mut it = pos.split(", Column: ");
-                let line = it.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
-                let column = it.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
-                (text[..i].to_string(), line, column)
-            }
-            None => (text, 0, 0),
-        };
-        Error::Parse { message, line, column }
-    })
+    let sql = number_placeholders(sql);
+    sqlparser::parser::Parser::new(&dialect)
+        .with_recursion_limit(MAX_NESTING)
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| {
+            let text = match e {
+                sqlparser::parser::ParserError::ParserError(s)
+                | sqlparser::parser::ParserError::TokenizerError(s) => s,
+                sqlparser::parser::ParserError::RecursionLimitExceeded => {
+                    format!("statement nested more than {MAX_NESTING} levels deep")
+                }
+            };
+            // sqlparser appends " at Line: L, Column: C".
+            let (message, line, column) = match text.rfind(" at Line: ") {
+                Some(i) => {
+                    let pos = &text[i + " at Line: ".len()..];
+                    let mut it = pos.split(", Column: ");
+                    let line = it.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+                    let column = it.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+                    (text[..i].to_string(), line, column)
+                }
+                None => (text, 0, 0),
+            };
+            Error::Parse { message, line, column }
+        })
 }

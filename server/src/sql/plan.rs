@@ -1,0 +1,1578 @@
+//! The planner: binds a parsed query (sqlparser AST) against the schema into a plan whose
+//! expressions refer to columns by position, and picks access paths.
+//!
+//! # Shape of a plan
+//!
+//! A SELECT becomes a [`SelectPlan`]: FROM items are *levels* of a left-deep nested-loop join,
+//! in FROM order. Every conjunct of WHERE (and of an inner join's ON) is placed at the first level
+//! where all the columns it names are bound; one that names a single table is applied while that
+//! table's rows are fetched. A table's rows come from its best access path: a primary-key get or
+//! range, a secondary-index lookup or range (equality, IN lists, `<`/`>`/BETWEEN against values
+//! known before the table is read, including an outer query's columns), or a scan. A later level
+//! that is joined by equality to earlier ones is probed through a hash table built on first use.
+//!
+//! Expressions ([`BExpr`]) name columns as `(depth, index)`: depth 0 is the current row of the
+//! query being evaluated, depth 1 its enclosing query's row (correlated subqueries), and so on.
+//! Aggregate queries collect their aggregate calls into slots that expressions read as
+//! [`BExpr::Agg`]; bare columns there read the group's representative row.
+//!
+//! Sort keys that are not output columns are appended to the projection as hidden columns and
+//! cut off after sorting, so sorting, DISTINCT and LIMIT work on output rows alone.
+
+use super::eval::{literal, parse_number_exact, Arith, CastTo};
+use super::Error;
+use crate::changeset::{DataType, ReadView, TableSchema, Value};
+use sqlparser::ast::{self, BinaryOperator as B, Expr, SelectItem, SetExpr, TableFactor, UnaryOperator as U};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// Comparison operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Cmp {
+    fn flip(self) -> Cmp {
+        match self {
+            Cmp::Lt => Cmp::Gt,
+            Cmp::Le => Cmp::Ge,
+            Cmp::Gt => Cmp::Lt,
+            Cmp::Ge => Cmp::Le,
+            other => other,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bit {
+    And,
+    Or,
+    Shl,
+    Shr,
+}
+
+/// Scalar functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Func {
+    Abs,
+    Coalesce,
+    IfNull,
+    NullIf,
+    Length,
+    Upper,
+    Lower,
+    Substr,
+    Trim,
+    LTrim,
+    RTrim,
+    Replace,
+    Round,
+    TypeOf,
+    Min,
+    Max,
+    Instr,
+    Random,
+    Now,
+    Hex,
+    Sign,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggFunc {
+    CountStar,
+    Count,
+    Sum,
+    Total,
+    Avg,
+    Min,
+    Max,
+    GroupConcat,
+}
+
+/// An aggregate call of an aggregate query.
+#[derive(Debug)]
+pub struct AggSpec {
+    pub func: AggFunc,
+    pub arg: Option<BExpr>,
+    pub separator: Option<BExpr>,
+    pub distinct: bool,
+}
+
+/// A bound expression.
+#[derive(Debug)]
+pub enum BExpr {
+    Const(Value),
+    Col {
+        depth: usize,
+        index: usize,
+    },
+    Agg(usize),
+    Neg(Box<BExpr>),
+    Not(Box<BExpr>),
+    BitNot(Box<BExpr>),
+    Arith(Arith, Box<BExpr>, Box<BExpr>),
+    Cmp(Cmp, Box<BExpr>, Box<BExpr>),
+    Bit(Bit, Box<BExpr>, Box<BExpr>),
+    Concat(Box<BExpr>, Box<BExpr>),
+    And(Box<BExpr>, Box<BExpr>),
+    Or(Box<BExpr>, Box<BExpr>),
+    IsNull(Box<BExpr>, bool),
+    /// `a IS b` (negated: `IS NOT`): NULL-safe equality.
+    Is(Box<BExpr>, Box<BExpr>, bool),
+    InList(Box<BExpr>, Vec<BExpr>, bool),
+    InSub(Box<BExpr>, Box<Sub>, bool),
+    Exists(Box<Sub>, bool),
+    Scalar(Box<Sub>),
+    Between(Box<BExpr>, Box<BExpr>, Box<BExpr>, bool),
+    Like {
+        expr: Box<BExpr>,
+        pattern: Box<BExpr>,
+        escape: Option<Box<BExpr>>,
+        negated: bool,
+        glob: bool,
+    },
+    Case {
+        operand: Option<Box<BExpr>>,
+        whens: Vec<(BExpr, BExpr)>,
+        otherwise: Option<Box<BExpr>>,
+    },
+    Cast(Box<BExpr>, CastTo),
+    Func(Func, Vec<BExpr>),
+}
+
+impl BExpr {
+    /// Visits every column reference at `depth` relative to this expression's query, including
+    /// those its subqueries make to it.
+    fn cols_at(&self, depth: usize, f: &mut dyn FnMut(usize)) {
+        self.walk(&mut |e| match e {
+            BExpr::Col { depth: d, index } if *d == depth => f(*index),
+            BExpr::InSub(_, sub, _) | BExpr::Exists(sub, _) | BExpr::Scalar(sub) => {
+                sub.outer_refs.iter().filter(|(d, _)| *d == depth).for_each(|(_, i)| f(*i))
+            }
+            _ => {}
+        });
+    }
+
+    /// The columns of the current row this expression reads.
+    pub fn local_cols(&self) -> Vec<usize> {
+        let mut v = Vec::new();
+        self.cols_at(0, &mut |i| v.push(i));
+        v
+    }
+
+    fn has_agg(&self) -> bool {
+        let mut found = false;
+        self.walk(&mut |e| found |= matches!(e, BExpr::Agg(_)));
+        found
+    }
+
+    fn walk(&self, f: &mut dyn FnMut(&BExpr)) {
+        f(self);
+        match self {
+            BExpr::Neg(a) | BExpr::Not(a) | BExpr::BitNot(a) | BExpr::IsNull(a, _) | BExpr::Cast(a, _) => {
+                a.walk(f)
+            }
+            BExpr::Arith(_, a, b)
+            | BExpr::Cmp(_, a, b)
+            | BExpr::Bit(_, a, b)
+            | BExpr::Concat(a, b)
+            | BExpr::And(a, b)
+            | BExpr::Or(a, b)
+            | BExpr::Is(a, b, _) => {
+                a.walk(f);
+                b.walk(f);
+            }
+            BExpr::InList(a, l, _) => {
+                a.walk(f);
+                l.iter().for_each(|e| e.walk(f));
+            }
+            BExpr::InSub(a, _, _) => a.walk(f),
+            BExpr::Between(a, b, c, _) => {
+                a.walk(f);
+                b.walk(f);
+                c.walk(f);
+            }
+            BExpr::Like { expr, pattern, escape, .. } => {
+                expr.walk(f);
+                pattern.walk(f);
+                if let Some(e) = escape {
+                    e.walk(f);
+                }
+            }
+            BExpr::Case { operand, whens, otherwise } => {
+                if let Some(o) = operand {
+                    o.walk(f);
+                }
+                for (w, t) in whens {
+                    w.walk(f);
+                    t.walk(f);
+                }
+                if let Some(o) = otherwise {
+                    o.walk(f);
+                }
+            }
+            BExpr::Func(_, args) => args.iter().for_each(|e| e.walk(f)),
+            BExpr::Const(_) | BExpr::Col { .. } | BExpr::Agg(_) | BExpr::Exists(..) | BExpr::Scalar(_) => {}
+        }
+    }
+}
+
+/// A subquery inside an expression. Uncorrelated ones run once per statement and are cached.
+#[derive(Debug)]
+pub struct Sub {
+    pub query: Query,
+    pub correlated: bool,
+    /// Columns of enclosing queries it reads, as (depth relative to the enclosing query, index).
+    pub outer_refs: Vec<(usize, usize)>,
+    pub cache: RefCell<Option<Rc<SubResult>>>,
+}
+
+/// A subquery's rows, with the set of first-column values built on first use by IN.
+#[derive(Debug, Default)]
+pub struct SubResult {
+    pub rows: Vec<Vec<Value>>,
+    pub set: RefCell<Option<(std::collections::BTreeSet<super::overlay::OrdKey>, bool)>>,
+}
+
+/// A bound query: a body, then ORDER BY over output positions, OFFSET, LIMIT.
+#[derive(Debug)]
+pub struct Query {
+    pub body: Body,
+    pub columns: Vec<String>,
+    /// (position in the body's rows, descending).
+    pub order_by: Vec<(usize, bool)>,
+    pub limit: Option<BExpr>,
+    pub offset: Option<BExpr>,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    Select(Box<SelectPlan>),
+    Values(Vec<Vec<BExpr>>),
+    Compound { op: SetOp, all: bool, left: Box<Query>, right: Box<Query> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetOp {
+    Union,
+    Intersect,
+    Except,
+}
+
+#[derive(Debug)]
+pub struct SelectPlan {
+    pub levels: Vec<Level>,
+    /// Width of a joined row.
+    pub width: usize,
+    /// Conjuncts naming no column of this query: checked once before any row is read.
+    pub constant_filters: Vec<BExpr>,
+    pub aggregate: bool,
+    pub group_by: Vec<BExpr>,
+    pub aggs: Vec<AggSpec>,
+    pub having: Option<BExpr>,
+    /// Output expressions: visible columns, then hidden sort keys.
+    pub projection: Vec<BExpr>,
+    pub visible: usize,
+    pub distinct: bool,
+}
+
+#[derive(Debug)]
+pub struct Level {
+    pub source: Source,
+    pub alias: String,
+    pub offset: usize,
+    pub width: usize,
+    /// LEFT JOIN: rows of this level are NULL when nothing matches.
+    pub left: bool,
+    /// Conjuncts naming only this level's columns (and outer/constant values), applied while its
+    /// rows are fetched. Evaluated on a joined-width row.
+    pub local: Vec<BExpr>,
+    /// LEFT JOIN ON conjuncts naming earlier levels.
+    pub on: Vec<BExpr>,
+    /// WHERE conjuncts checked once this level is bound (after NULL padding for LEFT JOIN).
+    pub filters: Vec<BExpr>,
+    /// Equi-join probe: (column of this level, expression over earlier levels).
+    pub probe: Option<(usize, BExpr)>,
+}
+
+#[derive(Debug)]
+pub enum Source {
+    Table { schema: TableSchema, access: Access },
+    Derived(Box<Query>),
+}
+
+/// How a table's rows are fetched.
+#[derive(Debug)]
+pub enum Access {
+    Scan,
+    /// Primary-key gets (one per value; a single-column key or the first column of a composite).
+    PkEq(Vec<BExpr>),
+    PkRange {
+        lo: Option<(BExpr, bool)>,
+        hi: Option<(BExpr, bool)>,
+    },
+    IndexEq {
+        index: String,
+        values: Vec<BExpr>,
+    },
+    IndexRange {
+        index: String,
+        lo: Option<(BExpr, bool)>,
+        hi: Option<(BExpr, bool)>,
+    },
+}
+
+/// Name resolution scope of one query level.
+pub struct Scope<'p> {
+    /// (table alias, column name, declared type) per column of the joined row.
+    pub cols: Vec<(String, String, Option<DataType>)>,
+    pub outer: Option<&'p Scope<'p>>,
+    /// Outer columns this scope (or its subqueries) referenced: (depth from this scope, index).
+    pub refs: RefCell<Vec<(usize, usize)>>,
+    pub correlated: Cell<bool>,
+    transparent: bool,
+}
+
+impl<'p> Scope<'p> {
+    pub fn new(cols: Vec<(String, String, Option<DataType>)>, outer: Option<&'p Scope<'p>>) -> Self {
+        Scope {
+            cols,
+            outer,
+            refs: RefCell::new(Vec::new()),
+            correlated: Cell::new(false),
+            transparent: false,
+        }
+    }
+
+    /// A scope with no columns of its own that does not count as a query level: it marks where
+    /// a subquery begins, collecting the enclosing columns the subquery reads.
+    pub fn marker(outer: Option<&'p Scope<'p>>) -> Self {
+        Scope { transparent: true, ..Scope::new(vec![], outer) }
+    }
+
+    fn resolve(
+        &self,
+        qualifier: Option<&str>,
+        name: &str,
+    ) -> Result<(usize, usize, Option<DataType>), Error> {
+        let mut scope = Some(self);
+        let mut depth = 0;
+        let mut chain: Vec<(&Scope, usize)> = Vec::new();
+        while let Some(s) = scope {
+            if !s.transparent {
+                let hits: Vec<usize> = s
+                    .cols
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (t, c, _))| {
+                        c.eq_ignore_ascii_case(name) && qualifier.is_none_or(|q| t.eq_ignore_ascii_case(q))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                match hits.as_slice() {
+                    [i] => {
+                        // Every scope between here and the one holding the column reads outside itself.
+                        for (inner, at) in &chain {
+                            inner.correlated.set(true);
+                            inner.refs.borrow_mut().push((depth - at, *i));
+                        }
+                        return Ok((depth, *i, s.cols[*i].2));
+                    }
+                    [] => {}
+                    _ => return Err(Error::Invalid(format!("ambiguous column name: {name}"))),
+                }
+            }
+            chain.push((s, depth));
+            if !s.transparent {
+                depth += 1;
+            }
+            scope = s.outer;
+        }
+        Err(match qualifier {
+            Some(q) if !self.has_table(q) => Error::NoSuchColumnName(format!("{q}.{name}")),
+            Some(q) => Error::NoSuchColumn { table: q.to_string(), column: name.to_string() },
+            None => Error::NoSuchColumnName(name.to_string()),
+        })
+    }
+
+    fn has_table(&self, q: &str) -> bool {
+        self.cols.iter().any(|(t, _, _)| t.eq_ignore_ascii_case(q))
+            || self.outer.is_some_and(|o| o.has_table(q))
+    }
+}
+
+/// Binds expressions and queries.
+pub struct Binder<'a> {
+    pub view: &'a dyn ReadView,
+    pub params: &'a [Value],
+}
+
+/// Collects aggregate calls while binding an aggregate query's expressions.
+struct AggCollector {
+    aggs: Vec<AggSpec>,
+}
+
+impl<'a> Binder<'a> {
+    pub fn new(view: &'a dyn ReadView, params: &'a [Value]) -> Self {
+        Binder { view, params }
+    }
+
+    pub fn expr(&self, e: &Expr, scope: &Scope) -> Result<BExpr, Error> {
+        self.bind(e, scope, &mut None)
+    }
+
+    fn bind(&self, e: &Expr, scope: &Scope, aggs: &mut Option<&mut AggCollector>) -> Result<BExpr, Error> {
+        let b = |x: &Expr, aggs: &mut Option<&mut AggCollector>| self.bind(x, scope, aggs).map(Box::new);
+        Ok(match e {
+            Expr::Value(v) => match &v.value {
+                ast::Value::Placeholder(p) => BExpr::Const(self.param(p)?),
+                other => BExpr::Const(literal(other)?),
+            },
+            Expr::Identifier(id) => {
+                if id.quote_style == Some('\'') {
+                    BExpr::Const(Value::Text(id.value.clone()))
+                } else {
+                    let (depth, index, _) = scope.resolve(None, &id.value)?;
+                    BExpr::Col { depth, index }
+                }
+            }
+            Expr::CompoundIdentifier(ids) => match ids.as_slice() {
+                [t, c] => {
+                    let (depth, index, _) = scope.resolve(Some(&t.value), &c.value)?;
+                    BExpr::Col { depth, index }
+                }
+                _ => return Err(Error::Unsupported(format!("qualified name {e}"))),
+            },
+            Expr::Nested(x) => self.bind(x, scope, aggs)?,
+            Expr::UnaryOp { op, expr } => match op {
+                U::Minus => match self.bind(expr, scope, aggs)? {
+                    BExpr::Const(Value::Integer(i)) if i != i64::MIN => BExpr::Const(Value::Integer(-i)),
+                    BExpr::Const(Value::Real(r)) => BExpr::Const(Value::Real(-r)),
+                    x => BExpr::Neg(Box::new(x)),
+                },
+                U::Plus => self.bind(expr, scope, aggs)?,
+                U::Not => BExpr::Not(b(expr, aggs)?),
+                U::BitwiseNot => BExpr::BitNot(b(expr, aggs)?),
+                other => return Err(Error::Unsupported(format!("operator {other}"))),
+            },
+            Expr::IsNull(x) => BExpr::IsNull(b(x, aggs)?, false),
+            Expr::IsNotNull(x) => BExpr::IsNull(b(x, aggs)?, true),
+            Expr::IsNotDistinctFrom(x, y) => BExpr::Is(b(x, aggs)?, b(y, aggs)?, false),
+            Expr::IsDistinctFrom(x, y) => BExpr::Is(b(x, aggs)?, b(y, aggs)?, true),
+            Expr::IsTrue(x) => BExpr::Is(b(x, aggs)?, Box::new(BExpr::Const(Value::Integer(1))), false),
+            Expr::IsFalse(x) => BExpr::Is(b(x, aggs)?, Box::new(BExpr::Const(Value::Integer(0))), false),
+            Expr::BinaryOp { left, op, right } => {
+                let (l, r) = (self.bind(left, scope, aggs)?, self.bind(right, scope, aggs)?);
+                let cmp = |c: Cmp, l: BExpr, r: BExpr| {
+                    let (l, r) = affinity(l, r, left, right, scope);
+                    BExpr::Cmp(c, Box::new(l), Box::new(r))
+                };
+                match op {
+                    B::Plus => BExpr::Arith(Arith::Add, Box::new(l), Box::new(r)),
+                    B::Minus => BExpr::Arith(Arith::Sub, Box::new(l), Box::new(r)),
+                    B::Multiply => BExpr::Arith(Arith::Mul, Box::new(l), Box::new(r)),
+                    B::Divide => BExpr::Arith(Arith::Div, Box::new(l), Box::new(r)),
+                    B::Modulo => BExpr::Arith(Arith::Mod, Box::new(l), Box::new(r)),
+                    B::StringConcat => BExpr::Concat(Box::new(l), Box::new(r)),
+                    B::And => BExpr::And(Box::new(l), Box::new(r)),
+                    B::Or => BExpr::Or(Box::new(l), Box::new(r)),
+                    B::Eq => cmp(Cmp::Eq, l, r),
+                    B::NotEq => cmp(Cmp::Ne, l, r),
+                    B::Lt => cmp(Cmp::Lt, l, r),
+                    B::LtEq => cmp(Cmp::Le, l, r),
+                    B::Gt => cmp(Cmp::Gt, l, r),
+                    B::GtEq => cmp(Cmp::Ge, l, r),
+                    B::BitwiseAnd => BExpr::Bit(Bit::And, Box::new(l), Box::new(r)),
+                    B::BitwiseOr => BExpr::Bit(Bit::Or, Box::new(l), Box::new(r)),
+                    B::PGBitwiseShiftLeft => BExpr::Bit(Bit::Shl, Box::new(l), Box::new(r)),
+                    B::PGBitwiseShiftRight => BExpr::Bit(Bit::Shr, Box::new(l), Box::new(r)),
+                    other => return Err(Error::Unsupported(format!("operator {other}"))),
+                }
+            }
+            Expr::InList { expr, list, negated } => {
+                let x = b(expr, aggs)?;
+                let list = list.iter().map(|e| self.bind(e, scope, aggs)).collect::<Result<_, _>>()?;
+                BExpr::InList(x, list, *negated)
+            }
+            Expr::InSubquery { expr, subquery, negated } => {
+                let x = b(expr, aggs)?;
+                let sub = self.sub(subquery, scope)?;
+                if sub.query.columns.len() != 1 {
+                    return Err(Error::Invalid(format!(
+                        "sub-select returns {} columns - expected 1",
+                        sub.query.columns.len()
+                    )));
+                }
+                BExpr::InSub(x, Box::new(sub), *negated)
+            }
+            Expr::Exists { subquery, negated } => {
+                BExpr::Exists(Box::new(self.sub(subquery, scope)?), *negated)
+            }
+            Expr::Subquery(q) => {
+                let sub = self.sub(q, scope)?;
+                if sub.query.columns.len() != 1 {
+                    return Err(Error::Invalid(format!(
+                        "sub-select returns {} columns - expected 1",
+                        sub.query.columns.len()
+                    )));
+                }
+                BExpr::Scalar(Box::new(sub))
+            }
+            Expr::Between { expr, negated, low, high } => {
+                BExpr::Between(b(expr, aggs)?, b(low, aggs)?, b(high, aggs)?, *negated)
+            }
+            Expr::Like { negated, any: false, expr, pattern, escape_char } => BExpr::Like {
+                expr: b(expr, aggs)?,
+                pattern: b(pattern, aggs)?,
+                escape: escape_char.as_ref().map(|e| b(e, aggs)).transpose()?,
+                negated: *negated,
+                glob: false,
+            },
+            Expr::Case { operand, conditions, else_result, .. } => BExpr::Case {
+                operand: operand.as_ref().map(|o| b(o, aggs)).transpose()?,
+                whens: conditions
+                    .iter()
+                    .map(|w| Ok((self.bind(&w.condition, scope, aggs)?, self.bind(&w.result, scope, aggs)?)))
+                    .collect::<Result<_, Error>>()?,
+                otherwise: else_result.as_ref().map(|o| b(o, aggs)).transpose()?,
+            },
+            Expr::Cast { expr, data_type, .. } => BExpr::Cast(b(expr, aggs)?, cast_target(data_type)?),
+            Expr::Function(f) => self.function(f, scope, aggs)?,
+            Expr::Substring { expr, substring_from, substring_for, .. } => {
+                let mut args = vec![self.bind(expr, scope, aggs)?];
+                args.push(match substring_from {
+                    Some(f) => self.bind(f, scope, aggs)?,
+                    None => BExpr::Const(Value::Integer(1)),
+                });
+                if let Some(f) = substring_for {
+                    args.push(self.bind(f, scope, aggs)?);
+                }
+                BExpr::Func(Func::Substr, args)
+            }
+            Expr::Trim { expr, trim_where, trim_what, trim_characters } => {
+                let mut args = vec![self.bind(expr, scope, aggs)?];
+                if let Some(w) = trim_what {
+                    args.push(self.bind(w, scope, aggs)?);
+                } else if let Some(cs) = trim_characters {
+                    if let Some(c) = cs.first() {
+                        args.push(self.bind(c, scope, aggs)?);
+                    }
+                }
+                let f = match trim_where {
+                    Some(ast::TrimWhereField::Leading) => Func::LTrim,
+                    Some(ast::TrimWhereField::Trailing) => Func::RTrim,
+                    _ => Func::Trim,
+                };
+                BExpr::Func(f, args)
+            }
+            Expr::TypedString(ts) => match &ts.value.value {
+                ast::Value::SingleQuotedString(s) => BExpr::Const(Value::Text(s.clone())),
+                other => BExpr::Const(literal(other)?),
+            },
+            other => return Err(Error::Unsupported(format!("expression {}", short(other)))),
+        })
+    }
+
+    fn param(&self, p: &str) -> Result<Value, Error> {
+        let index = p
+            .trim_start_matches(['$', '?', ':'])
+            .parse::<usize>()
+            .map_err(|_| Error::Unsupported(format!("parameter {p}: use $1, ?1 or ?")))?;
+        self.params
+            .get(index.wrapping_sub(1))
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("parameter {p} has no value: {} given", self.params.len())))
+    }
+
+    fn sub(&self, q: &ast::Query, scope: &Scope) -> Result<Sub, Error> {
+        let inner = Scope::marker(Some(scope));
+        let query = self.query_in(q, &inner)?;
+        let outer_refs: Vec<(usize, usize)> = inner.refs.borrow().clone();
+        Ok(Sub { query, correlated: inner.correlated.get(), outer_refs, cache: RefCell::new(None) })
+    }
+
+    fn function(
+        &self,
+        f: &ast::Function,
+        scope: &Scope,
+        aggs: &mut Option<&mut AggCollector>,
+    ) -> Result<BExpr, Error> {
+        let name = f.name.to_string().to_ascii_lowercase();
+        if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
+            return Err(Error::Unsupported(format!("FILTER / OVER / WITHIN GROUP in {name}()")));
+        }
+        let (args, distinct, star) = match &f.args {
+            ast::FunctionArguments::None => (vec![], false, false),
+            ast::FunctionArguments::Subquery(_) => {
+                return Err(Error::Unsupported(format!("subquery as the argument of {name}()")))
+            }
+            ast::FunctionArguments::List(list) => {
+                let distinct = matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct));
+                let mut args = Vec::new();
+                let mut star = false;
+                for a in &list.args {
+                    match a {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => args.push(e),
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Wildcard) => star = true,
+                        other => return Err(Error::Unsupported(format!("function argument {other}"))),
+                    }
+                }
+                (args, distinct, star)
+            }
+        };
+        let agg = match (name.as_str(), args.len()) {
+            ("count", 0) if star => Some(AggFunc::CountStar),
+            ("count", 1) => Some(AggFunc::Count),
+            ("sum", 1) => Some(AggFunc::Sum),
+            ("total", 1) => Some(AggFunc::Total),
+            ("avg", 1) => Some(AggFunc::Avg),
+            ("min", 1) => Some(AggFunc::Min),
+            ("max", 1) => Some(AggFunc::Max),
+            ("group_concat" | "string_agg", 1 | 2) => Some(AggFunc::GroupConcat),
+            _ => None,
+        };
+        if let Some(func) = agg {
+            let Some(collector) = aggs.as_deref_mut() else {
+                return Err(Error::Invalid(format!("misuse of aggregate function {name}()")));
+            };
+            // Arguments of an aggregate are evaluated per row: no nested aggregates.
+            let arg = args.first().map(|a| self.bind(a, scope, &mut None)).transpose()?;
+            let separator = args.get(1).map(|a| self.bind(a, scope, &mut None)).transpose()?;
+            collector.aggs.push(AggSpec { func, arg, separator, distinct });
+            return Ok(BExpr::Agg(collector.aggs.len() - 1));
+        }
+        if distinct || star {
+            return Err(Error::Invalid(format!("DISTINCT or * in the non-aggregate function {name}()")));
+        }
+        let bound = args.iter().map(|a| self.bind(a, scope, aggs)).collect::<Result<Vec<_>, _>>()?;
+        let n = bound.len();
+        let (func, ok) = match name.as_str() {
+            "abs" => (Func::Abs, n == 1),
+            "coalesce" => (Func::Coalesce, n >= 2),
+            "ifnull" => (Func::IfNull, n == 2),
+            "nullif" => (Func::NullIf, n == 2),
+            "length" | "char_length" => (Func::Length, n == 1),
+            "upper" => (Func::Upper, n == 1),
+            "lower" => (Func::Lower, n == 1),
+            "substr" | "substring" => (Func::Substr, n == 2 || n == 3),
+            "trim" => (Func::Trim, n == 1 || n == 2),
+            "ltrim" => (Func::LTrim, n == 1 || n == 2),
+            "rtrim" => (Func::RTrim, n == 1 || n == 2),
+            "replace" => (Func::Replace, n == 3),
+            "round" => (Func::Round, n == 1 || n == 2),
+            "typeof" => (Func::TypeOf, n == 1),
+            "min" => (Func::Min, n >= 2),
+            "max" => (Func::Max, n >= 2),
+            "instr" => (Func::Instr, n == 2),
+            "random" => (Func::Random, n == 0),
+            "now" | "current_timestamp" => (Func::Now, n == 0),
+            "hex" => (Func::Hex, n == 1),
+            "sign" => (Func::Sign, n == 1),
+            _ => return Err(Error::Unsupported(format!("function {name}()"))),
+        };
+        if !ok {
+            return Err(Error::Invalid(format!("wrong number of arguments to function {name}()")));
+        }
+        Ok(BExpr::Func(func, bound))
+    }
+
+    /// Binds a whole query (SELECT, VALUES, compound) at the top level.
+    pub fn query(&self, q: &ast::Query) -> Result<Query, Error> {
+        let top = Scope::marker(None);
+        self.query_in(q, &top)
+    }
+
+    /// Binds a query whose enclosing scope is `outer` (a subquery's own empty scope, whose outer
+    /// is the enclosing query).
+    fn query_in(&self, q: &ast::Query, outer: &Scope) -> Result<Query, Error> {
+        if q.with.is_some() {
+            return Err(Error::Unsupported("WITH (common table expressions)".into()));
+        }
+        if q.fetch.is_some() || !q.locks.is_empty() {
+            return Err(Error::Unsupported("FETCH / FOR UPDATE".into()));
+        }
+        let order_items: Vec<&ast::OrderByExpr> = match &q.order_by {
+            None => vec![],
+            Some(ob) => match &ob.kind {
+                ast::OrderByKind::Expressions(v) => v.iter().collect(),
+                ast::OrderByKind::All(_) => return Err(Error::Unsupported("ORDER BY ALL".into())),
+            },
+        };
+        for o in &order_items {
+            if matches!(o.options.sort, Some(ast::OrderBySort::Using(_))) || o.with_fill.is_some() {
+                return Err(Error::Unsupported("ORDER BY USING / WITH FILL".into()));
+            }
+        }
+        let (limit, offset) = match &q.limit_clause {
+            None => (None, None),
+            Some(ast::LimitClause::LimitOffset { limit, offset, limit_by }) => {
+                if !limit_by.is_empty() {
+                    return Err(Error::Unsupported("LIMIT BY".into()));
+                }
+                (limit.as_ref(), offset.as_ref().map(|o| &o.value))
+            }
+            Some(ast::LimitClause::OffsetCommaLimit { offset, limit }) => (Some(limit), Some(offset)),
+        };
+        let constant = |e: Option<&Expr>| -> Result<Option<BExpr>, Error> {
+            e.map(|e| self.expr(e, &Scope::marker(Some(outer)))).transpose()
+        };
+        let limit = constant(limit)?;
+        let offset = constant(offset)?;
+        match q.body.as_ref() {
+            SetExpr::Select(s) => {
+                let (plan, columns, order_by) = self.select(s, &order_items, outer)?;
+                Ok(Query { body: Body::Select(Box::new(plan)), columns, order_by, limit, offset })
+            }
+            body => {
+                let mut query = self.set_expr(body, outer)?;
+                query.order_by = self.positional_order(&order_items, &query, body)?;
+                query.limit = limit;
+                query.offset = offset;
+                Ok(query)
+            }
+        }
+    }
+
+    fn set_expr(&self, body: &SetExpr, outer: &Scope) -> Result<Query, Error> {
+        match body {
+            SetExpr::Select(s) => {
+                let (plan, columns, _) = self.select(s, &[], outer)?;
+                Ok(Query {
+                    body: Body::Select(Box::new(plan)),
+                    columns,
+                    order_by: vec![],
+                    limit: None,
+                    offset: None,
+                })
+            }
+            SetExpr::Query(q) => self.query_in(q, outer),
+            SetExpr::Values(v) => {
+                let scope = Scope::marker(Some(outer));
+                let rows: Vec<Vec<BExpr>> = v
+                    .rows
+                    .iter()
+                    .map(|r| r.iter().map(|e| self.expr(e, &scope)).collect::<Result<Vec<_>, _>>())
+                    .collect::<Result<_, _>>()?;
+                let width = rows.first().map_or(0, |r| r.len());
+                if rows.iter().any(|r| r.len() != width) {
+                    return Err(Error::Invalid("all VALUES must have the same number of terms".into()));
+                }
+                Ok(Query {
+                    body: Body::Values(rows),
+                    columns: (1..=width).map(|i| format!("column{i}")).collect(),
+                    order_by: vec![],
+                    limit: None,
+                    offset: None,
+                })
+            }
+            SetExpr::SetOperation { left, op, set_quantifier, right } => {
+                let op = match op {
+                    ast::SetOperator::Union => SetOp::Union,
+                    ast::SetOperator::Intersect => SetOp::Intersect,
+                    ast::SetOperator::Except | ast::SetOperator::Minus => SetOp::Except,
+                };
+                let all = match set_quantifier {
+                    ast::SetQuantifier::All => true,
+                    ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
+                    other => return Err(Error::Unsupported(format!("set quantifier {other}"))),
+                };
+                let left = self.set_expr(left, outer)?;
+                let right = self.set_expr(right, outer)?;
+                if left.columns.len() != right.columns.len() {
+                    return Err(Error::Invalid(format!(
+                        "SELECTs to the left and right of {op:?} do not have the same number of result columns"
+                    )));
+                }
+                let columns = left.columns.clone();
+                Ok(Query {
+                    body: Body::Compound { op, all, left: Box::new(left), right: Box::new(right) },
+                    columns,
+                    order_by: vec![],
+                    limit: None,
+                    offset: None,
+                })
+            }
+            other => Err(Error::Unsupported(format!("query {}", short_set(other)))),
+        }
+    }
+
+    /// ORDER BY of a compound or VALUES: output positions, names, or the text of an output
+    /// expression of the first SELECT.
+    fn positional_order(
+        &self,
+        items: &[&ast::OrderByExpr],
+        query: &Query,
+        body: &SetExpr,
+    ) -> Result<Vec<(usize, bool)>, Error> {
+        let first_projection = first_select(body).map(|s| &s.projection);
+        items
+            .iter()
+            .map(|o| {
+                let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
+                if let Some(k) = position(&o.expr, query.columns.len())? {
+                    return Ok((k, desc));
+                }
+                let text = o.expr.to_string();
+                let name = match &o.expr {
+                    Expr::Identifier(id) => Some(id.value.as_str()),
+                    Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.as_str()),
+                    _ => None,
+                };
+                if let Some(n) = name {
+                    if let Some(i) = query.columns.iter().position(|c| c.eq_ignore_ascii_case(n)) {
+                        return Ok((i, desc));
+                    }
+                }
+                if let Some(p) = first_projection {
+                    for (i, item) in p.iter().enumerate() {
+                        let e = match item {
+                            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                            _ => continue,
+                        };
+                        if e.to_string().eq_ignore_ascii_case(&text) {
+                            return Ok((i, desc));
+                        }
+                    }
+                }
+                Err(Error::Invalid(format!(
+                    "ORDER BY term {text} does not match any column in the result set"
+                )))
+            })
+            .collect()
+    }
+
+    /// Binds one SELECT with its ORDER BY (which may name source columns).
+    fn select(
+        &self,
+        s: &ast::Select,
+        order_items: &[&ast::OrderByExpr],
+        outer: &Scope,
+    ) -> Result<(SelectPlan, Vec<String>, Vec<(usize, bool)>), Error> {
+        if s.top.is_some()
+            || s.into.is_some()
+            || !s.lateral_views.is_empty()
+            || s.prewhere.is_some()
+            || !s.cluster_by.is_empty()
+            || !s.distribute_by.is_empty()
+            || !s.sort_by.is_empty()
+            || !s.named_window.is_empty()
+            || s.qualify.is_some()
+            || !s.connect_by.is_empty()
+        {
+            return Err(Error::Unsupported(format!("SELECT clause in {}", short_select(s))));
+        }
+        let distinct = match &s.distinct {
+            None | Some(ast::Distinct::All) => false,
+            Some(ast::Distinct::Distinct) => true,
+            Some(other) => return Err(Error::Unsupported(format!("{other}"))),
+        };
+
+        // FROM: levels and the scope of their columns.
+        let mut levels: Vec<Level> = Vec::new();
+        let mut cols: Vec<(String, String, Option<DataType>)> = Vec::new();
+        let mut on_exprs: Vec<(usize, &Expr, bool)> = Vec::new(); // (level, expr, left join)
+        let mut using: Vec<(usize, Vec<String>)> = Vec::new();
+        for twj in &s.from {
+            self.add_level(&twj.relation, false, &mut levels, &mut cols, outer)?;
+            for j in &twj.joins {
+                let (left, constraint) = match &j.join_operator {
+                    ast::JoinOperator::Join(c) | ast::JoinOperator::Inner(c) => (false, c),
+                    ast::JoinOperator::CrossJoin(c) => (false, c),
+                    ast::JoinOperator::Left(c) | ast::JoinOperator::LeftOuter(c) => (true, c),
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "join {}",
+                            format!("{other:?}").split('(').next().unwrap_or("")
+                        )))
+                    }
+                };
+                self.add_level(&j.relation, left, &mut levels, &mut cols, outer)?;
+                let level = levels.len() - 1;
+                match constraint {
+                    ast::JoinConstraint::On(e) => on_exprs.push((level, e, left)),
+                    ast::JoinConstraint::None => {}
+                    ast::JoinConstraint::Using(names) => using.push((
+                        level,
+                        names.iter().map(|n| n.to_string().trim_matches('"').to_string()).collect(),
+                    )),
+                    ast::JoinConstraint::Natural => {
+                        let this = &levels[level];
+                        let names: Vec<String> = cols[this.offset..this.offset + this.width]
+                            .iter()
+                            .filter(|(_, c, _)| {
+                                cols[..this.offset].iter().any(|(_, p, _)| p.eq_ignore_ascii_case(c))
+                            })
+                            .map(|(_, c, _)| c.clone())
+                            .collect();
+                        using.push((level, names));
+                    }
+                }
+            }
+        }
+        let width = cols.len();
+        let scope = Scope::new(cols, Some(outer));
+
+        // Conjuncts: WHERE and inner-join ON go to the level where their columns are bound.
+        let mut conjuncts: Vec<(BExpr, Option<usize>)> = Vec::new(); // (expr, Some(level) for LEFT ON)
+        if let Some(w) = &s.selection {
+            for c in split_and(w) {
+                let e = self.expr(c, &scope)?;
+                if e.has_agg() {
+                    return Err(Error::Invalid("misuse of aggregate function in WHERE".into()));
+                }
+                conjuncts.push((e, None));
+            }
+        }
+        for (level, e, left) in on_exprs {
+            for c in split_and(e) {
+                conjuncts.push((self.expr(c, &scope)?, left.then_some(level)));
+            }
+        }
+        for (level, names) in using {
+            let this = (levels[level].offset, levels[level].width);
+            for n in names {
+                let right = (this.0..this.0 + this.1)
+                    .find(|&i| scope.cols[i].1.eq_ignore_ascii_case(&n))
+                    .ok_or_else(|| Error::Invalid(format!("cannot join using column {n}")))?;
+                let left = (0..this.0)
+                    .find(|&i| scope.cols[i].1.eq_ignore_ascii_case(&n))
+                    .ok_or_else(|| Error::Invalid(format!("cannot join using column {n}")))?;
+                let e = BExpr::Cmp(
+                    Cmp::Eq,
+                    Box::new(BExpr::Col { depth: 0, index: left }),
+                    Box::new(BExpr::Col { depth: 0, index: right }),
+                );
+                conjuncts.push((e, levels[level].left.then_some(level)));
+            }
+        }
+        let mut constant_filters = Vec::new();
+        let level_of = |i: usize, levels: &[Level]| levels.iter().rposition(|l| l.offset <= i).unwrap_or(0);
+        for (e, left_on) in conjuncts {
+            let cols = e.local_cols();
+            let max_level = cols.iter().map(|&i| level_of(i, &levels)).max();
+            let min_level = cols.iter().map(|&i| level_of(i, &levels)).min();
+            match (left_on, max_level) {
+                (Some(l), None) => levels[l].local.push(e),
+                (Some(l), Some(m)) if m <= l && min_level == Some(l) => levels[l].local.push(e),
+                (Some(l), Some(m)) if m <= l => levels[l].on.push(e),
+                (Some(_), Some(_)) => {
+                    return Err(Error::Invalid("ON clause references tables to its right".into()))
+                }
+                (None, None) => constant_filters.push(e),
+                (None, Some(m)) => {
+                    if min_level == Some(m) && !levels[m].left {
+                        levels[m].local.push(e)
+                    } else {
+                        levels[m].filters.push(e)
+                    }
+                }
+            }
+        }
+        for (l, level) in levels.iter_mut().enumerate() {
+            choose_access(level, l, &scope);
+            if l > 0 {
+                choose_probe(level, &levels_bounds(&scope, l, level));
+            }
+        }
+
+        // Projection.
+        let mut collector = AggCollector { aggs: Vec::new() };
+        let mut projection = Vec::new();
+        let mut columns = Vec::new();
+        let mut aliases: Vec<Option<String>> = Vec::new();
+        let mut proj_ast: Vec<Option<&Expr>> = Vec::new();
+        for item in &s.projection {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    if width == 0 {
+                        return Err(Error::Invalid("no tables specified".into()));
+                    }
+                    for i in 0..width {
+                        projection.push(BExpr::Col { depth: 0, index: i });
+                        columns.push(scope.cols[i].1.clone());
+                        aliases.push(None);
+                        proj_ast.push(None);
+                    }
+                }
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    let q = match kind {
+                        ast::SelectItemQualifiedWildcardKind::ObjectName(n) => n.to_string(),
+                        ast::SelectItemQualifiedWildcardKind::Expr(e) => e.to_string(),
+                    };
+                    let q = q.trim_matches('"').to_string();
+                    let mut any = false;
+                    for i in 0..width {
+                        if scope.cols[i].0.eq_ignore_ascii_case(&q) {
+                            projection.push(BExpr::Col { depth: 0, index: i });
+                            columns.push(scope.cols[i].1.clone());
+                            aliases.push(None);
+                            proj_ast.push(None);
+                            any = true;
+                        }
+                    }
+                    if !any {
+                        return Err(Error::NoSuchTable(q));
+                    }
+                }
+                SelectItem::UnnamedExpr(e) => {
+                    projection.push(self.bind(e, &scope, &mut Some(&mut collector))?);
+                    columns.push(column_name(e));
+                    aliases.push(None);
+                    proj_ast.push(Some(e));
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    projection.push(self.bind(expr, &scope, &mut Some(&mut collector))?);
+                    columns.push(alias.value.clone());
+                    aliases.push(Some(alias.value.clone()));
+                    proj_ast.push(Some(expr));
+                }
+                other => return Err(Error::Unsupported(format!("select item {other}"))),
+            }
+        }
+        let visible = projection.len();
+
+        // GROUP BY terms may name output positions or aliases.
+        let group_exprs: Vec<&Expr> = match &s.group_by {
+            ast::GroupByExpr::Expressions(v, mods) if mods.is_empty() => v.iter().collect(),
+            _ => return Err(Error::Unsupported("GROUP BY ALL / ROLLUP / CUBE".into())),
+        };
+        let mut group_by = Vec::new();
+        for g in group_exprs {
+            let target = match position(g, visible)? {
+                Some(k) => Some(proj_ast[k].ok_or_else(|| Error::Invalid("GROUP BY a * column".into()))?),
+                None => match g {
+                    Expr::Identifier(id) if scope.resolve(None, &id.value).is_err() => aliases
+                        .iter()
+                        .position(|a| a.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(&id.value)))
+                        .and_then(|k| proj_ast[k]),
+                    _ => None,
+                },
+            };
+            let e = self.expr(target.unwrap_or(g), &scope)?;
+            group_by.push(e);
+        }
+        let having =
+            s.having.as_ref().map(|h| self.bind(h, &scope, &mut Some(&mut collector))).transpose()?;
+
+        // ORDER BY: output positions, aliases, or expressions (hidden columns).
+        let mut order_by = Vec::new();
+        for o in order_items {
+            let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
+            if let Some(k) = position(&o.expr, visible)? {
+                order_by.push((k, desc));
+                continue;
+            }
+            if let Expr::Identifier(id) = &o.expr {
+                if let Some(k) = aliases
+                    .iter()
+                    .position(|a| a.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(&id.value)))
+                {
+                    order_by.push((k, desc));
+                    continue;
+                }
+            }
+            let text = o.expr.to_string();
+            if let Some(k) = proj_ast.iter().position(|p| p.is_some_and(|p| p.to_string() == text)) {
+                order_by.push((k, desc));
+                continue;
+            }
+            projection.push(self.bind(&o.expr, &scope, &mut Some(&mut collector))?);
+            order_by.push((projection.len() - 1, desc));
+        }
+
+        let aggregate = !collector.aggs.is_empty() || !group_by.is_empty() || having.is_some();
+        if !aggregate && projection.iter().any(|p| p.has_agg()) {
+            return Err(Error::Invalid("misuse of aggregate function".into()));
+        }
+        let plan = SelectPlan {
+            levels,
+            width,
+            constant_filters,
+            aggregate,
+            group_by,
+            aggs: collector.aggs,
+            having,
+            projection,
+            visible,
+            distinct,
+        };
+        Ok((plan, columns, order_by))
+    }
+
+    fn add_level(
+        &self,
+        relation: &TableFactor,
+        left: bool,
+        levels: &mut Vec<Level>,
+        cols: &mut Vec<(String, String, Option<DataType>)>,
+        outer: &Scope,
+    ) -> Result<(), Error> {
+        let offset = cols.len();
+        let (source, alias, names): (Source, String, Vec<(String, Option<DataType>)>) = match relation {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let name = object_name(name)?;
+                let schema = self.view.table(&name)?.ok_or(Error::NoSuchTable(name.clone()))?;
+                let alias = alias.as_ref().map_or(schema.name.clone(), |a| a.name.value.clone());
+                let names = schema.columns.iter().map(|c| (c.name.clone(), Some(c.data_type))).collect();
+                (Source::Table { schema, access: Access::Scan }, alias, names)
+            }
+            TableFactor::Derived { lateral: false, subquery, alias, .. } => {
+                // A FROM subquery sees the enclosing query's outer scope, not its siblings.
+                let q = self.query_in(subquery, outer)?;
+                let alias = alias.as_ref().map_or(String::new(), |a| a.name.value.clone());
+                let names = q.columns.iter().map(|c| (c.clone(), None)).collect();
+                (Source::Derived(Box::new(q)), alias, names)
+            }
+            TableFactor::NestedJoin { table_with_joins, alias: None } if !left && levels.is_empty() => {
+                // `(a CROSS JOIN b)` first in FROM is the same left-deep join without parentheses.
+                self.add_level(&table_with_joins.relation, false, levels, cols, outer)?;
+                for j in &table_with_joins.joins {
+                    match &j.join_operator {
+                        ast::JoinOperator::CrossJoin(ast::JoinConstraint::None)
+                        | ast::JoinOperator::Join(ast::JoinConstraint::None)
+                        | ast::JoinOperator::Inner(ast::JoinConstraint::None) => {
+                            self.add_level(&j.relation, false, levels, cols, outer)?
+                        }
+                        _ => {
+                            return Err(Error::Unsupported(
+                                "parenthesized joins with ON or outer joins".into(),
+                            ))
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            TableFactor::NestedJoin { .. } => {
+                return Err(Error::Unsupported("parenthesized joins other than first in FROM".into()))
+            }
+            other => return Err(Error::Unsupported(format!("FROM {other}"))),
+        };
+        if levels.iter().any(|l| !alias.is_empty() && l.alias.eq_ignore_ascii_case(&alias)) {
+            return Err(Error::Invalid(format!("ambiguous table name {alias}: give each an alias")));
+        }
+        let width = names.len();
+        for (n, t) in names {
+            cols.push((alias.clone(), n, t));
+        }
+        levels.push(Level {
+            source,
+            alias,
+            offset,
+            width,
+            left,
+            local: vec![],
+            on: vec![],
+            filters: vec![],
+            probe: None,
+        });
+        Ok(())
+    }
+}
+
+fn levels_bounds(_scope: &Scope, _l: usize, level: &Level) -> (usize, usize) {
+    (level.offset, level.offset + level.width)
+}
+
+/// Binds a text constant compared with a numeric column as a number (SQLite's column affinity).
+fn affinity(l: BExpr, r: BExpr, le: &Expr, re: &Expr, scope: &Scope) -> (BExpr, BExpr) {
+    let numeric_col = |e: &Expr| -> bool {
+        let t = match e {
+            Expr::Identifier(id) => scope.resolve(None, &id.value).ok(),
+            Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
+                scope.resolve(Some(&ids[0].value), &ids[1].value).ok()
+            }
+            _ => None,
+        };
+        matches!(t, Some((_, _, Some(DataType::Integer | DataType::Real))))
+    };
+    let conv = |e: BExpr| match e {
+        BExpr::Const(Value::Text(s)) => match parse_number_exact(&s) {
+            Some(v) => BExpr::Const(v),
+            None => BExpr::Const(Value::Text(s)),
+        },
+        other => other,
+    };
+    if numeric_col(le) {
+        (l, conv(r))
+    } else if numeric_col(re) {
+        (conv(l), r)
+    } else {
+        (l, r)
+    }
+}
+
+/// Whether `e` reads no column of the current query (constant for one execution).
+fn is_constant(e: &BExpr) -> bool {
+    e.local_cols().is_empty() && !e.has_agg()
+}
+
+/// `col op const` where col is a column of this level (returns the column index within the
+/// level, the operator as seen from the column, and the constant).
+fn column_vs_constant(e: &BExpr, lo: usize, hi: usize) -> Option<(usize, Cmp, &BExpr)> {
+    if let BExpr::Cmp(op, a, b) = e {
+        if let BExpr::Col { depth: 0, index } = a.as_ref() {
+            if (lo..hi).contains(index) && is_constant(b) {
+                return Some((index - lo, *op, b));
+            }
+        }
+        if let BExpr::Col { depth: 0, index } = b.as_ref() {
+            if (lo..hi).contains(index) && is_constant(a) {
+                return Some((index - lo, op.flip(), a));
+            }
+        }
+    }
+    None
+}
+
+fn take_const(e: &BExpr) -> BExpr {
+    // Constants are small; re-binding is not possible here, so copy by evaluation shape.
+    clone_expr(e)
+}
+
+/// Deep copy of a constant expression (subqueries are not copied: they are never constants
+/// used for access paths).
+fn clone_expr(e: &BExpr) -> BExpr {
+    match e {
+        BExpr::Const(v) => BExpr::Const(v.clone()),
+        BExpr::Col { depth, index } => BExpr::Col { depth: *depth, index: *index },
+        BExpr::Neg(a) => BExpr::Neg(Box::new(clone_expr(a))),
+        BExpr::Not(a) => BExpr::Not(Box::new(clone_expr(a))),
+        BExpr::BitNot(a) => BExpr::BitNot(Box::new(clone_expr(a))),
+        BExpr::Arith(o, a, b) => BExpr::Arith(*o, Box::new(clone_expr(a)), Box::new(clone_expr(b))),
+        BExpr::Cmp(o, a, b) => BExpr::Cmp(*o, Box::new(clone_expr(a)), Box::new(clone_expr(b))),
+        BExpr::Bit(o, a, b) => BExpr::Bit(*o, Box::new(clone_expr(a)), Box::new(clone_expr(b))),
+        BExpr::Concat(a, b) => BExpr::Concat(Box::new(clone_expr(a)), Box::new(clone_expr(b))),
+        BExpr::Cast(a, t) => BExpr::Cast(Box::new(clone_expr(a)), *t),
+        BExpr::Func(f, args) => BExpr::Func(*f, args.iter().map(clone_expr).collect()),
+        BExpr::Case { operand, whens, otherwise } => BExpr::Case {
+            operand: operand.as_ref().map(|o| Box::new(clone_expr(o))),
+            whens: whens.iter().map(|(a, b)| (clone_expr(a), clone_expr(b))).collect(),
+            otherwise: otherwise.as_ref().map(|o| Box::new(clone_expr(o))),
+        },
+        // Anything else is not used as an access-path constant (see `cloneable`).
+        _ => BExpr::Const(Value::Null),
+    }
+}
+
+fn cloneable(e: &BExpr) -> bool {
+    let mut ok = true;
+    e.walk(&mut |x| {
+        ok &= !matches!(
+            x,
+            BExpr::InSub(..)
+                | BExpr::Exists(..)
+                | BExpr::Scalar(_)
+                | BExpr::Agg(_)
+                | BExpr::And(..)
+                | BExpr::Or(..)
+                | BExpr::IsNull(..)
+                | BExpr::Is(..)
+                | BExpr::InList(..)
+                | BExpr::Between(..)
+                | BExpr::Like { .. }
+                | BExpr::Func(Func::Random | Func::Now, _)
+        )
+    });
+    ok
+}
+
+/// Picks the access path of a table level from its local conjuncts.
+fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
+    let Source::Table { schema, access } = &mut level.source else { return };
+    let (lo, hi) = (level.offset, level.offset + level.width);
+    let pk_first = schema.primary_key.first().copied();
+    let usable = |c: usize| -> Option<(String, bool)> {
+        if Some(c) == pk_first {
+            return Some((String::new(), true));
+        }
+        schema.indexes.iter().find(|ix| ix.columns.first() == Some(&c)).map(|ix| (ix.name.clone(), ix.unique))
+    };
+    // (score, access): lower is better.
+    let mut best: Option<(u8, Access)> = None;
+    let consider = |score: u8, a: Access, best: &mut Option<(u8, Access)>| {
+        if best.as_ref().is_none_or(|(s, _)| score < *s) {
+            *best = Some((score, a));
+        }
+    };
+    let mut ranges: std::collections::BTreeMap<usize, (Option<(BExpr, bool)>, Option<(BExpr, bool)>)> =
+        Default::default();
+    for e in &level.local {
+        match e {
+            BExpr::InList(x, list, false) => {
+                if let BExpr::Col { depth: 0, index } = x.as_ref() {
+                    if (lo..hi).contains(index) && list.iter().all(|v| is_constant(v) && cloneable(v)) {
+                        if let Some((ix, unique)) = usable(index - lo) {
+                            let values: Vec<BExpr> = list.iter().map(take_const).collect();
+                            let a = if ix.is_empty() {
+                                Access::PkEq(values)
+                            } else {
+                                Access::IndexEq { index: ix, values }
+                            };
+                            consider(if unique { 1 } else { 3 }, a, &mut best);
+                        }
+                    }
+                }
+            }
+            BExpr::Between(x, a, b, false) => {
+                if let BExpr::Col { depth: 0, index } = x.as_ref() {
+                    if (lo..hi).contains(index)
+                        && is_constant(a)
+                        && is_constant(b)
+                        && cloneable(a)
+                        && cloneable(b)
+                    {
+                        let r = ranges.entry(index - lo).or_default();
+                        r.0 = Some((take_const(a), true));
+                        r.1 = Some((take_const(b), true));
+                    }
+                }
+            }
+            _ => {
+                if let Some((c, op, v)) = column_vs_constant(e, lo, hi) {
+                    if !cloneable(v) {
+                        continue;
+                    }
+                    match op {
+                        Cmp::Eq => {
+                            if let Some((ix, unique)) = usable(c) {
+                                let values = vec![take_const(v)];
+                                let a = if ix.is_empty() {
+                                    Access::PkEq(values)
+                                } else {
+                                    Access::IndexEq { index: ix, values }
+                                };
+                                consider(if unique { 0 } else { 2 }, a, &mut best);
+                            }
+                        }
+                        Cmp::Gt | Cmp::Ge => {
+                            ranges.entry(c).or_default().0 = Some((take_const(v), op == Cmp::Ge));
+                        }
+                        Cmp::Lt | Cmp::Le => {
+                            ranges.entry(c).or_default().1 = Some((take_const(v), op == Cmp::Le));
+                        }
+                        Cmp::Ne => {}
+                    }
+                }
+            }
+        }
+    }
+    for (c, (lo_b, hi_b)) in ranges {
+        if let Some((ix, _)) = usable(c) {
+            let a = if ix.is_empty() {
+                Access::PkRange { lo: lo_b, hi: hi_b }
+            } else {
+                Access::IndexRange { index: ix, lo: lo_b, hi: hi_b }
+            };
+            consider(5, a, &mut best);
+        }
+    }
+    if let Some((_, a)) = best {
+        *access = a;
+    }
+}
+
+/// An equality between a column of this level and an expression over earlier levels only.
+fn choose_probe(level: &mut Level, (lo, hi): &(usize, usize)) {
+    let candidates = if level.left { &level.on } else { &level.filters };
+    for e in candidates {
+        if let BExpr::Cmp(Cmp::Eq, a, b) = e {
+            for (col, other) in [(a, b), (b, a)] {
+                if let BExpr::Col { depth: 0, index } = col.as_ref() {
+                    if (*lo..*hi).contains(index)
+                        && cloneable(other)
+                        && !other.local_cols().is_empty()
+                        && other.local_cols().iter().all(|&i| i < *lo)
+                    {
+                        level.probe = Some((index - lo, clone_expr(other)));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn split_and(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::BinaryOp { left, op: B::And, right } => {
+            let mut v = split_and(left);
+            v.extend(split_and(right));
+            v
+        }
+        Expr::Nested(inner) if matches!(inner.as_ref(), Expr::BinaryOp { op: B::And, .. }) => {
+            split_and(inner)
+        }
+        other => vec![other],
+    }
+}
+
+/// An ORDER BY / GROUP BY term that is an integer literal names an output column (1-based).
+fn position(e: &Expr, width: usize) -> Result<Option<usize>, Error> {
+    if let Expr::Value(v) = e {
+        if let ast::Value::Number(n, _) = &v.value {
+            let k: i64 =
+                n.parse().map_err(|_| Error::Invalid(format!("ORDER BY term {n} is not an integer")))?;
+            if k < 1 || k as usize > width {
+                return Err(Error::Invalid(format!(
+                    "ORDER BY term {k} out of range - should be between 1 and {width}"
+                )));
+            }
+            return Ok(Some(k as usize - 1));
+        }
+    }
+    Ok(None)
+}
+
+fn first_select(body: &SetExpr) -> Option<&ast::Select> {
+    match body {
+        SetExpr::Select(s) => Some(s),
+        SetExpr::SetOperation { left, .. } => first_select(left),
+        SetExpr::Query(q) => first_select(&q.body),
+        _ => None,
+    }
+}
+
+fn column_name(e: &Expr) -> String {
+    match e {
+        Expr::Identifier(id) => id.value.clone(),
+        Expr::CompoundIdentifier(ids) => ids.last().map_or(e.to_string(), |i| i.value.clone()),
+        _ => e.to_string(),
+    }
+}
+
+pub fn object_name(name: &ast::ObjectName) -> Result<String, Error> {
+    match name.0.as_slice() {
+        [ast::ObjectNamePart::Identifier(id)] => Ok(id.value.clone()),
+        _ => Err(Error::Unsupported(format!("qualified name {name}"))),
+    }
+}
+
+fn cast_target(t: &ast::DataType) -> Result<CastTo, Error> {
+    let name = t.to_string().to_ascii_uppercase();
+    let base = name.split('(').next().unwrap_or("").trim();
+    Ok(match base {
+        "INT" | "INTEGER" | "BIGINT" | "SMALLINT" | "TINYINT" | "INT2" | "INT4" | "INT8" | "SIGNED"
+        | "UNSIGNED" | "MEDIUMINT" => CastTo::Integer,
+        "REAL" | "FLOAT" | "DOUBLE" | "DOUBLE PRECISION" | "FLOAT4" | "FLOAT8" => CastTo::Real,
+        "NUMERIC" | "DECIMAL" => CastTo::Numeric,
+        "TEXT" | "VARCHAR" | "CHAR" | "CHARACTER" | "STRING" | "CHARACTER VARYING" | "NVARCHAR" | "CLOB" => {
+            CastTo::Text
+        }
+        "BLOB" | "BYTEA" | "BINARY" | "VARBINARY" => CastTo::Blob,
+        "BOOLEAN" | "BOOL" => CastTo::Boolean,
+        _ => return Err(Error::Unsupported(format!("CAST to {name}"))),
+    })
+}
+
+fn short(e: &Expr) -> String {
+    let s = e.to_string();
+    if s.len() > 60 {
+        format!("{}...", &s[..s.char_indices().nth(57).map_or(s.len(), |(i, _)| i)])
+    } else {
+        s
+    }
+}
+
+fn short_set(e: &SetExpr) -> String {
+    e.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn short_select(s: &ast::Select) -> String {
+    s.to_string().split_whitespace().take(4).collect::<Vec<_>>().join(" ")
+}
+
+/// EXPLAIN: the plan as an indented tree.
+pub fn describe(q: &Query, indent: usize, out: &mut Vec<String>) {
+    let pad = "  ".repeat(indent);
+    let mut depth = indent;
+    if q.limit.is_some() || q.offset.is_some() {
+        out.push(format!("{pad}Limit"));
+        depth += 1;
+    }
+    if !q.order_by.is_empty() {
+        let keys: Vec<String> = q
+            .order_by
+            .iter()
+            .map(|(k, desc)| format!("#{}{}", k + 1, if *desc { " DESC" } else { "" }))
+            .collect();
+        out.push(format!("{}Sort [{}]", "  ".repeat(depth), keys.join(", ")));
+        depth += 1;
+    }
+    let pad = "  ".repeat(depth);
+    match &q.body {
+        Body::Values(rows) => out.push(format!("{pad}Values ({} rows)", rows.len())),
+        Body::Compound { op, all, left, right } => {
+            out.push(format!("{pad}{op:?}{}", if *all { " ALL" } else { "" }));
+            describe(left, depth + 1, out);
+            describe(right, depth + 1, out);
+        }
+        Body::Select(s) => {
+            let mut d = depth;
+            let line =
+                |d: usize, text: String, out: &mut Vec<String>| out.push(format!("{}{text}", "  ".repeat(d)));
+            if s.distinct {
+                line(d, "Distinct".into(), out);
+                d += 1;
+            }
+            line(d, format!("Project [{}]", q.columns.join(", ")), out);
+            d += 1;
+            if s.aggregate {
+                line(
+                    d,
+                    format!("Aggregate ({} groups keys, {} aggregates)", s.group_by.len(), s.aggs.len()),
+                    out,
+                );
+                d += 1;
+            }
+            if !s.constant_filters.is_empty() {
+                line(d, format!("Filter (constant, {} terms)", s.constant_filters.len()), out);
+                d += 1;
+            }
+            if s.levels.len() > 1 {
+                line(d, "NestedLoopJoin".into(), out);
+                d += 1;
+            }
+            for level in &s.levels {
+                let mut text = match &level.source {
+                    Source::Table { schema, access } => {
+                        let how = match access {
+                            Access::Scan => "Scan".to_string(),
+                            Access::PkEq(v) => format!("PrimaryKeyLookup ({} keys)", v.len()),
+                            Access::PkRange { .. } => "PrimaryKeyRange".to_string(),
+                            Access::IndexEq { index, values } => {
+                                format!("IndexLookup {index} ({} keys)", values.len())
+                            }
+                            Access::IndexRange { index, .. } => format!("IndexRange {index}"),
+                        };
+                        if level.alias.eq_ignore_ascii_case(&schema.name) {
+                            format!("{how} {}", schema.name)
+                        } else {
+                            format!("{how} {} AS {}", schema.name, level.alias)
+                        }
+                    }
+                    Source::Derived(_) => format!("Subquery AS {}", level.alias),
+                };
+                if level.left {
+                    text = format!("LeftJoin {text}");
+                }
+                if level.probe.is_some() {
+                    text.push_str(" (hash probe)");
+                }
+                let filters = level.local.len() + level.on.len() + level.filters.len();
+                if filters > 0 {
+                    text.push_str(&format!(" filter: {filters} terms"));
+                }
+                line(d, text, out);
+                if let Source::Derived(sub) = &level.source {
+                    describe(sub, d + 1, out);
+                }
+            }
+        }
+    }
+}

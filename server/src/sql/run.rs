@@ -1,0 +1,1082 @@
+//! Runs bound plans: expressions over rows, joins, grouping, sorting, set operations.
+
+use super::eval::{
+    arith, bool_value, cast, compare, int_of, is_true, like, numeric, real_of, text_of, timestamp, truth,
+    type_name,
+};
+use super::overlay::OrdKey;
+use super::plan::{
+    Access, AggFunc, AggSpec, BExpr, Bit, Body, Cmp, Func, Level, Query, SelectPlan, SetOp, Source, Sub,
+    SubResult,
+};
+use super::{Context, Error};
+use crate::changeset::{DataType, Key, ReadView, Row, Value};
+use std::cell::Cell;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::rc::Rc;
+
+/// The rows an expression can see: its query's current row, the enclosing queries' rows, and
+/// (in an aggregate query) the aggregate values of the current group.
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    pub row: &'a [Value],
+    pub aggs: &'a [Value],
+    pub outer: Option<&'a Env<'a>>,
+}
+
+impl<'a> Env<'a> {
+    pub const EMPTY: Env<'static> = Env { row: &[], aggs: &[], outer: None };
+
+    fn at(&self, depth: usize) -> &Env<'a> {
+        let mut e = self;
+        for _ in 0..depth {
+            e = e.outer.expect("the planner bound a column of an enclosing query that exists");
+        }
+        e
+    }
+}
+
+/// What evaluation needs besides rows: the data, the statement's clock and random source, and
+/// a budget of rows so a runaway join fails instead of exhausting memory.
+pub struct Runner<'v> {
+    pub view: &'v dyn ReadView,
+    pub ctx: Option<Context>,
+    rng: Cell<u64>,
+    budget: Cell<u64>,
+}
+
+/// Joined rows one statement may produce before it is stopped.
+const ROW_BUDGET: u64 = 50_000_000;
+
+impl<'v> Runner<'v> {
+    pub fn new(view: &'v dyn ReadView, ctx: Option<Context>) -> Self {
+        let seed = ctx.map_or_else(
+            || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            },
+            |c| c.seed,
+        );
+        Runner { view, ctx, rng: Cell::new(seed | 1), budget: Cell::new(ROW_BUDGET) }
+    }
+
+    fn spend(&self) -> Result<(), Error> {
+        let b = self.budget.get();
+        if b == 0 {
+            return Err(Error::Invalid(format!(
+                "the statement examined more than {ROW_BUDGET} rows and was stopped: add a WHERE clause or an index"
+            )));
+        }
+        self.budget.set(b - 1);
+        Ok(())
+    }
+
+    fn random(&self) -> i64 {
+        // splitmix64
+        let mut z = self.rng.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.rng.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as i64
+    }
+
+    // ---- expressions ----
+
+    pub fn eval(&self, e: &BExpr, env: &Env) -> Result<Value, Error> {
+        Ok(match e {
+            BExpr::Const(v) => v.clone(),
+            BExpr::Col { depth, index } => env.at(*depth).row.get(*index).cloned().unwrap_or(Value::Null),
+            BExpr::Agg(i) => env.aggs.get(*i).cloned().unwrap_or(Value::Null),
+            BExpr::Neg(a) => match numeric(&self.eval(a, env)?) {
+                Value::Integer(i) => i.checked_neg().map_or(Value::Real(-(i as f64)), Value::Integer),
+                Value::Real(r) => Value::Real(-r),
+                other => other,
+            },
+            BExpr::Not(a) => bool_value(truth(&self.eval(a, env)?).map(|b| !b)),
+            BExpr::BitNot(a) => match numeric(&self.eval(a, env)?) {
+                Value::Null => Value::Null,
+                v => Value::Integer(!int_or_trunc(&v)),
+            },
+            BExpr::Arith(op, a, b) => arith(*op, &self.eval(a, env)?, &self.eval(b, env)?),
+            BExpr::Cmp(op, a, b) => {
+                let (x, y) = (self.eval(a, env)?, self.eval(b, env)?);
+                compare_op(*op, &x, &y)
+            }
+            BExpr::Bit(op, a, b) => {
+                let (x, y) = (self.eval(a, env)?, self.eval(b, env)?);
+                if matches!(x, Value::Null) || matches!(y, Value::Null) {
+                    Value::Null
+                } else {
+                    let (x, y) = (int_or_trunc(&numeric(&x)), int_or_trunc(&numeric(&y)));
+                    Value::Integer(match op {
+                        Bit::And => x & y,
+                        Bit::Or => x | y,
+                        Bit::Shl => shift(x, y),
+                        Bit::Shr => shift(x, y.saturating_neg()),
+                    })
+                }
+            }
+            BExpr::Concat(a, b) => match (self.eval(a, env)?, self.eval(b, env)?) {
+                (Value::Null, _) | (_, Value::Null) => Value::Null,
+                (x, y) => Value::Text(format!("{}{}", text_of(&x), text_of(&y))),
+            },
+            BExpr::And(a, b) => {
+                let x = truth(&self.eval(a, env)?);
+                if x == Some(false) {
+                    return Ok(Value::Integer(0));
+                }
+                let y = truth(&self.eval(b, env)?);
+                bool_value(match (x, y) {
+                    (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                })
+            }
+            BExpr::Or(a, b) => {
+                let x = truth(&self.eval(a, env)?);
+                if x == Some(true) {
+                    return Ok(Value::Integer(1));
+                }
+                let y = truth(&self.eval(b, env)?);
+                bool_value(match (x, y) {
+                    (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                })
+            }
+            BExpr::IsNull(a, negated) => {
+                Value::Integer((matches!(self.eval(a, env)?, Value::Null) != *negated) as i64)
+            }
+            BExpr::Is(a, b, negated) => {
+                let (x, y) = (self.eval(a, env)?, self.eval(b, env)?);
+                let same = match (&x, &y) {
+                    (Value::Null, Value::Null) => true,
+                    (Value::Null, _) | (_, Value::Null) => false,
+                    _ => compare(&x, &y) == Ordering::Equal,
+                };
+                Value::Integer((same != *negated) as i64)
+            }
+            BExpr::InList(a, list, negated) => {
+                let x = self.eval(a, env)?;
+                if list.is_empty() {
+                    return Ok(Value::Integer(*negated as i64));
+                }
+                if matches!(x, Value::Null) {
+                    return Ok(Value::Null);
+                }
+                let mut saw_null = false;
+                for item in list {
+                    let v = self.eval(item, env)?;
+                    if matches!(v, Value::Null) {
+                        saw_null = true;
+                    } else if compare(&x, &v) == Ordering::Equal {
+                        return Ok(Value::Integer(!*negated as i64));
+                    }
+                }
+                if saw_null {
+                    Value::Null
+                } else {
+                    Value::Integer(*negated as i64)
+                }
+            }
+            BExpr::InSub(a, sub, negated) => {
+                let x = self.eval(a, env)?;
+                let result = self.subquery(sub, env)?;
+                if result.rows.is_empty() {
+                    return Ok(Value::Integer(*negated as i64));
+                }
+                if matches!(x, Value::Null) {
+                    return Ok(Value::Null);
+                }
+                let mut set = result.set.borrow_mut();
+                let (values, has_null) = set.get_or_insert_with(|| {
+                    let mut s = BTreeSet::new();
+                    let mut has_null = false;
+                    for r in &result.rows {
+                        match r.first() {
+                            Some(Value::Null) | None => has_null = true,
+                            Some(v) => {
+                                s.insert(OrdKey(vec![v.clone()]));
+                            }
+                        }
+                    }
+                    (s, has_null)
+                });
+                if values.contains(&OrdKey(vec![x])) {
+                    Value::Integer(!*negated as i64)
+                } else if *has_null {
+                    Value::Null
+                } else {
+                    Value::Integer(*negated as i64)
+                }
+            }
+            BExpr::Exists(sub, negated) => {
+                let r = self.subquery(sub, env)?;
+                Value::Integer((!r.rows.is_empty() != *negated) as i64)
+            }
+            BExpr::Scalar(sub) => {
+                let r = self.subquery(sub, env)?;
+                r.rows.first().and_then(|row| row.first().cloned()).unwrap_or(Value::Null)
+            }
+            BExpr::Between(x, lo, hi, negated) => {
+                let (v, l, h) = (self.eval(x, env)?, self.eval(lo, env)?, self.eval(hi, env)?);
+                let ge = truth(&compare_op(Cmp::Ge, &v, &l));
+                let le = truth(&compare_op(Cmp::Le, &v, &h));
+                let r = match (ge, le) {
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                };
+                bool_value(if *negated { r.map(|b| !b) } else { r })
+            }
+            BExpr::Like { expr, pattern, escape, negated, glob } => {
+                let (t, p) = (self.eval(expr, env)?, self.eval(pattern, env)?);
+                let esc = match escape {
+                    Some(e) => match self.eval(e, env)? {
+                        Value::Null => return Ok(Value::Null),
+                        v => {
+                            let s = text_of(&v);
+                            let mut chars = s.chars();
+                            match (chars.next(), chars.next()) {
+                                (Some(c), None) => Some(c),
+                                _ => {
+                                    return Err(Error::Invalid(
+                                        "ESCAPE expression must be a single character".into(),
+                                    ))
+                                }
+                            }
+                        }
+                    },
+                    None => None,
+                };
+                if matches!(t, Value::Null) || matches!(p, Value::Null) {
+                    Value::Null
+                } else {
+                    Value::Integer((like(&text_of(&t), &text_of(&p), esc, *glob) != *negated) as i64)
+                }
+            }
+            BExpr::Case { operand, whens, otherwise } => {
+                let base = operand.as_ref().map(|o| self.eval(o, env)).transpose()?;
+                for (w, then) in whens {
+                    let c = self.eval(w, env)?;
+                    let hit = match &base {
+                        Some(b) => truth(&compare_op(Cmp::Eq, b, &c)) == Some(true),
+                        None => truth(&c) == Some(true),
+                    };
+                    if hit {
+                        return self.eval(then, env);
+                    }
+                }
+                match otherwise {
+                    Some(o) => self.eval(o, env)?,
+                    None => Value::Null,
+                }
+            }
+            BExpr::Cast(a, to) => cast(&self.eval(a, env)?, *to),
+            BExpr::Func(f, args) => self.function(*f, args, env)?,
+        })
+    }
+
+    fn function(&self, f: Func, args: &[BExpr], env: &Env) -> Result<Value, Error> {
+        // Lazily evaluated ones first.
+        match f {
+            Func::Coalesce | Func::IfNull => {
+                for a in args {
+                    let v = self.eval(a, env)?;
+                    if !matches!(v, Value::Null) {
+                        return Ok(v);
+                    }
+                }
+                return Ok(Value::Null);
+            }
+            Func::Random => return Ok(Value::Integer(self.random())),
+            Func::Now => {
+                let millis = match self.ctx {
+                    Some(c) => c.now_millis,
+                    None => std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64),
+                };
+                return Ok(Value::Text(timestamp(millis)));
+            }
+            _ => {}
+        }
+        let v: Vec<Value> = args.iter().map(|a| self.eval(a, env)).collect::<Result<_, _>>()?;
+        let null = |i: usize| matches!(v.get(i), Some(Value::Null));
+        Ok(match f {
+            Func::Abs => match numeric(&v[0]) {
+                Value::Null => Value::Null,
+                Value::Integer(i) => {
+                    Value::Integer(i.checked_abs().ok_or_else(|| Error::Invalid("integer overflow".into()))?)
+                }
+                Value::Real(r) => Value::Real(r.abs()),
+                other => other,
+            },
+            Func::NullIf => {
+                if !null(0) && !null(1) && compare(&v[0], &v[1]) == Ordering::Equal {
+                    Value::Null
+                } else {
+                    v[0].clone()
+                }
+            }
+            Func::Length => match &v[0] {
+                Value::Null => Value::Null,
+                Value::Blob(b) => Value::Integer(b.len() as i64),
+                other => Value::Integer(text_of(other).chars().count() as i64),
+            },
+            Func::Upper | Func::Lower if null(0) => Value::Null,
+            Func::Upper => Value::Text(text_of(&v[0]).to_uppercase()),
+            Func::Lower => Value::Text(text_of(&v[0]).to_lowercase()),
+            Func::Substr => {
+                if v.iter().any(|x| matches!(x, Value::Null)) {
+                    return Ok(Value::Null);
+                }
+                let chars: Vec<char> = text_of(&v[0]).chars().collect();
+                let n = chars.len() as i64;
+                let mut start = int_or_trunc(&numeric(&v[1]));
+                let mut len = v.get(2).map(|x| int_or_trunc(&numeric(x)));
+                if start < 0 {
+                    start += n + 1;
+                    if start < 1 {
+                        len = len.map(|l| l + start - 1);
+                        start = 1;
+                    }
+                } else if start == 0 {
+                    start = 1;
+                    len = len.map(|l| l - 1);
+                }
+                let (from, to) = match len {
+                    Some(l) if l < 0 => ((start - 1 + l).max(0), start - 1),
+                    Some(l) => (start - 1, start - 1 + l),
+                    None => (start - 1, n),
+                };
+                let (from, to) = (from.clamp(0, n) as usize, to.clamp(0, n) as usize);
+                Value::Text(if from < to { chars[from..to].iter().collect() } else { String::new() })
+            }
+            Func::Trim | Func::LTrim | Func::RTrim => {
+                if null(0) || null(1) {
+                    return Ok(Value::Null);
+                }
+                let s = text_of(&v[0]);
+                let set: Vec<char> = v.get(1).map_or(vec![' '], |c| text_of(c).chars().collect());
+                let p = |c: char| set.contains(&c);
+                Value::Text(match f {
+                    Func::LTrim => s.trim_start_matches(p).to_string(),
+                    Func::RTrim => s.trim_end_matches(p).to_string(),
+                    _ => s.trim_matches(p).to_string(),
+                })
+            }
+            Func::Replace => {
+                if v.iter().any(|x| matches!(x, Value::Null)) {
+                    return Ok(Value::Null);
+                }
+                let (s, from, to) = (text_of(&v[0]), text_of(&v[1]), text_of(&v[2]));
+                Value::Text(if from.is_empty() { s } else { s.replace(&from, &to) })
+            }
+            Func::Round => {
+                if null(0) || null(1) {
+                    return Ok(Value::Null);
+                }
+                let x = real_of(&numeric(&v[0]));
+                let digits = v.get(1).map_or(0, |d| int_or_trunc(&numeric(d))).clamp(0, 30);
+                let m = 10f64.powi(digits as i32);
+                let r = (x * m).abs().round() / m;
+                Value::Real(if x < 0.0 { -r } else { r })
+            }
+            Func::TypeOf => Value::Text(type_name(&v[0]).to_ascii_lowercase()),
+            Func::Min | Func::Max => {
+                if v.iter().any(|x| matches!(x, Value::Null)) {
+                    return Ok(Value::Null);
+                }
+                let mut best = v[0].clone();
+                for x in &v[1..] {
+                    let o = compare(x, &best);
+                    if (f == Func::Min && o == Ordering::Less) || (f == Func::Max && o == Ordering::Greater) {
+                        best = x.clone();
+                    }
+                }
+                best
+            }
+            Func::Instr => {
+                if null(0) || null(1) {
+                    return Ok(Value::Null);
+                }
+                let (h, n) = (text_of(&v[0]), text_of(&v[1]));
+                Value::Integer(h.find(&n).map_or(0, |i| h[..i].chars().count() as i64 + 1))
+            }
+            Func::Hex => Value::Text(match &v[0] {
+                Value::Blob(b) => b.iter().map(|x| format!("{x:02X}")).collect(),
+                Value::Null => String::new(),
+                other => text_of(other).bytes().map(|x| format!("{x:02X}")).collect(),
+            }),
+            Func::Sign => match numeric(&v[0]) {
+                Value::Null => Value::Null,
+                x => Value::Integer(match real_of(&x) {
+                    r if r > 0.0 => 1,
+                    r if r < 0.0 => -1,
+                    _ => 0,
+                }),
+            },
+            Func::Coalesce | Func::IfNull | Func::Random | Func::Now => unreachable!("handled above"),
+        })
+    }
+
+    fn subquery(&self, sub: &Sub, env: &Env) -> Result<Rc<SubResult>, Error> {
+        if !sub.correlated {
+            if let Some(r) = sub.cache.borrow().as_ref() {
+                return Ok(r.clone());
+            }
+        }
+        let (rows, _) = self.query(&sub.query, env)?;
+        let r = Rc::new(SubResult { rows, set: Default::default() });
+        if !sub.correlated {
+            *sub.cache.borrow_mut() = Some(r.clone());
+        }
+        Ok(r)
+    }
+
+    // ---- queries ----
+
+    /// Runs a query with `outer` as its enclosing row; returns its rows and column names.
+    pub fn query(&self, q: &Query, outer: &Env) -> Result<(Vec<Row>, Vec<String>), Error> {
+        let visible = q.columns.len();
+        let mut rows = match &q.body {
+            Body::Select(s) => self.select(s, outer)?,
+            Body::Values(rows) => rows
+                .iter()
+                .map(|r| r.iter().map(|e| self.eval(e, outer)).collect::<Result<Row, _>>())
+                .collect::<Result<Vec<_>, _>>()?,
+            Body::Compound { op, all, left, right } => {
+                let (l, _) = self.query(left, outer)?;
+                let (r, _) = self.query(right, outer)?;
+                compound(*op, *all, l, r)
+            }
+        };
+        if !q.order_by.is_empty() {
+            rows.sort_by(|a, b| {
+                for &(k, desc) in &q.order_by {
+                    let o = compare(&a[k], &b[k]);
+                    if o != Ordering::Equal {
+                        return if desc { o.reverse() } else { o };
+                    }
+                }
+                Ordering::Equal
+            });
+        }
+        let offset = match &q.offset {
+            Some(e) => count_value(&self.eval(e, outer)?, "OFFSET")?.max(0) as usize,
+            None => 0,
+        };
+        let limit = match &q.limit {
+            Some(e) => count_value(&self.eval(e, outer)?, "LIMIT")?,
+            None => -1,
+        };
+        if offset > 0 {
+            rows.drain(..offset.min(rows.len()));
+        }
+        if limit >= 0 {
+            rows.truncate(limit as usize);
+        }
+        for r in &mut rows {
+            r.truncate(visible);
+        }
+        Ok((rows, q.columns.clone()))
+    }
+
+    fn select(&self, s: &SelectPlan, outer: &Env) -> Result<Vec<Row>, Error> {
+        for f in &s.constant_filters {
+            if !is_true(&self.eval(f, &Env { row: &[], aggs: &[], outer: Some(outer) })?) {
+                return self.finish_empty(s, outer);
+            }
+        }
+        // Materialize every level's candidate rows.
+        let mut sources: Vec<LevelRows> = Vec::with_capacity(s.levels.len());
+        for level in &s.levels {
+            sources.push(self.level_rows(level, s.width, outer)?);
+        }
+        let mut out: Vec<Row> = Vec::new();
+        if s.aggregate {
+            let mut groups: BTreeMap<OrdKey, Group> = BTreeMap::new();
+            let mut current = vec![Value::Null; s.width];
+            self.join(s, &mut sources, 0, &mut current, outer, &mut |row: &[Value]| {
+                let env = Env { row, aggs: &[], outer: Some(outer) };
+                let key: Vec<Value> =
+                    s.group_by.iter().map(|g| self.eval(g, &env)).collect::<Result<_, _>>()?;
+                let group = groups.entry(OrdKey(key)).or_insert_with(|| Group::new(&s.aggs));
+                let take_row = group.accumulate(self, &s.aggs, &env)?;
+                if take_row || group.row.is_empty() {
+                    group.row = row.to_vec();
+                }
+                Ok(())
+            })?;
+            if groups.is_empty() && s.group_by.is_empty() {
+                groups.insert(OrdKey(vec![]), Group::new(&s.aggs));
+            }
+            for (_, g) in groups {
+                let aggs = g.finish(&s.aggs)?;
+                let row = if g.row.is_empty() { vec![Value::Null; s.width] } else { g.row };
+                let env = Env { row: &row, aggs: &aggs, outer: Some(outer) };
+                if let Some(h) = &s.having {
+                    if !is_true(&self.eval(h, &env)?) {
+                        continue;
+                    }
+                }
+                out.push(s.projection.iter().map(|p| self.eval(p, &env)).collect::<Result<_, _>>()?);
+            }
+        } else {
+            let mut current = vec![Value::Null; s.width];
+            self.join(s, &mut sources, 0, &mut current, outer, &mut |row: &[Value]| {
+                let env = Env { row, aggs: &[], outer: Some(outer) };
+                out.push(s.projection.iter().map(|p| self.eval(p, &env)).collect::<Result<_, _>>()?);
+                Ok(())
+            })?;
+        }
+        if s.distinct {
+            let mut seen = BTreeSet::new();
+            out.retain(|r| seen.insert(OrdKey(r[..s.visible].to_vec())));
+        }
+        Ok(out)
+    }
+
+    /// The result of a query whose constant filter is false: no rows, or for an aggregate
+    /// without GROUP BY one row over the empty set.
+    fn finish_empty(&self, s: &SelectPlan, outer: &Env) -> Result<Vec<Row>, Error> {
+        if !s.aggregate || !s.group_by.is_empty() {
+            return Ok(vec![]);
+        }
+        let g = Group::new(&s.aggs);
+        let aggs = g.finish(&s.aggs)?;
+        let row = vec![Value::Null; s.width];
+        let env = Env { row: &row, aggs: &aggs, outer: Some(outer) };
+        if let Some(h) = &s.having {
+            if !is_true(&self.eval(h, &env)?) {
+                return Ok(vec![]);
+            }
+        }
+        Ok(vec![s.projection.iter().map(|p| self.eval(p, &env)).collect::<Result<_, _>>()?])
+    }
+
+    /// Nested-loop join over levels from `l`, calling `emit` with each joined row.
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &self,
+        s: &SelectPlan,
+        sources: &mut [LevelRows],
+        l: usize,
+        current: &mut Vec<Value>,
+        outer: &Env,
+        emit: &mut dyn FnMut(&[Value]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if l == s.levels.len() {
+            return emit(current);
+        }
+        let level = &s.levels[l];
+        let candidates: Vec<usize> = match &level.probe {
+            Some((col, e)) => {
+                let v = self.eval(e, &Env { row: current, aggs: &[], outer: Some(outer) })?;
+                let src = &mut sources[l];
+                if src.hash.is_none() {
+                    let mut h: HashMap<HashKey, Vec<usize>> = HashMap::new();
+                    for (i, r) in src.rows.iter().enumerate() {
+                        if let Some(k) = HashKey::of(&r[*col]) {
+                            h.entry(k).or_default().push(i);
+                        }
+                    }
+                    src.hash = Some(h);
+                }
+                match HashKey::of(&v) {
+                    Some(k) => src.hash.as_ref().and_then(|h| h.get(&k)).cloned().unwrap_or_default(),
+                    None => vec![],
+                }
+            }
+            None => (0..sources[l].rows.len()).collect(),
+        };
+        let mut matched = false;
+        for i in candidates {
+            self.spend()?;
+            let (lo, hi) = (level.offset, level.offset + level.width);
+            current[lo..hi].clone_from_slice(&sources[l].rows[i]);
+            let env = Env { row: current, aggs: &[], outer: Some(outer) };
+            if !self.all(&level.on, &env)? {
+                continue;
+            }
+            matched = true;
+            if !self.all(&level.filters, &env)? {
+                continue;
+            }
+            self.join(s, sources, l + 1, current, outer, emit)?;
+        }
+        if level.left && !matched {
+            let (lo, hi) = (level.offset, level.offset + level.width);
+            current[lo..hi].iter_mut().for_each(|v| *v = Value::Null);
+            let env = Env { row: current, aggs: &[], outer: Some(outer) };
+            if self.all(&level.filters, &env)? {
+                self.join(s, sources, l + 1, current, outer, emit)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn all(&self, filters: &[BExpr], env: &Env) -> Result<bool, Error> {
+        for f in filters {
+            if !is_true(&self.eval(f, env)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The rows (with keys) of a one-table plan that pass its filters: what UPDATE and DELETE
+    /// change.
+    pub fn keyed_rows(&self, s: &SelectPlan, outer: &Env) -> Result<Vec<(Key, Row)>, Error> {
+        let [level] = s.levels.as_slice() else {
+            return Err(Error::Invalid("UPDATE and DELETE read one table".into()));
+        };
+        for f in &s.constant_filters {
+            if !is_true(&self.eval(f, &Env { row: &[], aggs: &[], outer: Some(outer) })?) {
+                return Ok(vec![]);
+            }
+        }
+        let mut out = Vec::new();
+        for (key, row) in self.fetch(level, outer)? {
+            let env = Env { row: &row, aggs: &[], outer: Some(outer) };
+            if self.all(&level.local, &env)? && self.all(&level.filters, &env)? {
+                out.push((key, row));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A level's rows through its access path, filtered by its local conjuncts.
+    fn level_rows(&self, level: &Level, width: usize, outer: &Env) -> Result<LevelRows, Error> {
+        let raw: Vec<Row> = self.fetch(level, outer)?.into_iter().map(|(_, r)| r).collect();
+        if level.local.is_empty() {
+            return Ok(LevelRows { rows: raw, hash: None });
+        }
+        let mut scratch = vec![Value::Null; width];
+        let (lo, hi) = (level.offset, level.offset + level.width);
+        let mut rows = Vec::with_capacity(raw.len());
+        for r in raw {
+            scratch[lo..hi].clone_from_slice(&r);
+            let env = Env { row: &scratch, aggs: &[], outer: Some(outer) };
+            if self.all(&level.local, &env)? {
+                rows.push(r);
+            }
+        }
+        Ok(LevelRows { rows, hash: None })
+    }
+
+    /// A level's rows, with their keys, through its access path.
+    fn fetch(&self, level: &Level, outer: &Env) -> Result<Vec<(Key, Row)>, Error> {
+        Ok(match &level.source {
+            Source::Derived(q) => self.query(q, outer)?.0.into_iter().map(|r| (vec![], r)).collect(),
+            Source::Table { schema, access } => {
+                let konst = |e: &BExpr| self.eval(e, &Env { row: &[], aggs: &[], outer: Some(outer) });
+                let key_col = |pos: usize| schema.columns[pos].data_type;
+                match access {
+                    Access::Scan => self.scan(&schema.name, Bound::Unbounded, Bound::Unbounded)?,
+                    Access::PkEq(values) => {
+                        let ty = key_col(schema.primary_key[0]);
+                        let mut keys: Vec<Value> = Vec::new();
+                        for e in values {
+                            if let Some(v) = key_value(konst(e)?, ty) {
+                                keys.push(v);
+                            }
+                        }
+                        keys.sort_by(compare);
+                        keys.dedup_by(|a, b| compare(a, b) == Ordering::Equal);
+                        let mut rows = Vec::new();
+                        for k in keys {
+                            if schema.primary_key.len() == 1 {
+                                self.spend()?;
+                                if let Some(r) = self.view.get(&schema.name, std::slice::from_ref(&k))? {
+                                    rows.push((vec![k], r));
+                                }
+                            } else {
+                                rows.extend(self.scan(
+                                    &schema.name,
+                                    Bound::Included(vec![k.clone()]),
+                                    Bound::Included(vec![k]),
+                                )?);
+                            }
+                        }
+                        rows
+                    }
+                    Access::PkRange { lo, hi } => {
+                        let ty = key_col(schema.primary_key[0]);
+                        let (Some(lo), Some(hi)) = (self.bound(lo, ty, &konst)?, self.bound(hi, ty, &konst)?)
+                        else {
+                            return Ok(vec![]);
+                        };
+                        self.scan(&schema.name, lo, hi)?
+                    }
+                    Access::IndexEq { index, values } => {
+                        let ix =
+                            schema.indexes.iter().find(|i| &i.name == index).expect("planned index exists");
+                        let ty = key_col(ix.columns[0]);
+                        let mut keys: Vec<Value> = Vec::new();
+                        for e in values {
+                            if let Some(v) = key_value(konst(e)?, ty) {
+                                keys.push(v);
+                            }
+                        }
+                        keys.sort_by(compare);
+                        keys.dedup_by(|a, b| compare(a, b) == Ordering::Equal);
+                        let mut rows = Vec::new();
+                        for k in keys {
+                            self.index_rows(
+                                &schema.name,
+                                index,
+                                Bound::Included(vec![k.clone()]),
+                                Bound::Included(vec![k]),
+                                &mut rows,
+                            )?;
+                        }
+                        rows
+                    }
+                    Access::IndexRange { index, lo, hi } => {
+                        let ix =
+                            schema.indexes.iter().find(|i| &i.name == index).expect("planned index exists");
+                        let ty = key_col(ix.columns[0]);
+                        let (Some(lo), Some(hi)) = (self.bound(lo, ty, &konst)?, self.bound(hi, ty, &konst)?)
+                        else {
+                            return Ok(vec![]);
+                        };
+                        // NULLs sort first: a range with no lower bound starts after them.
+                        let lo = match lo {
+                            Bound::Unbounded => Bound::Excluded(vec![Value::Null]),
+                            b => b,
+                        };
+                        let mut rows = Vec::new();
+                        self.index_rows(&schema.name, index, lo, hi, &mut rows)?;
+                        rows
+                    }
+                }
+            }
+        })
+    }
+
+    /// A range bound from a constant; `None` when the constant is NULL (nothing can match).
+    fn bound(
+        &self,
+        b: &Option<(BExpr, bool)>,
+        ty: DataType,
+        konst: &dyn Fn(&BExpr) -> Result<Value, Error>,
+    ) -> Result<Option<Bound<Key>>, Error> {
+        Ok(match b {
+            None => Some(Bound::Unbounded),
+            Some((e, inclusive)) => match konst(e)? {
+                Value::Null => None,
+                v => {
+                    let v = match (ty, v) {
+                        (DataType::Integer | DataType::Real, Value::Text(t)) => {
+                            // A text bound on a numeric column: everything numeric is below it.
+                            let _ = t;
+                            return Ok(Some(Bound::Unbounded));
+                        }
+                        (_, v) => v,
+                    };
+                    Some(if *inclusive { Bound::Included(vec![v]) } else { Bound::Excluded(vec![v]) })
+                }
+            },
+        })
+    }
+
+    fn scan(&self, table: &str, lo: Bound<Key>, hi: Bound<Key>) -> Result<Vec<(Key, Row)>, Error> {
+        let mut rows = Vec::new();
+        for item in self.view.scan(table, lo, hi) {
+            self.spend()?;
+            rows.push(item?);
+        }
+        Ok(rows)
+    }
+
+    fn index_rows(
+        &self,
+        table: &str,
+        index: &str,
+        lo: Bound<Vec<Value>>,
+        hi: Bound<Vec<Value>>,
+        out: &mut Vec<(Key, Row)>,
+    ) -> Result<(), Error> {
+        let keys: Vec<Key> = self
+            .view
+            .scan_index(table, index, lo, hi)
+            .map(|e| e.map(|(_, k)| k))
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            self.spend()?;
+            if let Some(r) = self.view.get(table, &k)? {
+                out.push((k, r));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct LevelRows {
+    rows: Vec<Row>,
+    hash: Option<HashMap<HashKey, Vec<usize>>>,
+}
+
+/// A value as a hash key consistent with `compare` equality (integers and integral reals
+/// collide on purpose). NULL has none: it equals nothing.
+#[derive(Hash, PartialEq, Eq)]
+enum HashKey {
+    Int(i64),
+    Real(u64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl HashKey {
+    fn of(v: &Value) -> Option<HashKey> {
+        Some(match v {
+            Value::Null => return None,
+            Value::Integer(i) => HashKey::Int(*i),
+            Value::Boolean(b) => HashKey::Int(*b as i64),
+            Value::Real(r) if r.fract() == 0.0 && r.abs() < 9.2e18 => HashKey::Int(*r as i64),
+            Value::Real(r) => HashKey::Real(if *r == 0.0 { 0 } else { r.to_bits() }),
+            Value::Text(s) => HashKey::Text(s.clone()),
+            Value::Blob(b) => HashKey::Blob(b.clone()),
+        })
+    }
+}
+
+/// A lookup value for a key column: integral reals become integers for INTEGER keys; `None`
+/// when nothing can match (NULL).
+fn key_value(v: Value, ty: DataType) -> Option<Value> {
+    match (ty, v) {
+        (_, Value::Null) => None,
+        (DataType::Integer, Value::Real(r)) if r.fract() == 0.0 && r.abs() < 9.2e18 => {
+            Some(Value::Integer(r as i64))
+        }
+        (DataType::Real, Value::Integer(i)) => Some(Value::Real(i as f64)),
+        (_, v) => Some(v),
+    }
+}
+
+fn int_or_trunc(v: &Value) -> i64 {
+    match v {
+        Value::Integer(i) => *i,
+        Value::Real(r) => *r as i64,
+        Value::Boolean(b) => *b as i64,
+        _ => int_of(v).unwrap_or(0),
+    }
+}
+
+fn shift(x: i64, by: i64) -> i64 {
+    if by >= 64 {
+        0
+    } else if by >= 0 {
+        x << by
+    } else if by <= -64 {
+        if x < 0 {
+            -1
+        } else {
+            0
+        }
+    } else {
+        x >> (-by)
+    }
+}
+
+fn count_value(v: &Value, what: &str) -> Result<i64, Error> {
+    match numeric(v) {
+        Value::Integer(i) => Ok(i),
+        Value::Real(r) if r.fract() == 0.0 => Ok(r as i64),
+        _ => Err(Error::Type(format!("datatype mismatch: {what} must be an integer"))),
+    }
+}
+
+/// A comparison with SQL's NULL rule, as 1/0/NULL.
+pub fn compare_op(op: Cmp, x: &Value, y: &Value) -> Value {
+    if matches!(x, Value::Null) || matches!(y, Value::Null) {
+        return Value::Null;
+    }
+    let o = compare(x, y);
+    Value::Integer(match op {
+        Cmp::Eq => o == Ordering::Equal,
+        Cmp::Ne => o != Ordering::Equal,
+        Cmp::Lt => o == Ordering::Less,
+        Cmp::Le => o != Ordering::Greater,
+        Cmp::Gt => o == Ordering::Greater,
+        Cmp::Ge => o != Ordering::Less,
+    } as i64)
+}
+
+fn compound(op: SetOp, all: bool, left: Vec<Row>, right: Vec<Row>) -> Vec<Row> {
+    match (op, all) {
+        (SetOp::Union, true) => {
+            let mut l = left;
+            l.extend(right);
+            l
+        }
+        (SetOp::Union, false) => {
+            let set: BTreeSet<OrdKey> = left.into_iter().chain(right).map(OrdKey).collect();
+            set.into_iter().map(|k| k.0).collect()
+        }
+        (SetOp::Intersect, _) => {
+            let r: BTreeSet<OrdKey> = right.into_iter().map(OrdKey).collect();
+            let l: BTreeSet<OrdKey> = left.into_iter().map(OrdKey).collect();
+            l.intersection(&r).map(|k| k.0.clone()).collect()
+        }
+        (SetOp::Except, _) => {
+            let r: BTreeSet<OrdKey> = right.into_iter().map(OrdKey).collect();
+            let l: BTreeSet<OrdKey> = left.into_iter().map(OrdKey).collect();
+            l.difference(&r).map(|k| k.0.clone()).collect()
+        }
+    }
+}
+
+/// One group of an aggregate query.
+struct Group {
+    row: Vec<Value>,
+    /// One accumulator per aggregate, with the values already seen for DISTINCT ones.
+    accs: Vec<(Acc, Option<BTreeSet<OrdKey>>)>,
+}
+
+enum Acc {
+    Count(i64),
+    Sum { int: i64, real: f64, is_real: bool, any: bool, overflow: bool },
+    Avg { sum: f64, n: i64 },
+    Extreme(Option<Value>),
+    Concat(Option<String>),
+}
+
+impl Group {
+    fn new(specs: &[AggSpec]) -> Group {
+        let accs = specs
+            .iter()
+            .map(|s| {
+                let acc = match s.func {
+                    AggFunc::CountStar | AggFunc::Count => Acc::Count(0),
+                    AggFunc::Sum | AggFunc::Total => {
+                        Acc::Sum { int: 0, real: 0.0, is_real: false, any: false, overflow: false }
+                    }
+                    AggFunc::Avg => Acc::Avg { sum: 0.0, n: 0 },
+                    AggFunc::Min | AggFunc::Max => Acc::Extreme(None),
+                    AggFunc::GroupConcat => Acc::Concat(None),
+                };
+                (acc, s.distinct.then(BTreeSet::new))
+            })
+            .collect();
+        Group { row: vec![], accs }
+    }
+
+    /// Adds a row; returns true when a lone MIN/MAX found a new extreme (SQLite then takes bare
+    /// columns from that row).
+    fn accumulate(&mut self, r: &Runner, specs: &[AggSpec], env: &Env) -> Result<bool, Error> {
+        let mut extreme_row = false;
+        let lone_extreme = specs.len() == 1 && matches!(specs[0].func, AggFunc::Min | AggFunc::Max);
+        for (spec, (acc, seen)) in specs.iter().zip(self.accs.iter_mut()) {
+            if spec.func == AggFunc::CountStar {
+                if let Acc::Count(n) = acc {
+                    *n += 1;
+                }
+                continue;
+            }
+            let v = match &spec.arg {
+                Some(a) => r.eval(a, env)?,
+                None => Value::Null,
+            };
+            if matches!(v, Value::Null) {
+                continue;
+            }
+            if let Some(seen) = seen {
+                if !seen.insert(OrdKey(vec![v.clone()])) {
+                    continue;
+                }
+            }
+            match (spec.func, acc) {
+                (AggFunc::Count, Acc::Count(n)) => *n += 1,
+                (AggFunc::Sum | AggFunc::Total, Acc::Sum { int, real, is_real, any, overflow }) => {
+                    *any = true;
+                    match numeric(&v) {
+                        Value::Integer(i) if !*is_real => match int.checked_add(i) {
+                            Some(s) => *int = s,
+                            None => {
+                                *overflow = true;
+                                *is_real = true;
+                                *real = *int as f64 + i as f64;
+                            }
+                        },
+                        x => {
+                            if !*is_real {
+                                *is_real = true;
+                                *real = *int as f64;
+                            }
+                            *real += real_of(&x);
+                        }
+                    }
+                }
+                (AggFunc::Avg, Acc::Avg { sum, n }) => {
+                    *sum += real_of(&numeric(&v));
+                    *n += 1;
+                }
+                (AggFunc::Min, Acc::Extreme(best)) => {
+                    if best.as_ref().is_none_or(|b| compare(&v, b) == Ordering::Less) {
+                        *best = Some(v);
+                        extreme_row = lone_extreme;
+                    }
+                }
+                (AggFunc::Max, Acc::Extreme(best)) => {
+                    if best.as_ref().is_none_or(|b| compare(&v, b) == Ordering::Greater) {
+                        *best = Some(v);
+                        extreme_row = lone_extreme;
+                    }
+                }
+                (AggFunc::GroupConcat, Acc::Concat(s)) => {
+                    let sep = match &spec.separator {
+                        Some(e) => text_of(&r.eval(e, env)?),
+                        None => ",".into(),
+                    };
+                    match s {
+                        Some(s) => {
+                            s.push_str(&sep);
+                            s.push_str(&text_of(&v));
+                        }
+                        None => *s = Some(text_of(&v)),
+                    }
+                }
+                _ => unreachable!("accumulators match their functions"),
+            }
+        }
+        Ok(extreme_row)
+    }
+
+    fn finish(&self, specs: &[AggSpec]) -> Result<Vec<Value>, Error> {
+        specs
+            .iter()
+            .zip(&self.accs)
+            .map(|(spec, (acc, _))| {
+                Ok(match (spec.func, acc) {
+                    (_, Acc::Count(n)) => Value::Integer(*n),
+                    (AggFunc::Total, Acc::Sum { int, real, is_real, .. }) => {
+                        Value::Real(if *is_real { *real } else { *int as f64 })
+                    }
+                    (_, Acc::Sum { any: false, .. }) => Value::Null,
+                    (_, Acc::Sum { overflow: true, .. }) => {
+                        return Err(Error::Invalid(
+                            "integer overflow in SUM(): use TOTAL() for a real sum".into(),
+                        ))
+                    }
+                    (_, Acc::Sum { int, real, is_real, .. }) => {
+                        if *is_real {
+                            Value::Real(*real)
+                        } else {
+                            Value::Integer(*int)
+                        }
+                    }
+                    (_, Acc::Avg { n: 0, .. }) => Value::Null,
+                    (_, Acc::Avg { sum, n }) => Value::Real(sum / *n as f64),
+                    (_, Acc::Extreme(v)) => v.clone().unwrap_or(Value::Null),
+                    (_, Acc::Concat(s)) => s.clone().map_or(Value::Null, Value::Text),
+                })
+            })
+            .collect()
+    }
+}
