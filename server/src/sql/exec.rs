@@ -950,6 +950,30 @@ mod tests {
     }
 
     #[test]
+    fn order_by_an_indexed_column_reads_the_index_in_order() {
+        let mut v = MemoryView::new();
+        ok(&mut v, "CREATE TABLE o (id INTEGER PRIMARY KEY, v INTEGER)");
+        ok(&mut v, "CREATE INDEX o_v ON o (v)");
+        ok(&mut v, "INSERT INTO o VALUES (1, 30), (2, NULL), (3, 10), (4, 20), (5, 10)");
+        let plan = query(&v, "EXPLAIN SELECT v FROM o ORDER BY v LIMIT 3", &[]).unwrap();
+        assert!(format!("{:?}", plan.rows).contains("IndexScan o_v (ordered)"), "{:?}", plan.rows);
+        let ints = |r: StatementResult| -> Vec<Vec<Option<i64>>> {
+            r.rows
+                .into_iter()
+                .map(|row| {
+                    row.into_iter().map(|v| if let Value::Integer(i) = v { Some(i) } else { None }).collect()
+                })
+                .collect()
+        };
+        let r = query(&v, "SELECT id, v FROM o ORDER BY v LIMIT 3", &[]).unwrap();
+        assert_eq!(ints(r), vec![vec![Some(2), None], vec![Some(3), Some(10)], vec![Some(5), Some(10)]]);
+        let r = query(&v, "SELECT id FROM o ORDER BY v DESC, id LIMIT 2", &[]).unwrap();
+        assert_eq!(ints(r), vec![vec![Some(1)], vec![Some(4)]]);
+        let r = query(&v, "SELECT id FROM o ORDER BY v LIMIT 2 OFFSET 2", &[]).unwrap();
+        assert_eq!(ints(r), vec![vec![Some(5)], vec![Some(4)]]);
+    }
+
+    #[test]
     fn leader_side_functions_are_constants_in_the_changes() {
         let mut v = MemoryView::new();
         ok(&mut v, "CREATE TABLE e (id INTEGER PRIMARY KEY, r INTEGER, at TEXT)");

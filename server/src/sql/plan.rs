@@ -280,6 +280,9 @@ pub struct SelectPlan {
     pub projection: Vec<BExpr>,
     pub visible: usize,
     pub distinct: bool,
+    /// Rows come out ordered by the first ORDER BY key (primary key or index order), so a LIMIT
+    /// can stop reading once it has enough.
+    pub ordered: bool,
 }
 
 #[derive(Debug)]
@@ -311,6 +314,10 @@ pub enum Source {
 #[derive(Debug)]
 pub enum Access {
     Scan,
+    /// Every entry of an index, NULLs first: rows in the order of its first column (ORDER BY).
+    IndexOrder {
+        index: String,
+    },
     /// Primary-key gets (one per value; a single-column key or the first column of a composite).
     PkEq(Vec<BExpr>),
     PkRange {
@@ -1090,7 +1097,25 @@ impl<'a> Binder<'a> {
         if !aggregate && projection.iter().any(|p| p.has_agg()) {
             return Err(Error::Invalid("misuse of aggregate function".into()));
         }
+        let mut ordered = false;
+        if let ([level], false, false, Some(&(k, false))) =
+            (levels.as_mut_slice(), aggregate, distinct, order_by.first())
+        {
+            if let (
+                BExpr::Col { depth: 0, index: c },
+                Source::Table { schema, access: access @ Access::Scan },
+            ) = (&projection[k], &mut level.source)
+            {
+                if schema.primary_key.first() == Some(c) {
+                    ordered = true;
+                } else if let Some(ix) = schema.indexes.iter().find(|ix| ix.columns.first() == Some(c)) {
+                    *access = Access::IndexOrder { index: ix.name.clone() };
+                    ordered = true;
+                }
+            }
+        }
         let plan = SelectPlan {
+            ordered,
             levels,
             width,
             constant_filters,
@@ -1549,6 +1574,7 @@ pub fn describe(q: &Query, indent: usize, out: &mut Vec<String>) {
                                 format!("IndexLookup {index} ({} keys)", values.len())
                             }
                             Access::IndexRange { index, .. } => format!("IndexRange {index}"),
+                            Access::IndexOrder { index } => format!("IndexScan {index} (ordered)"),
                         };
                         if level.alias.eq_ignore_ascii_case(&schema.name) {
                             format!("{how} {}", schema.name)

@@ -443,8 +443,21 @@ impl<'v> Runner<'v> {
     /// Runs a query with `outer` as its enclosing row; returns its rows and column names.
     pub fn query(&self, q: &Query, outer: &Env) -> Result<(Vec<Row>, Vec<String>), Error> {
         let visible = q.columns.len();
+        let offset = match &q.offset {
+            Some(e) => count_value(&self.eval(e, outer)?, "OFFSET")?.max(0) as usize,
+            None => 0,
+        };
+        let limit = match &q.limit {
+            Some(e) => count_value(&self.eval(e, outer)?, "LIMIT")?,
+            None => -1,
+        };
         let mut rows = match &q.body {
-            Body::Select(s) => self.select(s, outer)?,
+            Body::Select(s) => {
+                // Rows already in the order of the only sort key: read no more than needed.
+                let enough =
+                    (s.ordered && q.order_by.len() == 1 && limit >= 0).then(|| offset + limit as usize);
+                self.select(s, outer, enough)?
+            }
             Body::Values(rows) => rows
                 .iter()
                 .map(|r| r.iter().map(|e| self.eval(e, outer)).collect::<Result<Row, _>>())
@@ -466,14 +479,6 @@ impl<'v> Runner<'v> {
                 Ordering::Equal
             });
         }
-        let offset = match &q.offset {
-            Some(e) => count_value(&self.eval(e, outer)?, "OFFSET")?.max(0) as usize,
-            None => 0,
-        };
-        let limit = match &q.limit {
-            Some(e) => count_value(&self.eval(e, outer)?, "LIMIT")?,
-            None => -1,
-        };
         if offset > 0 {
             rows.drain(..offset.min(rows.len()));
         }
@@ -486,7 +491,8 @@ impl<'v> Runner<'v> {
         Ok((rows, q.columns.clone()))
     }
 
-    fn select(&self, s: &SelectPlan, outer: &Env) -> Result<Vec<Row>, Error> {
+    fn select(&self, s: &SelectPlan, outer: &Env, enough: Option<usize>) -> Result<Vec<Row>, Error> {
+        let stop = Cell::new(false);
         for f in &s.constant_filters {
             if !is_true(&self.eval(f, &Env { row: &[], aggs: &[], outer: Some(outer) })?) {
                 return self.finish_empty(s, outer);
@@ -501,7 +507,7 @@ impl<'v> Runner<'v> {
         if s.aggregate {
             let mut groups: BTreeMap<OrdKey, Group> = BTreeMap::new();
             let mut current = vec![Value::Null; s.width];
-            self.join(s, &mut sources, 0, &mut current, outer, &mut |row: &[Value]| {
+            self.join(s, &mut sources, 0, &mut current, outer, &stop, &mut |row: &[Value]| {
                 let env = Env { row, aggs: &[], outer: Some(outer) };
                 let key: Vec<Value> =
                     s.group_by.iter().map(|g| self.eval(g, &env)).collect::<Result<_, _>>()?;
@@ -528,9 +534,12 @@ impl<'v> Runner<'v> {
             }
         } else {
             let mut current = vec![Value::Null; s.width];
-            self.join(s, &mut sources, 0, &mut current, outer, &mut |row: &[Value]| {
+            self.join(s, &mut sources, 0, &mut current, outer, &stop, &mut |row: &[Value]| {
                 let env = Env { row, aggs: &[], outer: Some(outer) };
                 out.push(s.projection.iter().map(|p| self.eval(p, &env)).collect::<Result<_, _>>()?);
+                if enough.is_some_and(|n| out.len() >= n) {
+                    stop.set(true);
+                }
                 Ok(())
             })?;
         }
@@ -568,6 +577,7 @@ impl<'v> Runner<'v> {
         l: usize,
         current: &mut Vec<Value>,
         outer: &Env,
+        stop: &Cell<bool>,
         emit: &mut dyn FnMut(&[Value]) -> Result<(), Error>,
     ) -> Result<(), Error> {
         if l == s.levels.len() {
@@ -596,6 +606,9 @@ impl<'v> Runner<'v> {
         };
         let mut matched = false;
         for i in candidates {
+            if stop.get() {
+                return Ok(());
+            }
             self.spend()?;
             let (lo, hi) = (level.offset, level.offset + level.width);
             current[lo..hi].clone_from_slice(&sources[l].rows[i]);
@@ -607,14 +620,14 @@ impl<'v> Runner<'v> {
             if !self.all(&level.filters, &env)? {
                 continue;
             }
-            self.join(s, sources, l + 1, current, outer, emit)?;
+            self.join(s, sources, l + 1, current, outer, stop, emit)?;
         }
         if level.left && !matched {
             let (lo, hi) = (level.offset, level.offset + level.width);
             current[lo..hi].iter_mut().for_each(|v| *v = Value::Null);
             let env = Env { row: current, aggs: &[], outer: Some(outer) };
             if self.all(&level.filters, &env)? {
-                self.join(s, sources, l + 1, current, outer, emit)?;
+                self.join(s, sources, l + 1, current, outer, stop, emit)?;
             }
         }
         Ok(())
@@ -735,6 +748,11 @@ impl<'v> Runner<'v> {
                                 &mut rows,
                             )?;
                         }
+                        rows
+                    }
+                    Access::IndexOrder { index } => {
+                        let mut rows = Vec::new();
+                        self.index_rows(&schema.name, index, Bound::Unbounded, Bound::Unbounded, &mut rows)?;
                         rows
                     }
                     Access::IndexRange { index, lo, hi } => {
