@@ -73,7 +73,7 @@ async fn every_replica_maintains_and_uses_indexes() {
         let plan =
             client.query("EXPLAIN SELECT id FROM t WHERE v = 3", &[], pinned(&cluster, id)).await.unwrap();
         let text = format!("{:?}", plan.rows);
-        assert!(text.contains("IndexLookup t_v"), "node {id} plans {text}");
+        assert!(text.contains("IndexLookup t USING t_v"), "node {id} plans {text}");
         let r = client
             .query("SELECT id FROM t WHERE v = 3 ORDER BY id", &[], pinned(&cluster, id))
             .await

@@ -933,7 +933,7 @@ mod tests {
         assert_eq!(r.rows_affected, 2);
         assert_eq!(r.rows.len(), 2);
         let plan = query(&v, "EXPLAIN SELECT * FROM t WHERE score = 3.0", &[]).unwrap();
-        assert!(format!("{:?}", plan.rows).contains("IndexLookup t_score"), "{:?}", plan.rows);
+        assert!(format!("{:?}", plan.rows).contains("IndexLookup t USING t_score"), "{:?}", plan.rows);
         let r = query(&v, "SELECT id, name FROM t WHERE score = 3 ORDER BY id", &[]).unwrap();
         assert_eq!(r.rows, vec![vec![Value::Integer(13), Value::Text("C".into())]]);
         assert_eq!(ok(&mut v, "DELETE FROM t WHERE score < 2.5").rows_affected, 2);
@@ -956,7 +956,7 @@ mod tests {
         ok(&mut v, "CREATE INDEX o_v ON o (v)");
         ok(&mut v, "INSERT INTO o VALUES (1, 30), (2, NULL), (3, 10), (4, 20), (5, 10)");
         let plan = query(&v, "EXPLAIN SELECT v FROM o ORDER BY v LIMIT 3", &[]).unwrap();
-        assert!(format!("{:?}", plan.rows).contains("IndexScan o_v (ordered)"), "{:?}", plan.rows);
+        assert!(format!("{:?}", plan.rows).contains("IndexScan o USING o_v (ordered)"), "{:?}", plan.rows);
         let ints = |r: StatementResult| -> Vec<Vec<Option<i64>>> {
             r.rows
                 .into_iter()

@@ -1566,20 +1566,22 @@ pub fn describe(q: &Query, indent: usize, out: &mut Vec<String>) {
             for level in &s.levels {
                 let mut text = match &level.source {
                     Source::Table { schema, access } => {
-                        let how = match access {
-                            Access::Scan => "Scan".to_string(),
-                            Access::PkEq(v) => format!("PrimaryKeyLookup ({} keys)", v.len()),
-                            Access::PkRange { .. } => "PrimaryKeyRange".to_string(),
+                        let (how, detail) = match access {
+                            Access::Scan => ("Scan", String::new()),
+                            Access::PkEq(v) => ("PrimaryKeyLookup", format!(" ({} keys)", v.len())),
+                            Access::PkRange { .. } => ("PrimaryKeyRange", String::new()),
                             Access::IndexEq { index, values } => {
-                                format!("IndexLookup {index} ({} keys)", values.len())
+                                ("IndexLookup", format!(" USING {index} ({} keys)", values.len()))
                             }
-                            Access::IndexRange { index, .. } => format!("IndexRange {index}"),
-                            Access::IndexOrder { index } => format!("IndexScan {index} (ordered)"),
+                            Access::IndexRange { index, .. } => ("IndexRange", format!(" USING {index}")),
+                            Access::IndexOrder { index } => {
+                                ("IndexScan", format!(" USING {index} (ordered)"))
+                            }
                         };
                         if level.alias.eq_ignore_ascii_case(&schema.name) {
-                            format!("{how} {}", schema.name)
+                            format!("{how} {}{detail}", schema.name)
                         } else {
-                            format!("{how} {} AS {}", schema.name, level.alias)
+                            format!("{how} {} AS {}{detail}", schema.name, level.alias)
                         }
                     }
                     Source::Derived(_) => format!("Subquery AS {}", level.alias),
