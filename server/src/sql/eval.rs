@@ -330,9 +330,9 @@ pub fn cast(v: &Value, to: CastTo) -> Value {
         CastTo::Integer => match numeric(v) {
             Value::Real(r) => Value::Integer(if r.is_nan() {
                 0
-            } else if r >= 9.223372036854775807e18 {
+            } else if r >= 9.223_372_036_854_776e18 {
                 i64::MAX
-            } else if r <= -9.223372036854775808e18 {
+            } else if r <= -9.223_372_036_854_776e18 {
                 i64::MIN
             } else {
                 r as i64

@@ -436,7 +436,7 @@ impl<'a> Executor<'a> {
         items: Option<&[SelectItem]>,
         schema: &TableSchema,
         params: &[Value],
-    ) -> Result<Option<(Vec<BExpr>, Vec<String>)>, Error> {
+    ) -> Result<Option<Returning>, Error> {
         let Some(items) = items else { return Ok(None) };
         let binder = Binder::new(&self.overlay, params);
         let top = Scope::marker(None);
@@ -465,7 +465,7 @@ impl<'a> Executor<'a> {
         Ok(Some((exprs, names)))
     }
 
-    fn eval_returning(&self, r: &(Vec<BExpr>, Vec<String>), row: &Row) -> Result<Row, Error> {
+    fn eval_returning(&self, r: &Returning, row: &Row) -> Result<Row, Error> {
         let runner = Runner::new(&self.overlay, Some(self.ctx));
         let env = Env { row, aggs: &[], outer: Some(&Env::EMPTY) };
         r.0.iter().map(|e| runner.eval(e, &env)).collect()
@@ -542,7 +542,6 @@ impl<'a> Executor<'a> {
             }
             updates.push((key, new));
         }
-        drop(runner);
         let mut returned = Vec::new();
         let affected = updates.len() as u64;
         for (key, row) in updates {
@@ -714,6 +713,9 @@ impl<'a> Executor<'a> {
         Ok(out)
     }
 }
+
+/// RETURNING expressions over the table's row, and their column names.
+type Returning = (Vec<BExpr>, Vec<String>);
 
 fn pk_violation(schema: &TableSchema) -> Error {
     let cols: Vec<String> = if schema.primary_key.is_empty() {

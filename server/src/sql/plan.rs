@@ -306,7 +306,7 @@ pub struct Level {
 
 #[derive(Debug)]
 pub enum Source {
-    Table { schema: TableSchema, access: Access },
+    Table { schema: Box<TableSchema>, access: Access },
     Derived(Box<Query>),
 }
 
@@ -413,6 +413,12 @@ impl<'p> Scope<'p> {
             || self.outer.is_some_and(|o| o.has_table(q))
     }
 }
+
+/// A bound SELECT: its plan, output column names and ORDER BY (output position, descending).
+type BoundSelect = (SelectPlan, Vec<String>, Vec<(usize, bool)>);
+
+/// A range bound: the constant and whether it is inclusive.
+type RangeBound = Option<(BExpr, bool)>;
 
 /// Binds expressions and queries.
 pub struct Binder<'a> {
@@ -860,7 +866,7 @@ impl<'a> Binder<'a> {
         s: &ast::Select,
         order_items: &[&ast::OrderByExpr],
         outer: &Scope,
-    ) -> Result<(SelectPlan, Vec<String>, Vec<(usize, bool)>), Error> {
+    ) -> Result<BoundSelect, Error> {
         if s.top.is_some()
             || s.into.is_some()
             || !s.lateral_views.is_empty()
@@ -1145,7 +1151,7 @@ impl<'a> Binder<'a> {
                 let schema = self.view.table(&name)?.ok_or(Error::NoSuchTable(name.clone()))?;
                 let alias = alias.as_ref().map_or(schema.name.clone(), |a| a.name.value.clone());
                 let names = schema.columns.iter().map(|c| (c.name.clone(), Some(c.data_type))).collect();
-                (Source::Table { schema, access: Access::Scan }, alias, names)
+                (Source::Table { schema: Box::new(schema), access: Access::Scan }, alias, names)
             }
             TableFactor::Derived { lateral: false, subquery, alias, .. } => {
                 // A FROM subquery sees the enclosing query's outer scope, not its siblings.
@@ -1325,8 +1331,7 @@ fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
             *best = Some((score, a));
         }
     };
-    let mut ranges: std::collections::BTreeMap<usize, (Option<(BExpr, bool)>, Option<(BExpr, bool)>)> =
-        Default::default();
+    let mut ranges: std::collections::BTreeMap<usize, (RangeBound, RangeBound)> = Default::default();
     for e in &level.local {
         match e {
             BExpr::InList(x, list, false) => {

@@ -215,7 +215,7 @@ impl<'v> Runner<'v> {
             }
             BExpr::Exists(sub, negated) => {
                 let r = self.subquery(sub, env)?;
-                Value::Integer((!r.rows.is_empty() != *negated) as i64)
+                Value::Integer((r.rows.is_empty() == *negated) as i64)
             }
             BExpr::Scalar(sub) => {
                 let r = self.subquery(sub, env)?;
