@@ -976,6 +976,35 @@ mod tests {
     }
 
     #[test]
+    fn the_catalog_recreates_tables_and_indexes() {
+        let mut v = MemoryView::new();
+        ok(&mut v, "CREATE TABLE \"odd name\" (id INT, tag VARCHAR(5) UNIQUE NOT NULL DEFAULT 'x', w DOUBLE, PRIMARY KEY (id))");
+        ok(&mut v, "CREATE UNIQUE INDEX by_w ON \"odd name\" (w, tag)");
+        let r = query(&v, "SELECT type, name, sql FROM sqlite_schema ORDER BY type DESC, name", &[]).unwrap();
+        let text = |v: &Value| match v {
+            Value::Text(s) => s.clone(),
+            Value::Null => "NULL".into(),
+            other => format!("{other:?}"),
+        };
+        let rows: Vec<Vec<String>> = r.rows.iter().map(|row| row.iter().map(text).collect()).collect();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let create = &rows[0][2];
+        assert_eq!(
+            create,
+            "CREATE TABLE \"odd name\" (id INTEGER NOT NULL, tag TEXT NOT NULL DEFAULT 'x', w REAL, PRIMARY KEY (id), UNIQUE (tag))"
+        );
+        // Replaying the catalog's SQL on an empty database recreates the same schema.
+        let mut fresh = MemoryView::new();
+        for row in &rows {
+            if row[2] != "NULL" {
+                ok(&mut fresh, &row[2]);
+            }
+        }
+        assert_eq!(fresh.tables().unwrap(), v.tables().unwrap());
+        assert!(matches!(err(&mut v, "DELETE FROM sqlite_schema"), ErrorKind::NotFound));
+    }
+
+    #[test]
     fn leader_side_functions_are_constants_in_the_changes() {
         let mut v = MemoryView::new();
         ok(&mut v, "CREATE TABLE e (id INTEGER PRIMARY KEY, r INTEGER, at TEXT)");

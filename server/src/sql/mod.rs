@@ -14,6 +14,7 @@
 //! a value that does not fit its column's declared type is a `Type` error, not stored as is.
 //! Anything not supported is refused with an `Unsupported` error, never a wrong answer.
 
+mod catalog;
 mod eval;
 mod exec;
 mod overlay;

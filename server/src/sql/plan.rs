@@ -306,9 +306,18 @@ pub struct Level {
 
 #[derive(Debug)]
 pub enum Source {
-    Table { schema: Box<TableSchema>, access: Access },
+    Table {
+        schema: Box<TableSchema>,
+        access: Access,
+    },
     Derived(Box<Query>),
+    /// `sqlite_schema` (alias `sqlite_master`): one row per table and index, with the SQL that
+    /// recreates it.
+    Catalog,
 }
+
+/// The columns of the catalog table.
+pub const CATALOG_COLUMNS: [&str; 4] = ["type", "name", "tbl_name", "sql"];
 
 /// How a table's rows are fetched.
 #[derive(Debug)]
@@ -1146,6 +1155,17 @@ impl<'a> Binder<'a> {
     ) -> Result<(), Error> {
         let offset = cols.len();
         let (source, alias, names): (Source, String, Vec<(String, Option<DataType>)>) = match relation {
+            TableFactor::Table { name, alias, args: None, .. }
+                if object_name(name).is_ok_and(|n| {
+                    (n.eq_ignore_ascii_case("sqlite_schema") || n.eq_ignore_ascii_case("sqlite_master"))
+                        && self.view.table(&n).ok().flatten().is_none()
+                }) =>
+            {
+                let name = object_name(name)?;
+                let alias = alias.as_ref().map_or(name, |a| a.name.value.clone());
+                let names = CATALOG_COLUMNS.iter().map(|c| (c.to_string(), Some(DataType::Text))).collect();
+                (Source::Catalog, alias, names)
+            }
             TableFactor::Table { name, alias, args: None, .. } => {
                 let name = object_name(name)?;
                 let schema = self.view.table(&name)?.ok_or(Error::NoSuchTable(name.clone()))?;
@@ -1590,6 +1610,7 @@ pub fn describe(q: &Query, indent: usize, out: &mut Vec<String>) {
                         }
                     }
                     Source::Derived(_) => format!("Subquery AS {}", level.alias),
+                    Source::Catalog => format!("Catalog AS {}", level.alias),
                 };
                 if level.left {
                     text = format!("LeftJoin {text}");

@@ -686,6 +686,26 @@ impl<'v> Runner<'v> {
     fn fetch(&self, level: &Level, outer: &Env) -> Result<Vec<(Key, Row)>, Error> {
         Ok(match &level.source {
             Source::Derived(q) => self.query(q, outer)?.0.into_iter().map(|r| (vec![], r)).collect(),
+            Source::Catalog => {
+                let mut rows = Vec::new();
+                for t in self.view.tables()? {
+                    let text = |s: &str| Value::Text(s.to_string());
+                    rows.push((
+                        vec![],
+                        vec![
+                            text("table"),
+                            text(&t.name),
+                            text(&t.name),
+                            text(&super::catalog::create_table_sql(&t)),
+                        ],
+                    ));
+                    for ix in &t.indexes {
+                        let sql = super::catalog::create_index_sql(&t, ix).map_or(Value::Null, Value::Text);
+                        rows.push((vec![], vec![text("index"), text(&ix.name), text(&t.name), sql]));
+                    }
+                }
+                rows
+            }
             Source::Table { schema, access } => {
                 let konst = |e: &BExpr| self.eval(e, &Env { row: &[], aggs: &[], outer: Some(outer) });
                 let key_col = |pos: usize| schema.columns[pos].data_type;
