@@ -172,6 +172,11 @@ impl<'a> Executor<'a> {
         if ci.predicate.is_some() || !ci.include.is_empty() {
             return Err(Error::Unsupported("partial indexes and INCLUDE".into()));
         }
+        if name.to_ascii_lowercase().starts_with("autoindex_") {
+            return Err(Error::Invalid(format!(
+                "index name {name} is reserved: names starting with autoindex_ belong to UNIQUE constraints"
+            )));
+        }
         let table_name = object_name(&ci.table_name)?;
         let schema =
             self.overlay.table(&table_name)?.ok_or_else(|| Error::NoSuchTable(table_name.clone()))?;
@@ -1002,6 +1007,7 @@ mod tests {
         }
         assert_eq!(fresh.tables().unwrap(), v.tables().unwrap());
         assert!(matches!(err(&mut v, "DELETE FROM sqlite_schema"), ErrorKind::NotFound));
+        assert!(matches!(err(&mut v, "CREATE INDEX autoindex_x ON \"odd name\" (w)"), ErrorKind::Invalid));
     }
 
     #[test]
