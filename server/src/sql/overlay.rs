@@ -5,7 +5,7 @@
 use super::eval::compare_tuples;
 use crate::changeset::{Change, IndexIter, Key, ReadError, ReadView, Row, RowIter, TableSchema, Value};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 
 /// A key ordered as the `ReadView` contract orders keys.
@@ -70,6 +70,16 @@ impl ReadView for Empty {
 
 static EMPTY: Empty = Empty;
 
+/// Whether `values` lies past the upper bound (so no later entry can be in range).
+fn prefix_beyond(values: &[Value], upper: &Bound<Key>) -> bool {
+    let cmp = |b: &Key| compare_tuples(&values[..b.len().min(values.len())], b);
+    match upper {
+        Bound::Unbounded => false,
+        Bound::Included(b) => cmp(b) == Ordering::Greater,
+        Bound::Excluded(b) => cmp(b) != Ordering::Less,
+    }
+}
+
 /// Changes over a base view. Table names are compared case-insensitively.
 #[derive(Clone)]
 pub(crate) struct Overlay<'a> {
@@ -80,6 +90,9 @@ pub(crate) struct Overlay<'a> {
     fresh: HashSet<String>,
     /// Rows written (Some) or deleted (None) here.
     rows: BTreeMap<String, BTreeMap<OrdKey, Option<Row>>>,
+    /// Index entries (indexed values, key) of the rows written here, per table and index, kept
+    /// as rows change so a lookup costs O(log n) however large the batch.
+    index_entries: BTreeMap<String, BTreeMap<String, BTreeSet<(OrdKey, OrdKey)>>>,
 }
 
 fn lower(name: &str) -> String {
@@ -88,7 +101,13 @@ fn lower(name: &str) -> String {
 
 impl<'a> Overlay<'a> {
     pub fn new(base: &'a dyn ReadView) -> Self {
-        Overlay { base, tables: BTreeMap::new(), fresh: HashSet::new(), rows: BTreeMap::new() }
+        Overlay {
+            base,
+            tables: BTreeMap::new(),
+            fresh: HashSet::new(),
+            rows: BTreeMap::new(),
+            index_entries: BTreeMap::new(),
+        }
     }
 
     pub fn apply(&mut self, change: &Change) {
@@ -97,33 +116,68 @@ impl<'a> Overlay<'a> {
                 let name = lower(&schema.name);
                 self.fresh.insert(name.clone());
                 self.rows.remove(&name);
+                self.index_entries.remove(&name);
                 self.tables.insert(name, Some(schema.clone()));
             }
             Change::DropTable { table } => {
                 let name = lower(table);
                 self.fresh.insert(name.clone());
                 self.rows.remove(&name);
+                self.index_entries.remove(&name);
                 self.tables.insert(name, None);
             }
             Change::CreateIndex(index) => {
                 if let Ok(Some(mut schema)) = self.table(&index.table) {
                     schema.indexes.push(index.clone());
-                    self.tables.insert(lower(&index.table), Some(schema));
+                    let name = lower(&index.table);
+                    let mut entries = BTreeSet::new();
+                    for (k, r) in self.rows.get(&name).into_iter().flatten() {
+                        if let Some(r) = r {
+                            entries.insert((
+                                OrdKey(index.columns.iter().map(|&c| r[c].clone()).collect()),
+                                k.clone(),
+                            ));
+                        }
+                    }
+                    self.index_entries.entry(name.clone()).or_default().insert(lower(&index.name), entries);
+                    self.tables.insert(name, Some(schema));
                 }
             }
             Change::DropIndex { table, index } => {
                 if let Ok(Some(mut schema)) = self.table(table) {
                     schema.indexes.retain(|i| !i.name.eq_ignore_ascii_case(index));
+                    if let Some(m) = self.index_entries.get_mut(&lower(table)) {
+                        m.remove(&lower(index));
+                    }
                     self.tables.insert(lower(table), Some(schema));
                 }
             }
             Change::Insert { table, key, row } | Change::Update { table, key, row } => {
-                self.rows.entry(lower(table)).or_default().insert(OrdKey(key.clone()), Some(row.clone()));
+                self.put_row(table, key, Some(row.clone()));
             }
-            Change::Delete { table, key } => {
-                self.rows.entry(lower(table)).or_default().insert(OrdKey(key.clone()), None);
+            Change::Delete { table, key } => self.put_row(table, key, None),
+        }
+    }
+
+    /// Records a row version and keeps the pending index entries in step.
+    fn put_row(&mut self, table: &str, key: &Key, row: Option<Row>) {
+        let name = lower(table);
+        let key = OrdKey(key.clone());
+        let schema = self.table(table).ok().flatten();
+        let old = self.rows.get(&name).and_then(|rows| rows.get(&key)).cloned().flatten();
+        if let Some(schema) = schema {
+            let per_index = self.index_entries.entry(name.clone()).or_default();
+            for ix in &schema.indexes {
+                let set = per_index.entry(lower(&ix.name)).or_default();
+                if let Some(old) = &old {
+                    set.remove(&(OrdKey(ix.columns.iter().map(|&c| old[c].clone()).collect()), key.clone()));
+                }
+                if let Some(new) = &row {
+                    set.insert((OrdKey(ix.columns.iter().map(|&c| new[c].clone()).collect()), key.clone()));
+                }
             }
         }
+        self.rows.entry(name).or_default().insert(key, row);
     }
 
     fn base_counts(&self, table: &str) -> bool {
@@ -207,10 +261,8 @@ impl ReadView for Overlay<'_> {
         lower_b: Bound<Vec<Value>>,
         upper_b: Bound<Vec<Value>>,
     ) -> IndexIter<'_> {
-        if !self.rows.contains_key(&lower(table))
-            && self.base_counts(table)
-            && !self.tables.contains_key(&lower(table))
-        {
+        let name = lower(table);
+        if !self.rows.contains_key(&name) && self.base_counts(table) && !self.tables.contains_key(&name) {
             return self.base.scan_index(table, index, lower_b, upper_b);
         }
         let build = || -> Result<Vec<(Vec<Value>, Key)>, ReadError> {
@@ -218,12 +270,51 @@ impl ReadView for Overlay<'_> {
             let Some(ix) = schema.indexes.iter().find(|i| i.name.eq_ignore_ascii_case(index)) else {
                 return Ok(vec![]);
             };
-            let mut entries: Vec<(Vec<Value>, Key)> = self
-                .merged(table, &Bound::Unbounded, &Bound::Unbounded)?
-                .into_iter()
-                .map(|(k, r)| (ix.columns.iter().map(|&c| r[c].clone()).collect::<Vec<_>>(), k))
-                .filter(|(v, _)| in_range(v, &lower_b, &upper_b))
-                .collect();
+            let pending = self.rows.get(&name);
+            let mut entries: Vec<(Vec<Value>, Key)> = Vec::new();
+            if self.base_counts(table) {
+                let base_has_index = self
+                    .base
+                    .table(table)?
+                    .is_some_and(|t| t.indexes.iter().any(|i| i.name.eq_ignore_ascii_case(index)));
+                if base_has_index {
+                    // Base entries, except rows this overlay rewrote or deleted.
+                    for e in self.base.scan_index(table, index, lower_b.clone(), upper_b.clone()) {
+                        let (values, key) = e?;
+                        if pending.is_none_or(|p| !p.contains_key(&OrdKey(key.clone()))) {
+                            entries.push((values, key));
+                        }
+                    }
+                } else {
+                    // The index was created in this batch: index the base rows now.
+                    for item in self.base.scan(table, Bound::Unbounded, Bound::Unbounded) {
+                        let (key, row) = item?;
+                        if pending.is_none_or(|p| !p.contains_key(&OrdKey(key.clone()))) {
+                            let values: Vec<Value> = ix.columns.iter().map(|&c| row[c].clone()).collect();
+                            if in_range(&values, &lower_b, &upper_b) {
+                                entries.push((values, key));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(set) = self.index_entries.get(&name).and_then(|m| m.get(&lower(&ix.name))) {
+                let start = match &lower_b {
+                    Bound::Included(v) | Bound::Excluded(v) => {
+                        Bound::Included((OrdKey(v.clone()), OrdKey(vec![])))
+                    }
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                for (values, key) in set.range((start, Bound::Unbounded)) {
+                    if !in_range(&values.0, &lower_b, &upper_b) {
+                        if prefix_beyond(&values.0, &upper_b) {
+                            break;
+                        }
+                        continue;
+                    }
+                    entries.push((values.0.clone(), key.0.clone()));
+                }
+            }
             entries.sort_by(|a, b| compare_tuples(&a.0, &b.0).then_with(|| compare_tuples(&a.1, &b.1)));
             Ok(entries)
         };
@@ -290,5 +381,74 @@ impl ReadView for MemoryView {
     }
     fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError> {
         self.0.last_key(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changeset::{Column, DataType, IndexSchema};
+
+    fn int(i: i64) -> Value {
+        Value::Integer(i)
+    }
+
+    fn entries(view: &dyn ReadView, lo: Bound<Vec<Value>>, hi: Bound<Vec<Value>>) -> Vec<(i64, i64)> {
+        view.scan_index("t", "t_v", lo, hi)
+            .map(|e| {
+                let (v, k) = e.unwrap();
+                match (&v[0], &k[0]) {
+                    (Value::Integer(v), Value::Integer(k)) => (*v, *k),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    /// Pending rows are indexed as they change, merged with the base's entries in order, and a
+    /// base entry whose row this overlay rewrote or deleted is hidden.
+    #[test]
+    fn index_scans_merge_pending_and_base_entries() {
+        let mut base = MemoryView::new();
+        let col = |name: &str| Column {
+            name: name.into(),
+            data_type: DataType::Integer,
+            nullable: true,
+            default: None,
+        };
+        base.apply(&Change::CreateTable(TableSchema {
+            name: "t".into(),
+            columns: vec![col("id"), col("v")],
+            primary_key: vec![0],
+            indexes: vec![IndexSchema {
+                name: "t_v".into(),
+                table: "t".into(),
+                columns: vec![1],
+                unique: false,
+            }],
+        }));
+        for (k, v) in [(1, 10), (2, 20), (3, 30)] {
+            base.apply(&Change::Insert { table: "t".into(), key: vec![int(k)], row: vec![int(k), int(v)] });
+        }
+        let mut o = Overlay::new(&base);
+        o.apply(&Change::Insert { table: "t".into(), key: vec![int(4)], row: vec![int(4), int(15)] });
+        o.apply(&Change::Update { table: "t".into(), key: vec![int(2)], row: vec![int(2), int(35)] });
+        o.apply(&Change::Delete { table: "t".into(), key: vec![int(3)] });
+        o.apply(&Change::Update { table: "t".into(), key: vec![int(4)], row: vec![int(4), int(16)] });
+        assert_eq!(entries(&o, Bound::Unbounded, Bound::Unbounded), [(10, 1), (16, 4), (35, 2)]);
+        assert_eq!(entries(&o, Bound::Excluded(vec![int(10)]), Bound::Unbounded), [(16, 4), (35, 2)]);
+        assert_eq!(entries(&o, Bound::Included(vec![int(16)]), Bound::Included(vec![int(16)])), [(16, 4)]);
+        assert_eq!(entries(&o, Bound::Unbounded, Bound::Excluded(vec![int(35)])), [(10, 1), (16, 4)]);
+        assert!(entries(&o, Bound::Included(vec![int(20)]), Bound::Included(vec![int(30)])).is_empty());
+        // An index created inside the batch covers base and pending rows alike.
+        o.apply(&Change::CreateIndex(IndexSchema {
+            name: "t_v2".into(),
+            table: "t".into(),
+            columns: vec![1],
+            unique: false,
+        }));
+        let all: Vec<_> =
+            o.scan_index("t", "t_v2", Bound::Unbounded, Bound::Unbounded).map(|e| e.unwrap().1).collect();
+        assert_eq!(all, [vec![int(1)], vec![int(4)], vec![int(2)]]);
     }
 }
