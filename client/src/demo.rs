@@ -1,45 +1,80 @@
 //! `raftsql demo`: a local cluster of real `raftsql-server` processes (free ports, a temporary
-//! data dir) and a SQL prompt connected to it. Everything is removed on exit.
+//! data dir) and the interactive shell connected to it. Everything is removed on exit: after
+//! `.quit`, Ctrl-D, the end of piped input, SIGTERM, SIGHUP, or SIGINT (other than a Ctrl-C
+//! typed at the prompt, which only cancels the input or the running statement).
 //!
 //! The server binary is looked up next to this executable; when running from a source checkout
 //! (`cargo run -p raftsql-client --bin raftsql -- demo`) and it is missing, it is built first
 //! with the same profile.
 //!
-//! Input: SQL statements ended by `;`, or one of the commands `.help`, `.status`,
-//! `.demo kill N`, `.demo restart N`, `.quit`. Ctrl-D or Ctrl-C ends the demo.
-//! (The full interactive shell — line editing, history, output modes — is issue 5's.)
+//! Demo-only commands: `.demo kill N`, `.demo restart N`, `.demo pause N`, `.demo resume N`,
+//! `.demo add`.
 
-use crate::shell::{run_text, Format};
-use crate::{Client, QueryOptions};
+use crate::shell::{Format, Shell};
+use crate::{pb, Client};
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
+
+/// Demo nodes snapshot often, so a node added with `.demo add` catches up by snapshot.
+const SNAPSHOT_ARGS: [&str; 4] = ["--snapshot-threshold", "100", "--snapshot-keep-logs", "10"];
 
 struct Node {
     addr: String,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    paused: bool,
 }
 
 struct Demo {
     server: PathBuf,
     nodes: BTreeMap<u64, Node>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
-impl Drop for Demo {
-    fn drop(&mut self) {
+impl Demo {
+    /// Kills (SIGKILL) and reaps every node, then removes the data dir.
+    fn shutdown(&mut self) {
         for node in self.nodes.values_mut() {
             if let Some(mut c) = node.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The running demo cluster, shared by the shell's `.demo` commands and the signal handlers.
+#[derive(Clone)]
+pub struct Handle(Arc<Mutex<Demo>>);
+
+impl Handle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Demo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every node's address, in id order.
+    pub fn addrs(&self) -> Vec<String> {
+        self.lock().nodes.values().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Stops every node and removes every file of the demo; idempotent.
+    pub fn shutdown(&self) {
+        self.lock().shutdown();
     }
 }
 
@@ -97,7 +132,7 @@ pub fn free_port() -> u16 {
 }
 
 impl Demo {
-    fn spawn(&mut self, id: u64, extra: &[String]) -> anyhow::Result<()> {
+    fn spawn(&mut self, id: u64, extra: &[String]) -> anyhow::Result<u32> {
         let node = self.nodes.get_mut(&id).with_context(|| format!("there is no node {id}"))?;
         if node.child.is_some() {
             bail!("node {id} is running");
@@ -110,6 +145,7 @@ impl Demo {
             .arg(&node.addr)
             .arg("--data-dir")
             .arg(&node.data_dir)
+            .args(SNAPSHOT_ARGS)
             .args(extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -117,15 +153,42 @@ impl Demo {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.server.display()))?;
+        let pid = child.id();
         node.child = Some(child);
-        Ok(())
+        node.paused = false;
+        Ok(pid)
+    }
+
+    fn child(&mut self, id: u64) -> anyhow::Result<&mut Node> {
+        let node = self.nodes.get_mut(&id).with_context(|| format!("there is no node {id}"))?;
+        if node.child.is_none() {
+            bail!("node {id} is not running (.demo restart {id} starts it)");
+        }
+        Ok(node)
     }
 
     fn kill(&mut self, id: u64) -> anyhow::Result<()> {
-        let node = self.nodes.get_mut(&id).with_context(|| format!("there is no node {id}"))?;
-        let mut child = node.child.take().with_context(|| format!("node {id} is not running"))?;
-        child.kill()?;
+        let node = self.child(id)?;
+        let mut child = node.child.take().expect("checked");
+        let killed = child.kill();
         child.wait()?;
+        killed?;
+        node.paused = false;
+        Ok(())
+    }
+
+    fn signal(&mut self, id: u64, pause: bool) -> anyhow::Result<()> {
+        let node = self.child(id)?;
+        if node.paused == pause {
+            bail!("node {id} is {}", if pause { "already paused" } else { "not paused" });
+        }
+        let pid = node.child.as_ref().expect("checked").id() as i32;
+        // SAFETY: kill(2) on a child process of ours that has not been reaped.
+        let rc = unsafe { libc::kill(pid, if pause { libc::SIGSTOP } else { libc::SIGCONT }) };
+        if rc != 0 {
+            bail!("signalling node {id}: {}", std::io::Error::last_os_error());
+        }
+        node.paused = pause;
         Ok(())
     }
 }
@@ -135,7 +198,7 @@ async fn wait_for_leader(client: &Client, addrs: &[String]) -> anyhow::Result<(u
     loop {
         for a in addrs {
             if let Ok(s) = client.status(a).await {
-                if s.role() == crate::pb::Role::Leader {
+                if s.role() == pb::Role::Leader {
                     return Ok((s.node_id, s.term));
                 }
             }
@@ -147,32 +210,105 @@ async fn wait_for_leader(client: &Client, addrs: &[String]) -> anyhow::Result<(u
     }
 }
 
-async fn print_status(client: &Client, demo: &Demo, out: &mut dyn Write) {
-    let _ = writeln!(out, "node  address               role       term  applied  leader");
-    for (id, node) in &demo.nodes {
-        let line = match (&node.child, client.status(&node.addr).await) {
-            (None, _) => format!("{id:<5} {:<21} (stopped)", node.addr),
-            (Some(_), Ok(s)) => format!(
-                "{id:<5} {:<21} {:<10} {:<5} {:<8} {}",
-                node.addr,
-                s.role().as_str_name().to_ascii_lowercase(),
-                s.term,
-                s.applied_index,
-                s.leader_id
-            ),
-            (Some(_), Err(e)) => format!("{id:<5} {:<21} unreachable: {e}", node.addr),
-        };
-        let _ = writeln!(out, "{line}");
+/// Runs a `.demo` command for the shell.
+pub(crate) async fn command(shell: &mut Shell, args: &[&str]) -> Result<(), String> {
+    let handle = shell.demo.clone().ok_or("not in a demo")?;
+    let id = || -> Result<u64, String> {
+        args.get(1).and_then(|a| a.parse().ok()).ok_or_else(|| format!("usage: .demo {} N", args[0]))
+    };
+    let msg = match args.first().copied() {
+        Some("kill") => {
+            let id = id()?;
+            handle.lock().kill(id).map_err(|e| e.to_string())?;
+            format!("node {id} killed (SIGKILL)")
+        }
+        Some("restart" | "start") => {
+            let id = id()?;
+            let pid = handle.lock().spawn(id, &[]).map_err(|e| e.to_string())?;
+            format!("node {id} restarted (pid {pid})")
+        }
+        Some("pause" | "stop") => {
+            let id = id()?;
+            handle.lock().signal(id, true).map_err(|e| e.to_string())?;
+            format!("node {id} paused (SIGSTOP)")
+        }
+        Some("resume" | "cont") => {
+            let id = id()?;
+            handle.lock().signal(id, false).map_err(|e| e.to_string())?;
+            format!("node {id} resumed (SIGCONT)")
+        }
+        Some("add") => add(shell, &handle).await?,
+        _ => return Err(format!("usage:\n{}", crate::meta::DEMO_HELP)),
+    };
+    let _ = writeln!(shell.out, "{msg}");
+    Ok(())
+}
+
+/// Starts a new node that joins through the leader, and waits until it caught up.
+async fn add(shell: &mut Shell, handle: &Handle) -> Result<String, String> {
+    // Right after a kill, pause or resume there may be no leader for an election's time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let leader = loop {
+        match shell.leader_status().await {
+            Ok(l) => break l,
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let (id, addr, pid) = {
+        let mut demo = handle.lock();
+        let id = demo.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let dir = demo.dir.as_ref().map(|d| d.path().to_path_buf()).ok_or("the demo has stopped")?;
+        let addr = format!("127.0.0.1:{}", free_port());
+        demo.nodes.insert(
+            id,
+            Node {
+                addr: addr.clone(),
+                data_dir: dir.join(format!("node-{id}")),
+                log: dir.join(format!("node-{id}.log")),
+                child: None,
+                paused: false,
+            },
+        );
+        let pid = demo.spawn(id, &["--join".to_string(), leader.addr.clone()]).map_err(|e| e.to_string())?;
+        (id, addr, pid)
+    };
+    let _ = writeln!(
+        shell.out,
+        "node {id} starting at {addr} (pid {pid}), joining through node {}...",
+        leader.node_id
+    );
+    let _ = shell.out.flush();
+    let target = leader.committed_index;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = shell.client.status(&addr).await {
+            if s.applied_index >= target && s.members.iter().any(|m| m.id == id) {
+                return Ok(format!(
+                    "node {id} joined as a {}: applied index {}, snapshot index {} (it caught up {})",
+                    if s.members.iter().any(|m| m.id == id && m.voter) { "voter" } else { "learner" },
+                    s.applied_index,
+                    s.snapshot_index,
+                    if s.snapshot_index > 0 { "from a snapshot" } else { "from the log" }
+                ));
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("node {id} did not catch up within 30 s; see .nodes"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Runs the demo until end of input, `.quit` or Ctrl-C.
-pub async fn run(n: u64) -> anyhow::Result<()> {
+/// Runs the demo until `.quit`, end of input, or a signal; returns how many statements and
+/// commands failed.
+pub async fn run(n: u64, format: Format) -> anyhow::Result<usize> {
     if !(1..=9).contains(&n) {
         bail!("--nodes must be between 1 and 9");
     }
     let server = server_binary()?;
     let dir = tempfile::Builder::new().prefix("raftsql-demo-").tempdir()?;
+    let dir_path = dir.path().to_path_buf();
     let mut nodes = BTreeMap::new();
     for id in 1..=n {
         nodes.insert(
@@ -182,77 +318,81 @@ pub async fn run(n: u64) -> anyhow::Result<()> {
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 child: None,
+                paused: false,
             },
         );
     }
     let bootstrap: Vec<String> = nodes.iter().map(|(id, n)| format!("{id}={}", n.addr)).collect();
-    let mut demo = Demo { server, nodes, _dir: dir };
-    let args = vec!["--bootstrap".to_string(), bootstrap.join(",")];
-    for id in 1..=n {
-        demo.spawn(id, &args)?;
+    let handle = Handle(Arc::new(Mutex::new(Demo { server, nodes, dir: Some(dir) })));
+    // From here on, every way out removes the cluster: signals here, the rest below (and Drop).
+    let interactive = std::io::stdin().is_terminal();
+    install_signal_handlers(handle.clone(), !interactive)?;
+    let result = run_cluster(n, &handle, bootstrap, format, interactive, &dir_path).await;
+    println!("stopping the demo cluster");
+    handle.shutdown();
+    result
+}
+
+fn install_signal_handlers(handle: Handle, sigint_too: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut kinds = vec![(SignalKind::terminate(), 143), (SignalKind::hangup(), 129)];
+    if sigint_too {
+        kinds.push((SignalKind::interrupt(), 130));
     }
-    let addrs: Vec<String> = demo.nodes.values().map(|n| n.addr.clone()).collect();
+    for (kind, code) in kinds {
+        let mut s = signal(kind)?;
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if s.recv().await.is_some() {
+                crate::repl::restore_terminal();
+                eprintln!("\nraftsql demo: signal received, stopping the demo cluster");
+                handle.shutdown();
+                std::process::exit(code);
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn run_cluster(
+    n: u64,
+    handle: &Handle,
+    bootstrap: Vec<String>,
+    format: Format,
+    interactive: bool,
+    dir: &Path,
+) -> anyhow::Result<usize> {
+    let args = vec!["--bootstrap".to_string(), bootstrap.join(",")];
+    let mut pids = Vec::new();
+    for id in 1..=n {
+        pids.push(handle.lock().spawn(id, &args)?);
+    }
+    let addrs = handle.addrs();
     let client = Client::connect(&addrs).await?;
     let (leader, term) = wait_for_leader(&client, &addrs).await?;
 
     let mut out = std::io::stdout();
-    writeln!(out, "raftsql demo: {n} nodes on 127.0.0.1, data in {}", demo._dir.path().display())?;
-    for (id, node) in &demo.nodes {
-        let pid = node.child.as_ref().map_or(0, |c| c.id());
-        writeln!(out, "  node {id}: {} (pid {pid})", node.addr)?;
+    writeln!(out, "raftsql demo: {n} nodes on 127.0.0.1, data in {}", dir.display())?;
+    for ((id, addr), pid) in (1..=n).zip(&addrs).zip(&pids) {
+        writeln!(out, "  node {id}: {addr} (pid {pid})")?;
     }
-    writeln!(out, "node {leader} leads term {term}. End statements with ';'. Commands: .help .status .demo kill N .demo restart N .quit")?;
+    writeln!(out, "node {leader} leads term {term}.")?;
     writeln!(out, "Connect another shell with: raftsql --addr {}", addrs.join(","))?;
+    writeln!(
+        out,
+        "End SQL statements with ';'. Try .help, .status, .nodes, .demo kill {leader}, .demo add; .quit or Ctrl-D ends the demo."
+    )?;
+    out.flush()?;
 
-    let interactive = std::io::stdin().is_terminal();
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut buffer = String::new();
-    loop {
-        if interactive {
-            print!("{}", if buffer.is_empty() { "raftsql> " } else { "   ...> " });
-            let _ = out.flush();
-        }
-        let line = tokio::select! {
-            l = lines.next_line() => l?,
-            _ = tokio::signal::ctrl_c() => None,
-        };
-        let Some(line) = line else { break };
-        let trimmed = line.trim();
-        if buffer.trim().is_empty() && trimmed.starts_with('.') {
-            let words: Vec<&str> = trimmed.split_whitespace().collect();
-            match words.as_slice() {
-                [".quit" | ".exit"] => break,
-                [".help"] => {
-                    writeln!(out, "SQL ending with ';' | .status | .demo kill N | .demo restart N | .quit")?
-                }
-                [".status"] => print_status(&client, &demo, &mut out).await,
-                [".demo", "kill", id] => {
-                    match id.parse().map_err(anyhow::Error::from).and_then(|id| demo.kill(id)) {
-                        Ok(()) => writeln!(out, "node {id} killed (SIGKILL)")?,
-                        Err(e) => writeln!(out, "error: {e}")?,
-                    }
-                }
-                [".demo", "restart", id] => {
-                    match id.parse().map_err(anyhow::Error::from).and_then(|id| demo.spawn(id, &[])) {
-                        Ok(()) => writeln!(out, "node {id} restarted")?,
-                        Err(e) => writeln!(out, "error: {e}")?,
-                    }
-                }
-                _ => writeln!(out, "unknown command {trimmed:?}: try .help")?,
-            }
-            continue;
-        }
-        buffer.push_str(&line);
-        buffer.push('\n');
-        if trimmed.ends_with(';') {
-            let text = std::mem::take(&mut buffer);
-            run_text(&client, &text, Format::Table, &QueryOptions::default(), &mut out).await;
-        }
+    let mut shell = Shell::new(client, format);
+    shell.demo = Some(handle.clone());
+    if interactive {
+        let h = handle.clone();
+        crate::repl::run(&mut shell, Arc::new(move || h.shutdown())).await?;
+    } else {
+        let mut text = String::new();
+        tokio::task::block_in_place(|| std::io::stdin().read_to_string(&mut text))?;
+        shell.run_script(&text).await;
     }
-    if !buffer.trim().is_empty() {
-        run_text(&client, &buffer, Format::Table, &QueryOptions::default(), &mut out).await;
-    }
-    writeln!(out, "stopping the demo cluster")?;
-    drop(demo);
-    Ok(())
+    Ok(shell.failed)
 }

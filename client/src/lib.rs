@@ -33,6 +33,8 @@
 //! deadline (10 s by default). Statement errors are returned, never retried.
 
 pub mod demo;
+pub mod meta;
+pub mod repl;
 pub mod shell;
 
 pub use raftsql_proto::v1 as pb;
@@ -276,6 +278,15 @@ impl Error {
                 ),
             },
             tonic::Code::Unavailable | tonic::Code::Cancelled => {
+                Error::Transport { addr: addr.to_string(), message: s.message().to_string() }
+            }
+            // A request on a cached connection to a node that has just died fails in hyper,
+            // which tonic reports as Unknown/Internal "transport error", with no raftsql error
+            // in the details: the server never saw it, so it is a transport failure to retry.
+            tonic::Code::Unknown | tonic::Code::Internal
+                if s.details().is_empty()
+                    && (s.message().contains("transport error") || s.message().contains("connection")) =>
+            {
                 Error::Transport { addr: addr.to_string(), message: s.message().to_string() }
             }
             tonic::Code::DeadlineExceeded => Error::Timeout { message: format!("{addr}: {}", s.message()) },
@@ -695,6 +706,16 @@ mod tests {
         clone.observe("abc.9");
         assert_eq!(s.token().as_deref(), Some("abc.9"));
         assert_eq!(c.session_from("abc.4").token().as_deref(), Some("abc.4"));
+    }
+
+    #[test]
+    fn a_dead_connection_is_a_retryable_transport_error() {
+        for code in [tonic::Code::Unknown, tonic::Code::Internal] {
+            let e = Error::from_status("h:1", tonic::Status::new(code, "transport error"));
+            assert!(matches!(e, Error::Transport { .. }) && e.retryable(), "{e:?}");
+        }
+        let e = Error::from_status("h:1", tonic::Status::internal("something else"));
+        assert!(matches!(e, Error::Internal { .. }), "{e:?}");
     }
 
     #[test]

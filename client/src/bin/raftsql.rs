@@ -1,11 +1,13 @@
-//! `raftsql`: the raftsql shell. Non-interactive for now (`-e SQL`, repeatable, or SQL on
-//! stdin), plus `raftsql demo`, a local cluster with a SQL prompt.
+//! `raftsql`: the raftsql shell. Interactive on a terminal (line editing, history, meta
+//! commands: `.help`); non-interactive with `-e SQL` (repeatable, meta commands too), `-f FILE`
+//! or SQL on standard input. `raftsql demo` starts a local cluster and opens the shell on it.
 
 use clap::{Parser, Subcommand};
-use raftsql_client::shell::{run_text, Format};
-use raftsql_client::{Client, QueryOptions};
+use raftsql_client::shell::{Flow, Format, Shell};
+use raftsql_client::Client;
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(name = "raftsql", version, about = "The raftsql shell")]
@@ -15,9 +17,12 @@ struct Args {
     /// Cluster addresses, HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "RAFTSQL_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7001")]
     addr: Vec<String>,
-    /// SQL to run (repeatable); without -e, SQL is read from standard input.
+    /// SQL or a meta command (e.g. `.status`) to run; repeatable, run in order.
     #[arg(short = 'e', long = "execute")]
     execute: Vec<String>,
+    /// A file of SQL and meta commands to run (after any -e); repeatable.
+    #[arg(short = 'f', long = "file")]
+    file: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -31,9 +36,9 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Start a local cluster of real server processes and a SQL prompt connected to it.
+    /// Start a local cluster of real server processes and the shell connected to it.
     Demo {
-        /// How many nodes.
+        /// How many nodes (1 to 9).
         #[arg(long, default_value_t = 3)]
         nodes: u64,
     },
@@ -43,8 +48,9 @@ enum Cmd {
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Cmd::Demo { nodes }) = args.command {
-        return match raftsql_client::demo::run(nodes).await {
-            Ok(()) => ExitCode::SUCCESS,
+        return match raftsql_client::demo::run(nodes, args.format).await {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
             Err(e) => {
                 eprintln!("raftsql demo: {e:#}");
                 ExitCode::FAILURE
@@ -58,28 +64,52 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let texts = if args.execute.is_empty() {
-        if std::io::stdin().is_terminal() {
-            eprintln!("raftsql: give SQL with -e, or pipe it on standard input (or try `raftsql demo`)");
+    let mut shell = Shell::new(client.clone(), args.format);
+    shell.consistency = args.consistency;
+    if let Some(t) = &args.token {
+        shell.session = client.session_from(t);
+    }
+    if !args.execute.is_empty() || !args.file.is_empty() {
+        for text in &args.execute {
+            if shell.run_arg(text).await == Flow::Quit {
+                return exit(&shell);
+            }
+        }
+        for path in &args.file {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("raftsql: cannot read {path}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if shell.run_script(&text).await == Flow::Quit {
+                break;
+            }
+        }
+    } else if std::io::stdin().is_terminal() {
+        println!(
+            "raftsql {} connected to {}. End SQL with ';'; .help for commands, Ctrl-D to exit.",
+            env!("CARGO_PKG_VERSION"),
+            args.addr.join(",")
+        );
+        if let Err(e) = raftsql_client::repl::run(&mut shell, Arc::new(|| {})).await {
+            eprintln!("raftsql: {e}");
             return ExitCode::from(2);
         }
+    } else {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
             eprintln!("raftsql: reading standard input: {e}");
             return ExitCode::from(2);
         }
-        vec![s]
-    } else {
-        args.execute
-    };
-    let opts =
-        QueryOptions { consistency: args.consistency, session_token: args.token, ..Default::default() };
-    let mut failed = 0;
-    let mut out = std::io::stdout();
-    for text in &texts {
-        failed += run_text(&client, text, args.format, &opts, &mut out).await;
+        shell.run_script(&s).await;
     }
-    if failed > 0 {
+    exit(&shell)
+}
+
+fn exit(shell: &Shell) -> ExitCode {
+    if shell.failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
