@@ -190,7 +190,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     .max_decoding_message_size(MAX_PEER_MESSAGE)
                     .max_encoding_message_size(MAX_PEER_MESSAGE),
             )
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal());
+            .serve_with_incoming_shutdown(
+                // Nagle off: a small reply (a row, a heartbeat ack) must not wait for the peer's
+                // delayed ACK. Serving from a plain listener stream would silently keep it on.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown_signal(),
+            );
         server.await.context("gRPC server failed")?;
 
         info!("shutting down");
