@@ -7,6 +7,8 @@
 //! set). Every wait polls a condition with a
 //! deadline; nothing sleeps to synchronize.
 
+pub mod slt;
+
 use raftsql_client::{pb, Client, Consistency, QueryOptions, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,9 +38,13 @@ pub fn bin_dir() -> &'static Path {
         if let Ok(dir) = std::env::var("RAFTSQL_BIN_DIR") {
             return PathBuf::from(dir);
         }
-        // current_exe is target/<profile>/deps/<test>-<hash>.
+        // current_exe is target/<profile>/deps/<test>-<hash> for a test, target/<profile>/<bin>
+        // for a binary of this crate (the slt runner).
         let exe = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let mut profile_dir = exe.parent().expect("target/<profile>").to_path_buf();
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir.pop();
+        }
         let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
