@@ -338,7 +338,7 @@ impl Shell {
                 .map(|f| {
                     json!({"id": f.id, "addr": addr_of(f.id),
                         "matched_index": if f.has_matched { json!(f.matched_index) } else { json!(null) },
-                        "lag": f.lag})
+                        "lag": f.lag, "lag_millis": f.lag_millis})
                 })
                 .collect();
             let obj = json!({"node": s.node_id, "addr": s.addr, "role": role_name(&s), "term": s.term,
@@ -370,10 +370,22 @@ impl Shell {
                 "replication (from leader node {}, last log index {}; a quorum acknowledged it {} ms ago):",
                 l.node_id, l.last_log_index, l.millis_since_quorum_ack
             );
-            let _ = writeln!(o, "  {:<5} {:<21} {:>9} {:>13}", "node", "address", "matched", "lag (entries)");
+            let _ = writeln!(
+                o,
+                "  {:<5} {:<21} {:>9} {:>13} {:>10}",
+                "node", "address", "matched", "lag (entries)", "lag (ms)"
+            );
             for f in &l.followers {
                 let matched = if f.has_matched { f.matched_index.to_string() } else { "-".into() };
-                let _ = writeln!(o, "  {:<5} {:<21} {:>9} {:>13}", f.id, addr_of(f.id), matched, f.lag);
+                let _ = writeln!(
+                    o,
+                    "  {:<5} {:<21} {:>9} {:>13} {:>10}",
+                    f.id,
+                    addr_of(f.id),
+                    matched,
+                    f.lag,
+                    f.lag_millis
+                );
             }
         } else {
             let _ = writeln!(o, "replication: no reachable leader");

@@ -165,7 +165,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             sequencer,
             options,
             last_leader_contact: Default::default(),
+            append_times: Default::default(),
         });
+        core.append_times.follow(raft.clone());
         info!(listen = %cfg.listen, %addr, data_dir = %cfg.data_dir.display(), has_state, "raftsql node started");
 
         if !has_state {

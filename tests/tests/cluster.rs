@@ -304,3 +304,41 @@ async fn large_rows_replicate_and_oversized_requests_are_refused() {
     assert!(err.to_string().contains("too large"), "the error says why: {err}");
     assert_eq!(count(&client).await, 1, "nothing changed");
 }
+
+/// The leader reports each follower's lag in entries and in time; a paused follower's time lag
+/// grows, and both return to 0 once it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_reports_follower_lag_in_entries_and_milliseconds() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.pause(follower);
+    insert_rows(&client, 0, 100).await;
+    let lag_of = |s: &raftsql_client::pb::StatusResponse| {
+        s.followers.iter().find(|f| f.id == follower).map(|f| (f.lag, f.lag_millis))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut first = None;
+    loop {
+        let s = cluster.status(leader).await.expect("leader status");
+        match (first, lag_of(&s)) {
+            (None, Some((lag, ms))) if lag > 0 && ms > 0 => first = Some(ms),
+            (Some(f), Some((lag, ms))) if lag > 0 && ms > f => break,
+            _ => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lag never grew: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.resume(follower);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = cluster.status(leader).await.expect("leader status");
+        if lag_of(&s) == Some((0, 0)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the follower never caught up: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -165,7 +165,12 @@ async fn non_interactive_contract_formats_meta_commands_and_dump() {
     let (leader, term) = cluster.wait_for_leader(WAIT).await.unwrap();
     let status = ok(&shell(&addrs, &["-e", ".status"], None));
     assert!(status.contains(&format!("leader:     node {leader} at {}", cluster.addr(leader))), "{status}");
-    assert!(status.contains("replication (from leader node") && status.contains("lag (entries)"), "{status}");
+    assert!(
+        status.contains("replication (from leader node")
+            && status.contains("lag (entries)")
+            && status.contains("lag (ms)"),
+        "{status}"
+    );
     let out = ok(&shell(&addrs, &["--format", "json", "-e", ".status"], None));
     let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(s["leader"]["id"], leader);
@@ -630,11 +635,14 @@ fn demo_of_five_pauses_resumes_and_adds_a_node() {
     // Five nodes at the start, the sixth from `.demo add`.
     let (dir, pids) = demo_info(&stdout);
     assert_eq!(pids.len(), 6, "{stdout}");
-    // The paused node's row in the leader's replication table shows a lag.
-    let lag: u64 = stdout
+    // The paused node's row in the leader's replication table shows a lag, in entries and ms.
+    let (lag, _lag_ms): (u64, u64) = stdout
         .lines()
         .skip_while(|l| !l.starts_with("replication (from leader"))
-        .find_map(|l| l.trim_start().strip_prefix("5 ")?.split_whitespace().last()?.parse().ok())
+        .find_map(|l| {
+            let cols: Vec<&str> = l.trim_start().strip_prefix("5 ")?.split_whitespace().collect();
+            Some((cols.get(2)?.parse().ok()?, cols.get(3)?.parse().ok()?))
+        })
         .unwrap_or_else(|| panic!("no replication row for node 5:\n{stdout}"));
     assert!(lag >= 1, "{stdout}");
     assert!(stdout.contains("node 6 joined as a ") && stdout.contains("from a snapshot"), "{stdout}");

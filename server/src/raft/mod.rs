@@ -146,6 +146,62 @@ pub struct Core {
     pub options: Options,
     /// When this node last accepted an AppendEntries from a leader (unix ms), for BOUNDED reads.
     pub last_leader_contact: Arc<AtomicU64>,
+    /// When this node saw its last log index reach each value, for replication lag in time.
+    pub append_times: AppendTimes,
+}
+
+/// When the local log reached each index (sampled from openraft's metrics), bounded to the most
+/// recent `CAPACITY` samples: how long ago the oldest entry a follower lacks was appended is its
+/// lag in time, as PostgreSQL's `pg_stat_replication` reports it.
+#[derive(Clone, Default)]
+pub struct AppendTimes(Arc<std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>>);
+
+impl AppendTimes {
+    const CAPACITY: usize = 4096;
+
+    /// Records that the log reached `index` now (ignored unless it grew).
+    pub fn record(&self, index: u64) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.back().is_some_and(|(i, _)| *i >= index) {
+            if q.back().is_some_and(|(i, _)| *i > index) {
+                q.clear(); // the log was truncated (a new leader): start over
+            } else {
+                return;
+            }
+        }
+        q.push_back((index, std::time::Instant::now()));
+        if q.len() > Self::CAPACITY {
+            q.pop_front();
+        }
+    }
+
+    /// Milliseconds since the first index after `matched` was appended; 0 when `matched` is at
+    /// least `last`. With no sample that old, the oldest sample is used (a lower bound).
+    pub fn lag_millis(&self, matched: u64, last: u64) -> u64 {
+        if matched >= last {
+            return 0;
+        }
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = q.iter().find(|(i, _)| *i > matched).or(q.front()).map(|(_, t)| *t);
+        at.map_or(0, |t| t.elapsed().as_millis() as u64)
+    }
+
+    /// Samples the log's growth for as long as Raft runs.
+    pub fn follow(&self, raft: Raft) {
+        let times = self.clone();
+        tokio::spawn(async move {
+            let mut rx = raft.metrics();
+            loop {
+                let last = rx.borrow_and_update().last_log_index;
+                if let Some(i) = last {
+                    times.record(i);
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 impl Core {
@@ -237,4 +293,27 @@ pub(crate) fn session_token(sm: &StateMachine, index: u64) -> String {
 
 pub(crate) fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod append_times_tests {
+    use super::AppendTimes;
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_missing_entry() {
+        let t = AppendTimes::default();
+        assert_eq!(t.lag_millis(0, 0), 0);
+        t.record(1);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        t.record(2);
+        t.record(2); // no growth, no new sample
+        assert_eq!(t.lag_millis(2, 2), 0, "caught up");
+        let behind_two = t.lag_millis(0, 2);
+        let behind_one = t.lag_millis(1, 2);
+        assert!(behind_two >= 30, "{behind_two}");
+        assert!(behind_one < behind_two, "{behind_one} vs {behind_two}");
+        // A shorter log (truncated under a new leader) starts the samples over.
+        t.record(1);
+        assert!(t.lag_millis(0, 1) < 30);
+    }
 }

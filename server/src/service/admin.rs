@@ -37,6 +37,7 @@ pub fn status(core: &Core) -> pb::StatusResponse {
                     matched_index: matched.map_or(0, |l| l.index),
                     has_matched: matched.is_some(),
                     lag: last_log.saturating_sub(matched.map_or(0, |l| l.index)),
+                    lag_millis: core.append_times.lag_millis(matched.map_or(0, |l| l.index), last_log),
                 })
                 .collect()
         })
