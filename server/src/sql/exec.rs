@@ -2,7 +2,7 @@
 
 use super::eval::{coerce, compare_tuples};
 use super::overlay::Overlay;
-use super::plan::{object_name, BExpr, Binder, Body, Scope};
+use super::plan::{object_name, BExpr, Binder, Scope};
 use super::run::{Env, Runner};
 use super::{parse, Context, Error};
 use crate::changeset::{
@@ -445,7 +445,7 @@ impl<'a> Executor<'a> {
         let Some(items) = items else { return Ok(None) };
         let binder = Binder::new(&self.overlay, params);
         let top = Scope::marker(None);
-        let scope = table_scope(schema, &schema.name, &top);
+        let scope = Scope::of_table(schema, &top);
         let mut exprs = Vec::new();
         let mut names = Vec::new();
         for item in items {
@@ -480,25 +480,12 @@ impl<'a> Executor<'a> {
     /// paths.
     fn matching_rows(
         &self,
-        table: &str,
+        schema: &TableSchema,
         selection: Option<&ast::Expr>,
         params: &[Value],
     ) -> Result<Vec<(Key, Row)>, Error> {
-        let sql = match selection {
-            Some(w) => format!("SELECT * FROM \"{}\" WHERE {w}", table.replace('"', "\"\"")),
-            None => format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")),
-        };
-        let q = match parse(&sql)?.pop() {
-            Some(Statement::Query(q)) => q,
-            _ => return Err(Error::Invalid("could not plan the WHERE clause".into())),
-        };
-        let binder = Binder::new(&self.overlay, params);
-        let bound = binder.query(&q)?;
-        let runner = Runner::new(&self.overlay, Some(self.ctx));
-        match &bound.body {
-            Body::Select(plan) => runner.keyed_rows(plan, &Env::EMPTY),
-            _ => Err(Error::Invalid("could not plan the WHERE clause".into())),
-        }
+        let plan = Binder::new(&self.overlay, params).table_filter(schema, selection)?;
+        Runner::new(&self.overlay, Some(self.ctx)).keyed_rows(&plan, &Env::EMPTY)
     }
 
     fn update(
@@ -519,7 +506,7 @@ impl<'a> Executor<'a> {
         // SET targets and expressions, bound over the table's row.
         let binder = Binder::new(&self.overlay, params);
         let top = Scope::marker(None);
-        let scope = table_scope(&schema, &schema.name, &top);
+        let scope = Scope::of_table(&schema, &top);
         let mut sets: Vec<(usize, BExpr)> = Vec::new();
         for a in &update.assignments {
             let names = match &a.target {
@@ -535,7 +522,7 @@ impl<'a> Executor<'a> {
             sets.push((i, binder.expr(&a.value, &scope)?));
         }
         let returning = self.returning_plan(update.returning.as_deref(), &schema, params)?;
-        let rows = self.matching_rows(&schema.name, update.selection.as_ref(), params)?;
+        let rows = self.matching_rows(&schema, update.selection.as_ref(), params)?;
         let runner = Runner::new(&self.overlay, Some(self.ctx));
         let mut updates = Vec::with_capacity(rows.len());
         for (key, row) in rows {
@@ -611,7 +598,7 @@ impl<'a> Executor<'a> {
         let schema =
             self.overlay.table(&table_name)?.ok_or_else(|| Error::NoSuchTable(table_name.clone()))?;
         let returning = self.returning_plan(delete.returning.as_deref(), &schema, params)?;
-        let rows = self.matching_rows(&schema.name, delete.selection.as_ref(), params)?;
+        let rows = self.matching_rows(&schema, delete.selection.as_ref(), params)?;
         let mut returned = Vec::new();
         let affected = rows.len() as u64;
         for (key, row) in rows {
@@ -729,14 +716,6 @@ fn pk_violation(schema: &TableSchema) -> Error {
         schema.primary_key.iter().map(|&i| format!("{}.{}", schema.name, schema.columns[i].name)).collect()
     };
     Error::Constraint(format!("UNIQUE constraint failed: {} (primary key)", cols.join(", ")))
-}
-
-/// The scope of one table's row, as UPDATE, DELETE and RETURNING see it.
-fn table_scope<'p>(schema: &TableSchema, alias: &str, top: &'p Scope<'p>) -> Scope<'p> {
-    Scope::new(
-        schema.columns.iter().map(|c| (alias.to_string(), c.name.clone(), Some(c.data_type))).collect(),
-        Some(top),
-    )
 }
 
 /// A read-only query (SELECT, VALUES or EXPLAIN) on any replica's view.

@@ -366,6 +366,28 @@ impl<'p> Scope<'p> {
         }
     }
 
+    /// The scope of one table's row, as UPDATE, DELETE and RETURNING see it.
+    pub fn of_table(schema: &TableSchema, outer: &'p Scope<'p>) -> Self {
+        let cols =
+            schema.columns.iter().map(|c| (schema.name.clone(), c.name.clone(), Some(c.data_type))).collect();
+        Scope::new(cols, Some(outer))
+    }
+
+    /// The declared type of the column a bound reference names.
+    fn col_type(&self, depth: usize, index: usize) -> Option<DataType> {
+        let mut s = self;
+        let mut d = depth;
+        loop {
+            if !s.transparent {
+                if d == 0 {
+                    return s.cols.get(index).and_then(|c| c.2);
+                }
+                d -= 1;
+            }
+            s = s.outer?;
+        }
+    }
+
     /// A scope with no columns of its own that does not count as a query level: it marks where
     /// a subquery begins, collecting the enclosing columns the subquery reads.
     pub fn marker(outer: Option<&'p Scope<'p>>) -> Self {
@@ -492,7 +514,7 @@ impl<'a> Binder<'a> {
             Expr::BinaryOp { left, op, right } => {
                 let (l, r) = (self.bind(left, scope, aggs)?, self.bind(right, scope, aggs)?);
                 let cmp = |c: Cmp, l: BExpr, r: BExpr| {
-                    let (l, r) = affinity(l, r, left, right, scope);
+                    let (l, r) = affinity(l, r, scope);
                     BExpr::Cmp(c, Box::new(l), Box::new(r))
                 };
                 match op {
@@ -702,6 +724,48 @@ impl<'a> Binder<'a> {
             return Err(Error::Invalid(format!("wrong number of arguments to function {name}()")));
         }
         Ok(BExpr::Func(func, bound))
+    }
+
+    /// The one-table plan of the rows `selection` picks (what UPDATE and DELETE change), with the
+    /// same access paths as a SELECT.
+    pub fn table_filter(&self, schema: &TableSchema, selection: Option<&Expr>) -> Result<SelectPlan, Error> {
+        let top = Scope::marker(None);
+        let scope = Scope::of_table(schema, &top);
+        let width = schema.columns.len();
+        let mut level = Level {
+            source: Source::Table { schema: Box::new(schema.clone()), access: Access::Scan },
+            alias: schema.name.clone(),
+            offset: 0,
+            width,
+            left: false,
+            local: vec![],
+            on: vec![],
+            filters: vec![],
+            probe: None,
+        };
+        let mut constant_filters = Vec::new();
+        for c in selection.map(split_and).unwrap_or_default() {
+            let e = self.expr(c, &scope)?;
+            if e.local_cols().is_empty() {
+                constant_filters.push(e);
+            } else {
+                level.local.push(e);
+            }
+        }
+        choose_access(&mut level);
+        Ok(SelectPlan {
+            levels: vec![level],
+            width,
+            constant_filters,
+            aggregate: false,
+            group_by: vec![],
+            aggs: vec![],
+            having: None,
+            projection: vec![],
+            visible: 0,
+            distinct: false,
+            ordered: false,
+        })
     }
 
     /// Binds a whole query (SELECT, VALUES, compound) at the top level.
@@ -997,9 +1061,9 @@ impl<'a> Binder<'a> {
             }
         }
         for (l, level) in levels.iter_mut().enumerate() {
-            choose_access(level, l, &scope);
+            choose_access(level);
             if l > 0 {
-                choose_probe(level, &levels_bounds(&scope, l, level));
+                choose_probe(level);
             }
         }
 
@@ -1226,21 +1290,13 @@ impl<'a> Binder<'a> {
     }
 }
 
-fn levels_bounds(_scope: &Scope, _l: usize, level: &Level) -> (usize, usize) {
-    (level.offset, level.offset + level.width)
-}
-
 /// Binds a text constant compared with a numeric column as a number (SQLite's column affinity).
-fn affinity(l: BExpr, r: BExpr, le: &Expr, re: &Expr, scope: &Scope) -> (BExpr, BExpr) {
-    let numeric_col = |e: &Expr| -> bool {
-        let t = match e {
-            Expr::Identifier(id) => scope.resolve(None, &id.value).ok(),
-            Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
-                scope.resolve(Some(&ids[0].value), &ids[1].value).ok()
-            }
-            _ => None,
-        };
-        matches!(t, Some((_, _, Some(DataType::Integer | DataType::Real))))
+fn affinity(l: BExpr, r: BExpr, scope: &Scope) -> (BExpr, BExpr) {
+    let numeric_col = |e: &BExpr| match e {
+        BExpr::Col { depth, index } => {
+            matches!(scope.col_type(*depth, *index), Some(DataType::Integer | DataType::Real))
+        }
+        _ => false,
     };
     let conv = |e: BExpr| match e {
         BExpr::Const(Value::Text(s)) => match parse_number_exact(&s) {
@@ -1249,9 +1305,9 @@ fn affinity(l: BExpr, r: BExpr, le: &Expr, re: &Expr, scope: &Scope) -> (BExpr, 
         },
         other => other,
     };
-    if numeric_col(le) {
+    if numeric_col(&l) {
         (l, conv(r))
-    } else if numeric_col(re) {
+    } else if numeric_col(&r) {
         (conv(l), r)
     } else {
         (l, r)
@@ -1279,11 +1335,6 @@ fn column_vs_constant(e: &BExpr, lo: usize, hi: usize) -> Option<(usize, Cmp, &B
         }
     }
     None
-}
-
-fn take_const(e: &BExpr) -> BExpr {
-    // Constants are small; re-binding is not possible here, so copy by evaluation shape.
-    clone_expr(e)
 }
 
 /// Deep copy of a constant expression (subqueries are not copied: they are never constants
@@ -1334,7 +1385,7 @@ fn cloneable(e: &BExpr) -> bool {
 }
 
 /// Picks the access path of a table level from its local conjuncts.
-fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
+fn choose_access(level: &mut Level) {
     let Source::Table { schema, access } = &mut level.source else { return };
     let (lo, hi) = (level.offset, level.offset + level.width);
     let pk_first = schema.primary_key.first().copied();
@@ -1358,7 +1409,7 @@ fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
                 if let BExpr::Col { depth: 0, index } = x.as_ref() {
                     if (lo..hi).contains(index) && list.iter().all(|v| is_constant(v) && cloneable(v)) {
                         if let Some((ix, unique)) = usable(index - lo) {
-                            let values: Vec<BExpr> = list.iter().map(take_const).collect();
+                            let values: Vec<BExpr> = list.iter().map(clone_expr).collect();
                             let a = if ix.is_empty() {
                                 Access::PkEq(values)
                             } else {
@@ -1378,8 +1429,8 @@ fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
                         && cloneable(b)
                     {
                         let r = ranges.entry(index - lo).or_default();
-                        r.0 = Some((take_const(a), true));
-                        r.1 = Some((take_const(b), true));
+                        r.0 = Some((clone_expr(a), true));
+                        r.1 = Some((clone_expr(b), true));
                     }
                 }
             }
@@ -1391,7 +1442,7 @@ fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
                     match op {
                         Cmp::Eq => {
                             if let Some((ix, unique)) = usable(c) {
-                                let values = vec![take_const(v)];
+                                let values = vec![clone_expr(v)];
                                 let a = if ix.is_empty() {
                                     Access::PkEq(values)
                                 } else {
@@ -1401,10 +1452,10 @@ fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
                             }
                         }
                         Cmp::Gt | Cmp::Ge => {
-                            ranges.entry(c).or_default().0 = Some((take_const(v), op == Cmp::Ge));
+                            ranges.entry(c).or_default().0 = Some((clone_expr(v), op == Cmp::Ge));
                         }
                         Cmp::Lt | Cmp::Le => {
-                            ranges.entry(c).or_default().1 = Some((take_const(v), op == Cmp::Le));
+                            ranges.entry(c).or_default().1 = Some((clone_expr(v), op == Cmp::Le));
                         }
                         Cmp::Ne => {}
                     }
@@ -1428,7 +1479,8 @@ fn choose_access(level: &mut Level, _l: usize, _scope: &Scope) {
 }
 
 /// An equality between a column of this level and an expression over earlier levels only.
-fn choose_probe(level: &mut Level, (lo, hi): &(usize, usize)) {
+fn choose_probe(level: &mut Level) {
+    let (lo, hi) = (&level.offset, &(level.offset + level.width));
     let candidates = if level.left { &level.on } else { &level.filters };
     for e in candidates {
         if let BExpr::Cmp(Cmp::Eq, a, b) = e {
