@@ -565,6 +565,31 @@ impl Client {
         client.status(req).await.map(|r| r.into_inner()).map_err(|s| Error::from_status(addr, s))
     }
 
+    /// Removes node `node_id` from the cluster: sent to the node believed to lead (any member
+    /// forwards it to the leader), with the same redirects and retries as writes. Returns the
+    /// status of the node that carried out the change. Errors: `InvalidArgument` for id 0 or the
+    /// last voter, `NotFound` for an id that is not a member — also one already removed, so a
+    /// `NotFound` after a retried attempt may mean that attempt succeeded.
+    ///
+    /// The removed node's process keeps running outside the cluster: stop it, and do not
+    /// restart it on its data dir. To bring the machine back, wipe the data dir and join it
+    /// under a new id.
+    pub async fn remove_member(&self, node_id: u64) -> Result<pb::StatusResponse, Error> {
+        let resp = self
+            .retrying(None, true, |addr, channel, timeout| {
+                let mut req = tonic::Request::new(pb::RemoveRequest { node_id });
+                req.set_timeout(timeout);
+                async move {
+                    let mut client = pb::admin_client::AdminClient::new(channel);
+                    client.remove(req).await.map(|r| r.into_inner()).map_err(|s| Error::from_status(&addr, s))
+                }
+            })
+            .await?;
+        // The leader may have been the node removed: find the leader afresh next time.
+        *self.inner.leader.lock().expect("leader lock") = None;
+        Ok(resp.leader.unwrap_or_default())
+    }
+
     /// Sends one call, following redirects and retrying retryable failures until the deadline.
     async fn retrying<T, F, Fut>(&self, pinned: Option<String>, follow: bool, call: F) -> Result<T, Error>
     where

@@ -1,5 +1,6 @@
 //! The shell's meta commands (`.help` lists them): the catalog (`.tables`, `.schema`,
-//! `.indexes`, `.dump`), output settings, the cluster (`.status`, `.nodes`, `.leader`), `.read`
+//! `.indexes`, `.dump`), output settings, the cluster (`.status`, `.nodes`, `.leader`,
+//! `.remove`), `.read`
 //! and, in `raftsql demo`, `.demo`.
 
 use crate::shell::{parse_consistency, quote_ident, sql_literal, Flow, Format, Shell};
@@ -22,6 +23,8 @@ SQL statements end with ';' (they may span lines). Meta commands:
                              from the leader, every follower's matched index and lag
   .nodes                     membership with roles and reachability
   .leader                    which node leads, in which term
+  .remove ID                 remove node ID from the cluster (then stop its process; to bring
+                             it back, wipe its data dir and join it under a new id)
   .read FILE                 run SQL and commands from FILE
   .help                      this text
   .quit                      exit (also Ctrl-D)";
@@ -135,6 +138,13 @@ impl Shell {
             ".status" => self.status(args.first().copied()).await,
             ".nodes" => self.nodes().await,
             ".leader" => self.leader().await,
+            ".remove" => match args {
+                [id] => match id.parse::<u64>() {
+                    Ok(id) => self.remove(id).await,
+                    Err(_) => Err(format!("bad node id {id:?}: usage: .remove ID")),
+                },
+                _ => Err("usage: .remove ID".into()),
+            },
             ".read" => match args.first() {
                 None => Err("usage: .read FILE".into()),
                 Some(_) if self.read_depth >= 16 => Err(".read nested too deeply".into()),
@@ -453,6 +463,23 @@ impl Shell {
                 None => writeln!(o, "{id:<5} {addr:<21} {member:<8} -  no"),
             };
         }
+        Ok(())
+    }
+
+    async fn remove(&mut self, id: u64) -> Result<(), String> {
+        let s = self.client.remove_member(id).await.map_err(|e| e.to_string())?;
+        let _ = writeln!(
+            self.out,
+            "removed node {id} (by node {}, term {}); members now: {}",
+            s.node_id,
+            s.term,
+            members_text(&s.members)
+        );
+        let _ = writeln!(
+            self.out,
+            "stop node {id}'s process and do not restart it on its data dir; to bring it back, wipe the \
+             data dir and join it under a new id"
+        );
         Ok(())
     }
 

@@ -10,6 +10,8 @@
 //!   `--learner` asks it to stay a read replica that never votes.
 //!
 //! A restart needs only `--id`, `--listen` and `--data-dir`: the membership is in the log.
+//! `--peer-source-addr IP` binds every connection this node opens to another node (including
+//! the join and bootstrap calls here) to that local IP (see `raft::network`).
 //! SIGTERM or SIGINT: stop serving, shut openraft down, flush sled, exit 0.
 //!
 //! Known gaps: a leader does not hand over leadership before exiting (openraft 0.9 has no
@@ -44,6 +46,10 @@ pub struct Config {
     /// Address other nodes and clients reach this node at (default: --listen).
     #[arg(long, env = "RAFTSQL_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Local IP address every connection to another node is bound to (default: chosen by the
+    /// OS). For multi-homed hosts; applies to peers of the same address family.
+    #[arg(long, env = "RAFTSQL_PEER_SOURCE_ADDR", value_name = "IP")]
+    pub peer_source_addr: Option<std::net::IpAddr>,
     /// Directory holding this node's data (created if missing).
     #[arg(long, env = "RAFTSQL_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -151,11 +157,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         .validate()
         .context("invalid Raft timing configuration")?;
-        let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(cfg.id), log, sm.clone())
-            .await
-            .context("starting Raft")?;
-        let options =
-            Options { max_result_bytes: cfg.max_result_bytes, forward_writes: cfg.forward_writes, ..Default::default() };
+        let raft = Raft::new(
+            cfg.id,
+            Arc::new(raft_config),
+            Network::new(cfg.id, cfg.peer_source_addr),
+            log,
+            sm.clone(),
+        )
+        .await
+        .context("starting Raft")?;
+        let options = Options {
+            max_result_bytes: cfg.max_result_bytes,
+            forward_writes: cfg.forward_writes,
+            ..Default::default()
+        };
         let sequencer = Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), options.clone());
         let core = Arc::new(Core {
             id: cfg.id,
@@ -166,15 +181,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             options,
             last_leader_contact: Default::default(),
             append_times: Default::default(),
+            peer_source: cfg.peer_source_addr,
         });
         core.append_times.follow(raft.clone());
-        info!(listen = %cfg.listen, %addr, data_dir = %cfg.data_dir.display(), has_state, "raftsql node started");
+        info!(
+            listen = %cfg.listen,
+            %addr,
+            data_dir = %cfg.data_dir.display(),
+            peer_source_addr = ?cfg.peer_source_addr,
+            has_state,
+            "raftsql node started"
+        );
 
         if !has_state {
             if let Some(members) = members {
-                tokio::spawn(bootstrap(raft.clone(), cfg.id, members).in_current_span());
+                tokio::spawn(bootstrap(core.clone(), members).in_current_span());
             } else if let Some(seed) = cfg.join.clone() {
-                tokio::spawn(join(seed, cfg.id, addr.clone(), cfg.learner).in_current_span());
+                tokio::spawn(join(core.clone(), seed, cfg.learner).in_current_span());
             } else {
                 warn!("this node has no Raft state and neither --bootstrap nor --join: it waits to be added");
             }
@@ -222,7 +245,8 @@ async fn shutdown_signal() {
 }
 
 /// On the lowest listed id: initialize once every listed member answers.
-async fn bootstrap(raft: Raft, id: NodeId, members: BTreeMap<NodeId, String>) {
+async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
+    let id = core.id;
     let first = *members.keys().next().expect("parse_members rejects an empty list");
     if id != first {
         info!(initializer = first, "waiting for node {first} to initialize the cluster");
@@ -232,7 +256,7 @@ async fn bootstrap(raft: Raft, id: NodeId, members: BTreeMap<NodeId, String>) {
     loop {
         let mut missing = Vec::new();
         for (&m, addr) in members.iter().filter(|(&m, _)| m != id) {
-            if !answers(addr).await {
+            if !answers(&core, addr).await {
                 missing.push(m);
             }
         }
@@ -247,7 +271,7 @@ async fn bootstrap(raft: Raft, id: NodeId, members: BTreeMap<NodeId, String>) {
     }
     let nodes: BTreeMap<NodeId, BasicNode> =
         members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-    match raft.initialize(nodes).await {
+    match core.raft.initialize(nodes).await {
         Ok(()) => info!("cluster initialized"),
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
             info!("cluster was already initialized")
@@ -256,8 +280,8 @@ async fn bootstrap(raft: Raft, id: NodeId, members: BTreeMap<NodeId, String>) {
     }
 }
 
-async fn answers(addr: &str) -> bool {
-    let Ok(channel) = crate::raft::network::channel(addr) else { return false };
+async fn answers(core: &Core, addr: &str) -> bool {
+    let Ok(channel) = core.peer_channel(addr) else { return false };
     let mut client = pb::admin_client::AdminClient::new(channel);
     let mut req = tonic::Request::new(pb::StatusRequest {});
     req.set_timeout(Duration::from_secs(1));
@@ -265,14 +289,13 @@ async fn answers(addr: &str) -> bool {
 }
 
 /// Asks `seed` (any member) to add this node; retries until it succeeds or is refused for good.
-async fn join(seed: String, id: NodeId, addr: String, as_learner: bool) {
+async fn join(core: Arc<Core>, seed: String, as_learner: bool) {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let channel = crate::raft::network::channel(&seed)
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let channel = core.peer_channel(&seed).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::admin_client::AdminClient::new(channel);
-            client.join(pb::JoinRequest { node_id: id, addr: addr.clone(), as_learner }).await
+            client.join(pb::JoinRequest { node_id: core.id, addr: core.addr.clone(), as_learner }).await
         };
         match attempt.await {
             Ok(_) => {
@@ -284,7 +307,8 @@ async fn join(seed: String, id: NodeId, addr: String, as_learner: bool) {
                 return;
             }
             Err(s) => {
-                warn!(%seed, error = %s.message(), "join attempt failed; retrying");
+                let error = crate::raft::network::status_text(&s);
+                warn!(%seed, %error, "join attempt failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -342,3 +342,241 @@ async fn leader_reports_follower_lag_in_entries_and_milliseconds() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The members (id, voter) a node's status lists, sorted by id.
+fn members(s: &raftsql_client::pb::StatusResponse) -> Vec<(u64, bool)> {
+    let mut m: Vec<(u64, bool)> = s.members.iter().map(|m| (m.id, m.voter)).collect();
+    m.sort();
+    m
+}
+
+/// Waits until node `id` has stepped down from leading (it reports any other role).
+async fn wait_not_leading(cluster: &Cluster, id: u64) -> raftsql_client::pb::StatusResponse {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = cluster.status(id).await.expect("status");
+        if s.role() != raftsql_client::pb::Role::Leader {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {id} still leads: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every remaining node, once it applied what the leader applied, lists exactly `expected`.
+async fn assert_members_everywhere(cluster: &Cluster, expected: &[(u64, bool)]) {
+    let (rows, _) = cluster.assert_converged("t").await.expect("replicas converge");
+    assert!(rows > 0);
+    for id in cluster.running() {
+        let s = cluster.status(id).await.expect("status");
+        assert_eq!(members(&s), expected, "members on node {id}");
+    }
+}
+
+/// A follower voter and a learner are removed through a request sent to another follower
+/// (forwarded to the leader); writes keep committing and the remaining replicas converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_member_removes_a_follower_voter_and_a_learner() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    insert_rows(&client, 0, 100).await;
+    let voter = cluster.add_node().await.expect("a 4th node joins as a voter");
+    let learner = cluster.add_learner().await.expect("a 5th node joins as a learner");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let via = cluster.ids().into_iter().find(|&id| ![leader, voter, learner].contains(&id)).unwrap();
+    let through_follower = Client::connect([cluster.addr(via).to_string()]).await.expect("connect");
+
+    let s = through_follower.remove_member(voter).await.expect("the follower voter is removed");
+    assert_eq!(s.node_id, leader, "the leader carried it out");
+    assert!(!s.members.iter().any(|m| m.id == voter), "{:?}", members(&s));
+    cluster.kill(voter); // what the operator does next
+    insert_rows(&client, 100, 200).await;
+
+    let s = through_follower.remove_member(learner).await.expect("the learner is removed");
+    assert!(!s.members.iter().any(|m| m.id == learner), "{:?}", members(&s));
+    cluster.kill(learner);
+    insert_rows(&client, 200, 300).await;
+
+    let others: Vec<(u64, bool)> = cluster.running().into_iter().map(|id| (id, true)).collect();
+    assert_eq!(others.len(), 3);
+    assert_members_everywhere(&cluster, &others).await;
+    assert_eq!(count(&client).await, 300);
+}
+
+/// Removing the leader: it steps down once the new config commits, the others elect a leader
+/// among themselves, and writes continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_member_removes_the_leader_and_the_others_elect_a_new_one() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (old_leader, old_term) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    insert_rows(&client, 0, 100).await;
+
+    let s = client.remove_member(old_leader).await.expect("the leader is removed");
+    assert_eq!(s.node_id, old_leader, "the leader carried out its own removal");
+    assert_eq!(members(&s).len(), 2, "{:?}", members(&s));
+    assert!(!s.members.iter().any(|m| m.id == old_leader));
+    let st = wait_not_leading(&cluster, old_leader).await;
+    assert_eq!(st.role(), raftsql_client::pb::Role::Learner, "a removed leader steps down to learner");
+    cluster.kill(old_leader);
+
+    let (new_leader, new_term) = cluster.wait_for_leader(WAIT).await.expect("a new leader is elected");
+    assert_ne!(new_leader, old_leader);
+    assert!(new_term > old_term, "term must grow: {old_term} -> {new_term}");
+    insert_rows(&client, 100, 200).await;
+    let others: Vec<(u64, bool)> = cluster.running().into_iter().map(|id| (id, true)).collect();
+    assert_members_everywhere(&cluster, &others).await;
+    assert_eq!(count(&client).await, 200);
+}
+
+/// Bad removals get typed errors that say what to do, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_member_refuses_bad_input_with_typed_errors() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    insert_rows(&client, 0, 10).await;
+
+    let err = client.remove_member(0).await.expect_err("node 0");
+    assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+    assert!(err.to_string().contains("node ids start at 1"), "{err}");
+    let err = client.remove_member(99).await.expect_err("node 99");
+    assert_eq!(err.code(), "NOT_FOUND", "{err}");
+    assert!(err.to_string().contains("node 99 is not a member"), "{err}");
+
+    // The shell's `.remove`: a bad id is a usage error; a good one says what to do next.
+    let shell = |cmd: String| {
+        let out = std::process::Command::new(raftsql_tests::bin_dir().join("raftsql"))
+            .arg("--addr")
+            .arg(cluster.addrs().join(","))
+            .args(["-e", &cmd])
+            .output()
+            .expect("running the shell");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let (code, text) = shell(".remove x".into());
+    assert!(code == Some(1) && text.contains("usage: .remove ID"), "{code:?} {text}");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let (code, text) = shell(format!(".remove {follower}"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("removed node {follower}")) && text.contains("new id"), "{text}");
+    cluster.kill(follower);
+    let err = client.remove_member(follower).await.expect_err("the second removal");
+    assert_eq!(err.code(), "NOT_FOUND", "{err}");
+    assert!(err.to_string().contains("removed already"), "the error says why: {err}");
+    let others: Vec<(u64, bool)> = cluster.running().into_iter().map(|id| (id, true)).collect();
+    assert_members_everywhere(&cluster, &others).await;
+
+    // A one-node cluster cannot remove its only voter.
+    let single = Cluster::start(1, ClusterOptions::default()).await.expect("one node starts");
+    single.wait_for_leader(WAIT).await.expect("it leads");
+    let err = single.client().await.remove_member(1).await.expect_err("the last voter");
+    assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+    assert!(err.to_string().contains("cannot remove its last voter"), "{err}");
+    let s = single.status(1).await.expect("status");
+    assert_eq!(members(&s), vec![(1, true)]);
+}
+
+/// The operator's way to bring a machine back: remove it, stop it, wipe its data and join it
+/// under a new id; it catches up and the replicas converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_node_is_replaced_by_a_fresh_node_under_a_new_id() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    insert_rows(&client, 0, 300).await;
+
+    let removed = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    client.remove_member(removed).await.expect("removed");
+    cluster.kill(removed);
+    insert_rows(&client, 300, 400).await;
+    let fresh = cluster.add_node().await.expect("a fresh node joins under a new id");
+    assert_ne!(fresh, removed);
+    insert_rows(&client, 400, 500).await;
+
+    let expected: Vec<(u64, bool)> = cluster.running().into_iter().map(|id| (id, true)).collect();
+    assert!(expected.contains(&(fresh, true)) && !expected.iter().any(|(id, _)| *id == removed));
+    assert_members_everywhere(&cluster, &expected).await;
+    assert_eq!(cluster.table_checksum(fresh, "t").await.expect("rows on the fresh node").0, 500);
+}
+
+/// The established TCP connections of this host (from /proc/net/tcp): (local, remote, inode).
+fn established_tcp() -> Vec<(std::net::SocketAddrV4, std::net::SocketAddrV4, u64)> {
+    let parse = |s: &str| {
+        let (ip, port) = s.split_once(':').expect("IP:PORT");
+        // The kernel prints the network-order address as a native u32.
+        let ip = u32::from_str_radix(ip, 16).expect("hex IP").to_ne_bytes();
+        std::net::SocketAddrV4::new(ip.into(), u16::from_str_radix(port, 16).expect("hex port"))
+    };
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(3) == Some(&"01")).then(|| (parse(f[1]), parse(f[2]), f[9].parse().expect("inode")))
+        })
+        .collect()
+}
+
+/// The socket inodes this test process holds.
+fn own_socket_inodes() -> std::collections::HashSet<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        .collect()
+}
+
+/// `--peer-source-addr`: the nodes dial each other from that address. The cluster replicates,
+/// joins a node, forwards writes and a removal (all of which work from the source address);
+/// then every connection to a node is either from the source address or this test's own, and
+/// every follower has the leader's replication connection from the source address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_connections_come_from_the_peer_source_addr() {
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2); // any 127.x address is loopback on Linux
+    let opts = ClusterOptions {
+        extra_args: vec!["--peer-source-addr".into(), source.to_string(), "--forward-writes".into()],
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start(3, opts).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    create_table(&cluster.client().await).await;
+    let joined = cluster.add_node().await.expect("a node joins from the source address");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let via_follower = Client::connect([cluster.addr(follower).to_string()]).await.expect("connect");
+    insert_rows(&via_follower, 0, 100).await; // forwarded by the follower
+    via_follower.remove_member(joined).await.expect("a forwarded removal");
+    cluster.kill(joined);
+    cluster.assert_converged("t").await.expect("replicas converge");
+
+    let ports: std::collections::HashMap<u16, u64> = cluster
+        .running()
+        .into_iter()
+        .map(|id| (cluster.addr(id).rsplit_once(':').unwrap().1.parse().unwrap(), id))
+        .collect();
+    let mine = own_socket_inodes();
+    let to_nodes: Vec<_> =
+        established_tcp().into_iter().filter(|(_, remote, _)| ports.contains_key(&remote.port())).collect();
+    for (local, remote, inode) in &to_nodes {
+        assert!(
+            *local.ip() == source || mine.contains(inode),
+            "a connection {local} -> {remote} to node {} neither comes from {source} nor from this test",
+            ports[&remote.port()]
+        );
+    }
+    // The leader's replication streams stay connected to every follower (the followers'
+    // forwarding calls to the leader use a connection each, closed after the call).
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    for (port, id) in ports.iter().filter(|(_, id)| **id != leader) {
+        assert!(
+            to_nodes.iter().any(|(local, remote, _)| remote.port() == *port && *local.ip() == source),
+            "follower {id} has no connection from {source}: {to_nodes:?}"
+        );
+    }
+}

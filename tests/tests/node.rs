@@ -110,6 +110,10 @@ fn bad_flags_are_refused_with_readable_errors() {
         (vec!["--id", "1", "--listen", "0.0.0.0:1", "--data-dir", data], "--advertise"),
         (vec!["--id", "1", "--listen", &addr, "--data-dir", "/proc/version"], "not a directory"),
         (vec!["--id", "x", "--listen", &addr, "--data-dir", data], "invalid value"),
+        (
+            vec!["--id", "1", "--listen", &addr, "--data-dir", data, "--peer-source-addr", "127.0.0.1:7000"],
+            "invalid value '127.0.0.1:7000' for '--peer-source-addr <IP>'",
+        ),
     ] {
         let out = run_to_end(server(&args));
         assert!(!out.status.success(), "{args:?} must be refused");

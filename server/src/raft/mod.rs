@@ -46,6 +46,9 @@ pub enum Error {
     Token(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// What the request names does not exist (e.g. a node that is not a member).
+    #[error("not found: {0}")]
+    NotFound(String),
     #[error(transparent)]
     Sql(#[from] crate::sql::Error),
     #[error("storage failure on this node: {0}")]
@@ -148,6 +151,8 @@ pub struct Core {
     pub last_leader_contact: Arc<AtomicU64>,
     /// When this node saw its last log index reach each value, for replication lag in time.
     pub append_times: AppendTimes,
+    /// The local IP every connection to another node is bound to (`--peer-source-addr`).
+    pub peer_source: Option<std::net::IpAddr>,
 }
 
 /// When the local log reached each index (sampled from openraft's metrics), bounded to the most
@@ -209,6 +214,12 @@ impl Core {
         self.raft.metrics().borrow().clone()
     }
 
+    /// A lazily connected channel to another node at `addr`, from this node's peer source
+    /// address ([`network::channel`]).
+    pub fn peer_channel(&self, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        network::channel(addr, self.peer_source)
+    }
+
     /// The NotLeader error as this node knows it now.
     pub fn not_leader(&self) -> Error {
         let m = self.metrics();
@@ -240,7 +251,7 @@ impl Core {
             let pending: Vec<&(NodeId, String)> =
                 members.iter().filter(|(id, _)| !done.contains(id) && *id != self.id).collect();
             for (id, addr) in pending {
-                let Ok(channel) = network::channel(addr) else { continue };
+                let Ok(channel) = self.peer_channel(addr) else { continue };
                 let mut client = raftsql_proto::v1::admin_client::AdminClient::new(channel);
                 let mut req = tonic::Request::new(raftsql_proto::v1::StatusRequest {});
                 req.set_timeout(Duration::from_millis(500));

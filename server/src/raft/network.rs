@@ -13,6 +13,14 @@
 //!   server accepts messages up to the same limit, so nothing hits tonic's 4 MiB default.
 //! - Failures: a peer that cannot be connected to is `Unreachable` (openraft backs off); a
 //!   timeout is `Timeout`; any other transport failure is `Network` (openraft retries).
+//! - Source address (`--peer-source-addr IP`): every connection this node opens to another
+//!   node — replication here, and the join, bootstrap, write-forwarding, remove-forwarding and
+//!   `min_replicas` status calls elsewhere — goes through [`channel`] and is bound to that local
+//!   IP, so a multi-homed host picks the interface its peers see (and a test proxy can tell
+//!   nodes apart by source IP). It applies to peers of its own family only: an IPv4 source
+//!   address is not used to reach an IPv6 peer, and vice versa. An address that cannot be bound
+//!   (not assigned to this host) shows as a connect failure naming the peer, in the log and in
+//!   the error a forwarded request returns; the node itself starts normally.
 
 use crate::typ::{NodeId, TypeConfig};
 use openraft::error::{
@@ -29,6 +37,7 @@ use raftsql_proto::v1::raft_client::RaftClient;
 use raftsql_proto::v1::RaftMessage;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -36,14 +45,37 @@ use tonic::transport::{Channel, Endpoint};
 /// The largest peer message either side sends or accepts (64 MiB).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
-/// Opens a lazily connected channel to `addr` ("host:port").
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+/// The endpoint of a node-to-node connection to `addr` ("host:port"), bound to the local IP
+/// `source` when one is given (`--peer-source-addr`).
+fn endpoint(addr: &str, source: Option<IpAddr>) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .local_address(source))
+}
+
+/// Opens a lazily connected channel to the node at `addr` ("host:port"), from the local IP
+/// `source` if given. Every node-to-node connection is made through here.
+pub fn channel(addr: &str, source: Option<IpAddr>) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr, source)?.connect_lazy())
+}
+
+/// A failed call's message and causes on one line, each once: tonic reports a failed dial as a
+/// status whose message names the step ("tcp bind local error") and whose source chain ends in
+/// the OS's reason ("Cannot assign requested address").
+pub fn status_text(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(cause) = source {
+        let t = cause.to_string();
+        if !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Creates one [`PeerClient`] per replication stream, sharing one channel per peer.
@@ -51,11 +83,13 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 pub struct Network {
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
     pub(crate) me: NodeId,
+    /// The local IP every peer connection is bound to (`--peer-source-addr`).
+    source: Option<IpAddr>,
 }
 
 impl Network {
-    pub fn new(me: NodeId) -> Self {
-        Network { channels: Default::default(), me }
+    pub fn new(me: NodeId, source: Option<IpAddr>) -> Self {
+        Network { channels: Default::default(), me, source }
     }
 }
 
@@ -67,7 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
         let channel = match channels.get(&key) {
             Some(c) => Ok(c.clone()),
-            None => channel(&node.addr).inspect(|c| {
+            None => channel(&node.addr, self.source).inspect(|c| {
                 channels.insert(key, c.clone());
             }),
         };
@@ -135,8 +169,12 @@ impl PeerClient {
         let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_elapsed) => return Err(timeout()),
             Ok(Err(status)) => {
-                let err =
-                    TransportError(format!("{kind} to node {} at {}: {status}", self.target, self.addr));
+                let err = TransportError(format!(
+                    "{kind} to node {} at {}: {}",
+                    self.target,
+                    self.addr,
+                    status_text(&status)
+                ));
                 return Err(match status.code() {
                     tonic::Code::DeadlineExceeded => timeout(),
                     tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
@@ -189,5 +227,58 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // An unreachable peer is retried at 200 ms, doubling up to 2 s: a restarted node is
         // found again quickly, a dead one costs little.
         openraft::network::Backoff::new((0..).map(|i| Duration::from_millis((200u64 << i.min(4)).min(2000))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftsql_proto::v1::admin_client::AdminClient;
+    use raftsql_proto::v1::StatusRequest;
+
+    /// Opens a real tonic connection through [`channel`] to a bare TCP listener and returns the
+    /// address the listener saw the connection come from.
+    async fn dial_and_accept(source: Option<IpAddr>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let channel = channel(&addr, source).unwrap();
+        // The listener speaks no HTTP/2, so the call itself never succeeds; it only has to dial.
+        let call = tokio::spawn(async move {
+            let mut req = tonic::Request::new(StatusRequest {});
+            req.set_timeout(Duration::from_secs(5));
+            let _ = AdminClient::new(channel).status(req).await;
+        });
+        let (_stream, peer) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the channel connects within 5 s")
+            .unwrap();
+        call.abort();
+        peer
+    }
+
+    #[tokio::test]
+    async fn peer_connections_come_from_the_source_address() {
+        // Linux routes all of 127.0.0.0/8 to loopback, so any 127.x address can be bound.
+        let source: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(dial_and_accept(Some(source)).await.ip(), source);
+        let default = dial_and_accept(None).await;
+        assert_eq!(default.ip(), "127.0.0.1".parse::<IpAddr>().unwrap(), "no source: the OS picks");
+    }
+
+    #[tokio::test]
+    async fn an_unbindable_source_address_is_a_readable_connect_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // TEST-NET-1 (RFC 5737): assigned to no host, so binding it fails.
+        let channel = channel(&addr, Some("192.0.2.1".parse().unwrap())).unwrap();
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(5));
+        let status = AdminClient::new(channel).status(req).await.expect_err("cannot bind 192.0.2.1");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "a connect failure: {status:?}");
+        let text = status_text(&status);
+        assert!(
+            text.contains("bind") && text.contains("Cannot assign requested address"),
+            "the error names the step and the OS's reason: {text}"
+        );
     }
 }

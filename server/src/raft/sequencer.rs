@@ -468,6 +468,7 @@ fn clone_error(e: &Error) -> Error {
         Error::Timeout(s) => Error::Timeout(s.clone()),
         Error::Token(s) => Error::Token(s.clone()),
         Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
+        Error::NotFound(s) => Error::NotFound(s.clone()),
         other => Error::Unavailable(other.to_string()),
     }
 }

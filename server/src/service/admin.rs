@@ -1,8 +1,30 @@
-//! The `Admin` service: status (like Redis `INFO replication`), join, snapshot.
+//! The `Admin` service: status (like Redis `INFO replication`), join, remove, snapshot.
+//!
+//! Membership changes run on the leader; any other member forwards them there (once: a
+//! forwarded request that meets a non-leader is answered `NOT_LEADER`, never forwarded again).
+//! - Join: add the node as a learner, wait until it has caught up, then promote it to voter
+//!   (unless it asked to stay a learner).
+//! - Remove: a voter leaves through openraft's two-step change (joint config, then the new
+//!   config) with `retain = false`, so it does not stay behind as a learner; a learner just
+//!   leaves the node list. Removing the leader works: it keeps leading until the config without
+//!   it has committed and applied, then steps down, and the remaining voters elect a new leader
+//!   after their election timeout (openraft 0.9 has no leadership transfer). The last voter is
+//!   never removed.
+//!
+//! A removed node is not told, and its process keeps running outside the cluster. A removed
+//! follower usually misses the final config (the leader stops replicating to it as soon as that
+//! config is appended), so it still counts itself a voter and calls elections in rising terms;
+//! the members refuse them (their logs are longer) and keep their leader, but its own status
+//! stays misleading. The operator stops it and must not restart it on the same data dir: it
+//! would still believe it is a member. To bring the machine back, wipe its data dir and join it
+//! under a new id.
 
+use super::sql::FORWARDED;
 use super::{role_to_pb, status_from};
 use crate::raft::{Core, Error};
-use openraft::{BasicNode, ChangeMembers};
+use crate::typ::NodeId;
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use raftsql_proto::v1 as pb;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,6 +33,9 @@ use tracing::info;
 
 /// How long a join may take: the new node must catch up by snapshot and log first.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a removal may take to commit (two membership entries on a live quorum).
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct AdminService {
     pub core: Arc<Core>,
@@ -111,13 +136,92 @@ impl AdminService {
     }
 }
 
-fn join_error(
-    core: &Core,
-    e: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
-) -> Error {
+impl AdminService {
+    async fn remove_on_leader(&self, id: NodeId) -> Result<(), Error> {
+        let m = self.core.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            let members: Vec<String> = membership.nodes().map(|(id, _)| id.to_string()).collect();
+            return Err(Error::NotFound(format!(
+                "node {id} is not a member of this cluster (members: {}); it may have been removed already",
+                members.join(", ")
+            )));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_voter = voters.contains(&id);
+        if is_voter && voters.len() == 1 {
+            return Err(last_voter(id));
+        }
+        let change = match is_voter {
+            true => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+            false => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+        };
+        info!(node = id, voter = is_voter, leader_removed = id == self.core.id, "removing member");
+        match tokio::time::timeout(REMOVE_TIMEOUT, self.core.raft.change_membership(change, false)).await {
+            Err(_) => Err(Error::Timeout(format!(
+                "removing node {id} did not commit within {REMOVE_TIMEOUT:?} (is a quorum of the \
+                 remaining voters up?); the change may still complete: check the members in the status"
+            ))),
+            Ok(Err(e)) => Err(remove_error(&self.core, id, e)),
+            Ok(Ok(_)) => {
+                info!(
+                    node = id,
+                    "member removed; stop its process and do not restart it on the same data dir"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn last_voter(id: NodeId) -> Error {
+    Error::InvalidArgument(format!(
+        "node {id} is the only voter, and a cluster cannot remove its last voter: join another node first"
+    ))
+}
+
+fn join_error(core: &Core, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
     match e.forward_to_leader() {
         Some(_) => core.not_leader(),
         None => Error::Unavailable(format!("membership change failed: {e}")),
+    }
+}
+
+fn remove_error(core: &Core, id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match e.api_error() {
+        Some(ClientWriteError::ForwardToLeader(_)) => core.not_leader(),
+        Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::EmptyMembership(_))) => {
+            last_voter(id)
+        }
+        Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+            Error::Unavailable(format!("another membership change is still committing ({p}); retry shortly"))
+        }
+        _ => Error::Unavailable(format!("removing node {id} failed: {e}; retry")),
+    }
+}
+
+/// What a forwarding node answers when the leader's answer did not come back: a raftsql error
+/// from the leader passes through unchanged; a transport failure (leader gone, or this node
+/// cannot connect, e.g. a `--peer-source-addr` it cannot bind) becomes UNAVAILABLE naming the
+/// leader and the cause, so the client retries elsewhere.
+fn forward_failed(addr: &str, s: tonic::Status) -> tonic::Status {
+    if !s.details().is_empty() {
+        return s;
+    }
+    let cause = crate::raft::network::status_text(&s);
+    status_from(Error::Unavailable(format!("cannot forward to the leader at {addr}: {cause}")))
+}
+
+/// The leader's address to forward a membership change to; Err is the answer to give instead
+/// (no leader known, this node is a stale leader, or the request was forwarded once already).
+fn forward_target(core: &Core, forwarded: bool) -> Result<String, tonic::Status> {
+    match core.not_leader() {
+        Error::NotLeader { leader_id: Some(l), leader_addr: Some(addr), .. }
+            if l != core.id && !forwarded =>
+        {
+            Ok(addr)
+        }
+        e => Err(status_from(e)),
     }
 }
 
@@ -134,6 +238,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<pb::JoinRequest>,
     ) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let req = request.into_inner();
         if req.node_id == 0 {
             return Err(super::invalid("node ids start at 1"));
@@ -141,19 +246,44 @@ impl pb::admin_server::Admin for AdminService {
         if req.addr.is_empty() {
             return Err(super::invalid("the joining node's address is empty"));
         }
-        let m = self.core.metrics();
-        if m.current_leader != Some(self.core.id) {
+        if self.core.metrics().current_leader != Some(self.core.id) {
             // Forward to the leader, so any member accepts a join.
-            let Error::NotLeader { leader_addr: Some(addr), .. } = self.core.not_leader() else {
-                return Err(status_from(self.core.not_leader()));
-            };
-            let channel = crate::raft::network::channel(&addr)
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let addr = forward_target(&self.core, forwarded)?;
+            let channel =
+                self.core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::admin_client::AdminClient::new(channel);
-            return client.join(req).await;
+            let mut request = tonic::Request::new(req);
+            request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            return client.join(request).await.map_err(|s| forward_failed(&addr, s));
         }
         self.join_on_leader(req).await.map_err(status_from)?;
         Ok(tonic::Response::new(pb::JoinResponse { leader: Some(status(&self.core)) }))
+    }
+
+    async fn remove(
+        &self,
+        request: tonic::Request<pb::RemoveRequest>,
+    ) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let req = request.into_inner();
+        if req.node_id == 0 {
+            return Err(super::invalid("node ids start at 1: there is no node 0 to remove"));
+        }
+        // The server state, not `current_leader`: a leader that removed itself keeps its vote
+        // (and so names itself leader) after it stepped down.
+        if self.core.metrics().state != ServerState::Leader {
+            // Forward to the leader, so any member accepts a removal.
+            let addr = forward_target(&self.core, forwarded)?;
+            let channel =
+                self.core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut client = pb::admin_client::AdminClient::new(channel);
+            let mut request = tonic::Request::new(req);
+            request.set_timeout(REMOVE_TIMEOUT + Duration::from_secs(5));
+            request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            return client.remove(request).await.map_err(|s| forward_failed(&addr, s));
+        }
+        self.remove_on_leader(req.node_id).await.map_err(status_from)?;
+        Ok(tonic::Response::new(pb::RemoveResponse { leader: Some(status(&self.core)) }))
     }
 
     async fn snapshot(

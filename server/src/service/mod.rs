@@ -1,7 +1,7 @@
 //! gRPC handlers: decode the request, call `raft`, map results and errors to the protocol.
 //!
 //! - [`sql`]: the `Sql` service (Execute, Query).
-//! - [`admin`]: the `Admin` service (Status, Join, Snapshot).
+//! - [`admin`]: the `Admin` service (Status, Join, Remove, Snapshot).
 //! - [`peer`]: the `Raft` service that carries openraft's peer RPCs.
 //!
 //! Every request-level failure leaves through [`status_from`], the one mapping from internal
@@ -37,6 +37,7 @@ pub fn status_from(err: Error) -> tonic::Status {
         Error::Unavailable(_) => (pb::ErrorCode::Unavailable, tonic::Code::Unavailable),
         Error::Token(_) => (pb::ErrorCode::Token, tonic::Code::InvalidArgument),
         Error::InvalidArgument(_) => (pb::ErrorCode::InvalidArgument, tonic::Code::InvalidArgument),
+        Error::NotFound(_) => (pb::ErrorCode::NotFound, tonic::Code::NotFound),
         Error::Sql(s) => {
             let se = StatementError::from(s);
             let pe = statement_error(&se);
@@ -164,6 +165,7 @@ mod tests {
                 pb::ErrorCode::InvalidArgument,
                 tonic::Code::InvalidArgument,
             ),
+            (Error::NotFound("n".into()), pb::ErrorCode::NotFound, tonic::Code::NotFound),
         ];
         for (err, code, tonic_code) in cases {
             let text = err.to_string();

@@ -36,16 +36,17 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
-/// Marks a write forwarded by a follower, so it is never forwarded twice.
-const FORWARDED: &str = "x-raftsql-forwarded";
+/// Marks a request (a write, a remove) forwarded by a follower, so it is never forwarded twice.
+pub(super) const FORWARDED: &str = "x-raftsql-forwarded";
 
 /// Sends a write on to the leader and relays its answer.
 async fn forward(
+    core: &Core,
     addr: &str,
     req: pb::ExecuteRequest,
 ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
-    let channel = crate::raft::network::channel(addr)
-        .map_err(|e| tonic::Status::unavailable(format!("leader {addr}: {e}")))?;
+    let channel =
+        core.peer_channel(addr).map_err(|e| tonic::Status::unavailable(format!("leader {addr}: {e}")))?;
     let mut client = pb::sql_client::SqlClient::new(channel)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_MESSAGE);
@@ -104,7 +105,7 @@ impl pb::sql_server::Sql for SqlService {
             Ok(r) => r,
             Err(crate::raft::Error::NotLeader { leader_addr: Some(addr), .. }) if original.is_some() => {
                 tracing::debug!(parent: &span, leader = %addr, "forwarding the write to the leader");
-                return forward(&addr, original.expect("checked above")).await;
+                return forward(&self.core, &addr, original.expect("checked above")).await;
             }
             Err(e) => {
                 tracing::debug!(parent: &span, error = %e, "execute failed");
