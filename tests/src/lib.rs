@@ -7,6 +7,7 @@
 //! set). Every wait polls a condition with a
 //! deadline; nothing sleeps to synchronize.
 
+pub mod nemesis;
 pub mod slt;
 
 use raftsql_client::{pb, Client, Consistency, QueryOptions, Value};
@@ -28,6 +29,12 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// More environment variables for every node.
     pub env: Vec<(String, String)>,
+    /// Environment variables for one node only: (node id, name, value).
+    pub node_env: Vec<(u64, String, String)>,
+    /// Run every peer and client link through a [`nemesis::net::Net`] seeded with this value:
+    /// nodes advertise the proxy's entry address and bind outgoing peer connections to their
+    /// own source IP, so links can be cut, slowed or made lossy one direction at a time.
+    pub proxied: Option<u64>,
 }
 
 /// The directory holding the `raftsql-server` and `raftsql` binaries, built once per process so
@@ -75,7 +82,11 @@ pub fn bin_dir() -> &'static Path {
 pub use raftsql_client::demo::free_port;
 
 struct Node {
+    /// Where clients and peers reach the node: the proxy's entry address when proxied.
     addr: String,
+    /// Where the node really listens; the harness's own status and checksum calls go here, so
+    /// they work whatever the network faults.
+    listen: String,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -86,7 +97,11 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     nodes: BTreeMap<u64, Node>,
     opts: ClusterOptions,
+    /// Talks to the nodes' real listen addresses (never through the proxies).
     client: Client,
+    net: Option<nemesis::net::Net>,
+    /// The highest id this cluster has forgotten: ids are never reused.
+    retired: u64,
 }
 
 impl Cluster {
@@ -106,14 +121,15 @@ impl Cluster {
 
     async fn try_start(n: u64, opts: ClusterOptions) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("raftsql-test-").tempdir().map_err(|e| e.to_string())?;
+        let net = opts.proxied.map(nemesis::net::Net::new);
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(id, Node::new(dir.path(), id));
+            nodes.insert(id, Node::new(dir.path(), id, net.as_ref()).await?);
         }
         let bootstrap: Vec<String> = nodes.iter().map(|(id, node)| format!("{id}={}", node.addr)).collect();
         let client =
-            Client::connect(nodes.values().map(|n| n.addr.clone())).await.map_err(|e| e.to_string())?;
-        let mut cluster = Cluster { dir: Some(dir), nodes, opts, client };
+            Client::connect(nodes.values().map(|n| n.listen.clone())).await.map_err(|e| e.to_string())?;
+        let mut cluster = Cluster { dir: Some(dir), nodes, opts, client, net, retired: 0 };
         let bootstrap = bootstrap.join(",");
         for id in 1..=n {
             cluster.spawn(id, &["--bootstrap", &bootstrap])?;
@@ -146,9 +162,70 @@ impl Cluster {
         self.nodes.values().map(|n| n.addr.clone()).collect()
     }
 
+    /// The nodes' real listen addresses (the same as [`Cluster::addrs`] unless proxied).
+    pub fn listens(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.listen.clone()).collect()
+    }
+
+    /// Kills node `id`, deletes its data dir and stops tracking it (after it was removed from
+    /// the membership): its id is never handed out again. Its log stays in the dir.
+    pub fn forget(&mut self, id: u64) {
+        self.kill(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            let _ = std::fs::remove_dir_all(&node.data_dir);
+        }
+        if let Some(net) = &self.net {
+            net.remove_node(id);
+        }
+        self.retired = self.retired.max(id);
+    }
+
+    /// SIGKILLs every running node at once (as close together as the harness can).
+    pub fn kill_all(&mut self) {
+        for id in self.running() {
+            self.signal(id, libc::SIGKILL);
+        }
+        for id in self.ids() {
+            self.kill(id);
+        }
+    }
+
+    /// Starts every node that is not running (with only its id, addresses and data dir).
+    pub async fn start_stopped(&mut self) -> Result<()> {
+        let stopped: Vec<u64> =
+            self.nodes.iter().filter(|(_, n)| n.child.is_none()).map(|(id, _)| *id).collect();
+        for &id in &stopped {
+            self.spawn(id, &[])?;
+        }
+        for id in stopped {
+            self.wait_answering(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether node `id`'s process runs.
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.child.is_some())
+    }
+
+    /// The path of node `id`'s log file.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.nodes[&id].log.clone()
+    }
+
     /// A client over every node's address.
     pub async fn client(&self) -> Client {
         Client::connect(self.addrs()).await.expect("addresses are valid")
+    }
+
+    /// The fault-injecting network, when the cluster was started with `proxied`.
+    pub fn net(&self) -> Option<&nemesis::net::Net> {
+        self.net.as_ref()
+    }
+
+    /// Keeps the temp dir (logs, data, histories) after the cluster is dropped; returns its path.
+    pub fn keep_dir(&mut self) -> Option<PathBuf> {
+        self.dir.take().map(|d| d.keep())
     }
 
     fn spawn(&mut self, id: u64, extra: &[&str]) -> Result<()> {
@@ -163,6 +240,8 @@ impl Cluster {
         cmd.arg("--id")
             .arg(id.to_string())
             .arg("--listen")
+            .arg(&node.listen)
+            .arg("--advertise")
             .arg(&node.addr)
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -173,11 +252,15 @@ impl Cluster {
                 std::env::var("RAFTSQL_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .envs(self.opts.env.iter().cloned())
+            .envs(self.opts.node_env.iter().filter(|(n, _, _)| *n == id).map(|(_, k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
         if let Some(t) = self.opts.snapshot_threshold {
             cmd.arg("--snapshot-threshold").arg(t.to_string());
+        }
+        if self.net.is_some() {
+            cmd.arg("--peer-source-addr").arg(nemesis::net::source_ip(id).to_string());
         }
         let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", server.display()))?;
         node.child = Some(child);
@@ -206,7 +289,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.check_alive(id)?;
-            if self.client.status(&self.nodes[&id].addr).await.is_ok() {
+            if self.client.status(&self.nodes[&id].listen).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -221,7 +304,42 @@ impl Cluster {
 
     /// A node's status.
     pub async fn status(&self, id: u64) -> Result<pb::StatusResponse> {
-        self.client.status(&self.nodes[&id].addr).await.map_err(|e| format!("status of node {id}: {e}"))
+        self.client.status(&self.nodes[&id].listen).await.map_err(|e| format!("status of node {id}: {e}"))
+    }
+
+    /// The node that says it leads the highest term, among the running nodes not listed in
+    /// `skip` (paused ones, whose status calls would only time out), if any does and a majority
+    /// of the nodes asked name it as leader.
+    pub async fn leader_now(&self, skip: &[u64]) -> Option<u64> {
+        let ids: Vec<u64> = self.running().into_iter().filter(|id| !skip.contains(id)).collect();
+        let mut seen = Vec::new();
+        for id in &ids {
+            if let Ok(s) = self.status(*id).await {
+                seen.push((*id, s.leader_id, s.term, s.role()));
+            }
+        }
+        let (leader, _) = seen
+            .iter()
+            .filter(|(_, _, _, role)| *role == pb::Role::Leader)
+            .map(|(id, _, term, _)| (*id, *term))
+            .max_by_key(|(_, term)| *term)?;
+        let votes = seen.iter().filter(|(_, l, _, _)| *l == leader).count();
+        (votes * 2 > ids.len()).then_some(leader)
+    }
+
+    /// Waits until a node leads with a majority of the members naming it (partitioned or
+    /// stopped nodes may disagree).
+    pub async fn wait_for_quorum_leader(&self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader_now(&[]).await {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no leader named by a majority within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until every running node names the same leader, which says it leads that term.
@@ -317,10 +435,10 @@ impl Cluster {
     }
 
     async fn add(&mut self, learner: bool) -> Result<u64> {
-        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let node = Node::new(self.dir(), id);
+        let id = self.nodes.keys().max().copied().unwrap_or(0).max(self.retired) + 1;
+        let node = Node::new(self.dir(), id, self.net.as_ref()).await?;
         self.nodes.insert(id, node);
-        let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
+        let leader = self.wait_for_quorum_leader(Duration::from_secs(30)).await?;
         let seed = self.addr(leader).to_string();
         let mut args = vec!["--join", seed.as_str()];
         if learner {
@@ -331,11 +449,11 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.check_alive(id)?;
-            let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
+            let leader = self.wait_for_quorum_leader(Duration::from_secs(30)).await?;
             let ls = self.status(leader).await?;
             if ls.members.iter().any(|m| m.id == id && m.voter != learner) {
                 self.wait_applied(id, ls.applied_index, Duration::from_secs(30)).await?;
-                self.client = Client::connect(self.addrs()).await.map_err(|e| e.to_string())?;
+                self.client = Client::connect(self.listens()).await.map_err(|e| e.to_string())?;
                 return Ok(id);
             }
             if Instant::now() > deadline {
@@ -353,7 +471,7 @@ impl Cluster {
     pub async fn table_checksum(&self, id: u64, table: &str) -> Result<(usize, String)> {
         let opts = QueryOptions {
             consistency: Consistency::Any,
-            node: Some(self.addr(id).to_string()),
+            node: Some(self.nodes[&id].listen.clone()),
             ..Default::default()
         };
         let r = self
@@ -387,13 +505,24 @@ impl Cluster {
 }
 
 impl Node {
-    fn new(dir: &Path, id: u64) -> Node {
-        Node {
-            addr: format!("127.0.0.1:{}", free_port()),
+    async fn new(dir: &Path, id: u64, net: Option<&nemesis::net::Net>) -> Result<Node> {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let addr = match net {
+            Some(net) => {
+                let upstream = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
+                let entry =
+                    net.register(id, upstream).await.map_err(|e| format!("proxy for node {id}: {e}"))?;
+                entry.to_string()
+            }
+            None => listen.clone(),
+        };
+        Ok(Node {
+            addr,
+            listen,
             data_dir: dir.join(format!("node-{id}")),
             log: dir.join(format!("node-{id}.log")),
             child: None,
-        }
+        })
     }
 }
 
