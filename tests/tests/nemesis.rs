@@ -10,7 +10,7 @@ const CI_SEED: u64 = 1;
 
 async fn schedule(name: &str) {
     assert!(SCHEDULES.iter().any(|s| s.name == name), "{name} is not a schedule");
-    let outcome = run::run(name, Duration::from_secs(CI_SECS), CI_SEED, false)
+    let outcome = run::run(name, &run::RunOptions::new(Duration::from_secs(CI_SECS), CI_SEED))
         .await
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     println!("{outcome}");
@@ -51,4 +51,26 @@ schedules! {
     slow_follower => "slow-follower",
     lost_response => "lost-response",
     clock_skew => "clock-skew",
+}
+
+/// The checkers are not blind: the same schedule with the register workload reading at `ANY`
+/// (stale replicas allowed) must be judged not linearizable, while the rest stays valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_are_caught_when_reads_are_weakened_on_purpose() {
+    let opts = run::RunOptions {
+        weaken: Some(run::Weakening::AnyRegisterReads),
+        ..run::RunOptions::new(Duration::from_secs(CI_SECS), CI_SEED)
+    };
+    let outcome = run::run("isolate-leader", &opts).await.expect("the run starts");
+    println!("{outcome}");
+    assert!(!outcome.passed, "stale reads at ANY went unnoticed:\n{outcome}");
+    let register = outcome.verdicts.iter().find(|v| v.checker == "register").expect("a register verdict");
+    assert!(!register.valid, "{outcome}");
+    for v in outcome.verdicts.iter().filter(|v| v.checker != "register") {
+        assert!(v.valid, "only the register history was weakened:\n{outcome}");
+    }
+    assert!(outcome.problems.is_empty(), "{outcome}");
+    if let Some(dir) = &outcome.kept {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -41,6 +41,9 @@ struct Args {
     /// Keep every run's logs and histories, not only the failed ones'.
     #[arg(long)]
     keep: bool,
+    /// Make the run wrong on purpose, to see what a caught anomaly looks like.
+    #[arg(long, value_enum)]
+    weaken: Option<run::Weakening>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +71,13 @@ async fn main() -> ExitCode {
         for name in &names {
             for i in 0..args.runs.max(1) {
                 let seed = args.seed + i;
-                match run::run(name, Duration::from_secs(secs), seed, args.keep).await {
+                let opts = run::RunOptions {
+                    time: Duration::from_secs(secs),
+                    seed,
+                    keep: args.keep,
+                    weaken: args.weaken,
+                };
+                match run::run(name, &opts).await {
                     Ok(outcome) => {
                         print!("{outcome}");
                         if outcome.passed {

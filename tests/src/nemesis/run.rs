@@ -54,6 +54,8 @@ pub struct Outcome {
     pub notes: Vec<String>,
     /// Where the logs and histories were kept (failed runs, or when asked).
     pub kept: Option<PathBuf>,
+    /// The flags that replay this run.
+    pub replay: String,
 }
 
 impl std::fmt::Display for Outcome {
@@ -75,18 +77,41 @@ impl std::fmt::Display for Outcome {
         }
         if let Some(dir) = &self.kept {
             writeln!(f, "  logs, data and histories kept in {}", dir.display())?;
-            writeln!(
-                f,
-                "  replay: cargo run -p raftsql-tests --bin nemesis -- --schedule {} --seed {}",
-                self.schedule, self.seed
-            )?;
+            writeln!(f, "  replay: cargo run -p raftsql-tests --bin nemesis -- {}", self.replay)?;
         }
         Ok(())
     }
 }
 
-/// Runs `schedule` for `time` with `seed`. `keep` keeps the temp dir even when the run passes.
-pub async fn run(name: &str, time: Duration, seed: u64, keep: bool) -> Result<Outcome, String> {
+/// How to run a schedule.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// How long the nemesis runs.
+    pub time: Duration,
+    pub seed: u64,
+    /// Keep the temp dir even when the run passes.
+    pub keep: bool,
+    /// Make the run wrong on purpose (to see that the checkers catch it).
+    pub weaken: Option<Weakening>,
+}
+
+impl RunOptions {
+    pub fn new(time: Duration, seed: u64) -> RunOptions {
+        RunOptions { time, seed, keep: false, weaken: None }
+    }
+}
+
+/// Deliberate weakenings: a run with one must fail, or the checkers are blind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weakening {
+    /// The register workload reads at `ANY` (any replica's applied state) but is still judged
+    /// for linearizability: a partitioned old leader or a lagging follower answers stale values.
+    AnyRegisterReads,
+}
+
+/// Runs schedule `name` as `opts` say.
+pub async fn run(name: &str, opts: &RunOptions) -> Result<Outcome, String> {
+    let (time, seed, keep, weaken) = (opts.time, opts.seed, opts.keep, opts.weaken);
     let schedule = SCHEDULES
         .iter()
         .find(|s| s.name == name)
@@ -114,7 +139,7 @@ pub async fn run(name: &str, time: Duration, seed: u64, keep: bool) -> Result<Ou
         }
     }
     let mut cluster = Cluster::start(schedule.nodes, opts).await?;
-    let result = drive(schedule, &mut cluster, &mut rng, time, seed, skewed).await;
+    let result = drive(schedule, &mut cluster, &mut rng, time, seed, skewed, weaken).await;
     let mut outcome = match result {
         Ok(o) => o,
         Err(e) => Outcome {
@@ -125,8 +150,16 @@ pub async fn run(name: &str, time: Duration, seed: u64, keep: bool) -> Result<Ou
             problems: vec![e],
             notes: vec![],
             kept: None,
+            replay: String::new(),
         },
     };
+    outcome.replay = format!("--schedule {} --seed {seed} --time {}", schedule.name, time.as_secs());
+    if let Some(w) = weaken {
+        use clap::ValueEnum;
+        if let Some(v) = w.to_possible_value() {
+            outcome.replay += &format!(" --weaken {}", v.get_name());
+        }
+    }
     outcome.passed = outcome.problems.is_empty() && outcome.verdicts.iter().all(|v| v.valid);
     if !outcome.passed || keep {
         outcome.kept = cluster.keep_dir();
@@ -141,6 +174,7 @@ async fn drive(
     time: Duration,
     seed: u64,
     skewed: Option<u64>,
+    weaken: Option<Weakening>,
 ) -> Result<Outcome, String> {
     let mut notes = Vec::new();
     let mut problems = Vec::new();
@@ -161,7 +195,14 @@ async fn drive(
 
     let workers_until = Instant::now() + time + Duration::from_secs(2);
     let client = cluster.client().await.with_deadline(workload::OP_DEADLINE);
-    let env = Env { client, addrs: cluster.addrs(), deadline: workers_until, seed };
+    let register_reads = match weaken {
+        Some(Weakening::AnyRegisterReads) => {
+            notes.push("weakened on purpose: register reads at ANY".into());
+            Consistency::Any
+        }
+        None => Consistency::Strong,
+    };
+    let env = Env { client, addrs: cluster.addrs(), deadline: workers_until, seed, register_reads };
     let mut tasks = Vec::new();
     let la_values = Arc::new(AtomicI64::new(1));
     let reg_values = Arc::new(AtomicI64::new(1));
@@ -270,7 +311,16 @@ async fn drive(
         check::check_bank(&bank.events(), workload::BANK_ACCOUNTS, workload::BANK_TOTAL),
         check::check_sessions(&sess.events()),
     ];
-    Ok(Outcome { schedule: schedule.name, seed, passed: false, verdicts, problems, notes, kept: None })
+    Ok(Outcome {
+        schedule: schedule.name,
+        seed,
+        passed: false,
+        verdicts,
+        problems,
+        notes,
+        kept: None,
+        replay: String::new(),
+    })
 }
 
 /// The nemesis's state between its steps.

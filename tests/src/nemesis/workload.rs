@@ -108,6 +108,9 @@ pub struct Env {
     pub addrs: Vec<String>,
     pub deadline: Instant,
     pub seed: u64,
+    /// The level of the register workload's reads: `Strong`, unless a run weakens it on
+    /// purpose to show that the checker catches the stale reads that follow.
+    pub register_reads: Consistency,
 }
 
 impl Env {
@@ -258,7 +261,7 @@ pub async fn register(env: Env, rec: Recorder, worker: u64, next_value: Arc<Atom
         } else {
             rec.invoke(process, "read", json!({"key": k, "value": null}));
             let opts = QueryOptions {
-                consistency: Consistency::Strong,
+                consistency: env.register_reads,
                 node: env.any_node(&mut rng),
                 ..Default::default()
             };
