@@ -200,6 +200,31 @@ async fn all_nodes_restarted_at_once_come_back_with_all_data() {
     assert_eq!(rows, 550);
 }
 
+/// A leader killed and restarted at once must not resume leading its old term: its log may lack
+/// entries a majority of followers committed without it (found by the nemesis's kill-all and
+/// kill-random schedules: acknowledged appends lost, replicas diverged). It leads again only
+/// by winning an election, in a higher term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_leader_does_not_resume_its_old_term() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, term) = cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    insert_rows(&client, 0, 100).await;
+    // Restarted well inside the followers' election timeout + leader lease (3 s or more).
+    cluster.restart(leader).await.expect("restart");
+    let s = cluster.status(leader).await.expect("status");
+    assert!(
+        !(s.role() == raftsql_client::pb::Role::Leader && s.term == term),
+        "node {leader} came back leading term {term} without an election: {s:?}"
+    );
+    let (_, new_term) = cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    assert!(new_term > term, "a new leader needs a new term: {new_term} after {term}");
+    insert_rows(&client, 100, 150).await;
+    let (rows, _) = cluster.assert_converged("t").await.expect("replicas converge");
+    assert_eq!(rows, 150);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_sent_to_followers_are_redirected() {
     let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");

@@ -4,6 +4,20 @@
 //! `last_purged` → bincode values. Writes go to sled directly (they are in-memory work for sled);
 //! durability comes from the [`Flusher`]: `save_vote` awaits a flush, `append` hands openraft's
 //! callback to it.
+//!
+//! # A restarted leader must win an election again
+//! openraft 0.9 restores a node whose stored vote is its own *committed* vote straight to
+//! leader, in the same term, without an election (openraft#1511; upstream made it optional in
+//! 2026, after 0.9.25). That is only safe if the leader's log lost nothing, but Raft commits an
+//! entry once a majority has it on disk, and a majority need not include the leader: a leader
+//! killed before its own fsync comes back without entries its followers hold and that clients
+//! were told are committed. Resuming the same term, it then proposes different entries under
+//! the same (term, index) log ids, which the followers take for the ones they have: replicas
+//! diverge and acknowledged writes vanish. The nemesis found exactly this (kill-all and
+//! kill-random: G0/G-single-item, acknowledged appends missing). So [`LogStore::read_vote`], which
+//! openraft calls only at start-up, hands back this node's own committed vote as uncommitted:
+//! the node starts as a follower, and whoever leads next wins a real election in a higher term,
+//! where the up-to-date-log rule picks a node that has every committed entry.
 
 use super::flusher::{Done, Flusher};
 use super::{decode, encode, Error};
@@ -25,6 +39,8 @@ pub struct LogStore {
 }
 
 struct Inner {
+    /// This node's id: its own committed vote is not restored as leadership (see the module doc).
+    node_id: u64,
     log: sled::Tree,
     raft: sled::Tree,
     flusher: Arc<Flusher>,
@@ -39,15 +55,30 @@ fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &Error) -> StorageErro
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db, flusher: Arc<Flusher>) -> Result<LogStore, Error> {
+    pub(crate) fn open(db: &sled::Db, node_id: u64, flusher: Arc<Flusher>) -> Result<LogStore, Error> {
         let log = db.open_tree("log").map_err(Error::sled("open the log tree"))?;
         let raft = db.open_tree("raft").map_err(Error::sled("open the raft metadata tree"))?;
-        let store = LogStore { inner: Arc::new(Inner { log, raft, flusher }) };
+        let store = LogStore { inner: Arc::new(Inner { node_id, log, raft, flusher }) };
         // A purge that crashed half-way left entries at or below `last_purged`: finish it.
         if let Some(purged) = store.last_purged()? {
             store.remove_upto(purged.index)?;
         }
         Ok(store)
+    }
+
+    /// This node's own committed vote, as read at start-up, becomes the uncommitted vote of the
+    /// same term: it still voted for itself in that term (so it grants no other vote there), but
+    /// it is no longer the leader until an election says so. See the module doc.
+    fn not_restored_as_leader(&self, vote: Vote) -> Vote {
+        if vote.is_committed() && vote.leader_id().voted_for() == Some(self.inner.node_id) {
+            tracing::info!(
+                term = vote.leader_id().term,
+                "this node led before it stopped; it starts as a follower and must win an election to lead again"
+            );
+            Vote::new(vote.leader_id().term, self.inner.node_id)
+        } else {
+            vote
+        }
     }
 
     /// A vote or any log entry exists: the node was initialized or joined a cluster before.
@@ -149,7 +180,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     #[tracing::instrument(level = "trace", skip(self))]
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.meta(KEY_VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &e))
+        let vote: Option<Vote> =
+            self.meta(KEY_VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &e))?;
+        Ok(vote.map(|v| self.not_restored_as_leader(v)))
     }
 
     /// Not flushed: losing it only means re-applying fewer entries at start-up (see `store`).

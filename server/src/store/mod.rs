@@ -210,7 +210,7 @@ pub fn open(opts: &Options) -> Result<(LogStore, StateMachine), Error> {
         e => Error::Sled { context: format!("open the sled database in {db_path:?}"), source: e },
     })?;
     let flusher = Arc::new(Flusher::start(db.clone()).map_err(Error::io("start the flusher thread"))?);
-    let log = LogStore::open(&db, flusher.clone())?;
+    let log = LogStore::open(&db, opts.node_id, flusher.clone())?;
     let sm = StateMachine::open(&db, flusher, dir.join("snapshots"))?;
     tracing::info!(data_dir = %dir.display(), node_id = opts.node_id, applied = ?sm.applied_index(), "storage opened");
     Ok((log, sm))

@@ -321,6 +321,30 @@ async fn store_reopen_keeps_vote_log_and_applied_state() {
     assert_eq!(idx, vec![3, 4]);
 }
 
+/// A node that led before it stopped does not come back as leader (openraft 0.9 would resume
+/// the same term without an election, with a log that may lack entries its followers
+/// committed): its own committed vote reads back uncommitted; anyone else's stays as it was.
+#[tokio::test]
+async fn store_restart_does_not_restore_leadership() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open(&opts(dir.path(), 1)).unwrap();
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+    }
+    let (mut log, _sm) = open(&opts(dir.path(), 1)).unwrap();
+    let vote = log.read_vote().await.unwrap().expect("the vote survives");
+    assert_eq!(vote, Vote::new(4, 1), "same term, still voted for itself, not committed");
+    assert!(!vote.is_committed());
+
+    let other = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open(&opts(other.path(), 2)).unwrap();
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+    }
+    let (mut log, _sm) = open(&opts(other.path(), 2)).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(4, 1)));
+}
+
 #[test]
 fn store_refuses_a_data_dir_of_another_node() {
     let dir = tempfile::tempdir().unwrap();
