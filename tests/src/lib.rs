@@ -163,6 +163,11 @@ impl Cluster {
     }
 
     /// The nodes' real listen addresses (the same as [`Cluster::addrs`] unless proxied).
+    /// Node `id`'s own listen address (not through a proxy).
+    pub fn listen(&self, id: u64) -> &str {
+        &self.nodes[&id].listen
+    }
+
     pub fn listens(&self) -> Vec<String> {
         self.nodes.values().map(|n| n.listen.clone()).collect()
     }

@@ -21,7 +21,7 @@ use super::history::Recorder;
 use super::workload::{self, Env};
 use super::{Schedule, SCHEDULES};
 use crate::{Cluster, ClusterOptions};
-use raftsql_client::{Client, Consistency, QueryOptions, Value};
+use raftsql_client::{pb, Client, Consistency, QueryOptions, Value};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -222,7 +222,8 @@ async fn drive(
 
     // The nemesis, for `time`.
     let nemesis_until = Instant::now() + time;
-    let mut faults = Faults { nem: nem.clone(), paused: Vec::new(), count: 0, probes: Probes::default() };
+    let mut faults =
+        Faults { nem: nem.clone(), paused: Vec::new(), count: 0, probes: Probes::default(), skewed };
     let nemesis_result = nemesis(schedule, cluster, rng, nemesis_until, &mut faults).await;
     if let Err(e) = &nemesis_result {
         problems.push(format!("the nemesis could not carry out its schedule: {e}"));
@@ -281,7 +282,12 @@ async fn drive(
     }
     if let (Some(node), Some(rows)) = (skewed, clock_rows) {
         notes.push(format!("node {node} ran with its clock shifted by {SKEW} s; {rows} clock rows written"));
-        match skewed_rows(&admin).await {
+        let unskewed = cluster.ids().into_iter().find(|&n| n != node).unwrap_or(node);
+        match skewed_rows(&admin, cluster.listen(unskewed)).await {
+            Ok(0) => problems.push(format!(
+                "no NOW() value came from node {node}'s shifted clock: it never led while clock rows \
+                 were written, so the run proved nothing (run it longer)"
+            )),
             Ok(n) => notes.push(format!(
                 "{n} NOW() values came from the shifted clock (written while node {node} led)"
             )),
@@ -329,6 +335,8 @@ struct Faults {
     paused: Vec<u64>,
     count: u64,
     probes: Probes,
+    /// The node with the shifted clock (clock-skew only).
+    skewed: Option<u64>,
 }
 
 #[derive(Default)]
@@ -506,9 +514,12 @@ async fn nemesis(
                 lost_response_probe(cluster, leader, f).await;
             }
             "clock-skew" => {
-                // Rotate leadership so the node with the shifted clock leads some of the time.
+                let skewed = f.skewed.ok_or("clock-skew runs without a shifted node")?;
                 net(cluster).isolate(leader);
                 f.log("isolate", json!({"node": leader}));
+                if leader != skewed {
+                    make_leader(cluster, skewed, leader, until, f).await;
+                }
             }
             other => return Err(format!("schedule {other} has no nemesis")),
         }
@@ -517,6 +528,48 @@ async fn nemesis(
         hold(rng, 1_500..3_000, until).await;
     }
     Ok(())
+}
+
+/// Makes `target` lead while `cut` (the old leader) is isolated, whatever the seed, so the
+/// clock-skew schedule always has its shifted node lead part of the time. Waits for the new
+/// leader; if it is not `target`, waits until it has committed an entry of its term (so `target`,
+/// the only other node that acknowledged it, holds that entry) and moves the isolation to it
+/// without healing it in between: `cut` never saw the new term's entries, so `target` has the only
+/// log up to date enough to win the next election. Gives up quietly at a deadline: this is a
+/// fault, not an assertion.
+async fn make_leader(cluster: &Cluster, target: u64, cut: u64, until: Instant, f: &mut Faults) {
+    let deadline = (Instant::now() + Duration::from_secs(15)).min(until);
+    let mut new_leader = None;
+    while Instant::now() < deadline {
+        match cluster.leader_now(&[]).await {
+            Some(l) if l == target => return,
+            Some(l) if l != cut => {
+                new_leader = Some(l);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let Some(l) = new_leader else { return };
+    let Ok(first) = cluster.status(l).await.map(|s| s.last_log_index) else { return };
+    while Instant::now() < deadline {
+        match cluster.status(l).await {
+            Ok(s) if s.committed_index >= first => {
+                // Cut `l` off before letting `cut` back in: `cut` must not see an entry of
+                // the new term, or it could win instead of `target`.
+                net(cluster).isolate(l);
+                for other in cluster.ids().into_iter().filter(|&n| n != l) {
+                    if other != cut {
+                        net(cluster).heal(cut, other);
+                    }
+                }
+                f.log("isolate", json!({"node": l, "healed": cut, "so_that_leads": target}));
+                return;
+            }
+            Ok(s) if s.role() != pb::Role::Leader => return,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 async fn remove_member(admin: &Client, id: u64) -> Result<(), String> {
@@ -581,11 +634,14 @@ async fn lost_response_probe(cluster: &Cluster, leader: u64, f: &mut Faults) {
     }
 }
 
-/// Rows of `clock` whose NOW() is more than an hour ahead of this process's clock.
-async fn skewed_rows(admin: &Client) -> Result<usize, String> {
+/// Rows of `clock` whose NOW() is at least an hour ahead of the clock of `unskewed`, a node
+/// whose clock is right (`SELECT NOW()` at `ANY` runs on the node asked, so asking any node
+/// could ask the shifted one).
+async fn skewed_rows(admin: &Client, unskewed: &str) -> Result<usize, String> {
     let opts = QueryOptions { consistency: Consistency::Strong, ..Default::default() };
     let r = admin.query("SELECT node_time FROM clock", &[], opts).await.map_err(|e| e.to_string())?;
-    let now = admin
+    let right = Client::connect([unskewed.to_string()]).await.map_err(|e| e.to_string())?;
+    let now = right
         .query("SELECT NOW()", &[], QueryOptions { consistency: Consistency::Any, ..Default::default() })
         .await
         .map_err(|e| e.to_string())?;
