@@ -162,12 +162,12 @@ impl Cluster {
         self.nodes.values().map(|n| n.addr.clone()).collect()
     }
 
-    /// The nodes' real listen addresses (the same as [`Cluster::addrs`] unless proxied).
     /// Node `id`'s own listen address (not through a proxy).
     pub fn listen(&self, id: u64) -> &str {
         &self.nodes[&id].listen
     }
 
+    /// The nodes' real listen addresses (the same as [`Cluster::addrs`] unless proxied).
     pub fn listens(&self) -> Vec<String> {
         self.nodes.values().map(|n| n.listen.clone()).collect()
     }

@@ -558,10 +558,8 @@ async fn make_leader(cluster: &Cluster, target: u64, cut: u64, until: Instant, f
                 // Cut `l` off before letting `cut` back in: `cut` must not see an entry of
                 // the new term, or it could win instead of `target`.
                 net(cluster).isolate(l);
-                for other in cluster.ids().into_iter().filter(|&n| n != l) {
-                    if other != cut {
-                        net(cluster).heal(cut, other);
-                    }
+                for other in cluster.ids().into_iter().filter(|&n| n != l && n != cut) {
+                    net(cluster).heal(cut, other);
                 }
                 f.log("isolate", json!({"node": l, "healed": cut, "so_that_leads": target}));
                 return;
