@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// Rows per `ChangeSet` (one log entry) while loading.
+/// Reads' clock and random seed (no query here calls NOW() or RANDOM()).
+const CTX: raftsql_server::sql::Context = raftsql_server::sql::Context { now_millis: 0, seed: 1 };
 const BATCH_ROWS: i64 = 10_000;
 /// Rows each value of `v` matches.
 const ROWS_PER_V: i64 = 4;
@@ -243,7 +245,7 @@ fn lookup(table: &Table, shape: &Shape, rng: &mut Rng) -> Duration {
     let key = if shape.by_v { rng.below(v_values) } else { rng.below(n) };
     let params = [Value::Integer(key)];
     let t = Instant::now();
-    let result = table.sm.read(|view| raftsql_server::sql::query(view, shape.sql, &params));
+    let result = table.sm.read(|view| raftsql_server::sql::query(view, shape.sql, &params, CTX));
     let took = t.elapsed();
     let result = result.unwrap_or_else(|e| panic!("{} with {key}: {e}", shape.sql));
     // Rows with `v = key` are ids key, key + v_values, … below n.
@@ -281,7 +283,7 @@ fn full_scan(table: &Table) -> Duration {
     let mut times: Vec<Duration> = (0..SCAN_RUNS)
         .map(|_| {
             let t = Instant::now();
-            let result = table.sm.read(|view| raftsql_server::sql::query(view, SCAN_SQL, &[]));
+            let result = table.sm.read(|view| raftsql_server::sql::query(view, SCAN_SQL, &[], CTX));
             let took = t.elapsed();
             let result = result.unwrap_or_else(|e| panic!("{SCAN_SQL}: {e}"));
             assert!(result.rows.is_empty(), "{SCAN_SQL} found rows");

@@ -87,6 +87,12 @@ pub struct Config {
     /// Largest query result a read may return, in bytes.
     #[arg(long, env = "RAFTSQL_MAX_RESULT_BYTES", default_value_t = 64 << 20)]
     pub max_result_bytes: usize,
+    /// FOR TESTS ONLY: shift this node's wall clock by this many milliseconds (may be negative)
+    /// wherever raftsql reads the time of day: `NOW()`/`CURRENT_TIMESTAMP` in writes this node
+    /// evaluates as leader and in reads it serves. Timeouts, elections and staleness use
+    /// monotonic clocks and are not affected. The nemesis's clock-skew schedule uses it.
+    #[arg(long, env = "RAFTSQL_CLOCK_OFFSET_MS", default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_offset_ms: i64,
 }
 
 /// Parses `"1=h:p,2=h:p"` into ids and addresses.
@@ -169,8 +175,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let options = Options {
             max_result_bytes: cfg.max_result_bytes,
             forward_writes: cfg.forward_writes,
+            clock_offset_ms: cfg.clock_offset_ms,
             ..Default::default()
         };
+        if cfg.clock_offset_ms != 0 {
+            warn!(
+                offset_ms = cfg.clock_offset_ms,
+                "--clock-offset-ms is set: this node's NOW() is shifted on purpose (a test-only option)"
+            );
+        }
         let sequencer = Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), options.clone());
         let core = Arc::new(Core {
             id: cfg.id,

@@ -134,3 +134,38 @@ async fn parameters_bind_typed_values_through_the_client() {
     let r = client.query("SELECT count(*) FROM p", &[], Default::default()).await.unwrap();
     assert_eq!(r.rows, vec![vec![Value::Integer(1)]]);
 }
+
+/// Seconds since the epoch of a `NOW()` value, `YYYY-MM-DD HH:MM:SS` (days from civil date,
+/// Howard Hinnant's algorithm).
+fn epoch_secs(t: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| t.get(r).and_then(|s| s.parse::<i64>().ok()).expect(t);
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+}
+
+/// `--clock-offset-ms` (the clock-skew schedule's way to skew one node, issue 22) shifts that
+/// node's NOW() and no other node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_offset_shifts_now_on_that_node_only() {
+    let opts = ClusterOptions {
+        node_env: vec![(2, "RAFTSQL_CLOCK_OFFSET_MS".into(), "7200000".into())],
+        ..Default::default()
+    };
+    let cluster = Cluster::start(3, opts).await.expect("cluster starts");
+    cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    let mut now = std::collections::BTreeMap::new();
+    for id in 1..=3 {
+        let r = client.query("SELECT NOW()", &[], pinned(&cluster, id)).await.unwrap();
+        let Value::Text(t) = &r.rows[0][0] else { panic!("NOW() gave {:?}", r.rows) };
+        now.insert(id, epoch_secs(t));
+    }
+    let ahead = now[&2] - now[&1];
+    assert!((7190..=7210).contains(&ahead), "node 2 is {ahead} s ahead of node 1: {now:?}");
+    assert!((now[&3] - now[&1]).abs() <= 10, "nodes 1 and 3 disagree: {now:?}");
+}

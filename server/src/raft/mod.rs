@@ -123,6 +123,9 @@ pub struct Options {
     pub max_batch_requests: usize,
     /// A follower forwards writes to the leader instead of answering NOT_LEADER.
     pub forward_writes: bool,
+    /// Added to this node's wall clock wherever raftsql reads it (`NOW()`, `CURRENT_TIMESTAMP`):
+    /// `--clock-offset-ms`, for tests that skew one node's clock. Zero in production.
+    pub clock_offset_ms: i64,
 }
 
 impl Default for Options {
@@ -134,6 +137,7 @@ impl Default for Options {
             max_result_bytes: 64 << 20,
             max_batch_requests: 512,
             forward_writes: false,
+            clock_offset_ms: 0,
         }
     }
 }
@@ -147,7 +151,8 @@ pub struct Core {
     pub sm: StateMachine,
     pub sequencer: sequencer::Sequencer,
     pub options: Options,
-    /// When this node last accepted an AppendEntries from a leader (unix ms), for BOUNDED reads.
+    /// When this node last accepted an AppendEntries from a leader, for BOUNDED reads
+    /// (milliseconds on [`monotonic_millis`]'s clock; 0 = never).
     pub last_leader_contact: Arc<AtomicU64>,
     /// When this node saw its last log index reach each value, for replication lag in time.
     pub append_times: AppendTimes,
@@ -275,7 +280,7 @@ impl Core {
 
     /// Records that a leader's AppendEntries was accepted just now.
     pub fn touch_leader_contact(&self) {
-        self.last_leader_contact.store(now_millis() as u64, Ordering::Relaxed);
+        self.last_leader_contact.store(monotonic_millis(), Ordering::Relaxed);
     }
 
     pub fn receipt(&self, index: u64, level: Consistency) -> Receipt {
@@ -302,8 +307,19 @@ pub(crate) fn session_token(sm: &StateMachine, index: u64) -> String {
     }
 }
 
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+/// This node's wall clock in unix milliseconds, shifted by `offset_ms` (`--clock-offset-ms`):
+/// the one place raftsql reads the time of day. Staleness and timeouts use monotonic clocks.
+pub(crate) fn wall_clock_millis(offset_ms: i64) -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    now.saturating_add(offset_ms)
+}
+
+/// Milliseconds since this process first asked, never 0 and never going back: wall-clock
+/// steps (NTP, an operator, a skewed node) do not change how stale a replica looks.
+pub(crate) fn monotonic_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| std::time::Instant::now() - Duration::from_millis(1));
+    start.elapsed().as_millis() as u64
 }
 
 #[cfg(test)]

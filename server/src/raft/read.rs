@@ -72,8 +72,13 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
     }
     let sm = core.sm.clone();
     let (sql, params, limit) = (req.sql, req.params, core.options.max_result_bytes);
+    // NOW() in a read is this node's time, as in SQLite; RANDOM() is fresh per read.
+    let ctx = crate::sql::Context {
+        now_millis: super::wall_clock_millis(core.options.clock_offset_ms),
+        seed: rand::random(),
+    };
     let (result, applied) = tokio::task::spawn_blocking(move || {
-        sm.read(|view| (crate::sql::query(view, &sql, &params), sm.applied_index()))
+        sm.read(|view| (crate::sql::query(view, &sql, &params, ctx), sm.applied_index()))
     })
     .await
     .map_err(|panic| {
@@ -158,7 +163,7 @@ fn bounded(core: &Core, max: Duration) -> Result<(), Error> {
         if last == 0 {
             u64::MAX
         } else {
-            (super::now_millis() as u64).saturating_sub(last)
+            super::monotonic_millis().saturating_sub(last)
         }
     };
     if staleness_ms <= max.as_millis() as u64 {

@@ -299,7 +299,10 @@ impl Task {
     async fn evaluate_and_propose(&mut self, work: Vec<Work>, term: u64) {
         let requests: Vec<WriteRequest> = work.iter().map(|w| w.request.clone()).collect();
         let sm = self.sm.clone();
-        let ctx = crate::sql::Context { now_millis: super::now_millis(), seed: rand::random() };
+        let ctx = crate::sql::Context {
+            now_millis: super::wall_clock_millis(self.options.clock_offset_ms),
+            seed: rand::random(),
+        };
         let evaluated = tokio::task::spawn_blocking(move || {
             sm.read(|view| {
                 let mut executor = crate::sql::Executor::new(view, ctx);

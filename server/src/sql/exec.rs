@@ -719,10 +719,15 @@ fn pk_violation(schema: &TableSchema) -> Error {
 }
 
 /// A read-only query (SELECT, VALUES or EXPLAIN) on any replica's view.
-pub fn query(view: &dyn ReadView, sql: &str, params: &[Value]) -> Result<StatementResult, Error> {
+pub fn query(
+    view: &dyn ReadView,
+    sql: &str,
+    params: &[Value],
+    ctx: Context,
+) -> Result<StatementResult, Error> {
     let stmts = parse(sql)?;
     match stmts.as_slice() {
-        [Statement::Query(q)] => run_query(view, q, params, None),
+        [Statement::Query(q)] => run_query(view, q, params, Some(ctx)),
         [Statement::Explain { statement, .. }] => explain(view, statement, params),
         [] => Err(Error::Invalid("empty query".into())),
         [_] => Err(Error::Invalid(
@@ -788,6 +793,10 @@ mod tests {
     use crate::sql::MemoryView;
 
     const CTX: Context = Context { now_millis: 1_700_000_000_000, seed: 7 };
+
+    fn query(view: &dyn ReadView, sql: &str, params: &[Value]) -> Result<StatementResult, Error> {
+        super::query(view, sql, params, CTX)
+    }
 
     fn run(view: &mut MemoryView, sql: &str) -> (Vec<Change>, Vec<StatementOutcome>) {
         let snapshot = view.clone();

@@ -62,5 +62,5 @@ pub const SCHEDULES: &[Schedule] = &[
     schedule("lost-response", 3, (1_000, 2_000),
         "the leader's replies to clients are dropped: a committed write must come back indeterminate, and its retry under the same request id must not apply it twice"),
     Schedule { skewed_clock: true, ..schedule("clock-skew", 3, (4_500, 7_000),
-        "one node's wall clock runs two hours ahead (libfaketime) and leads part of the run: NOW() values in rows, some from the shifted clock, are identical on every replica") },
+        "one node's wall clock runs two hours ahead (--clock-offset-ms) and leads part of the run: NOW() values in rows, some from the shifted clock, are identical on every replica") },
 ];

@@ -37,9 +37,9 @@ use tokio::time::Instant;
 /// of the default 1–2 s, with room for a debug build restarting every node).
 pub const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
 
-/// The shifted clock of the clock-skew schedule.
-pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-const SKEW: &str = "+7200";
+/// How far ahead the clock-skew schedule shifts one node's wall clock, in seconds; applied
+/// with the server's test-only `--clock-offset-ms` (as `RAFTSQL_CLOCK_OFFSET_MS`).
+const SKEW_SECS: i64 = 7200;
 
 /// The verdict of one run.
 #[derive(Debug)]
@@ -124,19 +124,8 @@ pub async fn run(name: &str, opts: &RunOptions) -> Result<Outcome, String> {
     }
     let skewed = schedule.skewed_clock.then(|| rng.gen_range(1..=schedule.nodes));
     if let Some(node) = skewed {
-        if !std::path::Path::new(FAKETIME_LIB).exists() {
-            return Err(format!(
-                "{FAKETIME_LIB} is missing: install Debian's faketime (apt-get install faketime)"
-            ));
-        }
-        for (k, v) in [
-            ("LD_PRELOAD", FAKETIME_LIB),
-            ("FAKETIME", SKEW),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-            ("FAKETIME_NO_CACHE", "1"),
-        ] {
-            opts.node_env.push((node, k.to_string(), v.to_string()));
-        }
+        let offset_ms = (SKEW_SECS * 1000).to_string();
+        opts.node_env.push((node, "RAFTSQL_CLOCK_OFFSET_MS".to_string(), offset_ms));
     }
     let mut cluster = Cluster::start(schedule.nodes, opts).await?;
     let result = drive(schedule, &mut cluster, &mut rng, time, seed, skewed, weaken).await;
@@ -281,7 +270,9 @@ async fn drive(
         }
     }
     if let (Some(node), Some(rows)) = (skewed, clock_rows) {
-        notes.push(format!("node {node} ran with its clock shifted by {SKEW} s; {rows} clock rows written"));
+        notes.push(format!(
+            "node {node} ran with its clock shifted by +{SKEW_SECS} s; {rows} clock rows written"
+        ));
         let unskewed = cluster.ids().into_iter().find(|&n| n != node).unwrap_or(node);
         match skewed_rows(&admin, cluster.listen(unskewed)).await {
             Ok(0) => problems.push(format!(
