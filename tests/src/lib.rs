@@ -228,6 +228,31 @@ impl Cluster {
         self.net.as_ref()
     }
 
+    /// Writes every running node's thread stacks to `node-N.stacks` next to its log, when gdb
+    /// is installed (a failed nemesis run does this before its processes are killed, so a node
+    /// that hangs can be read afterwards). Returns the files written.
+    pub fn dump_stacks(&self) -> Vec<PathBuf> {
+        let mut written = Vec::new();
+        for (id, node) in &self.nodes {
+            let Some(child) = node.child.as_ref() else { continue };
+            let out = node.log.with_extension("stacks");
+            let gdb = Command::new("gdb")
+                .args(["-p", &child.id().to_string(), "-batch", "-nx", "-ex", "thread apply all bt"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output();
+            if let Ok(o) = gdb {
+                if std::fs::write(&out, &o.stdout).is_ok() {
+                    written.push(out);
+                }
+            } else {
+                eprintln!("node {id}: no stacks (gdb is not installed)");
+                break;
+            }
+        }
+        written
+    }
+
     /// Keeps the temp dir (logs, data, histories) after the cluster is dropped; returns its path.
     pub fn keep_dir(&mut self) -> Option<PathBuf> {
         self.dir.take().map(|d| d.keep())

@@ -150,6 +150,11 @@ pub async fn run(name: &str, opts: &RunOptions) -> Result<Outcome, String> {
         }
     }
     outcome.passed = outcome.problems.is_empty() && outcome.verdicts.iter().all(|v| v.valid);
+    if !outcome.passed {
+        for f in cluster.dump_stacks() {
+            outcome.notes.push(format!("thread stacks: {}", f.display()));
+        }
+    }
     if !outcome.passed || keep {
         outcome.kept = cluster.keep_dir();
     }
