@@ -357,6 +357,7 @@ impl Shell {
                 "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
                 "purged_index": s.purged_index,
                 "millis_since_quorum_ack": leader.as_ref().map(|l| l.millis_since_quorum_ack),
+                "watchdog_stalls": s.watchdog_stalls, "stalled": s.stalled,
                 "followers": followers});
             let _ = writeln!(self.out, "{obj}");
             return Ok(());
@@ -374,6 +375,16 @@ impl Shell {
         );
         let _ = writeln!(o, "  snapshot:   index {}, log purged up to {}", s.snapshot_index, s.purged_index);
         let _ = writeln!(o, "  members:    {}", members_text(&s.members));
+        if !s.stalled.is_empty() {
+            let _ = writeln!(
+                o,
+                "  STALLED:    {} (see the node's log for the watchdog's dump)",
+                s.stalled.join("; ")
+            );
+        }
+        if s.watchdog_stalls > 0 {
+            let _ = writeln!(o, "  watchdog:   {} stall(s) since the node started", s.watchdog_stalls);
+        }
         if let Some(l) = leader {
             let _ = writeln!(
                 o,

@@ -4,6 +4,7 @@
 //! `changeset` (shared vocabulary) · `typ` (openraft types) · `sql` (parse → evaluate, knows
 //! nothing of Raft) · `store` (sled: log, vote, state machine, snapshots) · `raft` (network,
 //! sequencer, read routing) · `service` (gRPC handlers) · `node` (config, start-up, shutdown).
+//! Beside them, `watchdog` watches every layer for work that stopped making progress.
 
 pub mod changeset;
 pub mod node;
@@ -12,3 +13,4 @@ pub mod service;
 pub mod sql;
 pub mod store;
 pub mod typ;
+pub mod watchdog;

@@ -197,6 +197,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             peer_source: cfg.peer_source_addr,
         });
         core.append_times.follow(raft.clone());
+        crate::watchdog::spawn_probes(raft.clone());
+        let _watchdog =
+            crate::watchdog::Watchdog::start(Duration::from_secs(1), tokio::runtime::Handle::current())
+                .context("starting the watchdog thread")?;
         info!(
             listen = %cfg.listen,
             %addr,

@@ -304,6 +304,7 @@ impl Task {
             seed: rand::random(),
         };
         let evaluated = tokio::task::spawn_blocking(move || {
+            let _busy = crate::watchdog::EVALUATE.enter(requests.len() as u64);
             sm.read(|view| {
                 let mut executor = crate::sql::Executor::new(view, ctx);
                 requests.iter().map(|r| executor.execute(&r.statements, r.transaction)).collect::<Vec<_>>()

@@ -86,6 +86,8 @@ pub fn status(core: &Core) -> pb::StatusResponse {
         snapshot_index: m.snapshot.map_or(0, |l| l.index),
         purged_index: m.purged.map_or(0, |l| l.index),
         cluster_id: core.sm.cluster_id().ok().flatten().unwrap_or_default(),
+        watchdog_stalls: crate::watchdog::stalls(),
+        stalled: crate::watchdog::stalled(),
         members,
         followers,
         millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),

@@ -50,7 +50,10 @@ impl Flusher {
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
-                let result = db.flush();
+                let result = {
+                    let _busy = crate::watchdog::FSYNC.enter(waiting.len() as u64);
+                    db.flush()
+                };
                 tracing::trace!(requests = waiting.len(), ok = result.is_ok(), "group fsync");
                 for done in waiting {
                     let r = match &result {

@@ -128,7 +128,9 @@ impl LogStore {
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Option<LogId>, Error> {
         let mut batch = sled::Batch::default();
         let mut last = None;
+        let mut busy = None;
         for e in entries {
+            busy.get_or_insert_with(|| crate::watchdog::LOG_APPEND.enter(e.log_id.index));
             batch.insert(&log_key(e.log_id.index), encode(&e)?);
             last = Some(e.log_id);
         }

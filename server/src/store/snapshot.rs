@@ -230,6 +230,7 @@ impl SnapshotBuilder {
         let shared = &self.sm.shared;
         let dir = &shared.snapshots;
         let started = Instant::now();
+        let _busy = crate::watchdog::SNAPSHOT_BUILD.enter(self.sm.applied_index().unwrap_or(0));
         let (meta, part, records, file, paused) = {
             // Apply waits while the records are copied: the snapshot is exactly one state.
             let current = shared.read_state();
@@ -332,6 +333,7 @@ impl StateMachine {
         let shared = &self.shared;
         let dir = &shared.snapshots;
         let started = Instant::now();
+        let _busy = crate::watchdog::SNAPSHOT_INSTALL.enter(meta.last_log_id.map_or(0, |l| l.index));
         let part = dir.dir.join(format!("install-{}.part", meta.snapshot_id));
         // Check the header, then copy the file into our dir (it may be another node's file).
         source.seek(SeekFrom::Start(0)).map_err(Error::io("seek the received snapshot"))?;

@@ -149,6 +149,8 @@ impl StateMachine {
     /// Applies entries, one atomic sled batch each (not flushed: see the module doc of `store`).
     /// On failure, returns the log id of the entry that failed.
     pub(crate) fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Applied>, (LogId, Error)> {
+        let first = entries.first().map_or(0, |e| e.log_id.index);
+        let _busy = crate::watchdog::APPLY.enter(first);
         let mut current = self.shared.write_state();
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {

@@ -291,6 +291,18 @@ async fn drive(
         }
     }
 
+    // What the nodes' watchdogs saw (a stall is a finding to read in that node's log).
+    for id in cluster.running() {
+        if let Ok(s) = cluster.status(id).await {
+            if s.watchdog_stalls > 0 {
+                notes.push(format!(
+                    "node {id}'s watchdog saw {} stall(s); now stalled: {:?} (its log has the dump)",
+                    s.watchdog_stalls, s.stalled
+                ));
+            }
+        }
+    }
+
     // End state against the histories.
     let la_events = la.events();
     problems.extend(final_lists(&admin, &la_events).await?);
