@@ -149,6 +149,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (log, sm) =
             store::open(&store::Options { data_dir: cfg.data_dir.clone(), node_id: cfg.id, flush_every })?;
         let has_state = log.has_state()?;
+        if !has_state && members.is_none() && cfg.join.is_none() {
+            // Waiting to be added would let a node whose data dir was lost come back as its old
+            // self: its peers would take its empty log for the one it had, and count its votes
+            // and acknowledgements (etcd refuses this the same way).
+            bail!(
+                "data dir {} holds no Raft state and neither --bootstrap nor --join was given. A new \
+                 node joins with --join HOST:PORT (any member); a node whose data was lost must be \
+                 removed (`.remove {}`) and join again under a new --id; a new cluster starts with \
+                 --bootstrap",
+                cfg.data_dir.display(),
+                cfg.id
+            );
+        }
         let raft_config = openraft::Config {
             cluster_name: "raftsql".into(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -166,7 +179,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let raft = Raft::new(
             cfg.id,
             Arc::new(raft_config),
-            Network::new(cfg.id, cfg.peer_source_addr),
+            Network::new(cfg.id, cfg.peer_source_addr, sm.clone()),
             log,
             sm.clone(),
         )
@@ -215,8 +228,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 tokio::spawn(bootstrap(core.clone(), members).in_current_span());
             } else if let Some(seed) = cfg.join.clone() {
                 tokio::spawn(join(core.clone(), seed, cfg.learner).in_current_span());
-            } else {
-                warn!("this node has no Raft state and neither --bootstrap nor --join: it waits to be added");
             }
         }
 

@@ -108,6 +108,12 @@ fn bad_flags_are_refused_with_readable_errors() {
             "expected HOST:PORT",
         ),
         (vec!["--id", "1", "--listen", "0.0.0.0:1", "--data-dir", data], "--advertise"),
+        // An empty data dir with neither --bootstrap nor --join: never "wait to be added", or a
+        // node that lost its data would rejoin as its old self (issue 16).
+        (
+            vec!["--id", "1", "--listen", &addr, "--data-dir", data],
+            "neither --bootstrap nor --join was given",
+        ),
         (vec!["--id", "1", "--listen", &addr, "--data-dir", "/proc/version"], "not a directory"),
         (vec!["--id", "x", "--listen", &addr, "--data-dir", data], "invalid value"),
         (

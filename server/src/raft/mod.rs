@@ -8,11 +8,13 @@
 //! - [`sequencer`]: the single task on the leader that evaluates batches of writes into one
 //!   `ChangeSet` each, one batch in flight (design.md §3).
 //! - [`read`]: serves a query at the level it names (design.md §4).
+//! - [`peer_check`]: what every peer message must satisfy before openraft sees it.
 //!
 //! [`Core`] bundles what a running node's services need: the `Raft` handle, the state machine
 //! and the sequencer.
 
 pub mod network;
+pub mod peer_check;
 pub mod read;
 pub mod sequencer;
 

@@ -4,8 +4,11 @@
 //!   replication stream openraft opens to that peer (openraft calls `new_client` again after
 //!   errors; it gets the same channel back). tonic re-resolves the host name on reconnect, so a
 //!   pod that comes back under the same DNS name with a new IP is found again.
-//! - openraft's messages travel bincode-encoded inside `RaftMessage.payload`; the reply payload
-//!   is a bincode `Result<Response, RaftError>` so remote errors keep their type.
+//! - openraft's messages travel bincode-encoded inside `RaftMessage.payload`, in an envelope
+//!   naming this node, the target node and this node's cluster id, which the receiver checks
+//!   ([`super::peer_check`]); the reply payload is a bincode `Result<Response, RaftError>` so
+//!   remote errors keep their type. A refused message comes back as `PermissionDenied` and is a
+//!   network error here (openraft retries; the receiver's log says why).
 //! - Every RPC is bounded by the `hard_ttl` openraft gives in `RPCOption`.
 //! - Sizes: an AppendEntries request larger than [`MAX_PEER_MESSAGE`] is never sent; the client
 //!   answers `PayloadTooLarge` with a smaller entry count and openraft retries with fewer
@@ -22,6 +25,7 @@
 //!   (not assigned to this host) shows as a connect failure naming the peer, in the log and in
 //!   the error a forwarded request returns; the node itself starts normally.
 
+use crate::store::StateMachine;
 use crate::typ::{NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -79,17 +83,31 @@ pub fn status_text(s: &tonic::Status) -> String {
 }
 
 /// Creates one [`PeerClient`] per replication stream, sharing one channel per peer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
     pub(crate) me: NodeId,
     /// The local IP every peer connection is bound to (`--peer-source-addr`).
     source: Option<IpAddr>,
+    cluster: ClusterId,
 }
 
 impl Network {
-    pub fn new(me: NodeId, source: Option<IpAddr>) -> Self {
-        Network { channels: Default::default(), me, source }
+    pub fn new(me: NodeId, source: Option<IpAddr>, sm: StateMachine) -> Self {
+        let cluster = ClusterId { sm };
+        Network { channels: Default::default(), me, source, cluster }
+    }
+}
+
+/// This node's cluster id for the envelope of every peer message (empty until known).
+#[derive(Clone)]
+struct ClusterId {
+    sm: StateMachine,
+}
+
+impl ClusterId {
+    fn get(&self) -> String {
+        self.sm.cluster_id().ok().flatten().unwrap_or_default()
     }
 }
 
@@ -107,6 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         };
         PeerClient {
             me: self.me,
+            cluster: self.cluster.clone(),
             target,
             addr: node.addr.clone(),
             channel: channel.map_err(|e| e.to_string()),
@@ -117,6 +136,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The client side of the peer RPCs to one node.
 pub struct PeerClient {
     me: NodeId,
+    cluster: ClusterId,
     target: NodeId,
     addr: String,
     /// Err when the address could not even be parsed into an endpoint.
@@ -155,7 +175,12 @@ impl PeerClient {
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
-        let mut request = tonic::Request::new(RaftMessage { payload });
+        let mut request = tonic::Request::new(RaftMessage {
+            payload,
+            cluster_id: self.cluster.get(),
+            from: self.me,
+            to: self.target,
+        });
         request.set_timeout(ttl);
         let fut = async {
             match kind {

@@ -1,9 +1,13 @@
 //! The `Raft` service: openraft's peer RPCs, bincode inside `RaftMessage.payload`.
 //!
-//! A payload that does not decode is refused with `InvalidArgument` and never reaches openraft.
+//! A payload that does not decode is refused with `InvalidArgument` and never reaches openraft;
+//! one that decodes is checked by `raft::peer_check` first (sender, receiver, cluster, terms,
+//! shape) and refused with `PermissionDenied` and the reason when it fails.
 //! The reply payload is a bincode `Result<Response, RaftError>`, decoded by `raft::network`.
 
+use crate::raft::peer_check::{Envelope, Local, Refused};
 use crate::raft::Core;
+use bincode::Options;
 use raftsql_proto::v1 as pb;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
@@ -12,14 +16,28 @@ pub struct PeerService {
     pub core: Arc<Core>,
 }
 
-fn decode<T: DeserializeOwned>(req: tonic::Request<pb::RaftMessage>, what: &str) -> Result<T, tonic::Status> {
-    bincode::deserialize(&req.into_inner().payload)
-        .map_err(|e| tonic::Status::invalid_argument(format!("malformed {what} payload: {e}")))
+fn decode<T: DeserializeOwned>(
+    req: tonic::Request<pb::RaftMessage>,
+    what: &str,
+) -> Result<(Envelope, T), tonic::Status> {
+    let m = req.into_inner();
+    let rpc = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(m.payload.len() as u64)
+        .deserialize(&m.payload)
+        .map_err(|e| tonic::Status::invalid_argument(format!("malformed {what} payload: {e}")))?;
+    Ok((Envelope { cluster_id: m.cluster_id, from: m.from, to: m.to }, rpc))
+}
+
+fn refused(r: Refused) -> tonic::Status {
+    tracing::warn!(error = %r, "peer message refused");
+    tonic::Status::permission_denied(r.to_string())
 }
 
 fn encode<T: Serialize>(reply: &T) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
     let payload = bincode::serialize(reply).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    Ok(tonic::Response::new(pb::RaftMessage { payload }))
+    Ok(tonic::Response::new(pb::RaftMessage { payload, ..Default::default() }))
 }
 
 #[tonic::async_trait]
@@ -28,7 +46,8 @@ impl pb::raft_server::Raft for PeerService {
         &self,
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
-        let rpc = decode(request, "AppendEntries")?;
+        let (env, rpc) = decode(request, "AppendEntries")?;
+        Local::of(&self.core).append_entries(&env, &rpc).map_err(refused)?;
         let reply = self.core.raft.append_entries(rpc).await;
         if let Ok(openraft::raft::AppendEntriesResponse::Success) = reply {
             self.core.touch_leader_contact();
@@ -40,7 +59,8 @@ impl pb::raft_server::Raft for PeerService {
         &self,
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
-        let rpc = decode(request, "Vote")?;
+        let (env, rpc) = decode(request, "Vote")?;
+        Local::of(&self.core).vote(&env, &rpc).map_err(refused)?;
         encode(&self.core.raft.vote(rpc).await)
     }
 
@@ -48,7 +68,8 @@ impl pb::raft_server::Raft for PeerService {
         &self,
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
-        let rpc = decode(request, "InstallSnapshot")?;
+        let (env, rpc) = decode(request, "InstallSnapshot")?;
+        Local::of(&self.core).install_snapshot(&env, &rpc).map_err(refused)?;
         encode(&self.core.raft.install_snapshot(rpc).await)
     }
 }

@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     state: RwLock<Current>,
     applied_index: AtomicU64,
     pub(crate) snapshots: SnapshotDir,
+    /// The cluster id once known: it never changes after the first leader's entry set it, and
+    /// every receipt and peer message asks for it, so it is read from the tree only until then.
+    cluster_id: std::sync::OnceLock<String>,
 }
 
 /// The current generation and the applied state, as in memory.
@@ -101,6 +104,7 @@ impl StateMachine {
             applied_index: AtomicU64::new(last_applied.map_or(NO_INDEX, |l| l.index)),
             state: RwLock::new(Current { gen, tree, last_applied, membership }),
             snapshots,
+            cluster_id: std::sync::OnceLock::new(),
         };
         Ok(StateMachine { shared: Arc::new(shared) })
     }
@@ -116,7 +120,11 @@ impl StateMachine {
 
     /// The cluster id, once the first leader's entry set it.
     pub fn cluster_id(&self) -> Result<Option<String>, Error> {
-        get_meta(&self.shared.read_state().tree, keys::META_CLUSTER_ID)
+        if let Some(id) = self.shared.cluster_id.get() {
+            return Ok(Some(id.clone()));
+        }
+        let id: Option<String> = get_meta(&self.shared.read_state().tree, keys::META_CLUSTER_ID)?;
+        Ok(id.map(|id| self.shared.cluster_id.get_or_init(|| id).clone()))
     }
 
     /// The exactly-once record of a client: its highest applied sequence number and outcomes.

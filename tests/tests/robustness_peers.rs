@@ -1,0 +1,130 @@
+//! Issue 16, peer messages: forged and malformed AppendEntries and Vote requests, sent from an
+//! ordinary client to a follower's port, are refused before openraft sees them and change
+//! nothing — in particular a heartbeat in term 2^64−1 no longer moves every node to that term
+//! and panics the next election (it bricked the cluster for good).
+
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+use raftsql_client::pb;
+use raftsql_server::typ::{Entry, TypeConfig};
+use raftsql_tests::{Cluster, ClusterOptions};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn send(addr: &str, kind: &str, payload: Vec<u8>, env: (&str, u64, u64)) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut client = pb::raft_client::RaftClient::new(channel);
+    let msg = pb::RaftMessage { payload, cluster_id: env.0.to_string(), from: env.1, to: env.2 };
+    let reply = match kind {
+        "append" => client.append_entries(msg).await,
+        _ => client.vote(msg).await,
+    };
+    reply.expect_err("a forged message must be refused")
+}
+
+fn append(term: u64, leader: u64, prev: Option<LogId<u64>>, entries: &[(u64, u64)]) -> Vec<u8> {
+    let rpc: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+        vote: Vote::new_committed(term, leader),
+        prev_log_id: prev,
+        entries: entries
+            .iter()
+            .map(|&(t, i)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(t, leader), i),
+                payload: EntryPayload::Blank,
+            })
+            .collect(),
+        leader_commit: None,
+    };
+    bincode::serialize(&rpc).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_peer_messages_are_refused_and_change_nothing() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    let r = client.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[]).await.unwrap();
+    r.results.into_iter().next().unwrap().unwrap();
+    let follower = cluster.ids().into_iter().find(|&n| n != leader).unwrap();
+    let before = cluster.status(follower).await.unwrap();
+    let (cid, term, last) = (before.cluster_id.clone(), before.term, before.last_log_index);
+    assert!(!cid.is_empty());
+    let addr = cluster.listen(follower);
+    let prev = Some(LogId::new(CommittedLeaderId::new(term, leader), last));
+
+    let cases: Vec<(&str, &str, Vec<u8>, (&str, u64, u64))> = vec![
+        (
+            "the brick: a heartbeat in term 2^64-1",
+            "append",
+            append(u64::MAX, leader, None, &[]),
+            (&cid, leader, follower),
+        ),
+        (
+            "a term a million elections ahead",
+            "append",
+            append(term + (1 << 21), leader, None, &[]),
+            (&cid, leader, follower),
+        ),
+        (
+            "addressed to another node",
+            "append",
+            append(term + 1, leader, prev, &[(term + 1, last + 1)]),
+            (&cid, leader, 99),
+        ),
+        (
+            "from another cluster",
+            "append",
+            append(term + 1, leader, prev, &[(term + 1, last + 1)]),
+            ("other", leader, follower),
+        ),
+        (
+            "sender and vote disagree",
+            "append",
+            append(term + 1, leader, prev, &[(term + 1, last + 1)]),
+            (&cid, 7, follower),
+        ),
+        (
+            "entries with a gap",
+            "append",
+            append(term + 1, leader, prev, &[(term + 1, last + 2)]),
+            (&cid, leader, follower),
+        ),
+        (
+            "an entry newer than its leader",
+            "append",
+            append(term + 1, leader, prev, &[(term + 2, last + 1)]),
+            (&cid, leader, follower),
+        ),
+        ("garbage", "append", vec![0xff; 64], (&cid, leader, follower)),
+        (
+            "a vote in term 2^64-1",
+            "vote",
+            bincode::serialize(&VoteRequest { vote: Vote::new(u64::MAX, leader), last_log_id: None })
+                .unwrap(),
+            (&cid, leader, follower),
+        ),
+    ];
+    for (what, kind, payload, env) in cases {
+        let status = send(addr, kind, payload, env).await;
+        assert!(
+            matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument),
+            "{what}: {status:?}"
+        );
+    }
+    let after = cluster.status(follower).await.unwrap();
+    assert!(after.term < 1 << 20, "{after:?}");
+    assert!(after.last_log_index >= last, "{after:?}");
+
+    // The cluster still works, also through an election: the forged term would have panicked it.
+    let mut cluster = cluster;
+    cluster.kill(leader);
+    let (new_leader, new_term) =
+        cluster.wait_for_leader(WAIT).await.expect("a new leader after the old one died");
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term && new_term < 1 << 20, "term {new_term}");
+    let client = cluster.client().await;
+    let r = client.execute("INSERT INTO t VALUES (1)", &[]).await.expect("a write after the election");
+    r.results.into_iter().next().unwrap().unwrap();
+    cluster.assert_converged("t").await.expect("the survivors agree");
+}
