@@ -12,7 +12,10 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn send(addr: &str, kind: &str, payload: Vec<u8>, env: (&str, u64, u64)) -> tonic::Status {
+/// (cluster id, from, to) of a RaftMessage.
+type Envelope<'a> = (&'a str, u64, u64);
+
+async fn send(addr: &str, kind: &str, payload: Vec<u8>, env: Envelope<'_>) -> tonic::Status {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let mut client = pb::raft_client::RaftClient::new(channel);
     let msg = pb::RaftMessage { payload, cluster_id: env.0.to_string(), from: env.1, to: env.2 };
@@ -53,7 +56,7 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
     let addr = cluster.listen(follower);
     let prev = Some(LogId::new(CommittedLeaderId::new(term, leader), last));
 
-    let cases: Vec<(&str, &str, Vec<u8>, (&str, u64, u64))> = vec![
+    let cases: Vec<(&str, &str, Vec<u8>, Envelope)> = vec![
         (
             "the brick: a heartbeat in term 2^64-1",
             "append",
