@@ -146,9 +146,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let flush_every = (cfg.flush_every_ms > 0).then(|| Duration::from_millis(cfg.flush_every_ms));
+        let used_before = store::was_claimed(&cfg.data_dir);
         let (log, sm) =
             store::open(&store::Options { data_dir: cfg.data_dir.clone(), node_id: cfg.id, flush_every })?;
         let has_state = log.has_state()?;
+        if !has_state && used_before && members.is_none() && cfg.join.is_none() {
+            // sled comes up empty on a database it cannot read at all (seen with two bytes
+            // overwritten near the start of its file).
+            bail!(
+                "data dir {} was used by node {} before, but its database holds no Raft state: it \
+                 was lost or is corrupt. This node cannot rejoin as itself: remove it (`.remove {}`), \
+                 wipe the data dir and join again with --join HOST:PORT under a new --id",
+                cfg.data_dir.display(),
+                cfg.id,
+                cfg.id
+            );
+        }
         if !has_state && members.is_none() && cfg.join.is_none() {
             // Waiting to be added would let a node whose data dir was lost come back as its old
             // self: its peers would take its empty log for the one it had, and count its votes

@@ -90,6 +90,23 @@ async fn a_data_dir_of_another_node_is_refused() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(ok, "node 1 did not serve its table after the refused start");
+
+    // A used data dir whose database is unreadable (sled then opens it empty) or gone: node 1
+    // must not come back as itself with an empty log (issue 16), and says how to recover.
+    let db_file = dir.path().join("data").join("db").join("db");
+    let mut bytes = std::fs::read(&db_file).unwrap();
+    bytes[40..42].copy_from_slice(b"XX");
+    std::fs::write(&db_file, bytes).unwrap();
+    for damage in ["two bytes overwritten", "database removed"] {
+        if damage == "database removed" {
+            std::fs::remove_dir_all(dir.path().join("data").join("db")).unwrap();
+        }
+        let out = run_to_end(server(&["--id", "1", "--listen", &addr, "--data-dir", data]));
+        assert!(!out.status.success(), "{damage}: node 1 must refuse to start");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("corrupt") && err.contains("under a new --id"), "{damage}: {err}");
+        assert!(!err.contains("panicked"), "{damage}: a readable error, not a panic: {err}");
+    }
 }
 
 #[test]

@@ -136,6 +136,12 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    #[error(
+        "the database in {path:?} is corrupt ({reason}): this node cannot start on it. Recovery: \
+         remove the node from the cluster (`.remove ID` through any member), wipe its data dir, and \
+         join again with --join HOST:PORT under a new --id; the others hold the data"
+    )]
+    Corrupt { path: PathBuf, reason: String },
     #[error("could not {context}: {source}")]
     Sled {
         context: String,
@@ -201,19 +207,46 @@ pub fn open(opts: &Options) -> Result<(LogStore, StateMachine), Error> {
     let config = sled::Config::new()
         .path(&db_path)
         .flush_every_ms(opts.flush_every.map(|d| (d.as_millis() as u64).max(1)));
-    // sled reports a held file lock only as an I/O error with this text (sled 0.34.7 config.rs).
-    let db = config.open().map_err(|e| match e {
-        sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-            Error::Locked { path: dir.clone(), source: e }
+    // sled panics on some damaged files (a truncated or bit-flipped one: "tried to serialize
+    // Uninitialized"); that is a corrupt data dir like any other, not a crash with a backtrace.
+    let opened = {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        // The config is dropped if it panics: nothing half-built is used afterwards.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        std::panic::set_hook(hook);
+        r
+    };
+    let db = match opened {
+        Ok(r) => r.map_err(|e| match e {
+            sled::Error::Corruption { .. } => Error::Corrupt { path: db_path.clone(), reason: e.to_string() },
+            // sled reports a held file lock only as an I/O error with this text (0.34.7 config.rs).
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                Error::Locked { path: dir.clone(), source: e }
+            }
+            sled::Error::Io(io) => Error::DataDir { path: db_path.clone(), source: io },
+            e => Error::Sled { context: format!("open the sled database in {db_path:?}"), source: e },
+        })?,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "sled panicked while reading it".into());
+            return Err(Error::Corrupt { path: db_path, reason });
         }
-        sled::Error::Io(io) => Error::DataDir { path: db_path.clone(), source: io },
-        e => Error::Sled { context: format!("open the sled database in {db_path:?}"), source: e },
-    })?;
+    };
     let flusher = Arc::new(Flusher::start(db.clone()).map_err(Error::io("start the flusher thread"))?);
     let log = LogStore::open(&db, opts.node_id, flusher.clone())?;
     let sm = StateMachine::open(&db, flusher, dir.join("snapshots"))?;
     tracing::info!(data_dir = %dir.display(), node_id = opts.node_id, applied = ?sm.applied_index(), "storage opened");
     Ok((log, sm))
+}
+
+/// Whether `dir` was claimed by a node before (its node-id file exists): a used data dir, as
+/// opposed to a new one, whatever its database holds now.
+pub fn was_claimed(dir: &Path) -> bool {
+    dir.join(NODE_ID_FILE).exists()
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), Error> {
