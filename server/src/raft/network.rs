@@ -10,9 +10,10 @@
 //!   remote errors keep their type. A refused message comes back as `PermissionDenied` and is a
 //!   network error here (openraft retries; the receiver's log says why).
 //! - Every RPC is bounded by the `hard_ttl` openraft gives in `RPCOption`.
-//! - Sizes: an AppendEntries request larger than [`MAX_PEER_MESSAGE`] is never sent; the client
-//!   answers `PayloadTooLarge` with a smaller entry count and openraft retries with fewer
-//!   entries. Snapshot chunks are bounded by `snapshot_max_chunk_size` (node config). The peer
+//! - Sizes: an AppendEntries request of several entries larger than [`MAX_APPEND_BYTES`] is
+//!   never sent; the client answers `PayloadTooLarge` with a smaller entry count and openraft
+//!   retries with fewer entries, so batches are sized in bytes to what one heartbeat interval
+//!   can carry. (One entry is always sent whole; the leader bounds entries in size.) Snapshot chunks are bounded by `snapshot_max_chunk_size` (node config). The peer
 //!   server accepts messages up to the same limit, so nothing hits tonic's 4 MiB default.
 //! - Failures: a peer that cannot be connected to is `Unreachable` (openraft backs off); a
 //!   timeout is `Timeout`; any other transport failure is `Network` (openraft retries).
@@ -48,6 +49,12 @@ use tonic::transport::{Channel, Endpoint};
 
 /// The largest peer message either side sends or accepts (64 MiB).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// The most bytes of entries one AppendEntries carries when it holds more than one entry.
+/// openraft gives every AppendEntries one heartbeat interval (150 ms) before it gives up and
+/// retries, so a batch must be small enough to cross the network, be decoded and be appended
+/// in that time (4 MiB is ~30 ms at 1 Gbit/s); a batch over it is resent as several smaller ones.
+pub const MAX_APPEND_BYTES: usize = 4 << 20;
 
 /// The endpoint of a node-to-node connection to `addr` ("host:port"), bound to the local IP
 /// `source` when one is given (`--peer-source-addr`).
@@ -223,9 +230,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let n = rpc.entries.len() as u64;
         if n > 1 {
             let size = bincode::serialized_size(&rpc).unwrap_or(u64::MAX);
-            if size > MAX_PEER_MESSAGE as u64 {
+            if size > MAX_APPEND_BYTES as u64 {
                 // Ask openraft to resend fewer entries, scaled to fit with room to spare.
-                let hint = (n * MAX_PEER_MESSAGE as u64 / size / 2).clamp(1, n - 1);
+                let hint = (n * MAX_APPEND_BYTES as u64 / size / 2).clamp(1, n - 1);
                 return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
             }
         }
