@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Our codec: a message that does not decode (e.g. a `string` field holding invalid UTF-8)
+    // is the caller's INVALID_ARGUMENT, not prost's default INTERNAL.
+    tonic_prost_build::configure().codec_path("crate::codec::Codec").compile_fds(fds)?;
     Ok(())
 }

@@ -214,6 +214,9 @@ pub enum Error {
     InvalidArgument { message: String },
     #[error("{message}")]
     Internal { message: String },
+    /// A limit of the request or of its evaluation (the message names the server flag).
+    #[error("{message}")]
+    ResourceExhausted { message: String },
     #[error("cannot reach {addr}: {message}")]
     Transport { addr: String, message: String },
     #[error("no server address given")]
@@ -236,6 +239,7 @@ impl Error {
             Error::Unavailable { .. } => "UNAVAILABLE",
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Error::Internal { .. } => "INTERNAL",
+            Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
             Error::Transport { .. } => "TRANSPORT",
             Error::NoAddress => "INVALID_ARGUMENT",
         }
@@ -258,6 +262,7 @@ impl Error {
             pb::ErrorCode::Unavailable => Error::Unavailable { message },
             pb::ErrorCode::InvalidArgument => Error::InvalidArgument { message },
             pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => Error::Internal { message },
+            pb::ErrorCode::ResourceExhausted => Error::ResourceExhausted { message },
         }
     }
 

@@ -149,6 +149,10 @@ pub enum ErrorKind {
     NotFound,
     /// Any other deterministic evaluation error (e.g. division by zero where it is an error).
     Invalid,
+    /// A limit of evaluation or of the request was reached (expression depth, working memory).
+    Limit,
+    /// The evaluation was stopped (deadline, cancellation). Never recorded in the log.
+    Interrupted,
 }
 
 /// A statement's failure, as recorded in the log and returned to the client.

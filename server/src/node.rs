@@ -87,6 +87,30 @@ pub struct Config {
     /// Largest query result a read may return, in bytes.
     #[arg(long, env = "RAFTSQL_MAX_RESULT_BYTES", default_value_t = 64 << 20)]
     pub max_result_bytes: usize,
+    /// How long one read may evaluate, milliseconds; a caller's shorter gRPC deadline wins.
+    /// A read past it (or whose caller went away) is stopped with DEADLINE_EXCEEDED.
+    #[arg(long, env = "RAFTSQL_QUERY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub query_timeout_ms: u64,
+    /// How long the leader may evaluate one write request, milliseconds. A request past it is
+    /// answered with DEADLINE_EXCEEDED and nothing of it is proposed.
+    #[arg(long, env = "RAFTSQL_WRITE_EVAL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub write_eval_timeout_ms: u64,
+    /// Working memory one statement may use (rows materialized by scans, joins, sorts,
+    /// GROUP BY, DISTINCT, subqueries; strings built), estimated bytes.
+    #[arg(long, env = "RAFTSQL_MAX_QUERY_MEMORY", default_value_t = crate::sql::limits::DEFAULT_MAX_MEMORY)]
+    pub max_query_memory: usize,
+    /// Bytes of SQL text one request may carry.
+    #[arg(long, env = "RAFTSQL_MAX_SQL_BYTES", default_value_t = crate::sql::limits::DEFAULT_MAX_SQL_BYTES)]
+    pub max_sql_bytes: usize,
+    /// Statements one request may hold.
+    #[arg(long, env = "RAFTSQL_MAX_STATEMENTS", default_value_t = crate::sql::limits::DEFAULT_MAX_STATEMENTS)]
+    pub max_statements: usize,
+    /// Parameters one statement may be given.
+    #[arg(long, env = "RAFTSQL_MAX_PARAMS", default_value_t = crate::sql::limits::DEFAULT_MAX_PARAMS)]
+    pub max_params: usize,
+    /// Rows one write request may insert, update or delete.
+    #[arg(long, env = "RAFTSQL_MAX_ROWS_PER_REQUEST", default_value_t = 1_000_000)]
+    pub max_rows_per_request: u64,
     /// FOR TESTS ONLY: shift this node's wall clock by this many milliseconds (may be negative)
     /// wherever raftsql reads the time of day: `NOW()`/`CURRENT_TIMESTAMP` in writes this node
     /// evaluates as leader and in reads it serves. Timeouts, elections and staleness use
@@ -202,6 +226,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_result_bytes: cfg.max_result_bytes,
             forward_writes: cfg.forward_writes,
             clock_offset_ms: cfg.clock_offset_ms,
+            query_timeout: Duration::from_millis(cfg.query_timeout_ms.max(1)),
+            write_eval_timeout: Duration::from_millis(cfg.write_eval_timeout_ms.max(1)),
+            max_query_memory: cfg.max_query_memory,
+            max_rows_per_request: cfg.max_rows_per_request,
+            request_limits: crate::sql::RequestLimits {
+                max_sql_bytes: cfg.max_sql_bytes,
+                max_statements: cfg.max_statements,
+                max_params: cfg.max_params,
+            },
             ..Default::default()
         };
         if cfg.clock_offset_ms != 0 {

@@ -128,6 +128,17 @@ pub struct Options {
     /// Added to this node's wall clock wherever raftsql reads it (`NOW()`, `CURRENT_TIMESTAMP`):
     /// `--clock-offset-ms`, for tests that skew one node's clock. Zero in production.
     pub clock_offset_ms: i64,
+    /// How long one read may evaluate (`--query-timeout`); the caller's deadline may cut it
+    /// shorter.
+    pub query_timeout: Duration,
+    /// How long the leader may evaluate one write request (`--write-eval-timeout`).
+    pub write_eval_timeout: Duration,
+    /// Working memory of one statement, estimated bytes (`--max-query-memory`).
+    pub max_query_memory: usize,
+    /// Rows one write request may insert, update or delete (`--max-rows-per-request`).
+    pub max_rows_per_request: u64,
+    /// SQL bytes, statements and parameters of one request, checked before evaluation.
+    pub request_limits: crate::sql::RequestLimits,
 }
 
 impl Default for Options {
@@ -140,6 +151,11 @@ impl Default for Options {
             max_batch_requests: 512,
             forward_writes: false,
             clock_offset_ms: 0,
+            query_timeout: Duration::from_secs(30),
+            write_eval_timeout: Duration::from_secs(5),
+            max_query_memory: crate::sql::limits::DEFAULT_MAX_MEMORY,
+            max_rows_per_request: 1_000_000,
+            request_limits: crate::sql::RequestLimits::default(),
         }
     }
 }

@@ -16,7 +16,8 @@
 use super::{Core, Error, Receipt};
 use crate::changeset::{StatementResult, Value};
 use openraft::ServerState;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The consistency level of a read.
@@ -60,6 +61,11 @@ pub struct ReadRequest {
     pub params: Vec<Value>,
     pub level: Consistency,
     pub session_token: Option<String>,
+    /// The caller's deadline (`grpc-timeout`), if it sent one: the evaluation stops at the
+    /// earlier of it and `--query-timeout`.
+    pub caller_timeout: Option<Duration>,
+    /// Set when the caller goes away: the evaluation stops at its next check.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// Serves a read at its level, or says where to go instead.
@@ -70,6 +76,15 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
         Consistency::Bounded(max) => bounded(core, max)?,
         Consistency::Any => {}
     }
+    // The budget starts when evaluation is about to start: the caller's timeout also covered
+    // the wait above, which the transport enforces on its own.
+    let own = core.options.query_timeout;
+    let mut budget = match req.caller_timeout {
+        Some(t) if t < own => crate::sql::Budget::with_timeout(t, format!("the caller's deadline ({t:?})")),
+        _ => crate::sql::Budget::with_timeout(own, format!("--query-timeout-ms ({own:?})")),
+    };
+    budget.cancel = req.cancel.clone();
+    budget.max_memory = core.options.max_query_memory;
     let sm = core.sm.clone();
     let (sql, params, limit) = (req.sql, req.params, core.options.max_result_bytes);
     // NOW() in a read is this node's time, as in SQLite; RANDOM() is fresh per read.
@@ -78,7 +93,7 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
         seed: rand::random(),
     };
     let (result, applied) = tokio::task::spawn_blocking(move || {
-        sm.read(|view| (crate::sql::query(view, &sql, &params, ctx), sm.applied_index()))
+        sm.read(|view| (crate::sql::query_with(view, &sql, &params, ctx, budget), sm.applied_index()))
     })
     .await
     .map_err(|panic| {

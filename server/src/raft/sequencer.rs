@@ -39,6 +39,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::ServerState;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
@@ -58,6 +60,8 @@ struct Pending {
     request: WriteRequest,
     reply: ReplyTx,
     span: tracing::Span,
+    /// Set when the caller stops waiting: its evaluation stops at the next check.
+    cancel: Arc<AtomicBool>,
 }
 
 /// The handle services use to submit writes.
@@ -78,7 +82,10 @@ impl Sequencer {
     /// Submits a write and waits for its outcome.
     pub async fn write(&self, request: WriteRequest) -> Result<WriteReply, Error> {
         let (reply, rx) = oneshot::channel();
-        let pending = Pending { request, reply, span: tracing::Span::current() };
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Dropped with this future when the caller goes away: the evaluation is stopped.
+        let _guard = crate::sql::CancelOnDrop(cancel.clone());
+        let pending = Pending { request, reply, span: tracing::Span::current(), cancel };
         self.tx.send(pending).await.map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
         rx.await.map_err(|_| Error::Unavailable("the node is shutting down".into()))?
     }
@@ -110,6 +117,8 @@ struct Task {
 struct Work {
     request: WriteRequest,
     replies: Vec<(ReplyTx, tracing::Span)>,
+    /// The first caller's cancellation flag (duplicates wait on the same evaluation).
+    cancel: Arc<AtomicBool>,
 }
 
 impl Task {
@@ -257,7 +266,7 @@ impl Task {
         let mut seen: HashMap<RequestId, usize> = HashMap::new();
         for p in batch {
             let Some(rid) = p.request.request_id.clone() else {
-                work.push(Work { request: p.request, replies: vec![(p.reply, p.span)] });
+                work.push(Work { request: p.request, replies: vec![(p.reply, p.span)], cancel: p.cancel });
                 continue;
             };
             if let Some(&i) = seen.get(&rid) {
@@ -289,7 +298,11 @@ impl Task {
                 }
                 _ => {
                     seen.insert(rid, work.len());
-                    work.push(Work { request: p.request, replies: vec![(p.reply, p.span)] });
+                    work.push(Work {
+                        request: p.request,
+                        replies: vec![(p.reply, p.span)],
+                        cancel: p.cancel,
+                    });
                 }
             }
         }
@@ -297,7 +310,10 @@ impl Task {
     }
 
     async fn evaluate_and_propose(&mut self, work: Vec<Work>, term: u64) {
-        let requests: Vec<WriteRequest> = work.iter().map(|w| w.request.clone()).collect();
+        let requests: Vec<(WriteRequest, Arc<AtomicBool>)> =
+            work.iter().map(|w| (w.request.clone(), w.cancel.clone())).collect();
+        let limit = self.options.write_eval_timeout;
+        let (max_memory, max_rows) = (self.options.max_query_memory, self.options.max_rows_per_request);
         let sm = self.sm.clone();
         let ctx = crate::sql::Context {
             now_millis: super::wall_clock_millis(self.options.clock_offset_ms),
@@ -307,7 +323,22 @@ impl Task {
             let _busy = crate::watchdog::EVALUATE.enter(requests.len() as u64);
             sm.read(|view| {
                 let mut executor = crate::sql::Executor::new(view, ctx);
-                requests.iter().map(|r| executor.execute(&r.statements, r.transaction)).collect::<Vec<_>>()
+                requests
+                    .iter()
+                    .map(|(r, cancel)| {
+                        // Each request gets its own deadline, so one slow request does not
+                        // starve the others of the batch.
+                        let mut budget = crate::sql::Budget::with_timeout(
+                            limit,
+                            format!("--write-eval-timeout-ms ({limit:?})"),
+                        );
+                        budget.cancel = cancel.clone();
+                        budget.max_memory = max_memory;
+                        budget.max_rows_written = max_rows;
+                        executor.set_budget(budget);
+                        executor.execute(&r.statements, r.transaction)
+                    })
+                    .collect::<Vec<_>>()
             })
         })
         .await;
@@ -327,10 +358,33 @@ impl Task {
             }
         };
 
+        // A request stopped by a non-deterministic error (deadline, cancellation, request
+        // limits, a local read error) is answered now and contributes nothing: neither changes
+        // nor an outcome that an exactly-once record would replay.
+        let mut work_left = Vec::with_capacity(work.len());
+        let mut evaluated_left = Vec::with_capacity(work.len());
+        for (w, result) in work.into_iter().zip(evaluated) {
+            match result {
+                Ok(r) => {
+                    work_left.push(w);
+                    evaluated_left.push(r);
+                }
+                Err(e) => {
+                    debug!(error = %e, "request stopped during evaluation; nothing of it is proposed");
+                    for (reply, _) in w.replies {
+                        let _ = reply.send(Err(Error::Sql(e.clone())));
+                    }
+                }
+            }
+        }
+        let work = work_left;
+        if work.is_empty() {
+            return;
+        }
         let mut effects = Vec::new();
         let mut position = Vec::new(); // work index -> position in the ChangeSet
         let mut outcomes: Vec<Vec<StatementOutcome>> = Vec::with_capacity(work.len());
-        for (w, (changes, outs)) in work.iter().zip(evaluated) {
+        for (w, (changes, outs)) in work.iter().zip(evaluated_left) {
             if changes.is_empty() {
                 position.push(None);
             } else {
@@ -473,6 +527,7 @@ fn clone_error(e: &Error) -> Error {
         Error::Token(s) => Error::Token(s.clone()),
         Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
         Error::NotFound(s) => Error::NotFound(s.clone()),
+        Error::Sql(e) => Error::Sql(e.clone()),
         other => Error::Unavailable(other.to_string()),
     }
 }

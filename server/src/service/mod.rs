@@ -46,6 +46,8 @@ pub fn status_from(err: Error) -> tonic::Status {
                 ErrorKind::Unsupported => tonic::Code::Unimplemented,
                 ErrorKind::Constraint => tonic::Code::FailedPrecondition,
                 ErrorKind::NotFound => tonic::Code::NotFound,
+                ErrorKind::Limit => tonic::Code::ResourceExhausted,
+                ErrorKind::Interrupted => tonic::Code::DeadlineExceeded,
             };
             e = pe;
             (e.code(), tonic_code)
@@ -70,6 +72,8 @@ pub fn statement_error(e: &StatementError) -> pb::Error {
         ErrorKind::Constraint => pb::ErrorCode::Constraint,
         ErrorKind::NotFound => pb::ErrorCode::NotFound,
         ErrorKind::Invalid => pb::ErrorCode::InvalidArgument,
+        ErrorKind::Limit => pb::ErrorCode::ResourceExhausted,
+        ErrorKind::Interrupted => pb::ErrorCode::Timeout,
     };
     let (line, column) = e.position.unwrap_or((0, 0));
     pb::Error { code: code as i32, message: e.message.clone(), line, column, ..Default::default() }
@@ -166,6 +170,26 @@ mod tests {
                 tonic::Code::InvalidArgument,
             ),
             (Error::NotFound("n".into()), pb::ErrorCode::NotFound, tonic::Code::NotFound),
+            (
+                Error::Sql(crate::sql::Error::Limit("l".into())),
+                pb::ErrorCode::ResourceExhausted,
+                tonic::Code::ResourceExhausted,
+            ),
+            (
+                Error::Sql(crate::sql::Error::RequestTooLarge("r".into())),
+                pb::ErrorCode::ResourceExhausted,
+                tonic::Code::ResourceExhausted,
+            ),
+            (
+                Error::Sql(crate::sql::Error::Interrupted("i".into())),
+                pb::ErrorCode::Timeout,
+                tonic::Code::DeadlineExceeded,
+            ),
+            (
+                Error::Sql(crate::sql::Error::Parse { message: "p".into(), line: 0, column: 0 }),
+                pb::ErrorCode::Syntax,
+                tonic::Code::InvalidArgument,
+            ),
         ];
         for (err, code, tonic_code) in cases {
             let text = err.to_string();
@@ -193,6 +217,8 @@ mod tests {
             (ErrorKind::Constraint, pb::ErrorCode::Constraint),
             (ErrorKind::NotFound, pb::ErrorCode::NotFound),
             (ErrorKind::Invalid, pb::ErrorCode::InvalidArgument),
+            (ErrorKind::Limit, pb::ErrorCode::ResourceExhausted),
+            (ErrorKind::Interrupted, pb::ErrorCode::Timeout),
         ] {
             let e = StatementError { kind, message: String::new(), position: None };
             assert_eq!(statement_error(&e).code(), code);

@@ -88,6 +88,12 @@ impl pb::sql_server::Sql for SqlService {
         if req.statements.is_empty() {
             return Err(invalid("the request has no statements"));
         }
+        // Request limits, before anything is evaluated or proposed.
+        crate::sql::check_request(
+            req.statements.iter().map(|s| (s.sql.as_str(), s.params.len())),
+            &self.core.options.request_limits,
+        )
+        .map_err(|e| status_from(e.into()))?;
         let span = tracing::info_span!(
             "execute",
             node_id = self.core.id,
@@ -150,7 +156,10 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::QueryRequest>,
     ) -> Result<tonic::Response<Self::QueryStream>, tonic::Status> {
+        let caller_timeout = grpc_timeout(request.metadata());
         let req = request.into_inner();
+        crate::sql::check_request([(req.sql.as_str(), req.params.len())], &self.core.options.request_limits)
+            .map_err(|e| status_from(e.into()))?;
         let level = match pb::Consistency::try_from(req.consistency) {
             Ok(pb::Consistency::Unspecified | pb::Consistency::Strong) => Consistency::Strong,
             Ok(pb::Consistency::ReadYourWrites) => Consistency::ReadYourWrites,
@@ -170,11 +179,17 @@ impl pb::sql_server::Sql for SqlService {
         };
         let span =
             tracing::info_span!("query", node_id = self.core.id, term = term_now(&self.core), level = ?level);
+        // tonic drops this future when the caller cancels, disconnects or runs out of time; the
+        // guard then stops the evaluation, which also frees the state machine's read lock.
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _stop_when_dropped = crate::sql::CancelOnDrop(cancel.clone());
         let read = ReadRequest {
             sql: req.sql,
             params: req.params.into_iter().map(value_from_pb).collect(),
             level,
             session_token: Some(req.session_token).filter(|t| !t.is_empty()),
+            caller_timeout,
+            cancel,
         };
         let (result, receipt) =
             read::query(&self.core, read).instrument(span.clone()).await.map_err(|e| {

@@ -356,42 +356,152 @@ pub fn cast(v: &Value, to: CastTo) -> Value {
     }
 }
 
-/// SQL LIKE (ASCII case-insensitive) or GLOB (case-sensitive, `*` and `?`).
-pub fn like(text: &str, pattern: &str, escape: Option<char>, glob: bool) -> bool {
-    fn go(t: &[char], p: &[char], escape: Option<char>, glob: bool) -> bool {
-        let (many, one) = if glob { ('*', '?') } else { ('%', '_') };
-        let Some((&c, rest)) = p.split_first() else { return t.is_empty() };
-        if Some(c) == escape && !glob {
-            return match rest.split_first() {
-                Some((&lit, rest2)) => {
-                    t.first().is_some_and(|&x| x.eq_ignore_ascii_case(&lit))
-                        && go(&t[1..], rest2, escape, glob)
-                }
-                None => false,
-            };
-        }
-        if c == many {
-            let rest = {
-                let mut r = rest;
-                while r.first() == Some(&many) {
-                    r = &r[1..];
-                }
-                r
-            };
-            if rest.is_empty() {
-                return true;
+/// One element of a compiled LIKE or GLOB pattern.
+#[derive(Debug, PartialEq)]
+enum Elem {
+    /// `%` or `*`: any run of characters.
+    Star,
+    /// `_` or `?`: any one character.
+    One,
+    /// One character (case-insensitive for ASCII under LIKE).
+    Lit(char),
+    /// GLOB's `[...]`: one character in (or, negated, not in) the ranges.
+    Class { ranges: Vec<(char, char)>, negated: bool },
+    /// What matches nothing: an ESCAPE at the end, an unterminated `[`.
+    Never,
+}
+
+fn compile(pattern: &str, escape: Option<char>, glob: bool) -> Vec<Elem> {
+    let (many, one) = if glob { ('*', '?') } else { ('%', '_') };
+    let mut out = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        let e = if !glob && Some(c) == escape {
+            chars.next().map_or(Elem::Never, Elem::Lit)
+        } else if c == many {
+            if out.last() == Some(&Elem::Star) {
+                continue;
             }
-            (0..=t.len()).any(|i| go(&t[i..], rest, escape, glob))
+            Elem::Star
         } else if c == one {
-            !t.is_empty() && go(&t[1..], rest, escape, glob)
+            Elem::One
+        } else if glob && c == '[' {
+            let mut ranges = Vec::new();
+            let negated = chars.next_if_eq(&'^').is_some();
+            let mut first = true;
+            let mut closed = false;
+            while let Some(x) = chars.next() {
+                if x == ']' && !first {
+                    closed = true;
+                    break;
+                }
+                first = false;
+                if chars.peek() == Some(&'-') {
+                    let mut ahead = chars.clone();
+                    ahead.next();
+                    match ahead.peek() {
+                        Some(&hi) if hi != ']' => {
+                            chars.next();
+                            chars.next();
+                            ranges.push((x, hi));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                ranges.push((x, x));
+            }
+            if closed {
+                Elem::Class { ranges, negated }
+            } else {
+                Elem::Never
+            }
         } else {
-            let eq = |x: char| if glob { x == c } else { x.eq_ignore_ascii_case(&c) };
-            t.first().is_some_and(|&x| eq(x)) && go(&t[1..], rest, escape, glob)
+            Elem::Lit(c)
+        };
+        out.push(e);
+    }
+    out
+}
+
+impl Elem {
+    /// Whether this one-character element matches `c`.
+    fn matches(&self, c: char, glob: bool) -> bool {
+        match self {
+            Elem::One => true,
+            Elem::Lit(l) => *l == c || (!glob && l.eq_ignore_ascii_case(&c)),
+            Elem::Class { ranges, negated } => ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated,
+            Elem::Star | Elem::Never => false,
         }
     }
-    let t: Vec<char> = text.chars().collect();
-    let p: Vec<char> = pattern.chars().collect();
-    go(&t, &p, escape, glob)
+}
+
+/// SQL LIKE (ASCII case-insensitive, `%`, `_`, ESCAPE) or GLOB (case-sensitive, `*`, `?`,
+/// `[...]` classes with ranges and `^`), as SQLite matches them.
+///
+/// Greedy matching that backtracks only to the last `%`/`*`: every other element matches
+/// exactly one character, so if the part after the last star cannot match here, giving an
+/// earlier star more characters cannot help either. O(text × pattern) time in the worst case,
+/// O(pattern) extra space, never exponential; `tick` is called as the work goes so a deadline
+/// can stop a long match.
+pub fn like(
+    text: &str,
+    pattern: &str,
+    escape: Option<char>,
+    glob: bool,
+    tick: &mut dyn FnMut(usize) -> Result<(), Error>,
+) -> Result<bool, Error> {
+    if pattern.len() > super::limits::MAX_LIKE_PATTERN_BYTES {
+        return Err(Error::Limit(format!(
+            "the {} pattern is {} bytes long, over the limit of {} (like SQLite's \
+             SQLITE_MAX_LIKE_PATTERN_LENGTH)",
+            if glob { "GLOB" } else { "LIKE" },
+            pattern.len(),
+            super::limits::MAX_LIKE_PATTERN_BYTES
+        )));
+    }
+    let p = compile(pattern, escape, glob);
+    let (mut pi, mut ti) = (0usize, 0usize);
+    // After the last star seen: (pattern position after it, text position it matched up to).
+    let mut star: Option<(usize, usize)> = None;
+    // Positions are byte offsets; characters are decoded where the match stands.
+    let t_at = |i: usize| -> Option<char> { text.get(i..).and_then(|s| s.chars().next()) };
+    let mut work = 0usize;
+    loop {
+        work += 1;
+        if work == 4096 {
+            tick(work)?;
+            work = 0;
+        }
+        let c = t_at(ti);
+        match (p.get(pi), c) {
+            (Some(Elem::Star), _) => {
+                pi += 1;
+                if pi == p.len() {
+                    return Ok(true); // a trailing star takes the rest
+                }
+                star = Some((pi, ti));
+            }
+            (Some(e), Some(ch)) if e.matches(ch, glob) => {
+                pi += 1;
+                ti += ch.len_utf8();
+            }
+            (None, None) => return Ok(true),
+            _ => match star {
+                // Let the last star take one more character and retry what follows it.
+                Some((sp, st)) => match t_at(st) {
+                    Some(ch) => {
+                        let next = st + ch.len_utf8();
+                        star = Some((sp, next));
+                        pi = sp;
+                        ti = next;
+                    }
+                    None => return Ok(false),
+                },
+                None => return Ok(false),
+            },
+        }
+    }
 }
 
 pub fn text_of(v: &Value) -> String {
@@ -425,6 +535,7 @@ pub fn timestamp(millis: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::MAX_LIKE_PATTERN_BYTES;
 
     #[test]
     fn values_order_as_sqlite() {
@@ -451,6 +562,54 @@ mod tests {
     fn timestamps_are_utc_civil_time() {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00");
         assert_eq!(timestamp(1_700_000_000_000), "2023-11-14 22:13:20");
+    }
+
+    fn m(text: &str, pattern: &str, escape: Option<char>, glob: bool) -> bool {
+        like(text, pattern, escape, glob, &mut |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn like_and_glob_match_as_sqlite() {
+        assert!(m("Hello", "h%O", None, false));
+        assert!(m("Hello", "_ell_", None, false));
+        assert!(!m("Hello", "_ell", None, false));
+        assert!(m("", "%", None, false));
+        assert!(!m("", "_", None, false));
+        assert!(m("a%b", "a!%b", Some('!'), false));
+        assert!(!m("axb", "a!%b", Some('!'), false));
+        assert!(!m("a", "a!", Some('!'), false));
+        assert!(m("ÉTÉ", "%T%", None, false));
+        assert!(!m("été", "ÉTÉ", None, false), "LIKE folds ASCII case only");
+        assert!(m("abcabd", "%abd", None, false));
+        assert!(m("mississippi", "%iss%ppi", None, false));
+        assert!(!m("Hello", "h*", None, true), "GLOB is case-sensitive");
+        assert!(m("Hello", "H*o", None, true));
+        assert!(m("Hello", "H?llo", None, true));
+        assert!(m("Hello", "[A-Z]ell[aeiou]", None, true));
+        assert!(!m("hello", "[A-Z]*", None, true));
+        assert!(m("hello", "[^A-Z]*", None, true));
+        assert!(m("]x", "[]]x", None, true));
+        assert!(m("-", "[a-]", None, true));
+        assert!(!m("a", "[a", None, true));
+        assert!(m("a*b", "a[*]b", None, true));
+        assert!(m("100%", "100%", None, true));
+    }
+
+    /// The pattern that made the old backtracking matcher run for ever: 30 × `%a` then `c`.
+    #[test]
+    fn pathological_patterns_match_in_polynomial_time() {
+        let text = "a".repeat(64);
+        let pattern = format!("{}%c", "%a".repeat(30));
+        assert!(!m(&text, &pattern, None, false));
+        let text = "a".repeat(10_000);
+        let pattern = format!("{}b", "*a".repeat(2_000));
+        assert!(!m(&text, &pattern, None, true));
+        assert!(m(&format!("{text}b"), &pattern, None, true));
+        let long = "%".repeat(MAX_LIKE_PATTERN_BYTES + 1);
+        assert!(matches!(like("x", &long, None, false, &mut |_| Ok(())), Err(Error::Limit(_))));
+        // The work is reported, so a deadline stops a long match.
+        let stop = like(&text, &pattern, None, true, &mut |_| Err(Error::Interrupted("t".into())));
+        assert!(matches!(stop, Err(Error::Interrupted(_))));
     }
 
     #[test]

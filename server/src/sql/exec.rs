@@ -1,10 +1,11 @@
 //! Statement execution: DDL and DML into `Change`s on an overlay, SELECT into rows.
 
 use super::eval::{coerce, compare_tuples};
+use super::limits::{self, Budget, Meter};
 use super::overlay::Overlay;
 use super::plan::{object_name, BExpr, Binder, Scope};
 use super::run::{Env, Runner};
-use super::{parse, Context, Error};
+use super::{parse, parse_piece, Context, Error};
 use crate::changeset::{
     Change, Column, DataType, IndexSchema, Key, ReadView, Row, StatementOutcome, StatementResult,
     TableSchema, Value,
@@ -16,99 +17,163 @@ use std::ops::Bound;
 pub struct Executor<'a> {
     overlay: Overlay<'a>,
     ctx: Context,
+    meter: Meter,
+}
+
+/// What a statement of a request left behind, for the statements after it.
+struct RequestState {
+    in_txn: bool,
+    failed: bool,
+    changes: Vec<Change>,
+    outcomes: Vec<StatementOutcome>,
 }
 
 impl<'a> Executor<'a> {
     pub fn new(view: &'a dyn ReadView, ctx: Context) -> Self {
-        Executor { overlay: Overlay::new(view), ctx }
+        Executor { overlay: Overlay::new(view), ctx, meter: Meter::default() }
+    }
+
+    /// Evaluates the following requests under `budget` (the sequencer gives each request its
+    /// own deadline).
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.meter = Meter::new(budget);
     }
 
     /// Evaluates one request: `(sql text, params)` pairs; a text may hold several statements
     /// (params only when it holds exactly one). Returns the changes to replicate and one outcome
-    /// per statement. A failed statement contributes nothing; in a transaction (`transaction`,
-    /// or BEGIN ... COMMIT) any failure discards every change of the request.
+    /// per statement (one for a whole text that does not parse). A failed statement contributes
+    /// nothing; in a transaction (`transaction`, or BEGIN ... COMMIT) any failure discards every
+    /// change of the request.
+    ///
+    /// Statements are parsed and evaluated one at a time, each undone through the overlay's
+    /// undo log if it fails, so a request's cost grows linearly with its statements.
+    ///
+    /// `Err` is an error that [aborts the request](Error::aborts_request) (deadline,
+    /// cancellation, request limits, a storage read): nothing of the request stays in the
+    /// overlay and nothing of it may be recorded.
     pub fn execute(
         &mut self,
         statements: &[(String, Vec<Value>)],
         transaction: bool,
-    ) -> (Vec<Change>, Vec<StatementOutcome>) {
-        let mut parsed: Vec<(Result<Statement, Error>, &[Value])> = Vec::new();
+    ) -> Result<(Vec<Change>, Vec<StatementOutcome>), Error> {
+        let request_mark = self.overlay.mark();
+        self.meter.start_request();
+        self.meter.check()?;
+        let mut st = RequestState { in_txn: transaction, failed: false, changes: vec![], outcomes: vec![] };
         for (sql, params) in statements {
-            match parse(sql) {
-                Ok(stmts) if stmts.len() > 1 && !params.is_empty() => parsed.push((
-                    Err(Error::Invalid(format!(
-                        "parameters were given for a text holding {} statements: send each statement separately",
-                        stmts.len()
-                    ))),
-                    params,
-                )),
-                Ok(stmts) if stmts.is_empty() => parsed.push((Err(Error::Invalid("empty statement".into())), params)),
-                Ok(stmts) => parsed.extend(stmts.into_iter().map(|s| (Ok(s), params.as_slice()))),
-                Err(e) => parsed.push((Err(e), params)),
+            if let Err(e) = self.text(sql, params, &mut st) {
+                self.overlay.rollback(request_mark);
+                self.overlay.commit();
+                return Err(e);
             }
         }
-        let savepoint = self.overlay.clone();
-        let mut in_txn = transaction;
-        let mut failed = false;
-        let mut changes = Vec::new();
-        let mut outcomes = Vec::new();
-        for (stmt, params) in parsed {
-            if failed && in_txn {
-                outcomes.push(Err(Error::Invalid(
-                    "the transaction was aborted by an earlier error; nothing was applied".into(),
-                )
-                .into()));
-                continue;
-            }
-            let stmt = match stmt {
-                Ok(s) => s,
-                Err(e) => {
-                    failed = true;
-                    outcomes.push(Err(e.into()));
-                    continue;
-                }
-            };
-            match &stmt {
-                Statement::StartTransaction { .. } => {
-                    in_txn = true;
-                    outcomes.push(Ok(StatementResult::default()));
-                    continue;
-                }
-                Statement::Commit { .. } => {
-                    outcomes.push(Ok(StatementResult::default()));
-                    continue;
-                }
-                Statement::Rollback { .. } => {
-                    failed = true;
-                    outcomes.push(Ok(StatementResult::default()));
-                    continue;
-                }
-                _ => {}
-            }
-            let mut local = Vec::new();
-            let before = self.overlay.clone();
-            match self.statement(&stmt, params, &mut local) {
-                Ok(r) => {
-                    changes.extend(local);
-                    outcomes.push(Ok(r));
-                }
-                Err(e) => {
-                    self.overlay = before;
-                    failed = true;
-                    outcomes.push(Err(e.into()));
-                }
-            }
+        if st.failed && st.in_txn {
+            self.overlay.rollback(request_mark);
+            st.changes.clear();
         }
-        if failed && in_txn {
-            self.overlay = savepoint;
-            changes.clear();
-        }
-        (changes, outcomes)
+        self.overlay.commit();
+        Ok((st.changes, st.outcomes))
     }
 
-    fn emit(&mut self, change: Change, out: &mut Vec<Change>) {
+    /// One SQL text of a request. A text that does not parse (or holds several statements and
+    /// parameters) fails as a whole, with one outcome and no effect, as if parsed up front.
+    fn text(&mut self, sql: &str, params: &[Value], st: &mut RequestState) -> Result<(), Error> {
+        let mark = self.overlay.mark();
+        let (changes_at, outcomes_at, in_txn_at, failed_at) =
+            (st.changes.len(), st.outcomes.len(), st.in_txn, st.failed);
+        let mut count = 0usize;
+        let mut text_error = None;
+        'pieces: for piece in limits::pieces(sql) {
+            self.meter.tick()?;
+            let stmts = match parse_piece(piece) {
+                Ok(s) => s,
+                Err(e) => {
+                    text_error = Some(e);
+                    break;
+                }
+            };
+            for stmt in stmts {
+                count += 1;
+                if count > 1 && !params.is_empty() {
+                    text_error = Some(Error::Invalid(
+                        "parameters were given for a text holding several statements: send each statement \
+                         separately"
+                            .into(),
+                    ));
+                    break 'pieces;
+                }
+                self.one(&stmt, params, st)?;
+            }
+        }
+        if count == 0 && text_error.is_none() {
+            text_error = Some(Error::Invalid("empty statement".into()));
+        }
+        let Some(e) = text_error else { return Ok(()) };
+        if e.aborts_request() {
+            return Err(e);
+        }
+        self.overlay.rollback(mark);
+        st.changes.truncate(changes_at);
+        st.outcomes.truncate(outcomes_at);
+        st.in_txn = in_txn_at;
+        st.failed = failed_at;
+        if st.failed && st.in_txn {
+            st.outcomes.push(Err(aborted().into()));
+        } else {
+            st.failed = true;
+            st.outcomes.push(Err(e.into()));
+        }
+        Ok(())
+    }
+
+    /// One statement; `Err` only for errors that abort the request.
+    fn one(&mut self, stmt: &Statement, params: &[Value], st: &mut RequestState) -> Result<(), Error> {
+        if st.failed && st.in_txn {
+            st.outcomes.push(Err(aborted().into()));
+            return Ok(());
+        }
+        match stmt {
+            Statement::StartTransaction { .. } => {
+                st.in_txn = true;
+                st.outcomes.push(Ok(StatementResult::default()));
+                return Ok(());
+            }
+            Statement::Commit { .. } => {
+                st.outcomes.push(Ok(StatementResult::default()));
+                return Ok(());
+            }
+            Statement::Rollback { .. } => {
+                st.failed = true;
+                st.outcomes.push(Ok(StatementResult::default()));
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.meter.start_statement();
+        let mut local = Vec::new();
+        let before = self.overlay.mark();
+        match self.statement(stmt, params, &mut local) {
+            Ok(r) => {
+                st.changes.extend(local);
+                st.outcomes.push(Ok(r));
+            }
+            Err(e) if e.aborts_request() => return Err(e),
+            Err(e) => {
+                self.overlay.rollback(before);
+                st.failed = true;
+                st.outcomes.push(Err(e.into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, change: Change, out: &mut Vec<Change>) -> Result<(), Error> {
+        if matches!(change, Change::Insert { .. } | Change::Update { .. } | Change::Delete { .. }) {
+            self.meter.write_row()?;
+        }
         self.overlay.apply(&change);
         out.push(change);
+        Ok(())
     }
 
     fn statement(
@@ -123,7 +188,7 @@ impl<'a> Executor<'a> {
                 for name in names {
                     let name = object_name(name)?;
                     match self.overlay.table(&name)? {
-                        Some(t) => self.emit(Change::DropTable { table: t.name }, out),
+                        Some(t) => self.emit(Change::DropTable { table: t.name }, out)?,
                         None if *if_exists => {}
                         None => return Err(Error::NoSuchTable(name)),
                     }
@@ -134,7 +199,7 @@ impl<'a> Executor<'a> {
                 for name in names {
                     let name = object_name(name)?;
                     match self.find_index(&name)? {
-                        Some((table, index)) => self.emit(Change::DropIndex { table, index }, out),
+                        Some((table, index)) => self.emit(Change::DropIndex { table, index }, out)?,
                         None if *if_exists => {}
                         None => return Err(Error::NoSuchIndex(name)),
                     }
@@ -145,7 +210,7 @@ impl<'a> Executor<'a> {
             Statement::Insert(insert) => self.insert(insert, params, out),
             Statement::Update(update) => self.update(update, params, out),
             Statement::Delete(delete) => self.delete(delete, params, out),
-            Statement::Query(q) => run_query(&self.overlay, q, params, Some(self.ctx)),
+            Statement::Query(q) => run_query(&self.overlay, &self.meter, q, params, Some(self.ctx)),
             Statement::Explain { statement, .. } => explain(&self.overlay, statement, params),
             other => Err(Error::Unsupported(format!("statement {}", first_words(&other.to_string())))),
         }
@@ -217,7 +282,7 @@ impl<'a> Executor<'a> {
         self.emit(
             Change::CreateIndex(IndexSchema { name, table: schema.name.clone(), columns, unique: ci.unique }),
             out,
-        );
+        )?;
         Ok(StatementResult::default())
     }
 
@@ -314,7 +379,7 @@ impl<'a> Executor<'a> {
                 unique: true,
             })
             .collect();
-        self.emit(Change::CreateTable(TableSchema { name, columns, primary_key, indexes }), out);
+        self.emit(Change::CreateTable(TableSchema { name, columns, primary_key, indexes }), out)?;
         Ok(StatementResult::default())
     }
 
@@ -374,7 +439,7 @@ impl<'a> Executor<'a> {
             Some(q) => {
                 let binder = Binder::new(&self.overlay, params);
                 let bound = binder.query(q)?;
-                let runner = Runner::new(&self.overlay, Some(self.ctx));
+                let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx));
                 runner.query(&bound, &Env::EMPTY)?.0
             }
         };
@@ -409,7 +474,7 @@ impl<'a> Executor<'a> {
                     }
                     OnConflict::Replace => {
                         for (k, _) in conflicts {
-                            self.emit(Change::Delete { table: schema.name.clone(), key: k }, out);
+                            self.emit(Change::Delete { table: schema.name.clone(), key: k }, out)?;
                         }
                     }
                 }
@@ -425,7 +490,7 @@ impl<'a> Executor<'a> {
             } else {
                 Change::Insert { table: schema.name.clone(), key, row }
             };
-            self.emit(change, out);
+            self.emit(change, out)?;
             affected += 1;
         }
         Ok(StatementResult {
@@ -471,7 +536,7 @@ impl<'a> Executor<'a> {
     }
 
     fn eval_returning(&self, r: &Returning, row: &Row) -> Result<Row, Error> {
-        let runner = Runner::new(&self.overlay, Some(self.ctx));
+        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx));
         let env = Env { row, aggs: &[], outer: Some(&Env::EMPTY) };
         r.0.iter().map(|e| runner.eval(e, &env)).collect()
     }
@@ -485,7 +550,7 @@ impl<'a> Executor<'a> {
         params: &[Value],
     ) -> Result<Vec<(Key, Row)>, Error> {
         let plan = Binder::new(&self.overlay, params).table_filter(schema, selection)?;
-        Runner::new(&self.overlay, Some(self.ctx)).keyed_rows(&plan, &Env::EMPTY)
+        Runner::new(&self.overlay, &self.meter, Some(self.ctx)).keyed_rows(&plan, &Env::EMPTY)
     }
 
     fn update(
@@ -523,7 +588,7 @@ impl<'a> Executor<'a> {
         }
         let returning = self.returning_plan(update.returning.as_deref(), &schema, params)?;
         let rows = self.matching_rows(&schema, update.selection.as_ref(), params)?;
-        let runner = Runner::new(&self.overlay, Some(self.ctx));
+        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx));
         let mut updates = Vec::with_capacity(rows.len());
         for (key, row) in rows {
             let env = Env { row: &row, aggs: &[], outer: Some(&Env::EMPTY) };
@@ -537,6 +602,7 @@ impl<'a> Executor<'a> {
         let mut returned = Vec::new();
         let affected = updates.len() as u64;
         for (key, row) in updates {
+            check_identity(&schema, &row)?;
             for (col, v) in schema.columns.iter().zip(&row) {
                 if !col.nullable && *v == Value::Null {
                     return Err(Error::Constraint(format!(
@@ -553,11 +619,11 @@ impl<'a> Executor<'a> {
                 if let Some((_, e)) = self.unique_conflicts(&schema, &key, &row)?.into_iter().next() {
                     return Err(e);
                 }
-                self.emit(Change::Delete { table: schema.name.clone(), key }, out);
+                self.emit(Change::Delete { table: schema.name.clone(), key }, out)?;
                 if let Some(r) = &returning {
                     returned.push(self.eval_returning(r, &row)?);
                 }
-                self.emit(Change::Insert { table: schema.name.clone(), key: new_key, row }, out);
+                self.emit(Change::Insert { table: schema.name.clone(), key: new_key, row }, out)?;
             } else {
                 if let Some((_, e)) = self.unique_conflicts(&schema, &key, &row)?.into_iter().next() {
                     return Err(e);
@@ -565,7 +631,7 @@ impl<'a> Executor<'a> {
                 if let Some(r) = &returning {
                     returned.push(self.eval_returning(r, &row)?);
                 }
-                self.emit(Change::Update { table: schema.name.clone(), key, row }, out);
+                self.emit(Change::Update { table: schema.name.clone(), key, row }, out)?;
             }
         }
         Ok(StatementResult {
@@ -605,7 +671,7 @@ impl<'a> Executor<'a> {
             if let Some(r) = &returning {
                 returned.push(self.eval_returning(r, &row)?);
             }
-            self.emit(Change::Delete { table: schema.name.clone(), key }, out);
+            self.emit(Change::Delete { table: schema.name.clone(), key }, out)?;
         }
         Ok(StatementResult {
             rows_affected: affected,
@@ -631,7 +697,7 @@ impl<'a> Executor<'a> {
                             })?;
                         let top = Scope::marker(None);
                         let bound = Binder::new(&self.overlay, &[]).expr(&expr, &top)?;
-                        Runner::new(&self.overlay, Some(self.ctx)).eval(&bound, &Env::EMPTY)?
+                        Runner::new(&self.overlay, &self.meter, Some(self.ctx)).eval(&bound, &Env::EMPTY)?
                     }
                     None => Value::Null,
                 },
@@ -652,6 +718,7 @@ impl<'a> Executor<'a> {
                 )));
             }
         }
+        check_identity(schema, &row)?;
         let key = match schema.key_of(&row) {
             Some(k) => k,
             None => vec![Value::Integer(self.next_id(&schema.name)?)],
@@ -706,6 +773,30 @@ impl<'a> Executor<'a> {
     }
 }
 
+fn aborted() -> Error {
+    Error::Invalid("the transaction was aborted by an earlier error; nothing was applied".into())
+}
+
+/// Refuses NaN in the columns that identify a row (primary key, UNIQUE indexes): NaN equals
+/// nothing, not even itself, so it cannot identify anything.
+fn check_identity(schema: &TableSchema, row: &Row) -> Result<(), Error> {
+    let key_cols = schema.primary_key.iter().map(|&c| (c, "the primary key"));
+    let unique_cols = schema
+        .indexes
+        .iter()
+        .filter(|i| i.unique)
+        .flat_map(|i| i.columns.iter().map(|&c| (c, "a UNIQUE index")));
+    for (c, what) in key_cols.chain(unique_cols) {
+        if matches!(row.get(c), Some(Value::Real(r)) if r.is_nan()) {
+            return Err(Error::Type(format!(
+                "cannot store NaN in {}.{}: it is part of {what}, and NaN equals nothing",
+                schema.name, schema.columns[c].name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// RETURNING expressions over the table's row, and their column names.
 type Returning = (Vec<BExpr>, Vec<String>);
 
@@ -718,16 +809,30 @@ fn pk_violation(schema: &TableSchema) -> Error {
     Error::Constraint(format!("UNIQUE constraint failed: {} (primary key)", cols.join(", ")))
 }
 
-/// A read-only query (SELECT, VALUES or EXPLAIN) on any replica's view.
+/// A read-only query (SELECT, VALUES or EXPLAIN) on any replica's view, with the default
+/// [`Budget`] (no deadline).
 pub fn query(
     view: &dyn ReadView,
     sql: &str,
     params: &[Value],
     ctx: Context,
 ) -> Result<StatementResult, Error> {
+    query_with(view, sql, params, ctx, Budget::default())
+}
+
+/// A read-only query under `budget`: its deadline, cancellation flag and memory bound.
+pub fn query_with(
+    view: &dyn ReadView,
+    sql: &str,
+    params: &[Value],
+    ctx: Context,
+    budget: Budget,
+) -> Result<StatementResult, Error> {
+    let meter = Meter::new(budget);
+    meter.check()?;
     let stmts = parse(sql)?;
     match stmts.as_slice() {
-        [Statement::Query(q)] => run_query(view, q, params, Some(ctx)),
+        [Statement::Query(q)] => run_query(view, &meter, q, params, Some(ctx)),
         [Statement::Explain { statement, .. }] => explain(view, statement, params),
         [] => Err(Error::Invalid("empty query".into())),
         [_] => Err(Error::Invalid(
@@ -739,12 +844,13 @@ pub fn query(
 
 fn run_query(
     view: &dyn ReadView,
+    meter: &Meter,
     q: &ast::Query,
     params: &[Value],
     ctx: Option<Context>,
 ) -> Result<StatementResult, Error> {
     let bound = Binder::new(view, params).query(q)?;
-    let (rows, columns) = Runner::new(view, ctx).query(&bound, &Env::EMPTY)?;
+    let (rows, columns) = Runner::new(view, meter, ctx).query(&bound, &Env::EMPTY)?;
     Ok(StatementResult { columns, rows, ..Default::default() })
 }
 
@@ -800,7 +906,8 @@ mod tests {
 
     fn run(view: &mut MemoryView, sql: &str) -> (Vec<Change>, Vec<StatementOutcome>) {
         let snapshot = view.clone();
-        let (changes, outcomes) = Executor::new(&snapshot, CTX).execute(&[(sql.to_string(), vec![])], false);
+        let (changes, outcomes) =
+            Executor::new(&snapshot, CTX).execute(&[(sql.to_string(), vec![])], false).unwrap();
         for c in &changes {
             view.apply(c);
         }
@@ -854,8 +961,10 @@ mod tests {
     fn statements_of_a_batch_see_each_other() {
         let v = setup();
         let mut ex = Executor::new(&v, CTX);
-        let (c1, _) = ex.execute(&[("INSERT INTO t (id, name) VALUES (1, 'a')".into(), vec![])], false);
-        let (c2, o2) = ex.execute(&[("INSERT INTO t (id, name) VALUES (1, 'again')".into(), vec![])], false);
+        let (c1, _) =
+            ex.execute(&[("INSERT INTO t (id, name) VALUES (1, 'a')".into(), vec![])], false).unwrap();
+        let (c2, o2) =
+            ex.execute(&[("INSERT INTO t (id, name) VALUES (1, 'again')".into(), vec![])], false).unwrap();
         assert_eq!(c1.len(), 1);
         assert!(c2.is_empty());
         assert_eq!(o2[0].as_ref().unwrap_err().kind, ErrorKind::Constraint);
@@ -866,11 +975,12 @@ mod tests {
         let v = setup();
         let mut ex = Executor::new(&v, CTX);
         let sql = "BEGIN; INSERT INTO t (id, name) VALUES (1, 'a'); INSERT INTO t (id, name) VALUES (1, 'dup'); COMMIT";
-        let (changes, outcomes) = ex.execute(&[(sql.into(), vec![])], false);
+        let (changes, outcomes) = ex.execute(&[(sql.into(), vec![])], false).unwrap();
         assert!(changes.is_empty());
         assert!(outcomes[1].is_ok() && outcomes[2].is_err() && outcomes[3].is_err());
         // And the overlay forgot the first insert too.
-        let (changes, _) = ex.execute(&[("INSERT INTO t (id, name) VALUES (1, 'a')".into(), vec![])], false);
+        let (changes, _) =
+            ex.execute(&[("INSERT INTO t (id, name) VALUES (1, 'a')".into(), vec![])], false).unwrap();
         assert_eq!(changes.len(), 1);
     }
 
@@ -1028,16 +1138,228 @@ mod tests {
     fn parameters_bind() {
         let mut v = setup();
         let snapshot = v.clone();
-        let (changes, o) = Executor::new(&snapshot, CTX).execute(
-            &[(
-                "INSERT INTO t (id, name) VALUES ($1, $2)".into(),
-                vec![Value::Integer(9), Value::Text("p".into())],
-            )],
-            false,
-        );
+        let (changes, o) = Executor::new(&snapshot, CTX)
+            .execute(
+                &[(
+                    "INSERT INTO t (id, name) VALUES ($1, $2)".into(),
+                    vec![Value::Integer(9), Value::Text("p".into())],
+                )],
+                false,
+            )
+            .unwrap();
         assert!(o[0].is_ok(), "{o:?}");
         changes.iter().for_each(|c| v.apply(c));
         let r = query(&v, "SELECT name FROM t WHERE id = ?", &[Value::Integer(9)]).unwrap();
         assert_eq!(r.rows, vec![vec![Value::Text("p".into())]]);
+    }
+}
+
+/// Bounded evaluation (issue 16): inputs that used to crash or stall a node.
+#[cfg(test)]
+mod bounds {
+    use super::*;
+    use crate::changeset::ErrorKind;
+    use crate::sql::MemoryView;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    const CTX: Context = Context { now_millis: 1_700_000_000_000, seed: 7 };
+
+    fn table(rows: usize) -> MemoryView {
+        let mut v = MemoryView::new();
+        let sql = "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)".to_string();
+        let (c, _) = Executor::new(&v.clone(), CTX).execute(&[(sql, vec![])], false).unwrap();
+        c.iter().for_each(|c| v.apply(c));
+        if rows > 0 {
+            let values: Vec<String> = (0..rows).map(|i| format!("({i}, 'row {i}')")).collect();
+            let sql = format!("INSERT INTO t VALUES {}", values.join(","));
+            let (c, o) = Executor::new(&v.clone(), CTX).execute(&[(sql, vec![])], false).unwrap();
+            assert!(o[0].is_ok(), "{o:?}");
+            c.iter().for_each(|c| v.apply(c));
+        }
+        v
+    }
+
+    /// Runs `f` on a thread with an ordinary 2 MiB stack, as a stack overflow there aborts the
+    /// whole test process instead of failing one test.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(2 << 20).spawn(f).unwrap().join().unwrap()
+    }
+
+    fn shapes() -> Vec<(&'static str, String)> {
+        let n = 50_000;
+        vec![
+            ("+ chain", format!("SELECT {}", vec!["1"; n].join("+"))),
+            ("|| chain", format!("SELECT {}", vec!["'a'"; n].join("||"))),
+            ("AND chain", format!("SELECT {}", vec!["1"; n].join(" AND "))),
+            ("OR chain", format!("SELECT {}", vec!["1"; n].join(" OR "))),
+            ("= chain", format!("SELECT {}", vec!["1"; n].join(" = "))),
+            ("IS NULL chain", format!("SELECT 1{}", " IS NULL".repeat(n))),
+            ("nested parentheses", format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n))),
+            ("nested CASE", format!("SELECT {}1{}", "CASE WHEN 1 THEN ".repeat(n), " END".repeat(n))),
+            ("nested NOT", format!("SELECT {}1", "NOT ".repeat(n))),
+            ("nested minus", format!("SELECT {}1", "- ".repeat(n))),
+            ("nested function", format!("SELECT {}1{}", "abs(".repeat(n), ")".repeat(n))),
+            ("nested subquery", format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n))),
+            ("flat CASE", format!("SELECT CASE {} END", "WHEN 0 THEN 1 ".repeat(n))),
+            (
+                "IN list",
+                format!(
+                    "SELECT 7 IN ({})",
+                    (0..100_000).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+                ),
+            ),
+        ]
+    }
+
+    /// Every shape gives a typed error or the right answer through `query` and the `Executor`,
+    /// on a 2 MiB stack — never a crash.
+    #[test]
+    fn huge_expressions_fail_typed_on_a_small_stack() {
+        on_small_stack(|| {
+            let v = table(0);
+            for (name, sql) in shapes() {
+                let started = Instant::now();
+                let read = query(&v, &sql, &[], CTX);
+                let (_, outcomes) = Executor::new(&v, CTX).execute(&[(sql.clone(), vec![])], false).unwrap();
+                let write = outcomes.into_iter().next().unwrap();
+                match name {
+                    "flat CASE" => assert_eq!(read.unwrap().rows, vec![vec![Value::Null]], "{name}"),
+                    "IN list" => assert_eq!(read.unwrap().rows, vec![vec![Value::Integer(1)]], "{name}"),
+                    _ => {
+                        let e = read.expect_err(name);
+                        assert!(matches!(e, Error::Limit(_) | Error::Parse { .. }), "{name}: {e:?}");
+                        let kind = write.expect_err(name).kind;
+                        assert!(matches!(kind, ErrorKind::Limit | ErrorKind::Syntax), "{name}: {kind:?}");
+                        if let Error::Limit(m) = e {
+                            assert!(m.contains("1000"), "{name}: the message names the limit: {m}");
+                        }
+                    }
+                }
+                eprintln!("{name}: {:?}", started.elapsed());
+            }
+            // Right below the limit, chains still evaluate.
+            let sql = format!("SELECT {}", vec!["1"; 400].join("+"));
+            assert_eq!(query(&v, &sql, &[], CTX).unwrap().rows, vec![vec![Value::Integer(400)]]);
+        });
+    }
+
+    /// 20,000 single-row INSERTs in one request: quadratic bookkeeping made this take minutes.
+    #[test]
+    fn a_batch_of_twenty_thousand_inserts_is_linear() {
+        let v = table(0);
+        let n = 20_000;
+        let sql: String = (0..n).map(|i| format!("INSERT INTO t VALUES ({i}, 'x{i}');")).collect();
+        let started = Instant::now();
+        let (changes, outcomes) = Executor::new(&v, CTX).execute(&[(sql, vec![])], false).unwrap();
+        eprintln!("{n} INSERTs evaluated in {:?}", started.elapsed());
+        assert_eq!(changes.len(), n);
+        assert_eq!(outcomes.len(), n);
+        assert!(outcomes.iter().all(|o| o.is_ok()));
+        // A failure in the middle undoes only its own statement.
+        let sql: String = (0..n).map(|i| format!("INSERT INTO t VALUES ({}, 'y');", i % (n / 2))).collect();
+        let (changes, outcomes) = Executor::new(&v, CTX).execute(&[(sql, vec![])], false).unwrap();
+        assert_eq!(changes.len(), n / 2);
+        assert_eq!(outcomes.iter().filter(|o| o.is_err()).count(), n / 2);
+    }
+
+    fn budget() -> Budget {
+        Budget::default()
+    }
+
+    const CROSS: &str = "SELECT count(*) FROM t a, t b, t c";
+
+    #[test]
+    fn a_deadline_or_a_cancellation_stops_a_query() {
+        let v = table(300);
+        let b = Budget::with_timeout(Duration::from_millis(50), "--query-timeout-ms (50ms)");
+        let started = Instant::now();
+        let e = query_with(&v, CROSS, &[], CTX, b).unwrap_err();
+        assert!(matches!(&e, Error::Interrupted(m) if m.contains("--query-timeout-ms")), "{e:?}");
+        assert!(e.aborts_request());
+        eprintln!("stopped after {:?}", started.elapsed());
+        let b = budget();
+        b.cancel.store(true, Ordering::Relaxed);
+        let e = query_with(&v, "SELECT count(*) FROM t a, t b", &[], CTX, b).unwrap_err();
+        assert!(matches!(e, Error::Interrupted(_)), "{e:?}");
+        // A LIKE over a long text is checked too.
+        let b = Budget::with_timeout(Duration::ZERO, "x");
+        let sql = format!("SELECT '{}' LIKE '{}b'", "a".repeat(20_000), "%a".repeat(5_000));
+        assert!(matches!(query_with(&v, &sql, &[], CTX, b), Err(Error::Interrupted(_))));
+    }
+
+    /// The pathological LIKE of the issue answers at once.
+    #[test]
+    fn the_pathological_like_answers() {
+        let v = table(0);
+        let sql = format!("SELECT '{}' LIKE '{}%c', 'aXc' GLOB 'a[A-Z]c'", "a".repeat(64), "%a".repeat(30));
+        let r = query(&v, &sql, &[], CTX).unwrap();
+        assert_eq!(r.rows, vec![vec![Value::Integer(0), Value::Integer(1)]]);
+    }
+
+    #[test]
+    fn working_memory_is_refused_before_it_is_allocated() {
+        let v = table(2_000);
+        let mut b = budget();
+        b.max_memory = 1 << 20;
+        let e = query_with(&v, "SELECT a.s, b.s FROM t a, t b", &[], CTX, b.clone()).unwrap_err();
+        assert!(matches!(&e, Error::Limit(m) if m.contains("--max-query-memory")), "{e:?}");
+        let e = query_with(&v, "SELECT DISTINCT a.s || b.s FROM t a, t b", &[], CTX, b.clone()).unwrap_err();
+        assert!(matches!(e, Error::Limit(_)), "{e:?}");
+        // Strings: a doubling chain hits the budget before it is built.
+        let sql = "SELECT replace(replace(replace(replace(replace(zeroblob, 'A', 'AAAAAAAAAAAAAAAA'), 'A', \
+                   'AAAAAAAAAAAAAAAA'), 'A', 'AAAAAAAAAAAAAAAA'), 'A', 'AAAAAAAAAAAAAAAA'), 'A', 'AAAAAAAAAAAAAAAA') \
+                   FROM (SELECT 'AAAA' AS zeroblob)";
+        let e = query_with(&v, sql, &[], CTX, b.clone()).unwrap_err();
+        assert!(matches!(e, Error::Limit(_)), "{e:?}");
+        let e = query_with(&v, "SELECT group_concat(a.s || b.s) FROM t a, t b", &[], CTX, b).unwrap_err();
+        assert!(matches!(e, Error::Limit(_)), "{e:?}");
+        // Within the budget the same query shapes answer.
+        let r =
+            query(&v, "SELECT count(*) FROM (SELECT DISTINCT a.id FROM t a, t b WHERE b.id < 3)", &[], CTX);
+        assert_eq!(r.unwrap().rows, vec![vec![Value::Integer(2_000)]]);
+    }
+
+    /// Errors that are not properties of a statement end the request with nothing kept.
+    #[test]
+    fn request_level_errors_leave_nothing_behind() {
+        let v = table(0);
+        let mut ex = Executor::new(&v, CTX);
+        let mut b = budget();
+        b.max_rows_written = 10;
+        ex.set_budget(b);
+        let sql: String = (0..20).map(|i| format!("INSERT INTO t VALUES ({i}, 'x');")).collect();
+        let e = ex.execute(&[(sql, vec![])], false).unwrap_err();
+        assert!(matches!(&e, Error::RequestTooLarge(m) if m.contains("--max-rows-per-request")), "{e:?}");
+        let (changes, outcomes) =
+            ex.execute(&[("INSERT INTO t VALUES (0, 'x')".into(), vec![])], false).unwrap();
+        assert_eq!(changes.len(), 1, "the stopped request left no row behind: {outcomes:?}");
+        // Stopped by the deadline: the same.
+        let b = Budget::with_timeout(Duration::ZERO, "--write-eval-timeout-ms (0ns)");
+        ex.set_budget(b);
+        let sql = "INSERT INTO t VALUES (1, 'x'); INSERT INTO t SELECT a.id + 100, 'y' FROM t a";
+        assert!(matches!(ex.execute(&[(sql.into(), vec![])], false), Err(Error::Interrupted(_))));
+        ex.set_budget(budget());
+        let (changes, _) = ex.execute(&[("INSERT INTO t VALUES (1, 'x')".into(), vec![])], false).unwrap();
+        assert_eq!(changes.len(), 1);
+    }
+
+    #[test]
+    fn nan_cannot_identify_a_row() {
+        let mut v = MemoryView::new();
+        let create = "CREATE TABLE r (k REAL PRIMARY KEY, u REAL UNIQUE)".to_string();
+        let (c, _) = Executor::new(&v.clone(), CTX).execute(&[(create, vec![])], false).unwrap();
+        c.iter().for_each(|c| v.apply(c));
+        let nan = Value::Real(f64::NAN);
+        for (sql, params) in [
+            ("INSERT INTO r VALUES (?, 1)", vec![nan.clone()]),
+            ("INSERT INTO r VALUES (1, ?)", vec![nan.clone()]),
+            ("INSERT INTO r VALUES (1e308 * 10 - 1e308 * 10, 1)", vec![]),
+        ] {
+            let (changes, o) = Executor::new(&v, CTX).execute(&[(sql.into(), params)], false).unwrap();
+            assert!(changes.is_empty(), "{sql}");
+            let e = o[0].as_ref().unwrap_err();
+            assert!(e.kind == ErrorKind::Type && e.message.contains("NaN"), "{sql}: {e:?}");
+        }
     }
 }

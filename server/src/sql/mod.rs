@@ -13,15 +13,48 @@
 //! division by zero is NULL, mixed integer/real comparison), with one deliberate difference:
 //! a value that does not fit its column's declared type is a `Type` error, not stored as is.
 //! Anything not supported is refused with an `Unsupported` error, never a wrong answer.
+//!
+//! # Bounded evaluation
+//! Every evaluation is bounded, interruptible and linear in its input; exceeding a bound is a
+//! typed error, never a crash or a stall (`limits` holds the mechanisms; docs/sql.md the flags).
+//! - **Size of the request** ([`RequestLimits`], [`check_request`]): SQL bytes, statements,
+//!   parameters (and their count against the placeholders), checked by the service before
+//!   anything is evaluated or proposed. Request-level: `Error::RequestTooLarge`.
+//! - **Shape of an expression**: [`limits::check_depth`] scans a statement's tokens before it is
+//!   parsed and refuses any expression deeper than [`MAX_EXPR_DEPTH`], counting operator chains
+//!   (a flat `1+1+...` parses into a left-deep tree); so no syntax tree is ever deep enough to
+//!   overflow a stack in binding, evaluation, printing, cloning or dropping. The recursive passes
+//!   of this layer also grow their stack on the heap when it runs low (`#[recursive]`).
+//! - **Time** ([`Budget`]): a deadline and a cancellation flag, looked at every few hundred units
+//!   of work ([`limits::Meter::tick`]) inside every loop that can run long: scans, index reads,
+//!   joins, sorts, grouping, DISTINCT, set operations, LIKE/GLOB (linear-space, O(text×pattern)
+//!   matching, pattern length bounded by [`MAX_LIKE_PATTERN_BYTES`]), string building, the
+//!   statements of a request. `Error::Interrupted`.
+//! - **Working memory**: intermediate rows and built strings are charged in estimated bytes
+//!   *before* they are allocated, per statement (`--max-query-memory`); a finished subquery's
+//!   working memory is returned. Rows examined per statement are bounded too. `Error::Limit`.
+//! - **Rows written per request** (`--max-rows-per-request`): `Error::RequestTooLarge`.
+//! - **Linear batches**: statements are parsed one at a time (`limits::pieces` splits a text
+//!   without tokenizing it all) and a failed statement is undone through the overlay's undo log,
+//!   not by copying the overlay, so a request of n statements costs O(n).
+//!
+//! Errors that say something about this evaluation rather than about the statement
+//! (`Interrupted`, `RequestTooLarge`, `Read`: [`Error::aborts_request`]) end the whole request:
+//! the [`Executor`] undoes all of it and returns `Err`, and the sequencer answers it directly
+//! without recording an outcome, so an exactly-once record never replays a timeout.
 
 mod catalog;
 mod eval;
 mod exec;
+pub mod limits;
 mod overlay;
 mod plan;
 mod run;
 
-pub use exec::{query, Executor};
+pub use exec::{query, query_with, Executor};
+pub use limits::{
+    check_request, Budget, CancelOnDrop, RequestLimits, MAX_EXPR_DEPTH, MAX_LIKE_PATTERN_BYTES,
+};
 pub use overlay::MemoryView;
 
 use crate::changeset::{ErrorKind, StatementError};
@@ -35,8 +68,9 @@ pub struct Context {
     pub seed: u64,
 }
 
-/// Why a statement failed. Every variant is deterministic: the same statement on the same state
-/// fails the same way on every node.
+/// Why a statement failed. Every variant but `Interrupted`, `RequestTooLarge` and `Read` is
+/// deterministic: the same statement on the same state fails the same way on every node, so the
+/// failure can be recorded as the statement's outcome (see [`Error::aborts_request`]).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("syntax error at line {line}, column {column}: {message}")]
@@ -61,6 +95,17 @@ pub enum Error {
     Invalid(String),
     #[error("storage: {0}")]
     Read(String),
+    /// A bound of evaluation was reached: expression depth, pattern length, working memory, rows
+    /// examined. Deterministic for the same limits.
+    #[error("limit reached: {0}")]
+    Limit(String),
+    /// A bound of the whole request was reached (`--max-sql-bytes`, `--max-statements`,
+    /// `--max-params`, `--max-rows-per-request`).
+    #[error("request too large: {0}")]
+    RequestTooLarge(String),
+    /// The deadline passed or the caller went away: not a property of the statement.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -75,7 +120,17 @@ impl Error {
             | Error::NoSuchColumn { .. }
             | Error::NoSuchColumnName(_) => ErrorKind::NotFound,
             Error::Invalid(_) | Error::Read(_) => ErrorKind::Invalid,
+            Error::Limit(_) | Error::RequestTooLarge(_) => ErrorKind::Limit,
+            Error::Interrupted(_) => ErrorKind::Interrupted,
         }
+    }
+
+    /// Whether this error ends the whole request, with nothing of it applied and nothing of it
+    /// recorded: it says something about this evaluation (the time it took, who waited, a local
+    /// storage read, the request's size), not about a statement, so a retry may well succeed and
+    /// must not be answered from an exactly-once record.
+    pub fn aborts_request(&self) -> bool {
+        matches!(self, Error::Interrupted(_) | Error::RequestTooLarge(_) | Error::Read(_))
     }
 }
 
@@ -106,51 +161,50 @@ pub fn is_read_only(sql: &str) -> bool {
 }
 
 /// How deeply a statement may nest (parentheses, subqueries, operator chains) before it is
-/// refused with a syntax error.
+/// refused with a syntax error by the parser.
 pub const MAX_NESTING: usize = 256;
 
-/// The stack size for threads that run SQL: enough for a statement nested `MAX_NESTING` deep in
-/// a debug build.
+/// The stack size for threads that run SQL. Evaluation needs far less: expression trees are at
+/// most [`MAX_EXPR_DEPTH`] deep and every recursive pass grows its stack on the heap when it runs
+/// low (the `recursive` crate), so this is headroom, not a bound.
 pub const STACK_BYTES: usize = 64 << 20;
 
-/// Numbers bare `?` placeholders in text order (`?1`, `?2`, ...), so that binding does not depend
-/// on the order in which the planner visits expressions.
-fn number_placeholders(sql: &str) -> String {
+/// Parses one statement text (a [`Piece`](limits::Piece) of a request) into statements: tokenize,
+/// number bare `?` placeholders in text order (`?1`, `?2`, ...) so binding does not depend on
+/// the order in which the planner visits expressions, refuse over-deep expressions before a
+/// tree exists ([`limits::check_depth`]), then parse. Error positions are those of the whole
+/// request text.
+pub(crate) fn parse_piece(piece: limits::Piece<'_>) -> Result<Vec<sqlparser::ast::Statement>, Error> {
+    use sqlparser::parser::{Parser, ParserError};
     use sqlparser::tokenizer::{Token, Tokenizer};
-    if !sql.contains('?') {
-        return sql.to_string();
-    }
     let dialect = sqlparser::dialect::SQLiteDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return sql.to_string() };
-    if !tokens.iter().any(|t| matches!(t, Token::Placeholder(p) if p == "?")) {
-        return sql.to_string();
-    }
+    let shift = |line: u32, column: u32| {
+        if line <= 1 {
+            (piece.line, column + piece.column - 1)
+        } else {
+            (line + piece.line - 1, column)
+        }
+    };
+    let mut tokens = Tokenizer::new(&dialect, piece.text).tokenize_with_location().map_err(|e| {
+        let (line, column) = shift(e.location.line as u32, e.location.column as u32);
+        Error::Parse { message: e.message, line, column }
+    })?;
     let mut n = 0;
-    tokens
-        .into_iter()
-        .map(|t| match t {
-            Token::Placeholder(p) if p == "?" => {
-                n += 1;
-                format!("?{n}")
-            }
-            other => other.to_string(),
-        })
-        .collect()
-}
-
-/// Parses SQL text into statements, turning parser errors into positioned `Parse` errors.
-pub(crate) fn parse(sql: &str) -> Result<Vec<sqlparser::ast::Statement>, Error> {
-    let dialect = sqlparser::dialect::SQLiteDialect {};
-    let sql = number_placeholders(sql);
-    sqlparser::parser::Parser::new(&dialect)
+    for t in &mut tokens {
+        if matches!(&t.token, Token::Placeholder(p) if p == "?") {
+            n += 1;
+            t.token = Token::Placeholder(format!("?{n}"));
+        }
+    }
+    limits::check_depth(&tokens)?;
+    Parser::new(&dialect)
         .with_recursion_limit(MAX_NESTING)
-        .try_with_sql(&sql)
-        .and_then(|mut p| p.parse_statements())
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
         .map_err(|e| {
             let text = match e {
-                sqlparser::parser::ParserError::ParserError(s)
-                | sqlparser::parser::ParserError::TokenizerError(s) => s,
-                sqlparser::parser::ParserError::RecursionLimitExceeded => {
+                ParserError::ParserError(s) | ParserError::TokenizerError(s) => s,
+                ParserError::RecursionLimitExceeded => {
                     format!("statement nested more than {MAX_NESTING} levels deep")
                 }
             };
@@ -161,10 +215,20 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<sqlparser::ast::Statement>, Error> 
                     let mut it = pos.split(", Column: ");
                     let line = it.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
                     let column = it.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+                    let (line, column) = if line > 0 { shift(line, column) } else { (0, 0) };
                     (text[..i].to_string(), line, column)
                 }
                 None => (text, 0, 0),
             };
             Error::Parse { message, line, column }
         })
+}
+
+/// Parses a whole SQL text (all its statements at once: for short texts, such as a query).
+pub(crate) fn parse(sql: &str) -> Result<Vec<sqlparser::ast::Statement>, Error> {
+    let mut out = Vec::new();
+    for piece in limits::pieces(sql) {
+        out.extend(parse_piece(piece)?);
+    }
+    Ok(out)
 }

@@ -80,6 +80,30 @@ fn prefix_beyond(values: &[Value], upper: &Bound<Key>) -> bool {
     }
 }
 
+/// Pending index entries of one table: per index, (indexed values, key).
+type IndexEntries = BTreeMap<String, BTreeSet<(OrdKey, OrdKey)>>;
+
+/// The inverse of one change to an overlay's maps, so a statement or request that fails is
+/// undone in proportion to what it changed — not by copying the whole overlay before every
+/// statement, which made a batch of n statements cost n².
+#[derive(Clone)]
+enum Undo {
+    /// `tables[name]` was this (None: absent).
+    Table(String, Option<Option<TableSchema>>),
+    /// `fresh` held `name` or not.
+    Fresh(String, bool),
+    /// `rows[name]` was this whole map (None: absent).
+    Rows(String, Option<BTreeMap<OrdKey, Option<Row>>>),
+    /// `rows[name][key]` was this (None: absent).
+    Row(String, OrdKey, Option<Option<Row>>),
+    /// `index_entries[name]` was this (None: absent).
+    IndexTable(String, Option<IndexEntries>),
+    /// `index_entries[table][index]` was this (None: absent).
+    IndexSet(String, String, Option<BTreeSet<(OrdKey, OrdKey)>>),
+    /// An entry was added to (false) or removed from (true) `index_entries[table][index]`.
+    IndexEntry(String, String, (OrdKey, OrdKey), bool),
+}
+
 /// Changes over a base view. Table names are compared case-insensitively.
 #[derive(Clone)]
 pub(crate) struct Overlay<'a> {
@@ -92,7 +116,10 @@ pub(crate) struct Overlay<'a> {
     rows: BTreeMap<String, BTreeMap<OrdKey, Option<Row>>>,
     /// Index entries (indexed values, key) of the rows written here, per table and index, kept
     /// as rows change so a lookup costs O(log n) however large the batch.
-    index_entries: BTreeMap<String, BTreeMap<String, BTreeSet<(OrdKey, OrdKey)>>>,
+    index_entries: BTreeMap<String, IndexEntries>,
+    /// Inverses of the changes since the last [`commit`](Overlay::commit), when recording.
+    undo: Vec<Undo>,
+    recording: bool,
 }
 
 fn lower(name: &str) -> String {
@@ -107,24 +134,133 @@ impl<'a> Overlay<'a> {
             fresh: HashSet::new(),
             rows: BTreeMap::new(),
             index_entries: BTreeMap::new(),
+            undo: Vec::new(),
+            recording: true,
         }
+    }
+
+    /// A point to roll back to.
+    pub fn mark(&self) -> usize {
+        self.undo.len()
+    }
+
+    /// Undoes every change since `mark`.
+    pub fn rollback(&mut self, mark: usize) {
+        while self.undo.len() > mark {
+            let Some(u) = self.undo.pop() else { break };
+            match u {
+                Undo::Table(name, Some(t)) => {
+                    self.tables.insert(name, t);
+                }
+                Undo::Table(name, None) => {
+                    self.tables.remove(&name);
+                }
+                Undo::Fresh(name, true) => {
+                    self.fresh.insert(name);
+                }
+                Undo::Fresh(name, false) => {
+                    self.fresh.remove(&name);
+                }
+                Undo::Rows(name, Some(m)) => {
+                    self.rows.insert(name, m);
+                }
+                Undo::Rows(name, None) => {
+                    self.rows.remove(&name);
+                }
+                Undo::Row(name, key, prev) => {
+                    if let Some(rows) = self.rows.get_mut(&name) {
+                        match prev {
+                            Some(r) => rows.insert(key, r),
+                            None => rows.remove(&key),
+                        };
+                    }
+                }
+                Undo::IndexTable(name, Some(m)) => {
+                    self.index_entries.insert(name, m);
+                }
+                Undo::IndexTable(name, None) => {
+                    self.index_entries.remove(&name);
+                }
+                Undo::IndexSet(table, index, prev) => {
+                    if let Some(m) = self.index_entries.get_mut(&table) {
+                        match prev {
+                            Some(set) => m.insert(index, set),
+                            None => m.remove(&index),
+                        };
+                    }
+                }
+                Undo::IndexEntry(table, index, entry, removed) => {
+                    if let Some(set) = self.index_entries.get_mut(&table).and_then(|m| m.get_mut(&index)) {
+                        if removed {
+                            set.insert(entry);
+                        } else {
+                            set.remove(&entry);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the undo log: what is applied so far stays.
+    pub fn commit(&mut self) {
+        self.undo.clear();
+    }
+
+    fn record(&mut self, u: impl FnOnce() -> Undo) {
+        if self.recording {
+            self.undo.push(u());
+        }
+    }
+
+    fn set_table(&mut self, name: String, t: Option<TableSchema>) {
+        let prev = self.tables.insert(name.clone(), t);
+        self.record(|| Undo::Table(name, prev));
+    }
+
+    fn set_fresh(&mut self, name: String) {
+        let inserted = self.fresh.insert(name.clone());
+        self.record(|| Undo::Fresh(name, !inserted));
+    }
+
+    fn take_rows(&mut self, name: &str) {
+        let prev = self.rows.remove(name);
+        if prev.is_some() {
+            self.record(|| Undo::Rows(name.to_string(), prev));
+        }
+        let prev = self.index_entries.remove(name);
+        if prev.is_some() {
+            self.record(|| Undo::IndexTable(name.to_string(), prev));
+        }
+    }
+
+    fn index_set(&mut self, table: &str, index: &str) -> &mut BTreeSet<(OrdKey, OrdKey)> {
+        if !self.index_entries.contains_key(table) {
+            self.index_entries.insert(table.to_string(), BTreeMap::new());
+            self.record(|| Undo::IndexTable(table.to_string(), None));
+        }
+        if !self.index_entries.get(table).is_some_and(|m| m.contains_key(index)) {
+            if let Some(m) = self.index_entries.get_mut(table) {
+                m.insert(index.to_string(), BTreeSet::new());
+            }
+            self.record(|| Undo::IndexSet(table.to_string(), index.to_string(), None));
+        }
+        self.index_entries.entry(table.to_string()).or_default().entry(index.to_string()).or_default()
     }
 
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::CreateTable(schema) => {
                 let name = lower(&schema.name);
-                self.fresh.insert(name.clone());
-                self.rows.remove(&name);
-                self.index_entries.remove(&name);
-                self.tables.insert(name, Some(schema.clone()));
+                self.set_fresh(name.clone());
+                self.take_rows(&name);
+                self.set_table(name, Some(schema.clone()));
             }
             Change::DropTable { table } => {
                 let name = lower(table);
-                self.fresh.insert(name.clone());
-                self.rows.remove(&name);
-                self.index_entries.remove(&name);
-                self.tables.insert(name, None);
+                self.set_fresh(name.clone());
+                self.take_rows(&name);
+                self.set_table(name, None);
             }
             Change::CreateIndex(index) => {
                 if let Ok(Some(mut schema)) = self.table(&index.table) {
@@ -139,17 +275,21 @@ impl<'a> Overlay<'a> {
                             ));
                         }
                     }
-                    self.index_entries.entry(name.clone()).or_default().insert(lower(&index.name), entries);
-                    self.tables.insert(name, Some(schema));
+                    let ix = lower(&index.name);
+                    let set = self.index_set(&name, &ix);
+                    let prev = std::mem::replace(set, entries);
+                    self.record(|| Undo::IndexSet(name.clone(), ix, Some(prev)));
+                    self.set_table(name, Some(schema));
                 }
             }
             Change::DropIndex { table, index } => {
                 if let Ok(Some(mut schema)) = self.table(table) {
                     schema.indexes.retain(|i| !i.name.eq_ignore_ascii_case(index));
-                    if let Some(m) = self.index_entries.get_mut(&lower(table)) {
-                        m.remove(&lower(index));
+                    let (t, ix) = (lower(table), lower(index));
+                    if let Some(prev) = self.index_entries.get_mut(&t).and_then(|m| m.remove(&ix)) {
+                        self.record(|| Undo::IndexSet(t.clone(), ix, Some(prev)));
                     }
-                    self.tables.insert(lower(table), Some(schema));
+                    self.set_table(t, Some(schema));
                 }
             }
             Change::Insert { table, key, row } | Change::Update { table, key, row } => {
@@ -166,18 +306,28 @@ impl<'a> Overlay<'a> {
         let schema = self.table(table).ok().flatten();
         let old = self.rows.get(&name).and_then(|rows| rows.get(&key)).cloned().flatten();
         if let Some(schema) = schema {
-            let per_index = self.index_entries.entry(name.clone()).or_default();
             for ix in &schema.indexes {
-                let set = per_index.entry(lower(&ix.name)).or_default();
+                let ix_name = lower(&ix.name);
                 if let Some(old) = &old {
-                    set.remove(&(OrdKey(ix.columns.iter().map(|&c| old[c].clone()).collect()), key.clone()));
+                    let entry = (OrdKey(ix.columns.iter().map(|&c| old[c].clone()).collect()), key.clone());
+                    if self.index_set(&name, &ix_name).remove(&entry) {
+                        self.record(|| Undo::IndexEntry(name.clone(), ix_name.clone(), entry, true));
+                    }
                 }
                 if let Some(new) = &row {
-                    set.insert((OrdKey(ix.columns.iter().map(|&c| new[c].clone()).collect()), key.clone()));
+                    let entry = (OrdKey(ix.columns.iter().map(|&c| new[c].clone()).collect()), key.clone());
+                    if self.index_set(&name, &ix_name).insert(entry.clone()) {
+                        self.record(|| Undo::IndexEntry(name.clone(), ix_name.clone(), entry, false));
+                    }
                 }
             }
         }
-        self.rows.entry(name).or_default().insert(key, row);
+        if !self.rows.contains_key(&name) {
+            self.rows.insert(name.clone(), BTreeMap::new());
+            self.record(|| Undo::Rows(name.clone(), None));
+        }
+        let prev = self.rows.entry(name.clone()).or_default().insert(key.clone(), row);
+        self.record(|| Undo::Row(name, key, prev));
     }
 
     fn base_counts(&self, table: &str) -> bool {
@@ -349,7 +499,7 @@ impl Default for MemoryView {
 
 impl MemoryView {
     pub fn new() -> Self {
-        MemoryView(Overlay::new(&EMPTY))
+        MemoryView(Overlay { recording: false, ..Overlay::new(&EMPTY) })
     }
 
     pub fn apply(&mut self, change: &Change) {

@@ -172,6 +172,7 @@ impl BExpr {
         found
     }
 
+    #[recursive::recursive]
     fn walk(&self, f: &mut dyn FnMut(&BExpr)) {
         f(self);
         match self {
@@ -471,6 +472,7 @@ impl<'a> Binder<'a> {
         self.bind(e, scope, &mut None)
     }
 
+    #[recursive::recursive]
     fn bind(&self, e: &Expr, scope: &Scope, aggs: &mut Option<&mut AggCollector>) -> Result<BExpr, Error> {
         let b = |x: &Expr, aggs: &mut Option<&mut AggCollector>| self.bind(x, scope, aggs).map(Box::new);
         Ok(match e {
@@ -536,6 +538,13 @@ impl<'a> Binder<'a> {
                     B::BitwiseOr => BExpr::Bit(Bit::Or, Box::new(l), Box::new(r)),
                     B::PGBitwiseShiftLeft => BExpr::Bit(Bit::Shl, Box::new(l), Box::new(r)),
                     B::PGBitwiseShiftRight => BExpr::Bit(Bit::Shr, Box::new(l), Box::new(r)),
+                    B::Glob => BExpr::Like {
+                        expr: Box::new(l),
+                        pattern: Box::new(r),
+                        escape: None,
+                        negated: false,
+                        glob: true,
+                    },
                     other => return Err(Error::Unsupported(format!("operator {other}"))),
                 }
             }
@@ -634,6 +643,7 @@ impl<'a> Binder<'a> {
             .ok_or_else(|| Error::Invalid(format!("parameter {p} has no value: {} given", self.params.len())))
     }
 
+    #[recursive::recursive]
     fn sub(&self, q: &ast::Query, scope: &Scope) -> Result<Sub, Error> {
         let inner = Scope::marker(Some(scope));
         let query = self.query_in(q, &inner)?;
@@ -776,6 +786,7 @@ impl<'a> Binder<'a> {
 
     /// Binds a query whose enclosing scope is `outer` (a subquery's own empty scope, whose outer
     /// is the enclosing query).
+    #[recursive::recursive]
     fn query_in(&self, q: &ast::Query, outer: &Scope) -> Result<Query, Error> {
         if q.with.is_some() {
             return Err(Error::Unsupported("WITH (common table expressions)".into()));
@@ -825,6 +836,7 @@ impl<'a> Binder<'a> {
         }
     }
 
+    #[recursive::recursive]
     fn set_expr(&self, body: &SetExpr, outer: &Scope) -> Result<Query, Error> {
         match body {
             SetExpr::Select(s) => {
@@ -1339,6 +1351,7 @@ fn column_vs_constant(e: &BExpr, lo: usize, hi: usize) -> Option<(usize, Cmp, &B
 
 /// Deep copy of a constant expression (subqueries are not copied: they are never constants
 /// used for access paths).
+#[recursive::recursive]
 fn clone_expr(e: &BExpr) -> BExpr {
     match e {
         BExpr::Const(v) => BExpr::Const(v.clone()),
@@ -1500,6 +1513,7 @@ fn choose_probe(level: &mut Level) {
     }
 }
 
+#[recursive::recursive]
 fn split_and(e: &Expr) -> Vec<&Expr> {
     match e {
         Expr::BinaryOp { left, op: B::And, right } => {
@@ -1590,6 +1604,7 @@ fn short_select(s: &ast::Select) -> String {
 }
 
 /// EXPLAIN: the plan as an indented tree.
+#[recursive::recursive]
 pub fn describe(q: &Query, indent: usize, out: &mut Vec<String>) {
     let pad = "  ".repeat(indent);
     let mut depth = indent;

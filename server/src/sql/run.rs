@@ -4,6 +4,7 @@ use super::eval::{
     arith, bool_value, cast, compare, int_of, is_true, like, numeric, real_of, text_of, timestamp, truth,
     type_name,
 };
+use super::limits::{row_bytes, value_bytes, Meter};
 use super::overlay::OrdKey;
 use super::plan::{
     Access, AggFunc, AggSpec, BExpr, Bit, Body, Cmp, Func, Level, Query, SelectPlan, SetOp, Source, Sub,
@@ -39,19 +40,16 @@ impl<'a> Env<'a> {
 }
 
 /// What evaluation needs besides rows: the data, the statement's clock and random source, and
-/// a budget of rows so a runaway join fails instead of exhausting memory.
+/// the [`Meter`] that bounds its time, its working memory and the rows it examines.
 pub struct Runner<'v> {
     pub view: &'v dyn ReadView,
     pub ctx: Option<Context>,
+    meter: &'v Meter,
     rng: Cell<u64>,
-    budget: Cell<u64>,
 }
 
-/// Joined rows one statement may produce before it is stopped.
-const ROW_BUDGET: u64 = 50_000_000;
-
 impl<'v> Runner<'v> {
-    pub fn new(view: &'v dyn ReadView, ctx: Option<Context>) -> Self {
+    pub fn new(view: &'v dyn ReadView, meter: &'v Meter, ctx: Option<Context>) -> Self {
         let seed = ctx.map_or_else(
             || {
                 std::time::SystemTime::now()
@@ -60,18 +58,17 @@ impl<'v> Runner<'v> {
             },
             |c| c.seed,
         );
-        Runner { view, ctx, rng: Cell::new(seed | 1), budget: Cell::new(ROW_BUDGET) }
+        Runner { view, ctx, meter, rng: Cell::new(seed | 1) }
     }
 
     fn spend(&self) -> Result<(), Error> {
-        let b = self.budget.get();
-        if b == 0 {
-            return Err(Error::Invalid(format!(
-                "the statement examined more than {ROW_BUDGET} rows and was stopped: add a WHERE clause or an index"
-            )));
-        }
-        self.budget.set(b - 1);
-        Ok(())
+        self.meter.examine()
+    }
+
+    /// Reserves room for a text of `bytes` before building it.
+    fn text(&self, bytes: usize) -> Result<(), Error> {
+        self.meter.charge(bytes)?;
+        self.meter.ticks(bytes / 64)
     }
 
     fn random(&self) -> i64 {
@@ -85,6 +82,7 @@ impl<'v> Runner<'v> {
 
     // ---- expressions ----
 
+    #[recursive::recursive]
     pub fn eval(&self, e: &BExpr, env: &Env) -> Result<Value, Error> {
         Ok(match e {
             BExpr::Const(v) => v.clone(),
@@ -121,7 +119,13 @@ impl<'v> Runner<'v> {
             }
             BExpr::Concat(a, b) => match (self.eval(a, env)?, self.eval(b, env)?) {
                 (Value::Null, _) | (_, Value::Null) => Value::Null,
-                (x, y) => Value::Text(format!("{}{}", text_of(&x), text_of(&y))),
+                (x, y) => {
+                    let (x, y) = (text_of(&x), text_of(&y));
+                    self.text(x.len() + y.len())?;
+                    let mut s = x;
+                    s.push_str(&y);
+                    Value::Text(s)
+                }
             },
             BExpr::And(a, b) => {
                 let x = truth(&self.eval(a, env)?);
@@ -192,19 +196,21 @@ impl<'v> Runner<'v> {
                     return Ok(Value::Null);
                 }
                 let mut set = result.set.borrow_mut();
-                let (values, has_null) = set.get_or_insert_with(|| {
+                if set.is_none() {
                     let mut s = BTreeSet::new();
                     let mut has_null = false;
                     for r in &result.rows {
                         match r.first() {
                             Some(Value::Null) | None => has_null = true,
                             Some(v) => {
+                                self.meter.charge(value_bytes(v) + 24)?;
                                 s.insert(OrdKey(vec![v.clone()]));
                             }
                         }
                     }
-                    (s, has_null)
-                });
+                    *set = Some((s, has_null));
+                }
+                let Some((values, has_null)) = set.as_ref() else { return Ok(Value::Null) };
                 if values.contains(&OrdKey(vec![x])) {
                     Value::Integer(!*negated as i64)
                 } else if *has_null {
@@ -255,7 +261,9 @@ impl<'v> Runner<'v> {
                 if matches!(t, Value::Null) || matches!(p, Value::Null) {
                     Value::Null
                 } else {
-                    Value::Integer((like(&text_of(&t), &text_of(&p), esc, *glob) != *negated) as i64)
+                    let mut tick = |n: usize| self.meter.ticks(n);
+                    let hit = like(&text_of(&t), &text_of(&p), esc, *glob, &mut tick)?;
+                    Value::Integer((hit != *negated) as i64)
                 }
             }
             BExpr::Case { operand, whens, otherwise } => {
@@ -328,8 +336,12 @@ impl<'v> Runner<'v> {
                 other => Value::Integer(text_of(other).chars().count() as i64),
             },
             Func::Upper | Func::Lower if null(0) => Value::Null,
-            Func::Upper => Value::Text(text_of(&v[0]).to_uppercase()),
-            Func::Lower => Value::Text(text_of(&v[0]).to_lowercase()),
+            Func::Upper | Func::Lower => {
+                let s = text_of(&v[0]);
+                // Case mapping may grow a character up to three times.
+                self.text(s.len() * 3)?;
+                Value::Text(if f == Func::Upper { s.to_uppercase() } else { s.to_lowercase() })
+            }
             Func::Substr => {
                 if v.iter().any(|x| matches!(x, Value::Null)) {
                     return Ok(Value::Null);
@@ -374,7 +386,14 @@ impl<'v> Runner<'v> {
                     return Ok(Value::Null);
                 }
                 let (s, from, to) = (text_of(&v[0]), text_of(&v[1]), text_of(&v[2]));
-                Value::Text(if from.is_empty() { s } else { s.replace(&from, &to) })
+                if from.is_empty() {
+                    Value::Text(s)
+                } else {
+                    // At most every occurrence replaced: reserve for that before building it.
+                    let most = s.len() + (s.len() / from.len()) * to.len().saturating_sub(from.len());
+                    self.text(most)?;
+                    Value::Text(s.replace(&from, &to))
+                }
             }
             Func::Round => {
                 if null(0) || null(1) {
@@ -407,11 +426,14 @@ impl<'v> Runner<'v> {
                 let (h, n) = (text_of(&v[0]), text_of(&v[1]));
                 Value::Integer(h.find(&n).map_or(0, |i| h[..i].chars().count() as i64 + 1))
             }
-            Func::Hex => Value::Text(match &v[0] {
-                Value::Blob(b) => b.iter().map(|x| format!("{x:02X}")).collect(),
-                Value::Null => String::new(),
-                other => text_of(other).bytes().map(|x| format!("{x:02X}")).collect(),
-            }),
+            Func::Hex => {
+                self.text(2 * value_bytes(&v[0]))?;
+                Value::Text(match &v[0] {
+                    Value::Blob(b) => b.iter().map(|x| format!("{x:02X}")).collect(),
+                    Value::Null => String::new(),
+                    other => text_of(other).bytes().map(|x| format!("{x:02X}")).collect(),
+                })
+            }
             Func::Sign => match numeric(&v[0]) {
                 Value::Null => Value::Null,
                 x => Value::Integer(match real_of(&x) {
@@ -430,7 +452,14 @@ impl<'v> Runner<'v> {
                 return Ok(r.clone());
             }
         }
+        // What the subquery held while it ran is freed when it returns; only a cached result
+        // stays for the rest of the statement.
+        let before = self.meter.memory();
         let (rows, _) = self.query(&sub.query, env)?;
+        self.meter.set_memory(before);
+        if !sub.correlated {
+            self.meter.charge(rows.iter().map(|r| row_bytes(r)).sum())?;
+        }
         let r = Rc::new(SubResult { rows, set: Default::default() });
         if !sub.correlated {
             *sub.cache.borrow_mut() = Some(r.clone());
@@ -441,6 +470,7 @@ impl<'v> Runner<'v> {
     // ---- queries ----
 
     /// Runs a query with `outer` as its enclosing row; returns its rows and column names.
+    #[recursive::recursive]
     pub fn query(&self, q: &Query, outer: &Env) -> Result<(Vec<Row>, Vec<String>), Error> {
         let visible = q.columns.len();
         let offset = match &q.offset {
@@ -458,18 +488,34 @@ impl<'v> Runner<'v> {
                     (s.ordered && q.order_by.len() == 1 && limit >= 0).then(|| offset + limit as usize);
                 self.select(s, outer, enough)?
             }
-            Body::Values(rows) => rows
-                .iter()
-                .map(|r| r.iter().map(|e| self.eval(e, outer)).collect::<Result<Row, _>>())
-                .collect::<Result<Vec<_>, _>>()?,
+            Body::Values(rows) => {
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let row = r.iter().map(|e| self.eval(e, outer)).collect::<Result<Row, _>>()?;
+                    self.meter.charge(row_bytes(&row))?;
+                    out.push(row);
+                }
+                out
+            }
             Body::Compound { op, all, left, right } => {
                 let (l, _) = self.query(left, outer)?;
                 let (r, _) = self.query(right, outer)?;
-                compound(*op, *all, l, r)
+                self.compound(*op, *all, l, r)?
             }
         };
         if !q.order_by.is_empty() {
+            // A comparison cannot fail: the first budget error is kept and the sort runs out
+            // cheaply (every later comparison says "equal").
+            let stopped: Cell<Option<Error>> = Cell::new(None);
             rows.sort_by(|a, b| {
+                if let Some(e) = stopped.take() {
+                    stopped.set(Some(e));
+                    return Ordering::Equal;
+                }
+                if let Err(e) = self.meter.tick() {
+                    stopped.set(Some(e));
+                    return Ordering::Equal;
+                }
                 for &(k, desc) in &q.order_by {
                     let o = compare(&a[k], &b[k]);
                     if o != Ordering::Equal {
@@ -478,6 +524,9 @@ impl<'v> Runner<'v> {
                 }
                 Ordering::Equal
             });
+            if let Some(e) = stopped.take() {
+                return Err(e);
+            }
         }
         if offset > 0 {
             rows.drain(..offset.min(rows.len()));
@@ -511,7 +560,11 @@ impl<'v> Runner<'v> {
                 let env = Env { row, aggs: &[], outer: Some(outer) };
                 let key: Vec<Value> =
                     s.group_by.iter().map(|g| self.eval(g, &env)).collect::<Result<_, _>>()?;
-                let group = groups.entry(OrdKey(key)).or_insert_with(|| Group::new(&s.aggs));
+                let key = OrdKey(key);
+                if !groups.contains_key(&key) {
+                    self.meter.charge(row_bytes(&key.0) + row_bytes(row) + 64 * s.aggs.len())?;
+                }
+                let group = groups.entry(key).or_insert_with(|| Group::new(&s.aggs));
                 let take_row = group.accumulate(self, &s.aggs, &env)?;
                 if take_row || group.row.is_empty() {
                     group.row = row.to_vec();
@@ -536,7 +589,9 @@ impl<'v> Runner<'v> {
             let mut current = vec![Value::Null; s.width];
             self.join(s, &mut sources, 0, &mut current, outer, &stop, &mut |row: &[Value]| {
                 let env = Env { row, aggs: &[], outer: Some(outer) };
-                out.push(s.projection.iter().map(|p| self.eval(p, &env)).collect::<Result<_, _>>()?);
+                let row: Row = s.projection.iter().map(|p| self.eval(p, &env)).collect::<Result<_, _>>()?;
+                self.meter.charge(row_bytes(&row))?;
+                out.push(row);
                 if enough.is_some_and(|n| out.len() >= n) {
                     stop.set(true);
                 }
@@ -545,7 +600,16 @@ impl<'v> Runner<'v> {
         }
         if s.distinct {
             let mut seen = BTreeSet::new();
-            out.retain(|r| seen.insert(OrdKey(r[..s.visible].to_vec())));
+            let mut kept = Vec::with_capacity(out.len());
+            for r in out {
+                let key = OrdKey(r[..s.visible].to_vec());
+                if !seen.contains(&key) {
+                    self.meter.charge(row_bytes(&key.0))?;
+                    seen.insert(key);
+                    kept.push(r);
+                }
+            }
+            out = kept;
         }
         Ok(out)
     }
@@ -570,6 +634,7 @@ impl<'v> Runner<'v> {
 
     /// Nested-loop join over levels from `l`, calling `emit` with each joined row.
     #[allow(clippy::too_many_arguments)]
+    #[recursive::recursive]
     fn join(
         &self,
         s: &SelectPlan,
@@ -591,6 +656,7 @@ impl<'v> Runner<'v> {
                 if src.hash.is_none() {
                     let mut h: HashMap<HashKey, Vec<usize>> = HashMap::new();
                     for (i, r) in src.rows.iter().enumerate() {
+                        self.meter.charge(value_bytes(&r[*col]) + 16)?;
                         if let Some(k) = HashKey::of(&r[*col]) {
                             h.entry(k).or_default().push(i);
                         }
@@ -726,6 +792,7 @@ impl<'v> Runner<'v> {
                             if schema.primary_key.len() == 1 {
                                 self.spend()?;
                                 if let Some(r) = self.view.get(&schema.name, std::slice::from_ref(&k))? {
+                                    self.meter.charge(row_bytes(&r))?;
                                     rows.push((vec![k], r));
                                 }
                             } else {
@@ -827,7 +894,9 @@ impl<'v> Runner<'v> {
         let mut rows = Vec::new();
         for item in self.view.scan(table, lo, hi) {
             self.spend()?;
-            rows.push(item?);
+            let (k, r) = item?;
+            self.meter.charge(row_bytes(&k) + row_bytes(&r))?;
+            rows.push((k, r));
         }
         Ok(rows)
     }
@@ -840,14 +909,16 @@ impl<'v> Runner<'v> {
         hi: Bound<Vec<Value>>,
         out: &mut Vec<(Key, Row)>,
     ) -> Result<(), Error> {
-        let keys: Vec<Key> = self
-            .view
-            .scan_index(table, index, lo, hi)
-            .map(|e| e.map(|(_, k)| k))
-            .collect::<Result<_, _>>()?;
+        let mut keys: Vec<Key> = Vec::new();
+        for e in self.view.scan_index(table, index, lo, hi) {
+            let (_, k) = e?;
+            self.meter.charge(row_bytes(&k))?;
+            keys.push(k);
+        }
         for k in keys {
             self.spend()?;
             if let Some(r) = self.view.get(table, &k)? {
+                self.meter.charge(row_bytes(&r))?;
                 out.push((k, r));
             }
         }
@@ -946,27 +1017,47 @@ pub fn compare_op(op: Cmp, x: &Value, y: &Value) -> Value {
     } as i64)
 }
 
-fn compound(op: SetOp, all: bool, left: Vec<Row>, right: Vec<Row>) -> Vec<Row> {
-    match (op, all) {
-        (SetOp::Union, true) => {
-            let mut l = left;
-            l.extend(right);
-            l
-        }
-        (SetOp::Union, false) => {
-            let set: BTreeSet<OrdKey> = left.into_iter().chain(right).map(OrdKey).collect();
-            set.into_iter().map(|k| k.0).collect()
-        }
-        (SetOp::Intersect, _) => {
-            let r: BTreeSet<OrdKey> = right.into_iter().map(OrdKey).collect();
-            let l: BTreeSet<OrdKey> = left.into_iter().map(OrdKey).collect();
-            l.intersection(&r).map(|k| k.0.clone()).collect()
-        }
-        (SetOp::Except, _) => {
-            let r: BTreeSet<OrdKey> = right.into_iter().map(OrdKey).collect();
-            let l: BTreeSet<OrdKey> = left.into_iter().map(OrdKey).collect();
-            l.difference(&r).map(|k| k.0.clone()).collect()
-        }
+impl Runner<'_> {
+    /// UNION / INTERSECT / EXCEPT; the sets built are charged to the budget.
+    fn compound(&self, op: SetOp, all: bool, left: Vec<Row>, right: Vec<Row>) -> Result<Vec<Row>, Error> {
+        let set = |rows: Vec<Row>| -> Result<BTreeSet<OrdKey>, Error> {
+            let mut s = BTreeSet::new();
+            for r in rows {
+                self.meter.tick()?;
+                s.insert(OrdKey(r));
+            }
+            Ok(s)
+        };
+        Ok(match (op, all) {
+            (SetOp::Union, true) => {
+                let mut l = left;
+                l.extend(right);
+                l
+            }
+            (SetOp::Union, false) => {
+                let mut rows = left;
+                rows.extend(right);
+                set(rows)?.into_iter().map(|k| k.0).collect()
+            }
+            (SetOp::Intersect, _) => {
+                let (l, r) = (set(left)?, set(right)?);
+                let mut out = Vec::new();
+                for k in l.intersection(&r) {
+                    self.meter.charge(row_bytes(&k.0))?;
+                    out.push(k.0.clone());
+                }
+                out
+            }
+            (SetOp::Except, _) => {
+                let (l, r) = (set(left)?, set(right)?);
+                let mut out = Vec::new();
+                for k in l.difference(&r) {
+                    self.meter.charge(row_bytes(&k.0))?;
+                    out.push(k.0.clone());
+                }
+                out
+            }
+        })
     }
 }
 
@@ -1025,9 +1116,12 @@ impl Group {
                 continue;
             }
             if let Some(seen) = seen {
-                if !seen.insert(OrdKey(vec![v.clone()])) {
+                let key = OrdKey(vec![v.clone()]);
+                if seen.contains(&key) {
                     continue;
                 }
+                r.meter.charge(value_bytes(&v) + 24)?;
+                seen.insert(key);
             }
             match (spec.func, acc) {
                 (AggFunc::Count, Acc::Count(n)) => *n += 1,
@@ -1072,12 +1166,14 @@ impl Group {
                         Some(e) => text_of(&r.eval(e, env)?),
                         None => ",".into(),
                     };
+                    let piece = text_of(&v);
+                    r.text(sep.len() + piece.len())?;
                     match s {
                         Some(s) => {
                             s.push_str(&sep);
-                            s.push_str(&text_of(&v));
+                            s.push_str(&piece);
                         }
-                        None => *s = Some(text_of(&v)),
+                        None => *s = Some(piece),
                     }
                 }
                 _ => unreachable!("accumulators match their functions"),
