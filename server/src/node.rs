@@ -111,6 +111,12 @@ pub struct Config {
     /// Rows one write request may insert, update or delete.
     #[arg(long, env = "RAFTSQL_MAX_ROWS_PER_REQUEST", default_value_t = 1_000_000)]
     pub max_rows_per_request: u64,
+    /// Largest log entry the leader proposes, in encoded bytes: a write whose changes would
+    /// exceed it is refused before it is proposed (a batch of several writes is split instead).
+    /// openraft gives one AppendEntries a heartbeat interval to arrive, so an entry must cross
+    /// the network and be decoded in that time; keep it well under that.
+    #[arg(long, env = "RAFTSQL_MAX_ENTRY_BYTES", default_value_t = 2 << 20)]
+    pub max_entry_bytes: u64,
     /// FOR TESTS ONLY: shift this node's wall clock by this many milliseconds (may be negative)
     /// wherever raftsql reads the time of day: `NOW()`/`CURRENT_TIMESTAMP` in writes this node
     /// evaluates as leader and in reads it serves. Timeouts, elections and staleness use
@@ -230,6 +236,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             write_eval_timeout: Duration::from_millis(cfg.write_eval_timeout_ms.max(1)),
             max_query_memory: cfg.max_query_memory,
             max_rows_per_request: cfg.max_rows_per_request,
+            max_entry_bytes: cfg.max_entry_bytes,
             request_limits: crate::sql::RequestLimits {
                 max_sql_bytes: cfg.max_sql_bytes,
                 max_statements: cfg.max_statements,

@@ -137,6 +137,8 @@ pub struct Options {
     pub max_query_memory: usize,
     /// Rows one write request may insert, update or delete (`--max-rows-per-request`).
     pub max_rows_per_request: u64,
+    /// The largest log entry the sequencer proposes, in encoded bytes (`--max-entry-bytes`).
+    pub max_entry_bytes: u64,
     /// SQL bytes, statements and parameters of one request, checked before evaluation.
     pub request_limits: crate::sql::RequestLimits,
 }
@@ -155,6 +157,7 @@ impl Default for Options {
             write_eval_timeout: Duration::from_secs(5),
             max_query_memory: crate::sql::limits::DEFAULT_MAX_MEMORY,
             max_rows_per_request: 1_000_000,
+            max_entry_bytes: 2 << 20,
             request_limits: crate::sql::RequestLimits::default(),
         }
     }
@@ -170,7 +173,7 @@ pub struct Core {
     pub sequencer: sequencer::Sequencer,
     pub options: Options,
     /// When this node last accepted an AppendEntries from a leader, for BOUNDED reads
-    /// (milliseconds on [`monotonic_millis`]'s clock; 0 = never).
+    /// (milliseconds on this process's monotonic clock, `monotonic_millis`; 0 = never).
     pub last_leader_contact: Arc<AtomicU64>,
     /// When this node saw its last log index reach each value, for replication lag in time.
     pub append_times: AppendTimes,

@@ -398,6 +398,35 @@ impl Task {
             outcomes.push(outs);
         }
 
+        // Bounded entries (--max-entry-bytes): a batch over the bound is split and each half
+        // evaluated again (nothing was proposed yet, and each half then sees the state the
+        // other left); a single request over it is refused. An entry must cross the network
+        // within openraft's AppendEntries timeout, or it would be retried forever.
+        if !effects.is_empty() {
+            let size = bincode::serialized_size(&effects).unwrap_or(u64::MAX);
+            let max = self.options.max_entry_bytes;
+            if size > max {
+                let mut work = work;
+                if work.len() > 1 {
+                    debug!(size, requests = work.len(), "batch over --max-entry-bytes: splitting it");
+                    let second = work.split_off(work.len() / 2);
+                    Box::pin(self.evaluate_and_propose(work, term)).await;
+                    Box::pin(self.evaluate_and_propose(second, term)).await;
+                    return;
+                }
+                let e = crate::sql::Error::RequestTooLarge(format!(
+                    "the write's changes take {size} bytes in the log, over --max-entry-bytes ({max}): \
+                     nothing was applied; split it into smaller requests"
+                ));
+                for w in work {
+                    for (reply, _) in w.replies {
+                        let _ = reply.send(Err(Error::Sql(e.clone())));
+                    }
+                }
+                return;
+            }
+        }
+
         let index = if effects.is_empty() {
             match self.confirm_leadership().await {
                 Ok(index) => index,
