@@ -258,6 +258,9 @@ async fn min_replicas_waits_for_k_nodes_or_says_how_many() {
         .await
         .expect_err("4 > 3 members");
     assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+    // ...refused before anything was proposed: the row was not inserted (issue 16: it was).
+    let r = client.query("SELECT k FROM kv WHERE k = 4", &[], QueryOptions::default()).await.unwrap();
+    assert!(r.rows.is_empty(), "min_replicas 4 was refused after the write was applied");
 }
 
 /// With `--forward-writes`, a follower passes writes on to the leader itself: a client that

@@ -131,3 +131,63 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
     r.results.into_iter().next().unwrap().unwrap();
     cluster.assert_converged("t").await.expect("the survivors agree");
 }
+
+/// InstallSnapshot with garbage, sent as if by the leader, made the follower's Raft core stop
+/// while the node kept answering reads from its frozen state. Whatever the garbage does to the
+/// follower, a read there must now see every write that committed before it was asked, or be
+/// refused: never a stale answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_snapshot_never_leaves_a_node_serving_stale_reads() {
+    use openraft::raft::InstallSnapshotRequest;
+    use openraft::{SnapshotMeta, StoredMembership};
+    use raftsql_client::{Consistency, QueryOptions, Value};
+
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    let r = client.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[]).await.unwrap();
+    r.results.into_iter().next().unwrap().unwrap();
+    let follower = cluster.ids().into_iter().find(|&n| n != leader).unwrap();
+    let s = cluster.status(follower).await.unwrap();
+    let rpc: InstallSnapshotRequest<TypeConfig> = InstallSnapshotRequest {
+        vote: Vote::new_committed(s.term, leader),
+        meta: SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(s.term, leader), s.last_log_index + 5)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "forged".into(),
+        },
+        offset: 0,
+        data: vec![0xab; 4096],
+        done: true,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.listen(follower)))
+        .unwrap()
+        .connect_lazy();
+    let msg = pb::RaftMessage {
+        payload: bincode::serialize(&rpc).unwrap(),
+        cluster_id: s.cluster_id.clone(),
+        from: leader,
+        to: follower,
+    };
+    let _ = pb::raft_client::RaftClient::new(channel).install_snapshot(msg).await;
+
+    let r = client.execute("INSERT INTO t VALUES (1)", &[]).await.expect("the leader still takes writes");
+    r.results.into_iter().next().unwrap().unwrap();
+    let pinned = QueryOptions {
+        consistency: Consistency::Any,
+        node: Some(cluster.addr(follower).to_string()),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client.query("SELECT count(*) FROM t", &[], pinned.clone()).await {
+            Ok(r) if r.rows == vec![vec![Value::Integer(1)]] => break, // caught up: fine
+            Ok(r) => assert!(tokio::time::Instant::now() < deadline, "stale for {WAIT:?}: {:?}", r.rows),
+            Err(e) => {
+                assert_eq!(e.code(), "UNAVAILABLE", "a refused read says so: {e}");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -255,6 +255,31 @@ impl Core {
         Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
     }
 
+    /// Refuses `min_replicas = k` when the cluster has fewer than `k` members, before anything
+    /// is proposed (it used to be refused only after the write had been applied).
+    pub fn check_min_replicas(&self, k: usize) -> Result<(), Error> {
+        let members = self.metrics().membership_config.membership().nodes().count();
+        if k > members {
+            return Err(Error::InvalidArgument(format!(
+                "min_replicas {k} is more than the {members} members of the cluster; nothing was applied"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A node whose Raft core has stopped (a storage failure shuts it down to prevent further
+    /// damage) must not keep answering from its frozen state as if it were a replica.
+    pub fn ensure_running(&self) -> Result<(), Error> {
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) => Ok(()),
+            Err(fatal) => Err(Error::Unavailable(format!(
+                "node {}'s Raft core has stopped ({fatal}): it serves nothing until it is restarted; \
+                 read its log for the cause",
+                self.id
+            ))),
+        }
+    }
+
     /// Waits until `k` nodes (this one included) report `index` applied, polling the other
     /// members' status; returns how many did, or, after `timeout`, a `Timeout` that says so.
     pub async fn wait_replicas(&self, index: u64, k: usize, timeout: Duration) -> Result<usize, Error> {

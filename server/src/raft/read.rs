@@ -70,6 +70,7 @@ pub struct ReadRequest {
 
 /// Serves a read at its level, or says where to go instead.
 pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Receipt), Error> {
+    core.ensure_running()?;
     match req.level {
         Consistency::Strong => strong(core).await?,
         Consistency::ReadYourWrites => read_your_writes(core, req.session_token.as_deref()).await?,

@@ -106,6 +106,9 @@ impl pb::sql_server::Sql for SqlService {
             .into_iter()
             .map(|s| (s.sql, s.params.into_iter().map(value_from_pb).collect()))
             .collect();
+        if req.min_replicas > 1 {
+            self.core.check_min_replicas(req.min_replicas as usize).map_err(status_from)?;
+        }
         let write = WriteRequest { statements, transaction: req.transaction, request_id };
         let reply = match self.core.sequencer.write(write).instrument(span.clone()).await {
             Ok(r) => r,
