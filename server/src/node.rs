@@ -117,6 +117,11 @@ pub struct Config {
     /// the network and be decoded in that time; keep it well under that.
     #[arg(long, env = "RAFTSQL_MAX_ENTRY_BYTES", default_value_t = 2 << 20)]
     pub max_entry_bytes: u64,
+    /// Client requests (Execute and Query) this node serves at once; more are refused with
+    /// RESOURCE_EXHAUSTED and a `retry-after-ms` hint instead of queueing. Peer traffic is not
+    /// counted. With --max-sql-bytes this bounds the memory requests can hold.
+    #[arg(long, env = "RAFTSQL_MAX_INFLIGHT_REQUESTS", default_value_t = 512)]
+    pub max_inflight_requests: usize,
     /// FOR TESTS ONLY: shift this node's wall clock by this many milliseconds (may be negative)
     /// wherever raftsql reads the time of day: `NOW()`/`CURRENT_TIMESTAMP` in writes this node
     /// evaluates as leader and in reads it serves. Timeouts, elections and staleness use
@@ -237,6 +242,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_query_memory: cfg.max_query_memory,
             max_rows_per_request: cfg.max_rows_per_request,
             max_entry_bytes: cfg.max_entry_bytes,
+            max_inflight: cfg.max_inflight_requests.max(1),
             request_limits: crate::sql::RequestLimits {
                 max_sql_bytes: cfg.max_sql_bytes,
                 max_statements: cfg.max_statements,
@@ -261,6 +267,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             last_leader_contact: Default::default(),
             append_times: Default::default(),
             peer_source: cfg.peer_source_addr,
+            inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_requests.max(1))),
         });
         core.append_times.follow(raft.clone());
         crate::watchdog::spawn_probes(raft.clone());

@@ -44,6 +44,10 @@ pub enum Error {
     Timeout(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// This node has as many requests in flight as it admits (`--max-inflight-requests`):
+    /// shed, not queued. Retry after a short pause, here or at another node.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     #[error("bad session token: {0}")]
     Token(String),
     #[error("invalid argument: {0}")]
@@ -139,6 +143,8 @@ pub struct Options {
     pub max_rows_per_request: u64,
     /// The largest log entry the sequencer proposes, in encoded bytes (`--max-entry-bytes`).
     pub max_entry_bytes: u64,
+    /// Client requests (Execute and Query) one node serves at once (`--max-inflight-requests`).
+    pub max_inflight: usize,
     /// SQL bytes, statements and parameters of one request, checked before evaluation.
     pub request_limits: crate::sql::RequestLimits,
 }
@@ -158,6 +164,7 @@ impl Default for Options {
             max_query_memory: crate::sql::limits::DEFAULT_MAX_MEMORY,
             max_rows_per_request: 1_000_000,
             max_entry_bytes: 2 << 20,
+            max_inflight: 512,
             request_limits: crate::sql::RequestLimits::default(),
         }
     }
@@ -179,7 +186,12 @@ pub struct Core {
     pub append_times: AppendTimes,
     /// The local IP every connection to another node is bound to (`--peer-source-addr`).
     pub peer_source: Option<std::net::IpAddr>,
+    /// Client requests being served now, bounded by `Options::max_inflight` ([`Core::admit`]).
+    pub inflight: Arc<tokio::sync::Semaphore>,
 }
+
+/// The pause suggested to a client whose request was shed (`retry-after-ms` in the reply).
+pub const RETRY_AFTER_MS: u64 = 100;
 
 /// When the local log reached each index (sampled from openraft's metrics), bounded to the most
 /// recent `CAPACITY` samples: how long ago the oldest entry a follower lacks was appended is its
@@ -253,6 +265,20 @@ impl Core {
             .current_leader
             .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
+    }
+
+    /// Admits one client request, or sheds it when `Options::max_inflight` are being served
+    /// already: beyond that, requests would only queue, hold memory and time out, and a queue
+    /// of thousands starves heartbeats and apply of the CPU. The permit is held until the
+    /// request's answer has been produced.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        self.inflight.clone().try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "node {} is serving {} requests already (--max-inflight-requests): retry in about {} ms, \
+                 or at another node",
+                self.id, self.options.max_inflight, RETRY_AFTER_MS
+            ))
+        })
     }
 
     /// Refuses `min_replicas = k` when the cluster has fewer than `k` members, before anything

@@ -35,6 +35,7 @@ pub fn status_from(err: Error) -> tonic::Status {
         }
         Error::Timeout(_) => (pb::ErrorCode::Timeout, tonic::Code::DeadlineExceeded),
         Error::Unavailable(_) => (pb::ErrorCode::Unavailable, tonic::Code::Unavailable),
+        Error::Overloaded(_) => (pb::ErrorCode::ResourceExhausted, tonic::Code::ResourceExhausted),
         Error::Token(_) => (pb::ErrorCode::Token, tonic::Code::InvalidArgument),
         Error::InvalidArgument(_) => (pb::ErrorCode::InvalidArgument, tonic::Code::InvalidArgument),
         Error::NotFound(_) => (pb::ErrorCode::NotFound, tonic::Code::NotFound),
@@ -163,6 +164,7 @@ mod tests {
             ),
             (Error::Timeout("t".into()), pb::ErrorCode::Timeout, tonic::Code::DeadlineExceeded),
             (Error::Unavailable("u".into()), pb::ErrorCode::Unavailable, tonic::Code::Unavailable),
+            (Error::Overloaded("o".into()), pb::ErrorCode::ResourceExhausted, tonic::Code::ResourceExhausted),
             (Error::Token("k".into()), pb::ErrorCode::Token, tonic::Code::InvalidArgument),
             (
                 Error::InvalidArgument("i".into()),

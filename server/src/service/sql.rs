@@ -59,6 +59,13 @@ pub struct SqlService {
     pub core: Arc<Core>,
 }
 
+/// A shed request: RESOURCE_EXHAUSTED with the pause to wait in `retry-after-ms`.
+fn overloaded(e: crate::raft::Error) -> tonic::Status {
+    let mut status = status_from(e);
+    status.metadata_mut().insert("retry-after-ms", crate::raft::RETRY_AFTER_MS.into());
+    status
+}
+
 fn term_now(core: &Core) -> u64 {
     core.metrics().current_term
 }
@@ -69,6 +76,7 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::ExecuteRequest>,
     ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+        let _admitted = self.core.admit().map_err(overloaded)?;
         let started = std::time::Instant::now();
         let caller_timeout = grpc_timeout(request.metadata());
         let forwarded = request.metadata().contains_key(FORWARDED);
@@ -159,6 +167,8 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::QueryRequest>,
     ) -> Result<tonic::Response<Self::QueryStream>, tonic::Status> {
+        // Held by the response stream below, so a slow reader still counts as in flight.
+        let admitted = self.core.admit().map_err(overloaded)?;
         let caller_timeout = grpc_timeout(request.metadata());
         let req = request.into_inner();
         crate::sql::check_request([(req.sql.as_str(), req.params.len())], &self.core.options.request_limits)
@@ -213,7 +223,11 @@ impl pb::sql_server::Sql for SqlService {
         }
         pages[0].columns = result.columns;
         pages.last_mut().expect("at least one page").receipt = Some(receipt_to_pb(&receipt));
-        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)))))
+        let pages = pages.into_iter().map(move |p| {
+            let _held_until_the_stream_ends = &admitted;
+            Ok(p)
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 }
 
