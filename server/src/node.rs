@@ -115,8 +115,13 @@ pub struct Config {
     /// exceed it is refused before it is proposed (a batch of several writes is split instead).
     /// openraft gives one AppendEntries a heartbeat interval to arrive, so an entry must cross
     /// the network and be decoded in that time; keep it well under that.
-    #[arg(long, env = "RAFTSQL_MAX_ENTRY_BYTES", default_value_t = 2 << 20)]
+    #[arg(long, env = "RAFTSQL_MAX_ENTRY_BYTES", default_value_t = 8 << 20)]
     pub max_entry_bytes: u64,
+    /// Most row changes plus statement results one log entry carries (decoding cost grows with
+    /// their number, not only with bytes; a single-row INSERT is two); enforced like
+    /// --max-entry-bytes.
+    #[arg(long, env = "RAFTSQL_MAX_ENTRY_ROWS", default_value_t = 50_000)]
+    pub max_entry_rows: u64,
     /// Client requests (Execute and Query) this node serves at once; more are refused with
     /// RESOURCE_EXHAUSTED and a `retry-after-ms` hint instead of queueing. Peer traffic is not
     /// counted. With --max-sql-bytes this bounds the memory requests can hold.
@@ -242,6 +247,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_query_memory: cfg.max_query_memory,
             max_rows_per_request: cfg.max_rows_per_request,
             max_entry_bytes: cfg.max_entry_bytes,
+            max_entry_rows: cfg.max_entry_rows,
             max_inflight: cfg.max_inflight_requests.max(1),
             request_limits: crate::sql::RequestLimits {
                 max_sql_bytes: cfg.max_sql_bytes,

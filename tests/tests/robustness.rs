@@ -112,9 +112,11 @@ async fn a_long_read_stops_and_apply_goes_on() {
 /// One request of 100,000 single-row INSERTs ran for over 11 CPU-minutes (quadratic), and an
 /// entry too large to cross the network within openraft's AppendEntries timeout (one heartbeat
 /// interval) was retried forever: the leader spun and the cluster lost its leader for minutes.
-/// Now evaluation is linear and entries are bounded by `--max-entry-bytes` (2 MiB): 20,000
-/// INSERTs in one request complete in seconds and replicate; 100,000 (about 7 MB of changes)
-/// are refused before anything is proposed, naming the flag, and the cluster goes on.
+/// Now evaluation is linear and entries are bounded by `--max-entry-bytes` (8 MiB) and
+/// `--max-entry-rows` (50,000 row changes plus statement results: in a debug build an entry of
+/// 60,000 small INSERTs, ~4 MB, could not cross within the 150 ms AppendEntries timeout, while
+/// one 6 MiB row can). 20,000 INSERTs in one request complete in seconds and replicate;
+/// 100,000 are refused before anything is proposed, naming the flag, and the cluster goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_requests_complete_or_are_refused_and_never_wedge_replication() {
     // Evaluating 100,000 statements takes a few seconds in a debug build on a shared machine:
@@ -131,9 +133,10 @@ async fn big_requests_complete_or_are_refused_and_never_wedge_replication() {
     assert_eq!(res.results.len(), 20_000);
     assert!(res.results.iter().all(|r| r.is_ok()));
 
-    let e = client.execute(&inserts(20_000, 100_000), &[]).await.expect_err("over --max-entry-bytes");
+    // ~10 MB and 200,000 changes and results: over both bounds; the message names one.
+    let e = client.execute(&inserts(20_000, 100_000), &[]).await.expect_err("over the entry bounds");
     assert_eq!(e.code(), "RESOURCE_EXHAUSTED", "{e}");
-    assert!(e.to_string().contains("--max-entry-bytes"), "the error names the flag: {e}");
+    assert!(e.to_string().contains("--max-entry-"), "the error names the flag: {e}");
     // Two INSERT ... SELECT doublings in one request (a transaction) are over the bound as a
     // whole, and refused the same way.
     let e = client
@@ -142,9 +145,9 @@ async fn big_requests_complete_or_are_refused_and_never_wedge_replication() {
             &[],
         )
         .await
-        .expect_err("two doublings of 20,000 rows are over --max-entry-bytes");
+        .expect_err("two doublings of 20,000 rows are over --max-entry-rows");
     assert_eq!(e.code(), "RESOURCE_EXHAUSTED", "{e}");
-    assert!(e.to_string().contains("--max-entry-bytes"), "{e}");
+    assert!(e.to_string().contains("--max-entry-rows"), "{e}");
     // Nothing of the refused requests was applied, every replica has the 20,000 rows, and
     // the cluster still takes writes.
     exec(&client, "INSERT INTO t VALUES (-1, 'after')").await;

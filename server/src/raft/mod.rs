@@ -143,6 +143,8 @@ pub struct Options {
     pub max_rows_per_request: u64,
     /// The largest log entry the sequencer proposes, in encoded bytes (`--max-entry-bytes`).
     pub max_entry_bytes: u64,
+    /// The most row changes plus statement results in one log entry (`--max-entry-rows`).
+    pub max_entry_rows: u64,
     /// Client requests (Execute and Query) one node serves at once (`--max-inflight-requests`).
     pub max_inflight: usize,
     /// SQL bytes, statements and parameters of one request, checked before evaluation.
@@ -163,7 +165,8 @@ impl Default for Options {
             write_eval_timeout: Duration::from_secs(5),
             max_query_memory: crate::sql::limits::DEFAULT_MAX_MEMORY,
             max_rows_per_request: 1_000_000,
-            max_entry_bytes: 2 << 20,
+            max_entry_bytes: 8 << 20,
+            max_entry_rows: 50_000,
             max_inflight: 512,
             request_limits: crate::sql::RequestLimits::default(),
         }

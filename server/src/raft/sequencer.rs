@@ -398,14 +398,15 @@ impl Task {
             outcomes.push(outs);
         }
 
-        // Bounded entries (--max-entry-bytes): a batch over the bound is split and each half
+        // Bounded entries (--max-entry-bytes, --max-entry-rows): a batch over a bound is split and each half
         // evaluated again (nothing was proposed yet, and each half then sees the state the
         // other left); a single request over it is refused. An entry must cross the network
         // within openraft's AppendEntries timeout, or it would be retried forever.
         if !effects.is_empty() {
             let size = bincode::serialized_size(&effects).unwrap_or(u64::MAX);
-            let max = self.options.max_entry_bytes;
-            if size > max {
+            let rows: u64 = effects.iter().map(|e| (e.changes.len() + e.outcomes.len()) as u64).sum();
+            let (max, max_rows) = (self.options.max_entry_bytes, self.options.max_entry_rows);
+            if size > max || rows > max_rows {
                 let mut work = work;
                 if work.len() > 1 {
                     debug!(size, requests = work.len(), "batch over --max-entry-bytes: splitting it");
@@ -414,9 +415,13 @@ impl Task {
                     Box::pin(self.evaluate_and_propose(second, term)).await;
                     return;
                 }
+                let over = if size > max {
+                    format!("take {size} bytes in the log, over --max-entry-bytes ({max})")
+                } else {
+                    format!("are {rows} row changes and results, over --max-entry-rows ({max_rows})")
+                };
                 let e = crate::sql::Error::RequestTooLarge(format!(
-                    "the write's changes take {size} bytes in the log, over --max-entry-bytes ({max}): \
-                     nothing was applied; split it into smaller requests"
+                    "the write's changes {over}: nothing was applied; split it into smaller requests"
                 ));
                 for w in work {
                     for (reply, _) in w.replies {
