@@ -81,6 +81,23 @@ pub fn bin_dir() -> &'static Path {
 
 pub use raftsql_client::demo::free_port;
 
+/// Executes `sql` and panics, naming it, if the request or any statement fails.
+pub async fn exec(client: &Client, sql: &str) {
+    let res = client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    for r in res.results {
+        r.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Query options that read node `id`'s own replica at `ANY`.
+pub fn pinned(cluster: &Cluster, id: u64) -> QueryOptions {
+    QueryOptions {
+        consistency: Consistency::Any,
+        node: Some(cluster.addr(id).to_string()),
+        ..Default::default()
+    }
+}
+
 struct Node {
     /// Where clients and peers reach the node: the proxy's entry address when proxied.
     addr: String,

@@ -1,26 +1,11 @@
 //! Issue 16 (bounded evaluation) across real processes: single requests that used to crash or
 //! stall a node now get a typed error, and the node goes on serving and applying.
 
-use raftsql_client::{Client, Consistency, Error, QueryOptions, Value};
-use raftsql_tests::{Cluster, ClusterOptions};
+use raftsql_client::{Client, Error, Value};
+use raftsql_tests::{exec, pinned, Cluster, ClusterOptions};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn exec(client: &Client, sql: &str) {
-    let res = client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    for r in res.results {
-        r.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-fn pinned(cluster: &Cluster, id: u64) -> QueryOptions {
-    QueryOptions {
-        consistency: Consistency::Any,
-        node: Some(cluster.addr(id).to_string()),
-        ..Default::default()
-    }
-}
 
 async fn start(extra_args: &[&str]) -> (Cluster, u64, u64) {
     let opts = ClusterOptions {

@@ -42,14 +42,19 @@ fn append(term: u64, leader: u64, prev: Option<LogId<u64>>, entries: &[(u64, u64
     bincode::serialize(&rpc).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_peer_messages_are_refused_and_change_nothing() {
+/// A 3-node cluster with table `t`: (cluster, leader, a follower, a client).
+async fn cluster_with_a_table() -> (Cluster, u64, u64, raftsql_client::Client) {
     let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
     let client = cluster.client().await;
-    let r = client.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[]).await.unwrap();
-    r.results.into_iter().next().unwrap().unwrap();
-    let follower = cluster.ids().into_iter().find(|&n| n != leader).unwrap();
+    raftsql_tests::exec(&client, "CREATE TABLE t (id INTEGER PRIMARY KEY)").await;
+    let follower = cluster.ids().into_iter().find(|&n| n != leader).expect("three nodes");
+    (cluster, leader, follower, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_peer_messages_are_refused_and_change_nothing() {
+    let (cluster, leader, follower, _) = cluster_with_a_table().await;
     let before = cluster.status(follower).await.unwrap();
     let (cid, term, last) = (before.cluster_id.clone(), before.term, before.last_log_index);
     assert!(!cid.is_empty());
@@ -142,12 +147,7 @@ async fn a_garbage_snapshot_never_leaves_a_node_serving_stale_reads() {
     use openraft::{SnapshotMeta, StoredMembership};
     use raftsql_client::{Consistency, QueryOptions, Value};
 
-    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
-    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
-    let client = cluster.client().await;
-    let r = client.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[]).await.unwrap();
-    r.results.into_iter().next().unwrap().unwrap();
-    let follower = cluster.ids().into_iter().find(|&n| n != leader).unwrap();
+    let (cluster, leader, follower, client) = cluster_with_a_table().await;
     let s = cluster.status(follower).await.unwrap();
     let rpc: InstallSnapshotRequest<TypeConfig> = InstallSnapshotRequest {
         vote: Vote::new_committed(s.term, leader),

@@ -1,26 +1,11 @@
 //! Issue 3 across real processes: what the leader evaluates reaches followers only as constants,
 //! and indexes are maintained by every replica's apply, so any replica answers through them.
 
-use raftsql_client::{Client, Consistency, QueryOptions, Value};
-use raftsql_tests::{Cluster, ClusterOptions};
+use raftsql_client::Value;
+use raftsql_tests::{exec, pinned, Cluster, ClusterOptions};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn exec(client: &Client, sql: &str) {
-    let res = client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    for r in res.results {
-        r.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-fn pinned(cluster: &Cluster, id: u64) -> QueryOptions {
-    QueryOptions {
-        consistency: Consistency::Any,
-        node: Some(cluster.addr(id).to_string()),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn now_random_and_defaults_are_identical_on_every_replica() {
