@@ -69,9 +69,9 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
             (&cid, leader, follower),
         ),
         (
-            "a term a million elections ahead",
+            "a term 2^41 elections ahead",
             "append",
-            append(term + (1 << 21), leader, None, &[]),
+            append(term + (1 << 41), leader, None, &[]),
             (&cid, leader, follower),
         ),
         (

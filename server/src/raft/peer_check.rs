@@ -14,9 +14,11 @@
 //!   must agree: a node of another cluster at a reused address cannot talk to this one.
 //! - **Consistency with the payload**: the vote in an AppendEntries or InstallSnapshot is the
 //!   leader's and in a Vote request the candidate's: it must name the envelope's sender.
-//! - **Terms**: a term may not run more than [`MAX_TERM_JUMP`] past this node's own term, nor
-//!   near `u64::MAX`. Elections raise the term by one each; no real cluster jumps a million terms
-//!   while a member sleeps, but a forged term does exactly that.
+//! - **Terms**: a term may not run more than [`MAX_TERM_JUMP`] (2^40) past this node's own term,
+//!   nor reach [`MAX_TERM`] (2^62), so `term + 1` can never overflow. Elections raise the term by
+//!   one each: a node cut off for a year, calling an election every second, gains 2^25; only a
+//!   forged term jumps 2^40. (The bound must stay far above any real gap: a node whose term ran
+//!   ahead and that others refused could never rejoin.)
 //! - **Shape**: entries must be consecutive, follow `prev_log_id`, and carry no term above the
 //!   leader's; a snapshot's last log id may not carry a term above the leader's either.
 //!
@@ -29,7 +31,11 @@ use crate::typ::{Entry, LogId, NodeId, TypeConfig, Vote};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 /// The furthest a peer message's term may run ahead of this node's current term.
-pub const MAX_TERM_JUMP: u64 = 1 << 20;
+pub const MAX_TERM_JUMP: u64 = 1 << 40;
+
+/// No peer message may carry a term at or above this (2^62): at one election per millisecond a
+/// real cluster takes 146 million years to get there, and `term + 1` stays far from overflow.
+pub const MAX_TERM: u64 = 1 << 62;
 
 /// Who sent a peer message, to whom, in which cluster (the `RaftMessage` envelope).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,7 +102,7 @@ impl Local {
     }
 
     fn term(&self, term: u64, what: &str) -> Result<(), Refused> {
-        if term >= u64::MAX / 2 || term > self.term.saturating_add(MAX_TERM_JUMP) {
+        if term >= MAX_TERM || term > self.term.saturating_add(MAX_TERM_JUMP) {
             return Err(self.refuse(format!(
                 "the {what} is in term {term}, this node is in term {}: no real election jumps that far",
                 self.term
@@ -228,7 +234,11 @@ mod tests {
         let other = Envelope { cluster_id: "c2".into(), ..env(1, 2) };
         assert!(refused(&other, &ok).contains("cluster c2"));
         assert!(refused(&env(3, 2), &ok).contains("vote names Some(1)"), "sender and vote disagree");
-        // The brick: a heartbeat in term 2^64 - 1, and any jump past MAX_TERM_JUMP.
+        // The brick: a heartbeat in term 2^64 - 1, any term from 2^62, and any jump past
+        // MAX_TERM_JUMP.
+        assert!(refused(&env(1, 2), &append(MAX_TERM, None, vec![])).contains("no real election"));
+        let far = Local { term: MAX_TERM - 2, ..local() };
+        assert!(far.append_entries(&env(1, 2), &append(MAX_TERM, None, vec![])).is_err());
         assert!(refused(&env(1, 2), &append(u64::MAX, None, vec![])).contains("no real election"));
         assert!(
             refused(&env(1, 2), &append(5 + MAX_TERM_JUMP + 1, None, vec![])).contains("no real election")
