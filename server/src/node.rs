@@ -23,9 +23,9 @@ use crate::raft::sequencer::Sequencer;
 use crate::raft::{Core, Options};
 use crate::service::{admin::AdminService, peer::PeerService, sql::SqlService, sql::MAX_CLIENT_MESSAGE};
 use crate::store;
-use crate::typ::{NodeId, Raft};
+use crate::typ::{Member, NodeId, Raft};
 use anyhow::{bail, Context};
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::SnapshotPolicy;
 use raftsql_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -338,7 +338,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// On the lowest listed id: initialize once every listed member answers.
+/// On the lowest listed id: initialize once every listed member answers, recording each
+/// member's incarnation as it reports it. A member that already belongs to a cluster means this
+/// node lost its data dir (or the list is wrong): it refuses to found a second cluster.
 async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
     let id = core.id;
     let first = *members.keys().next().expect("parse_members rejects an empty list");
@@ -347,24 +349,48 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
         return;
     }
     let mut logged = false;
-    loop {
+    let nodes = loop {
         let mut missing = Vec::new();
+        let mut nodes = BTreeMap::from([(id, Member::new(core.addr.clone(), core.sm.incarnation()))]);
         for (&m, addr) in members.iter().filter(|(&m, _)| m != id) {
-            if !answers(&core, addr).await {
-                missing.push(m);
+            match status_of(&core, addr).await {
+                None => missing.push(m),
+                Some(s) if s.node_id != m => {
+                    error!(
+                        node = m,
+                        %addr,
+                        answered = s.node_id,
+                        "--bootstrap lists node {m} at {addr}, but node {} answers there: fix the \
+                         list and restart; the cluster is not initialized",
+                        s.node_id
+                    );
+                    return;
+                }
+                Some(s) if !s.members.is_empty() || !s.cluster_id.is_empty() => {
+                    error!(
+                        node = m,
+                        cluster_id = %s.cluster_id,
+                        "node {m} already belongs to a cluster, so this node is not founding one: \
+                         its own data dir was lost or it was started with --bootstrap by mistake. \
+                         To bring it back, remove node {id} through any member (`.remove {id}`), \
+                         wipe its data dir and join with --join HOST:PORT under a new --id"
+                    );
+                    return;
+                }
+                Some(s) => {
+                    nodes.insert(m, Member::new(addr.clone(), s.incarnation));
+                }
             }
         }
         if missing.is_empty() {
-            break;
+            break nodes;
         }
         if !logged {
             info!(?missing, "waiting for every bootstrap member to answer before initializing");
             logged = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let nodes: BTreeMap<NodeId, BasicNode> =
-        members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+    };
     match core.raft.initialize(nodes).await {
         Ok(()) => info!("cluster initialized"),
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
@@ -374,12 +400,14 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
     }
 }
 
-async fn answers(core: &Core, addr: &str) -> bool {
-    let Ok(channel) = core.peer_channel(addr) else { return false };
+async fn status_of(core: &Core, addr: &str) -> Option<pb::StatusResponse> {
+    let channel = core.peer_channel(addr).ok()?;
     let mut client = pb::admin_client::AdminClient::new(channel);
     let mut req = tonic::Request::new(pb::StatusRequest {});
     req.set_timeout(Duration::from_secs(1));
-    client.status(req).await.is_ok()
+    let s = client.status(req).await.ok()?.into_inner();
+    // A node too old to report an incarnation cannot be admitted under one.
+    (s.incarnation != 0).then_some(s)
 }
 
 /// Asks `seed` (any member) to add this node; retries until it succeeds or is refused for good.
@@ -389,7 +417,14 @@ async fn join(core: Arc<Core>, seed: String, as_learner: bool) {
         let attempt = async {
             let channel = core.peer_channel(&seed).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::admin_client::AdminClient::new(channel);
-            client.join(pb::JoinRequest { node_id: core.id, addr: core.addr.clone(), as_learner }).await
+            client
+                .join(pb::JoinRequest {
+                    node_id: core.id,
+                    addr: core.addr.clone(),
+                    as_learner,
+                    incarnation: core.sm.incarnation(),
+                })
+                .await
         };
         match attempt.await {
             Ok(_) => {

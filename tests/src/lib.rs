@@ -470,6 +470,44 @@ impl Cluster {
         self.wait_answering(id).await
     }
 
+    /// Starts a stopped node with `extra` flags besides its id, listen address and data dir
+    /// (e.g. `--join` after [`Cluster::wipe`]); returns once it answers status.
+    pub async fn start_with(&mut self, id: u64, extra: &[&str]) -> Result<()> {
+        self.kill(id);
+        self.spawn(id, extra)?;
+        self.wait_answering(id).await
+    }
+
+    /// SIGKILLs a node and deletes its data dir: a machine that lost its disk.
+    pub fn wipe(&mut self, id: u64) -> Result<()> {
+        self.kill(id);
+        let dir = &self.nodes.get(&id).ok_or_else(|| format!("no node {id}"))?.data_dir;
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("wiping {}: {e}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until node `id`'s log contains `needle`; returns the matching line.
+    pub async fn wait_log(&self, id: u64, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_string());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "node {id}'s log did not show {needle:?} within {timeout:?}; it ends:\n{}",
+                    self.log_tail(id)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Adds a node that joins through a running member; returns once it is a voter that has
     /// applied everything the leader had applied when it joined.
     pub async fn add_node(&mut self) -> Result<u64> {

@@ -8,6 +8,7 @@ use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
 use raftsql_client::pb;
 use raftsql_server::typ::{Entry, TypeConfig};
 use raftsql_tests::{Cluster, ClusterOptions};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -15,10 +16,32 @@ const WAIT: Duration = Duration::from_secs(30);
 /// (cluster id, from, to) of a RaftMessage.
 type Envelope<'a> = (&'a str, u64, u64);
 
-async fn send(addr: &str, kind: &str, payload: Vec<u8>, env: Envelope<'_>) -> tonic::Status {
+/// Every member's incarnation, as the membership records it.
+fn incarnations(s: &pb::StatusResponse) -> BTreeMap<u64, u64> {
+    s.members.iter().map(|m| (m.id, m.incarnation)).collect()
+}
+
+/// Sends a forged message whose envelope carries the incarnations the membership records for
+/// its sender and receiver (`incs`), unless `wrong_incarnation` names one of them to get wrong.
+async fn send(
+    addr: &str,
+    kind: &str,
+    payload: Vec<u8>,
+    env: Envelope<'_>,
+    incs: &BTreeMap<u64, u64>,
+    wrong_incarnation: Option<u64>,
+) -> tonic::Status {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let mut client = pb::raft_client::RaftClient::new(channel);
-    let msg = pb::RaftMessage { payload, cluster_id: env.0.to_string(), from: env.1, to: env.2 };
+    let inc = |id: u64| incs.get(&id).copied().unwrap_or(0) ^ u64::from(wrong_incarnation == Some(id));
+    let msg = pb::RaftMessage {
+        payload,
+        cluster_id: env.0.to_string(),
+        from: env.1,
+        to: env.2,
+        from_incarnation: inc(env.1),
+        to_incarnation: inc(env.2),
+    };
     let reply = match kind {
         "append" => client.append_entries(msg).await,
         _ => client.vote(msg).await,
@@ -58,6 +81,9 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
     let before = cluster.status(follower).await.unwrap();
     let (cid, term, last) = (before.cluster_id.clone(), before.term, before.last_log_index);
     assert!(!cid.is_empty());
+    let incs = incarnations(&before);
+    assert_eq!(incs.len(), 3, "every member has an incarnation: {before:?}");
+    assert!(incs.values().all(|&i| i != 0), "{incs:?}");
     let addr = cluster.listen(follower);
     let prev = Some(LogId::new(CommittedLeaderId::new(term, leader), last));
 
@@ -114,11 +140,20 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
         ),
     ];
     for (what, kind, payload, env) in cases {
-        let status = send(addr, kind, payload, env).await;
+        let status = send(addr, kind, payload, env, &incs, None).await;
         assert!(
             matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument),
             "{what}: {status:?}"
         );
+        assert!(!status.message().contains("incarnation"), "{what}: refused for its own reason: {status:?}");
+    }
+    // A well-formed message between the wrong incarnations: the receiver's data dir is not the
+    // one the sender means, or the sender's is not the one the membership admitted.
+    for wrong in [follower, leader] {
+        let payload = append(term, leader, prev, &[]);
+        let status = send(addr, "append", payload, (&cid, leader, follower), &incs, Some(wrong)).await;
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("incarnation"), "{status:?}");
     }
     let after = cluster.status(follower).await.unwrap();
     assert!(after.term < 1 << 20, "{after:?}");
@@ -163,11 +198,14 @@ async fn a_garbage_snapshot_never_leaves_a_node_serving_stale_reads() {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.listen(follower)))
         .unwrap()
         .connect_lazy();
+    let incs = incarnations(&s);
     let msg = pb::RaftMessage {
         payload: bincode::serialize(&rpc).unwrap(),
         cluster_id: s.cluster_id.clone(),
         from: leader,
         to: follower,
+        from_incarnation: incs[&leader],
+        to_incarnation: incs[&follower],
     };
     let _ = pb::raft_client::RaftClient::new(channel).install_snapshot(msg).await;
 
@@ -190,4 +228,49 @@ async fn a_garbage_snapshot_never_leaves_a_node_serving_stale_reads() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The lost write of issue 16: with follower A down, write Y is acknowledged by the leader and
+/// follower B. Then the leader dies and B loses its disk and is started again under its old id.
+/// Before incarnations, B's empty log voted for A, A won and Y was gone for good. Now B is a new
+/// incarnation: A's vote requests are addressed to B's old one and B refuses them, so A cannot
+/// win; B's join under its old id is refused; once the old leader is back, Y is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_never_rejoins_as_itself() {
+    use raftsql_client::{QueryOptions, Value};
+
+    let (mut cluster, leader, a, client) = cluster_with_a_table().await;
+    let b = cluster.ids().into_iter().find(|&n| n != leader && n != a).expect("three nodes");
+    let old_b = cluster.status(b).await.unwrap().incarnation;
+    cluster.kill(a);
+    raftsql_tests::exec(&client, "INSERT INTO t VALUES (42)").await; // Y: acknowledged by leader and B
+
+    cluster.kill(leader);
+    cluster.wipe(b).unwrap();
+    let a_addr = cluster.addr(a).to_string();
+    cluster.start_with(b, &["--join", &a_addr]).await.expect("B starts on an empty data dir");
+    let new_b = cluster.status(b).await.unwrap().incarnation;
+    assert!(new_b != 0 && new_b != old_b, "a new data dir is a new incarnation: {old_b:x} → {new_b:x}");
+    cluster.restart(a).await.expect("A restarts");
+
+    // A campaigns and asks B, which refuses to vote as its old self; A cannot win alone.
+    let line = cluster.wait_log(b, "meant for incarnation", WAIT).await.expect("B refuses A's vote request");
+    assert!(line.contains("lost its data"), "{line}");
+    assert_ne!(cluster.status(a).await.unwrap().role, pb::Role::Leader as i32, "A must not win without Y");
+
+    // The old leader comes back: it and A elect a leader, and Y is there.
+    cluster.restart(leader).await.expect("the old leader restarts");
+    cluster.wait_for_quorum_leader(WAIT).await.expect("a leader with the old leader back");
+    let strong = QueryOptions::default();
+    let rows = client.query("SELECT id FROM t", &[], strong).await.expect("a STRONG read").rows;
+    assert_eq!(rows, vec![vec![Value::Integer(42)]], "the acknowledged write survived");
+
+    // B's join under its old id is refused with the way out, and B never became a member.
+    let line = cluster.wait_log(b, "cannot rejoin as itself", WAIT).await.expect("B's join is refused");
+    assert!(line.contains("join under a new --id"), "{line}");
+    let status = cluster.status(leader).await.unwrap();
+    let recorded = status.members.iter().find(|m| m.id == b).expect("B is still in the membership");
+    assert_eq!(recorded.incarnation, old_b, "the membership still names B's lost data dir");
+    cluster.kill(b);
+    cluster.assert_converged("t").await.expect("the old leader and A agree");
 }

@@ -5,10 +5,12 @@
 //!   errors; it gets the same channel back). tonic re-resolves the host name on reconnect, so a
 //!   pod that comes back under the same DNS name with a new IP is found again.
 //! - openraft's messages travel bincode-encoded inside `RaftMessage.payload`, in an envelope
-//!   naming this node, the target node and this node's cluster id, which the receiver checks
+//!   naming this node and its incarnation, the target node and the incarnation the membership
+//!   records for it, and this node's cluster id, which the receiver checks
 //!   ([`super::peer_check`]); the reply payload is a bincode `Result<Response, RaftError>` so
-//!   remote errors keep their type. A refused message comes back as `PermissionDenied` and is a
-//!   network error here (openraft retries; the receiver's log says why).
+//!   remote errors keep their type. A refused message comes back as `PermissionDenied` and is
+//!   treated as an unreachable peer here (openraft backs off and retries; the receiver's log
+//!   says why).
 //! - Every RPC is bounded by the `hard_ttl` openraft gives in `RPCOption`.
 //! - Sizes: an AppendEntries request of several entries larger than [`MAX_APPEND_BYTES`] is
 //!   never sent; the client answers `PayloadTooLarge` with a smaller entry count and openraft
@@ -27,7 +29,7 @@
 //!   the error a forwarded request returns; the node itself starts normally.
 
 use crate::store::StateMachine;
-use crate::typ::{NodeId, TypeConfig};
+use crate::typ::{Member, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -37,7 +39,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use raftsql_proto::v1::raft_client::RaftClient;
 use raftsql_proto::v1::RaftMessage;
 use serde::{de::DeserializeOwned, Serialize};
@@ -121,7 +122,7 @@ impl ClusterId {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         let key = (target, node.addr.clone());
         let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
         let channel = match channels.get(&key) {
@@ -134,6 +135,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             me: self.me,
             cluster: self.cluster.clone(),
             target,
+            target_incarnation: node.incarnation,
             addr: node.addr.clone(),
             channel: channel.map_err(|e| e.to_string()),
         }
@@ -145,6 +147,8 @@ pub struct PeerClient {
     me: NodeId,
     cluster: ClusterId,
     target: NodeId,
+    /// The target's incarnation as the membership that made this client records it.
+    target_incarnation: u64,
     addr: String,
     /// Err when the address could not even be parsed into an endpoint.
     channel: Result<Channel, String>,
@@ -154,7 +158,7 @@ pub struct PeerClient {
 #[error("{0}")]
 struct TransportError(String);
 
-type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, E>>;
 
 impl PeerClient {
     /// Sends one RPC: encode, call with the hard TTL, decode the remote `Result`.
@@ -187,6 +191,8 @@ impl PeerClient {
             cluster_id: self.cluster.get(),
             from: self.me,
             to: self.target,
+            from_incarnation: self.cluster.sm.incarnation(),
+            to_incarnation: self.target_incarnation,
         });
         request.set_timeout(ttl);
         let fut = async {
@@ -209,7 +215,12 @@ impl PeerClient {
                 ));
                 return Err(match status.code() {
                     tonic::Code::DeadlineExceeded => timeout(),
-                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+                    // A refused message (peer_check) will be refused again until an operator
+                    // acts: back off as from a dead peer instead of resending at once (which
+                    // openraft does after a plain network error, ~1000 times a second).
+                    tonic::Code::Unavailable | tonic::Code::PermissionDenied => {
+                        RPCError::Unreachable(Unreachable::new(&err))
+                    }
                     _ => RPCError::Network(NetworkError::new(&err)),
                 });
             }

@@ -10,6 +10,15 @@
 //! - **Addressing**: the envelope names the sender and the receiver; a message meant for
 //!   another node id (a stale address after a node was replaced) or claiming to come from node 0
 //!   or from this node itself is refused.
+//! - **Incarnation**: the envelope names the incarnation (data-dir id, see
+//!   [`crate::typ::Member`]) of the sender and the one the sender's membership records for the
+//!   receiver. A message meant for another incarnation of this node is refused: this node lost
+//!   its data and was started again, and must not vote or acknowledge entries as its old self
+//!   (an empty log voting for a candidate that lacks acknowledged writes loses them). A message
+//!   from a member whose incarnation differs from the one this node's membership records is
+//!   refused for the same reason, seen from the other side. A sender this node's membership
+//!   does not know yet (a node that joined while this one lagged) is not checked: its identity
+//!   is checked by the members that admitted it.
 //! - **Cluster**: once both sides know their cluster id (from the first leader's entry), they
 //!   must agree: a node of another cluster at a reused address cannot talk to this one.
 //! - **Consistency with the payload**: the vote in an AppendEntries or InstallSnapshot is the
@@ -27,7 +36,7 @@
 //! peer certificates of the security issue (17).
 
 use super::Core;
-use crate::typ::{Entry, LogId, NodeId, TypeConfig, Vote};
+use crate::typ::{Entry, Incarnation, LogId, Membership, NodeId, TypeConfig, Vote};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 /// The furthest a peer message's term may run ahead of this node's current term.
@@ -43,6 +52,8 @@ pub struct Envelope {
     pub cluster_id: String,
     pub from: NodeId,
     pub to: NodeId,
+    pub from_incarnation: u64,
+    pub to_incarnation: u64,
 }
 
 /// Why a peer message was refused.
@@ -57,16 +68,22 @@ pub struct Refused {
 #[derive(Clone, Debug)]
 pub struct Local {
     pub id: NodeId,
+    pub incarnation: u64,
     pub cluster_id: Option<String>,
     pub term: u64,
+    /// The membership this node goes by now (the effective one, committed or not).
+    pub membership: Membership,
 }
 
 impl Local {
     pub fn of(core: &Core) -> Local {
+        let m = core.metrics();
         Local {
             id: core.id,
+            incarnation: core.sm.incarnation(),
             cluster_id: core.sm.cluster_id().ok().flatten(),
-            term: core.metrics().current_term,
+            term: m.current_term,
+            membership: m.membership_config.membership().clone(),
         }
     }
 
@@ -83,6 +100,34 @@ impl Local {
         }
         if env.from == 0 || env.from == self.id {
             return Err(self.refuse(format!("it claims to come from node {}", env.from)));
+        }
+        if env.to_incarnation != self.incarnation {
+            return Err(self.refuse(format!(
+                "it is meant for incarnation {} of node {}, and this node's data dir is incarnation \
+                 {}: node {} lost its data and was started again, so it must not act as its old \
+                 self. Stop it, remove node {} (`.remove {}` through any member), wipe its data \
+                 dir and join it again with --join under a new --id",
+                Incarnation(env.to_incarnation),
+                self.id,
+                Incarnation(self.incarnation),
+                self.id,
+                self.id,
+                self.id
+            )));
+        }
+        if let Some(member) = self.membership.get_node(&env.from) {
+            if member.incarnation != env.from_incarnation {
+                return Err(self.refuse(format!(
+                    "it comes from incarnation {} of node {}, but the membership admitted node {} as \
+                     incarnation {}: that node lost its data and was started again. Stop it, remove \
+                     node {} and join it again under a new --id",
+                    Incarnation(env.from_incarnation),
+                    env.from,
+                    env.from,
+                    Incarnation(member.incarnation),
+                    env.from
+                )));
+            }
         }
         if let Some(mine) = &self.cluster_id {
             if !env.cluster_id.is_empty() && env.cluster_id != *mine {
@@ -185,14 +230,20 @@ fn check_entry(e: &Entry, prev: Option<LogId>, term: u64) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::typ::Member;
     use openraft::{CommittedLeaderId, EntryPayload};
+    use std::collections::{BTreeMap, BTreeSet};
 
+    /// Node 2 (incarnation 20) in a cluster of nodes 1, 2, 3 (incarnations 10, 20, 30).
     fn local() -> Local {
-        Local { id: 2, cluster_id: Some("c1".into()), term: 5 }
+        let nodes: BTreeMap<NodeId, Member> =
+            (1..=3).map(|id| (id, Member::new(format!("h:{id}"), id * 10))).collect();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+        Local { id: 2, incarnation: 20, cluster_id: Some("c1".into()), term: 5, membership }
     }
 
     fn env(from: NodeId, to: NodeId) -> Envelope {
-        Envelope { cluster_id: "c1".into(), from, to }
+        Envelope { cluster_id: "c1".into(), from, to, from_incarnation: from * 10, to_incarnation: to * 10 }
     }
 
     fn log_id(term: u64, index: u64) -> LogId {
@@ -228,7 +279,7 @@ mod tests {
         let ok = append(6, None, vec![]);
         let refused =
             |e: &Envelope, a: &AppendEntriesRequest<TypeConfig>| l.append_entries(e, a).unwrap_err().reason;
-        assert!(refused(&env(1, 3), &ok).contains("addressed to node 3"));
+        assert!(refused(&Envelope { to_incarnation: 30, ..env(1, 3) }, &ok).contains("addressed to node 3"));
         assert!(refused(&env(0, 2), &ok).contains("from node 0"));
         assert!(refused(&env(2, 2), &ok).contains("from node 2"));
         let other = Envelope { cluster_id: "c2".into(), ..env(1, 2) };
@@ -244,6 +295,26 @@ mod tests {
             refused(&env(1, 2), &append(5 + MAX_TERM_JUMP + 1, None, vec![])).contains("no real election")
         );
         assert_eq!(l.append_entries(&env(1, 2), &append(5 + MAX_TERM_JUMP, None, vec![])), Ok(()));
+    }
+
+    #[test]
+    fn messages_between_other_incarnations_are_refused() {
+        let l = local();
+        let ok = append(6, None, vec![]);
+        // Meant for an earlier incarnation of node 2: node 2 lost its data and was restarted.
+        let stale = Envelope { to_incarnation: 21, ..env(1, 2) };
+        let r = l.append_entries(&stale, &ok).unwrap_err().reason;
+        assert!(r.contains("meant for incarnation 0000000000000015 of node 2"), "{r}");
+        assert!(r.contains("lost its data"), "{r}");
+        assert!(l.vote(&stale, &VoteRequest { vote: Vote::new(6, 1), last_log_id: None }).is_err());
+        // From another incarnation of member 1 (its data dir was replaced).
+        let replaced = Envelope { from_incarnation: 11, ..env(1, 2) };
+        let r = l.append_entries(&replaced, &ok).unwrap_err().reason;
+        assert!(r.contains("admitted node 1 as incarnation 000000000000000a"), "{r}");
+        // A sender this node's membership does not know yet is not checked here.
+        let newcomer = Envelope { from: 4, from_incarnation: 99, ..env(1, 2) };
+        let vote4 = VoteRequest { vote: Vote::new(6, 4), last_log_id: None };
+        assert_eq!(l.vote(&newcomer, &vote4), Ok(()));
     }
 
     #[test]

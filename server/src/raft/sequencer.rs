@@ -93,7 +93,7 @@ impl Sequencer {
 
 type ProposalResult = Result<
     ClientWriteResponse<crate::typ::TypeConfig>,
-    RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+    RaftError<NodeId, ClientWriteError<NodeId, crate::typ::Member>>,
 >;
 
 /// A proposal whose outcome was not awaited to the end.

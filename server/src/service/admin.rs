@@ -22,9 +22,9 @@
 use super::sql::FORWARDED;
 use super::{role_to_pb, status_from};
 use crate::raft::{Core, Error};
-use crate::typ::NodeId;
+use crate::typ::{Incarnation, Member, NodeId};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{ChangeMembers, ServerState};
 use raftsql_proto::v1 as pb;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -48,7 +48,12 @@ pub fn status(core: &Core) -> pb::StatusResponse {
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let members = membership
         .nodes()
-        .map(|(id, node)| pb::Member { id: *id, addr: node.addr.clone(), voter: voters.contains(id) })
+        .map(|(id, node)| pb::Member {
+            id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+            incarnation: node.incarnation,
+        })
         .collect();
     let last_log = m.last_log_index.unwrap_or(0);
     let followers = m
@@ -71,6 +76,7 @@ pub fn status(core: &Core) -> pb::StatusResponse {
     pb::StatusResponse {
         node_id: core.id,
         addr: core.addr.clone(),
+        incarnation: core.sm.incarnation(),
         role: role_to_pb(m.state.into()) as i32,
         term: m.current_term,
         leader_id: m.current_leader.unwrap_or(0),
@@ -98,6 +104,12 @@ impl AdminService {
     async fn join_on_leader(&self, req: pb::JoinRequest) -> Result<(), Error> {
         let m = self.core.metrics();
         let membership = m.membership_config.membership().clone();
+        if req.incarnation == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "node {} sent no incarnation id: it runs an older raftsql; upgrade it before it joins",
+                req.node_id
+            )));
+        }
         if let Some(existing) = membership.get_node(&req.node_id) {
             if existing.addr != req.addr {
                 return Err(Error::InvalidArgument(format!(
@@ -105,11 +117,25 @@ impl AdminService {
                     req.node_id, existing.addr
                 )));
             }
+            if existing.incarnation != req.incarnation {
+                // etcd refuses a member with a lost data dir the same way: its empty log must
+                // never be counted as the log it had.
+                return Err(Error::InvalidArgument(format!(
+                    "node {} is already a member with another data dir (incarnation {}; this one is \
+                     {}): it lost its data and cannot rejoin as itself. Remove it (`.remove {}`) and \
+                     join under a new --id",
+                    req.node_id,
+                    Incarnation(existing.incarnation),
+                    Incarnation(req.incarnation),
+                    req.node_id
+                )));
+            }
         }
         let is_voter = membership.voter_ids().any(|v| v == req.node_id);
         if !is_voter {
             info!(node = req.node_id, addr = %req.addr, "adding learner; waiting for it to catch up");
-            let add = self.core.raft.add_learner(req.node_id, BasicNode { addr: req.addr.clone() }, true);
+            let add =
+                self.core.raft.add_learner(req.node_id, Member::new(req.addr.clone(), req.incarnation), true);
             match tokio::time::timeout(JOIN_TIMEOUT, add).await {
                 Err(_) => {
                     return Err(Error::Timeout(format!(
@@ -182,14 +208,14 @@ fn last_voter(id: NodeId) -> Error {
     ))
 }
 
-fn join_error(core: &Core, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+fn join_error(core: &Core, e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
     match e.forward_to_leader() {
         Some(_) => core.not_leader(),
         None => Error::Unavailable(format!("membership change failed: {e}")),
     }
 }
 
-fn remove_error(core: &Core, id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+fn remove_error(core: &Core, id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
     match e.api_error() {
         Some(ClientWriteError::ForwardToLeader(_)) => core.not_leader(),
         Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::EmptyMembership(_))) => {

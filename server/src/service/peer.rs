@@ -27,11 +27,29 @@ fn decode<T: DeserializeOwned>(
         .with_limit(m.payload.len() as u64)
         .deserialize(&m.payload)
         .map_err(|e| tonic::Status::invalid_argument(format!("malformed {what} payload: {e}")))?;
-    Ok((Envelope { cluster_id: m.cluster_id, from: m.from, to: m.to }, rpc))
+    let env = Envelope {
+        cluster_id: m.cluster_id,
+        from: m.from,
+        to: m.to,
+        from_incarnation: m.from_incarnation,
+        to_incarnation: m.to_incarnation,
+    };
+    Ok((env, rpc))
 }
 
 fn refused(r: Refused) -> tonic::Status {
-    tracing::warn!(error = %r, "peer message refused");
+    // One line a second at most: a refused sender retries at its heartbeat rate, for as long as
+    // the operator takes to act.
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match last.as_mut() {
+        Some((at, suppressed)) if at.elapsed() < std::time::Duration::from_secs(1) => *suppressed += 1,
+        _ => {
+            let suppressed = last.map_or(0, |(_, n)| n);
+            tracing::warn!(error = %r, suppressed, "peer message refused");
+            *last = Some((std::time::Instant::now(), 0));
+        }
+    }
     tonic::Status::permission_denied(r.to_string())
 }
 

@@ -14,6 +14,8 @@
 //! ```text
 //! data_dir/
 //!   node_id               the node id this dir belongs to (text), written once by `open`
+//!   incarnation           this dir's incarnation (16 hex digits, random, never 0), written
+//!                         once by `open` just before node_id (see `typ::Member`)
 //!   db/                   one sled::Db:
 //!     tree "log"            big-endian u64 index → bincode Entry
 //!     tree "raft"           vote, committed, last_purged → bincode
@@ -130,6 +132,12 @@ pub enum Error {
          or point --data-dir at an empty directory"
     )]
     WrongNode { path: PathBuf, found: NodeId, expected: NodeId },
+    #[error(
+        "data dir {path:?} was created by an earlier raftsql (it has no incarnation file) and its \
+         log format cannot be read by this version: wipe it and join the node again with --join \
+         HOST:PORT under a new --id (or bootstrap a new cluster)"
+    )]
+    OldFormat { path: PathBuf },
     #[error("data dir {path:?} is locked: another raftsql-server may be running on it")]
     Locked {
         path: PathBuf,
@@ -195,13 +203,14 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -
 }
 
 const NODE_ID_FILE: &str = "node_id";
+const INCARNATION_FILE: &str = "incarnation";
 
 /// Opens (creating if needed) the node's storage in `opts.data_dir`: one sled database shared
 /// by the log store and the state machine.
 pub fn open(opts: &Options) -> Result<(LogStore, StateMachine), Error> {
     let dir = &opts.data_dir;
     prepare_dir(dir)?;
-    claim_for_node(dir, opts.node_id)?;
+    let incarnation = claim_for_node(dir, opts.node_id)?;
 
     let db_path = dir.join("db");
     let config = sled::Config::new()
@@ -238,8 +247,14 @@ pub fn open(opts: &Options) -> Result<(LogStore, StateMachine), Error> {
     };
     let flusher = Arc::new(Flusher::start(db.clone()).map_err(Error::io("start the flusher thread"))?);
     let log = LogStore::open(&db, opts.node_id, flusher.clone())?;
-    let sm = StateMachine::open(&db, flusher, dir.join("snapshots"))?;
-    tracing::info!(data_dir = %dir.display(), node_id = opts.node_id, applied = ?sm.applied_index(), "storage opened");
+    let sm = StateMachine::open(&db, flusher, dir.join("snapshots"), incarnation)?;
+    tracing::info!(
+        data_dir = %dir.display(),
+        node_id = opts.node_id,
+        incarnation = %crate::typ::Incarnation(incarnation),
+        applied = ?sm.applied_index(),
+        "storage opened"
+    );
     Ok((log, sm))
 }
 
@@ -266,8 +281,9 @@ fn prepare_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks the node-id file, or writes it (atomically, durably) on first use.
-fn claim_for_node(dir: &Path, node_id: NodeId) -> Result<(), Error> {
+/// Checks the node-id file and reads the incarnation, or — on a new data dir — writes both
+/// (atomically, durably; the incarnation first, so a dir with a node-id file always has one).
+fn claim_for_node(dir: &Path, node_id: NodeId) -> Result<u64, Error> {
     let path = dir.join(NODE_ID_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -278,13 +294,37 @@ fn claim_for_node(dir: &Path, node_id: NodeId) -> Result<(), Error> {
             if found != node_id {
                 return Err(Error::WrongNode { path: dir.to_path_buf(), found, expected: node_id });
             }
-            Ok(())
+            read_incarnation(dir)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            write_durably(&path, format!("{node_id}\n").as_bytes())
-                .map_err(|source| Error::DataDir { path: dir.to_path_buf(), source })
+            let incarnation = loop {
+                let i: u64 = rand::random();
+                if i != 0 {
+                    break i;
+                }
+            };
+            let data_dir = |source| Error::DataDir { path: dir.to_path_buf(), source };
+            write_durably(&dir.join(INCARNATION_FILE), format!("{:016x}\n", incarnation).as_bytes())
+                .map_err(data_dir)?;
+            write_durably(&path, format!("{node_id}\n").as_bytes()).map_err(data_dir)?;
+            Ok(incarnation)
         }
         Err(source) => Err(Error::DataDir { path, source }),
+    }
+}
+
+fn read_incarnation(dir: &Path) -> Result<u64, Error> {
+    let path = dir.join(INCARNATION_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::OldFormat { path: dir.to_path_buf() })
+        }
+        Err(source) => return Err(Error::DataDir { path, source }),
+    };
+    match u64::from_str_radix(text.trim(), 16) {
+        Ok(i) if i != 0 => Ok(i),
+        _ => Err(Error::Corrupt { path, reason: format!("not an incarnation id: {:?}", text.trim()) }),
     }
 }
 

@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     /// The cluster id once known: it never changes after the first leader's entry set it, and
     /// every receipt and peer message asks for it, so it is read from the tree only until then.
     cluster_id: std::sync::OnceLock<String>,
+    /// This data dir's incarnation (see [`crate::typ::Member`]); fixed for its life.
+    pub(crate) incarnation: u64,
 }
 
 /// The current generation and the applied state, as in memory.
@@ -75,7 +77,12 @@ fn get_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, name: &str) -> Re
 }
 
 impl StateMachine {
-    pub(crate) fn open(db: &sled::Db, flusher: Arc<Flusher>, snapshot_dir: PathBuf) -> Result<Self, Error> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        flusher: Arc<Flusher>,
+        snapshot_dir: PathBuf,
+        incarnation: u64,
+    ) -> Result<Self, Error> {
         let meta = db.open_tree("meta").map_err(Error::sled("open the meta tree"))?;
         let gen = match meta.get(KEY_GENERATION).map_err(Error::sled("read the state-machine generation"))? {
             Some(v) => decode::<u64>(&v, "state-machine generation")?,
@@ -105,6 +112,7 @@ impl StateMachine {
             state: RwLock::new(Current { gen, tree, last_applied, membership }),
             snapshots,
             cluster_id: std::sync::OnceLock::new(),
+            incarnation,
         };
         Ok(StateMachine { shared: Arc::new(shared) })
     }
@@ -116,6 +124,11 @@ impl StateMachine {
     pub fn read<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> R {
         let current = self.shared.read_state();
         f(&View { tree: &current.tree })
+    }
+
+    /// This data dir's incarnation: a random id it got when it was created, never 0.
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation
     }
 
     /// The cluster id, once the first leader's entry set it.

@@ -361,6 +361,26 @@ fn store_refuses_a_data_dir_of_another_node() {
 }
 
 #[test]
+fn store_gives_each_data_dir_its_own_incarnation() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(&opts(dir.path(), 2)).unwrap().1.incarnation();
+    assert_ne!(first, 0);
+    assert_eq!(open(&opts(dir.path(), 2)).unwrap().1.incarnation(), first, "fixed for the dir's life");
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(open(&opts(other.path(), 2)).unwrap().1.incarnation(), first, "a new dir, a new one");
+
+    // A dir from before incarnations, and a damaged incarnation file, are refused readably.
+    let file = dir.path().join("data").join(INCARNATION_FILE);
+    std::fs::write(&file, b"zz\n").unwrap();
+    let err = open(&opts(dir.path(), 2)).err().expect("a damaged incarnation file");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    std::fs::remove_file(&file).unwrap();
+    let err = open(&opts(dir.path(), 2)).err().expect("an old data dir");
+    assert!(matches!(err, Error::OldFormat { .. }), "{err}");
+    assert!(err.to_string().contains("under a new --id"), "{err}");
+}
+
+#[test]
 fn store_refuses_unusable_data_dirs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("data");
