@@ -305,7 +305,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
             .add_service(pb::admin_server::AdminServer::new(AdminService { core: core.clone() }))
             .add_service(
-                pb::raft_server::RaftServer::new(PeerService { core: core.clone() })
+                pb::raft_server::RaftServer::new(PeerService::new(core.clone()))
                     .max_decoding_message_size(MAX_PEER_MESSAGE)
                     .max_encoding_message_size(MAX_PEER_MESSAGE),
             )

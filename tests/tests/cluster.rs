@@ -165,6 +165,8 @@ async fn new_node_joins_after_purge_and_catches_up_by_snapshot() {
         st.snapshot_index
     );
     assert!(st.members.iter().any(|m| m.id == new_id && m.voter), "the new node is a voter");
+    // Its many chunks were verified as one file before openraft installed it.
+    cluster.wait_log(new_id, "received snapshot verified", WAIT).await.expect("the snapshot was verified");
 
     // It serves the same rows.
     let pinned = QueryOptions {

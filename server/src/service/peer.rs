@@ -1,19 +1,137 @@
 //! The `Raft` service: openraft's peer RPCs, bincode inside `RaftMessage.payload`.
 //!
 //! A payload that does not decode is refused with `InvalidArgument` and never reaches openraft;
-//! one that decodes is checked by `raft::peer_check` first (sender, receiver, cluster, terms,
-//! shape) and refused with `PermissionDenied` and the reason when it fails.
+//! one that decodes is checked by `raft::peer_check` first (sender, receiver, incarnations,
+//! cluster, terms, shape) and refused with `PermissionDenied` and the reason when it fails.
+//!
+//! Snapshots are verified as they arrive: the chunks of one snapshot stream feed
+//! `store::verify_snapshot` on a blocking thread, and the last chunk reaches openraft only when
+//! the whole file passed (format, records, count, checksum, header matching the message). A
+//! chunk that does not continue a stream seen from offset 0 is refused too, so openraft never
+//! installs bytes that were not checked: a failed install stops its core for good.
 //! The reply payload is a bincode `Result<Response, RaftError>`, decoded by `raft::network`.
 
 use crate::raft::peer_check::{Envelope, Local, Refused};
 use crate::raft::Core;
+use crate::typ::{NodeId, TypeConfig};
 use bincode::Options;
+use openraft::raft::InstallSnapshotRequest;
 use raftsql_proto::v1 as pb;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
 
 pub struct PeerService {
-    pub core: Arc<Core>,
+    core: Arc<Core>,
+    /// The snapshot being received and verified, if any (one at a time: a node has one leader).
+    incoming: tokio::sync::Mutex<Option<Incoming>>,
+}
+
+impl PeerService {
+    pub fn new(core: Arc<Core>) -> Self {
+        PeerService { core, incoming: Default::default() }
+    }
+
+    /// Feeds a snapshot chunk to the verifier of its stream; on the last chunk, waits for the
+    /// verdict. Err: the chunk must not reach openraft.
+    async fn verify_chunk(
+        &self,
+        env: &Envelope,
+        rpc: &InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<(), Refused> {
+        let refuse = |reason: String| Refused { me: self.core.id, reason };
+        let id = &rpc.meta.snapshot_id;
+        let mut incoming = self.incoming.lock().await;
+        if rpc.offset == 0 {
+            // A new stream replaces any unfinished one (its verifier sees the end and stops).
+            *incoming = Some(Incoming::start(env.from, rpc));
+        }
+        let Some(stream) = incoming.as_mut().filter(|s| s.from == env.from && s.snapshot_id == *id) else {
+            return Err(refuse(format!(
+                "snapshot chunk at offset {} of {id} from node {} does not continue a snapshot this \
+                 node received from its start",
+                rpc.offset, env.from
+            )));
+        };
+        let len = rpc.data.len() as u64;
+        if rpc.offset == stream.next_offset {
+            let fed = rpc.data.is_empty() || stream.tx.send(rpc.data.clone()).await.is_ok();
+            stream.next_offset += len;
+            stream.last = Some((rpc.offset, len));
+            if !fed {
+                // The verifier stopped early: it found something wrong.
+                let stream = incoming.take().expect("matched above");
+                let e = stream.verdict().await.err().unwrap_or_else(|| "it goes on after its end".into());
+                return Err(refuse(format!("snapshot {id} is refused: {e}")));
+            }
+        } else if stream.last != Some((rpc.offset, len)) {
+            // (A resend of the last chunk, after a lost reply, was fed already and passes.)
+            return Err(refuse(format!(
+                "snapshot chunk at offset {} of {id} does not follow the {} bytes received",
+                rpc.offset, stream.next_offset
+            )));
+        }
+        if rpc.done {
+            let stream = incoming.take().expect("matched above");
+            let records =
+                stream.verdict().await.map_err(|e| refuse(format!("snapshot {id} is refused: {e}")))?;
+            tracing::info!(snapshot_id = %id, from = env.from, records, "received snapshot verified");
+        }
+        Ok(())
+    }
+}
+
+/// One snapshot stream being received: its chunks go to a verifier on a blocking thread.
+struct Incoming {
+    from: NodeId,
+    snapshot_id: String,
+    next_offset: u64,
+    /// Offset and length of the last chunk fed.
+    last: Option<(u64, u64)>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    verdict: tokio::task::JoinHandle<Result<u64, crate::store::Error>>,
+}
+
+impl Incoming {
+    fn start(from: NodeId, rpc: &InstallSnapshotRequest<TypeConfig>) -> Incoming {
+        // Two chunks in flight at most: the verifier keeps up with the network or slows it.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let meta = rpc.meta.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            crate::store::verify_snapshot(ChunkReader { rx, buf: Vec::new(), pos: 0 }, Some(&meta))
+        });
+        Incoming { from, snapshot_id: rpc.meta.snapshot_id.clone(), next_offset: 0, last: None, tx, verdict }
+    }
+
+    /// Ends the stream and waits for the verifier's answer.
+    async fn verdict(self) -> Result<u64, String> {
+        drop(self.tx);
+        match self.verdict.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("its verifier failed: {e}")),
+        }
+    }
+}
+
+/// Reads the chunks of a snapshot stream as one byte stream (end: the sender was dropped).
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => (self.buf, self.pos) = (chunk, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 fn decode<T: DeserializeOwned>(
@@ -88,6 +206,7 @@ impl pb::raft_server::Raft for PeerService {
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
         let (env, rpc) = decode(request, "InstallSnapshot")?;
         Local::of(&self.core).install_snapshot(&env, &rpc).map_err(refused)?;
+        self.verify_chunk(&env, &rpc).await.map_err(refused)?;
         encode(&self.core.raft.install_snapshot(rpc).await)
     }
 }

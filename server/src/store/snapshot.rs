@@ -6,11 +6,24 @@
 //! ```text
 //! "RSQLSNAP"  u16 LE format version  bincode SnapshotMeta
 //! bincode Record*   (ClusterId? · per table: Table(schema), Row* · Request* · End{records})
+//! u32 LE CRC-32 of every byte before it
 //! ```
 //!
 //! The records are logical (schemas, rows, request records), not sled pages: index entries are
 //! rebuilt on install, so the file does not depend on the key layout. `End` carries the record
-//! count, so a truncated file is refused.
+//! count and the checksum follows it, so a truncated, extended or bit-flipped file is refused.
+//! Every record is decoded with a size limit ([`MAX_RECORD_BYTES`]): a forged length cannot
+//! make the reader allocate more.
+//!
+//! # Verification before install
+//!
+//! [`verify`] reads a whole snapshot the way an install does — header, every record (schemas
+//! before rows, index entries computable), record count, checksum, nothing after it — without
+//! writing anything. The peer service runs it on the chunks of a snapshot as they arrive and
+//! hands the last chunk to openraft only when it passes (`service::peer`), so openraft never
+//! installs an unverified snapshot: a failed install is a storage error that stops its core.
+//! Install itself checks everything again while it fills a fresh generation, and switches to it
+//! only at the end, so a snapshot damaged on this node's disk afterwards replaces nothing.
 //!
 //! Files: `snapshot-<id>.snap` is published (renamed into place after fsync);
 //! `build-<id>.part`, `install-<id>.part`, `recv-<n>.part` are in progress. A snapshot id is
@@ -33,8 +46,57 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 8] = b"RSQLSNAP";
-/// The snapshot file format this build writes and reads.
-pub(crate) const SNAPSHOT_FORMAT: u16 = 1;
+/// The snapshot file format this build writes and reads (2: with a CRC-32 trailer).
+pub(crate) const SNAPSHOT_FORMAT: u16 = 2;
+/// The largest record (a row, a schema, a request record) a snapshot may hold: a row arrived in
+/// one log entry, which is bounded by the peer message limit.
+pub const MAX_RECORD_BYTES: u64 = crate::raft::network::MAX_PEER_MESSAGE as u64;
+
+/// Reads or writes through to `inner`, keeping the CRC-32 of every byte that passes.
+struct Crc<T> {
+    inner: T,
+    hasher: crc32fast::Hasher,
+}
+
+impl<T> Crc<T> {
+    fn new(inner: T) -> Self {
+        Crc { inner, hasher: crc32fast::Hasher::new() }
+    }
+
+    fn sum(&self) -> u32 {
+        self.hasher.clone().finalize()
+    }
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Crc<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Decodes one bincode value, never allocating more than `limit` bytes for it.
+fn decode_from<T: serde::de::DeserializeOwned>(r: &mut impl Read, limit: u64) -> bincode::Result<T> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(limit)
+        .deserialize_from(r)
+}
 /// Writes per sled batch while loading a snapshot.
 const LOAD_BATCH: usize = 10_000;
 
@@ -83,7 +145,7 @@ fn read_header(r: &mut impl Read, path: &Path) -> Result<SnapshotMeta, Error> {
             "format v{version}, this build reads v{SNAPSHOT_FORMAT}: upgrade this node"
         )));
     }
-    bincode::deserialize_from(r).map_err(|e| bad(format!("cannot decode its metadata: {e}")))
+    decode_from(r, MAX_RECORD_BYTES).map_err(|e| bad(format!("cannot decode its metadata: {e}")))
 }
 
 impl SnapshotDir {
@@ -241,9 +303,12 @@ impl SnapshotBuilder {
             };
             let part = dir.dir.join(format!("build-{}.part", meta.snapshot_id));
             let file = File::create(&part).map_err(Error::io(format!("create {part:?}")))?;
-            let mut w = BufWriter::new(file);
+            let mut w = Crc::new(BufWriter::new(file));
             write_header(&mut w, &meta)?;
             let records = write_records(&mut w, &current.tree)?;
+            let sum = w.sum();
+            let mut w = w.inner;
+            w.write_all(&sum.to_le_bytes()).map_err(Error::io(format!("write {part:?}")))?;
             let file = w
                 .into_inner()
                 .map_err(|e| Error::Io { context: format!("write {part:?}"), source: e.into_error() })?;
@@ -286,27 +351,61 @@ fn flatten<T>(r: Result<Result<T, Error>, tokio::task::JoinError>) -> Result<T, 
     r.unwrap_or_else(|e| Err(Error::Io { context: "run a storage task".into(), source: io::Error::other(e) }))
 }
 
-/// Loads the records of a snapshot file into `tree` (empty), index entries included.
-fn load_records(r: &mut impl Read, tree: &sled::Tree, path: &Path) -> Result<u64, Error> {
+/// Reads a snapshot's records after its header, checks the record count and the checksum
+/// (`r` has hashed every byte since the start of the file) and that nothing follows it, and
+/// hands each record with its table's schema to `each`. Returns the record count.
+fn read_records<R: Read>(
+    r: &mut Crc<R>,
+    path: &Path,
+    mut each: impl FnMut(Record, Option<&TableSchema>) -> Result<(), Error>,
+) -> Result<u64, Error> {
     let bad = |reason: String| Error::BadSnapshot { path: path.to_path_buf(), reason };
-    let mut batch = sled::Batch::default();
-    let mut pending = 0usize;
     let mut table: Option<TableSchema> = None;
     let mut n = 0u64;
     loop {
         let record: Record =
-            bincode::deserialize_from(&mut *r).map_err(|e| bad(format!("record {n}: {e}")))?;
+            decode_from(&mut *r, MAX_RECORD_BYTES).map_err(|e| bad(format!("record {n}: {e}")))?;
         match record {
             Record::End { records } if records == n => break,
             Record::End { records } => return Err(bad(format!("it says {records} records, it holds {n}"))),
-            Record::ClusterId(id) => batch.insert(keys::meta_key(keys::META_CLUSTER_ID), encode(&id)?),
             Record::Table(schema) => {
-                batch.insert(keys::catalog_key(&schema.name), encode(&schema)?);
+                each(Record::Table(schema.clone()), None)?;
                 table = Some(schema);
             }
+            Record::Row(_) if table.is_none() => {
+                return Err(bad(format!("record {n}: a row before any table")))
+            }
+            record => each(record, table.as_ref())?,
+        }
+        n += 1;
+    }
+    let sum = r.sum();
+    let mut trailer = [0u8; 4];
+    r.inner.read_exact(&mut trailer).map_err(|e| bad(format!("its checksum is missing: {e}")))?;
+    let stored = u32::from_le_bytes(trailer);
+    if stored != sum {
+        return Err(bad(format!("checksum mismatch: it says {stored:08x}, its bytes give {sum:08x}")));
+    }
+    let mut extra = [0u8; 1];
+    match r.inner.read(&mut extra) {
+        Ok(0) => Ok(n),
+        Ok(_) => Err(bad("bytes follow its checksum".into())),
+        Err(e) => Err(bad(format!("cannot read its end: {e}"))),
+    }
+}
+
+/// Loads the records of a snapshot file into `tree` (empty), index entries included.
+fn load_records<R: Read>(r: &mut Crc<R>, tree: &sled::Tree, path: &Path) -> Result<u64, Error> {
+    let bad = |reason: String| Error::BadSnapshot { path: path.to_path_buf(), reason };
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    let n = read_records(r, path, |record, table| {
+        match record {
+            Record::End { .. } => {}
+            Record::ClusterId(id) => batch.insert(keys::meta_key(keys::META_CLUSTER_ID), encode(&id)?),
+            Record::Table(schema) => batch.insert(keys::catalog_key(&schema.name), encode(&schema)?),
             Record::Row(stored) => {
-                let schema =
-                    table.as_ref().ok_or_else(|| bad(format!("record {n}: a row before any table")))?;
+                let schema = table.expect("read_records refuses a row before any table");
                 for (k, v) in index_entries(schema, &stored.key, &stored.row).map_err(bad)? {
                     batch.insert(k, v);
                     pending += 1;
@@ -317,15 +416,36 @@ fn load_records(r: &mut impl Read, tree: &sled::Tree, path: &Path) -> Result<u64
                 batch.insert(keys::request_key(&client_id), encode(&record)?)
             }
         }
-        n += 1;
         pending += 1;
         if pending >= LOAD_BATCH {
             tree.apply_batch(std::mem::take(&mut batch)).map_err(Error::sled("load a snapshot"))?;
             pending = 0;
         }
-    }
+        Ok(())
+    })?;
     tree.apply_batch(batch).map_err(Error::sled("load a snapshot"))?;
     Ok(n)
+}
+
+/// Checks a whole snapshot as an install would, writing nothing (see the module doc): the
+/// header (which must describe `expected` when given), every record, the count, the checksum.
+/// Returns the record count.
+pub fn verify(r: impl Read, expected: Option<&SnapshotMeta>) -> Result<u64, Error> {
+    let path = Path::new("<received snapshot>");
+    let bad = |reason: String| Error::BadSnapshot { path: path.to_path_buf(), reason };
+    let mut r = Crc::new(BufReader::new(r));
+    let found = read_header(&mut r, path)?;
+    if let Some(meta) = expected {
+        if found.last_log_id != meta.last_log_id || found.last_membership != meta.last_membership {
+            return Err(bad(format!("its header says {found}, the message says {meta}")));
+        }
+    }
+    read_records(&mut r, path, |record, table| match (record, table) {
+        (Record::Row(stored), Some(schema)) => {
+            index_entries(schema, &stored.key, &stored.row).map(drop).map_err(bad)
+        }
+        _ => Ok(()),
+    })
 }
 
 impl StateMachine {
@@ -356,7 +476,7 @@ impl StateMachine {
         let name = generation_tree_name(gen);
         shared.db.drop_tree(&name).map_err(Error::sled("drop a stale generation"))?;
         let tree = shared.db.open_tree(&name).map_err(Error::sled("create a state-machine generation"))?;
-        let mut r = BufReader::new(File::open(&part).map_err(Error::io(format!("open {part:?}")))?);
+        let mut r = Crc::new(BufReader::new(File::open(&part).map_err(Error::io(format!("open {part:?}")))?));
         read_header(&mut r, &part)?;
         let records = load_records(&mut r, &tree, &part)?;
         tree.insert(keys::meta_key(keys::META_LAST_APPLIED), encode(&meta.last_log_id)?)

@@ -6,7 +6,7 @@ use crate::changeset::{
     Applied, Change, ChangeSet, Column, DataType, ErrorKind, IndexSchema, RequestEffects, RequestId,
     StatementResult, TableSchema, Value,
 };
-use crate::typ::{Entry, LogId, Membership, StorageError, TypeConfig, Vote};
+use crate::typ::{Entry, LogId, Membership, SnapshotMeta, StorageError, TypeConfig, Vote};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
@@ -278,6 +278,57 @@ async fn store_snapshot_build_install_gives_identical_state() {
     let (_lb, mut sm_b) = open(&opts(b.path(), 2)).unwrap();
     assert_eq!(dump(&sm_b), before);
     assert_eq!(sm_b.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+}
+
+/// A snapshot is verified before anything is installed: every damaged copy of a good file is
+/// refused by `verify` and by install, and install of a damaged copy replaces nothing.
+#[tokio::test]
+async fn store_snapshot_damage_is_detected_before_install() {
+    use tokio::io::AsyncReadExt;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_la, mut sm_a) = populated(a.path()).await;
+    let members = Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
+    apply(&mut sm_a, vec![Entry { log_id: log_id(3), payload: EntryPayload::Membership(members) }]).await;
+    let mut snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut good = Vec::new();
+    snap.snapshot.read_to_end(&mut good).await.unwrap();
+    let records = snapshot::verify(&good[..], Some(&snap.meta)).expect("a built snapshot verifies");
+    assert!(records > 3, "{records}");
+
+    let mut flipped = good.clone();
+    let mid = good.len() / 2;
+    flipped[mid] ^= 0x04;
+    let mut forged_len = good.clone();
+    // The first record's first bytes after the header: make a length field enormous.
+    let header = 10 + bincode::serialized_size(&snap.meta).unwrap() as usize;
+    forged_len[header + 4..header + 12].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut other_meta = snap.meta.clone();
+    other_meta.last_log_id = Some(log_id(99));
+    let damaged: Vec<(&str, Vec<u8>, &SnapshotMeta)> = vec![
+        ("a flipped bit", flipped, &snap.meta),
+        ("truncated", good[..good.len() - 3].to_vec(), &snap.meta),
+        ("no checksum", good[..good.len() - 4].to_vec(), &snap.meta),
+        ("a byte appended", [good.clone(), vec![0]].concat(), &snap.meta),
+        ("a forged length", forged_len, &snap.meta),
+        ("garbage", vec![0xab; 4096], &snap.meta),
+        ("empty", vec![], &snap.meta),
+        ("another snapshot's header", good.clone(), &other_meta),
+    ];
+    let (_lb, mut sm_b) = open(&opts(b.path(), 2)).unwrap();
+    let before = dump(&sm_b);
+    for (what, bytes, meta) in damaged {
+        let err = snapshot::verify(&bytes[..], Some(meta)).expect_err(what);
+        assert!(matches!(err, Error::BadSnapshot { .. }), "{what}: {err}");
+        let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *recv, &bytes).await.unwrap();
+        sm_b.install_snapshot(meta, recv).await.expect_err(what);
+        assert_eq!(dump(&sm_b), before, "{what}: nothing replaced");
+        assert_eq!(sm_b.applied_index(), None, "{what}");
+    }
+    let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *recv, &good).await.unwrap();
+    sm_b.install_snapshot(&snap.meta, recv).await.expect("the good copy installs");
+    assert_eq!(dump(&sm_b), dump(&sm_a));
 }
 
 #[tokio::test]
