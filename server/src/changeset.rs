@@ -20,8 +20,10 @@
 use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 
-/// The format version written into every [`ChangeSet`] this build produces.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version written into every [`ChangeSet`] this build produces (2: request ids
+/// carry the digest of their request; data dirs of v1 are refused at start-up, see
+/// `store::Error::OldFormat`).
+pub const FORMAT_VERSION: u16 = 2;
 
 /// A single SQL value. `Integer` is 64-bit; `Real` is an IEEE double.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,11 +133,49 @@ pub enum Change {
 }
 
 /// Identifies a client request for exactly-once execution: a client id and a sequence number
-/// that the client increases by one per new request (retries reuse it).
+/// that the client increases by one per new request (retries reuse it), with the digest of the
+/// request's statements, parameters and transaction flag, computed by the node that took the
+/// request. A retry has the same digest; a request id reused for other statements does not, and
+/// is refused instead of being answered with the first request's result.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RequestId {
     pub client_id: String,
     pub seq: u64,
+    pub digest: [u8; 16],
+}
+
+impl RequestId {
+    pub fn new(client_id: String, seq: u64, statements: &[(String, Vec<Value>)], transaction: bool) -> Self {
+        RequestId { client_id, seq, digest: request_digest(statements, transaction) }
+    }
+
+    /// The error for a request that reuses this id with other statements.
+    pub fn reused(&self) -> String {
+        format!(
+            "request id (client {:?}, seq {}) was already used for a different request: a retry must \
+             send the same statements and parameters, and a new request needs the next sequence number",
+            self.client_id, self.seq
+        )
+    }
+}
+
+/// MD5 of the bincode encoding of a request's statements and transaction flag: deterministic on
+/// every node and version that shares this format (not a security boundary; authentication is).
+pub fn request_digest(statements: &[(String, Vec<Value>)], transaction: bool) -> [u8; 16] {
+    use md5::Digest;
+    struct Hashing(md5::Md5);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(md5::Md5::new());
+    bincode::serialize_into(&mut h, &(statements, transaction)).expect("encoding into a hasher cannot fail");
+    h.0.finalize().into()
 }
 
 /// What kind of failure a statement met; maps one-to-one onto the client `ErrorCode`s that
@@ -223,6 +263,8 @@ pub struct Applied {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
     pub seq: u64,
+    /// The digest of the request recorded (see [`RequestId`]).
+    pub digest: [u8; 16],
     pub outcomes: Vec<StatementOutcome>,
 }
 

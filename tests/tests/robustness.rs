@@ -185,6 +185,25 @@ async fn oversized_requests_are_refused_naming_the_flag() {
     let res = client.execute("INSERT INTO r VALUES (?)", &[Value::Real(f64::NAN)]).await.expect("answered");
     let e = res.results[0].as_ref().expect_err("NaN key refused");
     assert_eq!(e.code(), "TYPE", "{e}");
+
+    // A request id reused for another request is refused: a DELETE under the INSERT's id was
+    // answered "1 row affected" and deleted nothing.
+    let one = |sql: &str| vec![(sql.to_string(), vec![])];
+    let ins = client.execute_as("app-1", 1, one("INSERT INTO t VALUES (5, 'keep')"), false).await.unwrap();
+    assert_eq!(ins.results[0].as_ref().unwrap().rows_affected, 1);
+    let e =
+        client.execute_as("app-1", 1, one("DELETE FROM t WHERE id = 5"), false).await.expect_err("reused");
+    assert_eq!(e.code(), "INVALID_ARGUMENT", "{e}");
+    assert!(e.to_string().contains("already used for a different request"), "{e}");
+    let retry = client.execute_as("app-1", 1, one("INSERT INTO t VALUES (5, 'keep')"), false).await.unwrap();
+    assert_eq!(retry.results[0].as_ref().unwrap().rows_affected, 1, "a true retry gets the original answer");
+    let r = client.query("SELECT s FROM t WHERE id = 5", &[], Default::default()).await.unwrap();
+    assert_eq!(r.rows, vec![vec![Value::Text("keep".into())]]);
+    // A sequence number at the top of the range would have locked the client id out for good.
+    let e = client.execute_as("app-1", u64::MAX, one("SELECT 1"), false).await.expect_err("a jump");
+    assert_eq!(e.code(), "INVALID_ARGUMENT", "{e}");
+    assert!(e.to_string().contains("jumps more than"), "{e}");
+    client.execute_as("app-1", 2, one("SELECT 1"), false).await.expect("the client id still works");
     all_answer(&cluster).await;
 }
 

@@ -21,9 +21,10 @@
 //!   meanwhile fail as `Unavailable` with nothing proposed.
 //!
 //! # Exactly once
-//! Before evaluating, a request whose id is already recorded (same client id, same seq) is
-//! answered from the record; an older seq is refused; a second copy inside one batch shares the
-//! first one's answer. Apply checks again (`Applied::duplicates`), which covers a retry that
+//! Before evaluating, a request whose id is already recorded (same client id, same seq, same
+//! digest of its statements) is answered from the record; the same id with another digest, an
+//! older seq, or a seq more than [`MAX_SEQ_GAP`] past the record is refused; a second copy inside
+//! one batch shares the first one's answer. Apply checks again (`Applied::duplicates`), which covers a retry that
 //! raced its original through a leader change.
 //!
 //! # Reads inside Execute
@@ -55,6 +56,12 @@ pub struct WriteRequest {
 }
 
 type ReplyTx = oneshot::Sender<Result<WriteReply, Error>>;
+
+/// How far one request's sequence number may run past its client's last applied one. A client
+/// goes up by one per new request (requests refused before they were proposed leave gaps);
+/// 2^32 is far beyond any real gap and keeps the top of the range 2^32 writes away, so no single
+/// request can lock a client id out.
+pub const MAX_SEQ_GAP: u64 = 1 << 32;
 
 struct Pending {
     request: WriteRequest,
@@ -260,17 +267,24 @@ impl Task {
         Ok(())
     }
 
-    /// Answers recorded requests from their records and merges duplicates within the batch.
+    /// Answers recorded requests from their records and merges duplicates within the batch;
+    /// refuses a request id reused for other statements, and sequence numbers that jump so far
+    /// that the client id could never be used again.
     fn dedup(&self, batch: Vec<Pending>, term: u64) -> Result<Vec<Work>, Error> {
         let mut work: Vec<Work> = Vec::with_capacity(batch.len());
-        let mut seen: HashMap<RequestId, usize> = HashMap::new();
+        let mut seen: HashMap<(String, u64), usize> = HashMap::new();
         for p in batch {
             let Some(rid) = p.request.request_id.clone() else {
                 work.push(Work { request: p.request, replies: vec![(p.reply, p.span)], cancel: p.cancel });
                 continue;
             };
-            if let Some(&i) = seen.get(&rid) {
-                work[i].replies.push((p.reply, p.span));
+            if let Some(&i) = seen.get(&(rid.client_id.clone(), rid.seq)) {
+                let first = work[i].request.request_id.as_ref().map(|r| r.digest);
+                if first != Some(rid.digest) {
+                    let _ = p.reply.send(Err(Error::InvalidArgument(rid.reused())));
+                } else {
+                    work[i].replies.push((p.reply, p.span));
+                }
                 continue;
             }
             let record = match self.sm.request_record(&rid.client_id) {
@@ -280,7 +294,11 @@ impl Task {
                     continue;
                 }
             };
+            let last = record.as_ref().map_or(0, |r| r.seq);
             match record {
+                Some(rec) if rec.seq == rid.seq && rec.digest != rid.digest => {
+                    let _ = p.reply.send(Err(Error::InvalidArgument(rid.reused())));
+                }
                 Some(rec) if rec.seq == rid.seq => {
                     debug!(parent: &p.span, client_id = %rid.client_id, seq = rid.seq, "answered from the exactly-once record");
                     let applied = self.sm.applied_index().unwrap_or(0);
@@ -296,8 +314,16 @@ impl Task {
                         rid.seq, rid.client_id, rec.seq
                     ))));
                 }
+                _ if rid.seq - last > MAX_SEQ_GAP => {
+                    let _ = p.reply.send(Err(Error::InvalidArgument(format!(
+                        "request {} of client {:?} jumps more than {MAX_SEQ_GAP} past its last applied \
+                         request {last}: sequence numbers go up by one per new request (a jump to \
+                         the top would lock this client id out for good)",
+                        rid.seq, rid.client_id
+                    ))));
+                }
                 _ => {
-                    seen.insert(rid, work.len());
+                    seen.insert((rid.client_id.clone(), rid.seq), work.len());
                     work.push(Work {
                         request: p.request,
                         replies: vec![(p.reply, p.span)],

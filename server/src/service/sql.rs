@@ -91,7 +91,7 @@ impl pb::sql_server::Sql for SqlService {
                 )))
             }
             Some(r) if r.seq == 0 => return Err(invalid("request_id.seq must be at least 1")),
-            Some(r) => Some(RequestId { client_id: r.client_id, seq: r.seq }),
+            Some(r) => Some((r.client_id, r.seq)),
         };
         if req.statements.is_empty() {
             return Err(invalid("the request has no statements"));
@@ -106,10 +106,10 @@ impl pb::sql_server::Sql for SqlService {
             "execute",
             node_id = self.core.id,
             term = term_now(&self.core),
-            client_id = request_id.as_ref().map(|r| r.client_id.as_str()).unwrap_or(""),
-            request_id = request_id.as_ref().map(|r| r.seq).unwrap_or(0),
+            client_id = request_id.as_ref().map(|r| r.0.as_str()).unwrap_or(""),
+            request_id = request_id.as_ref().map(|r| r.1).unwrap_or(0),
         );
-        let statements = req
+        let statements: Vec<(String, Vec<crate::changeset::Value>)> = req
             .statements
             .into_iter()
             .map(|s| (s.sql, s.params.into_iter().map(value_from_pb).collect()))
@@ -117,6 +117,7 @@ impl pb::sql_server::Sql for SqlService {
         if req.min_replicas > 1 {
             self.core.check_min_replicas(req.min_replicas as usize).map_err(status_from)?;
         }
+        let request_id = request_id.map(|(c, seq)| RequestId::new(c, seq, &statements, req.transaction));
         let write = WriteRequest { statements, transaction: req.transaction, request_id };
         let reply = match self.core.sequencer.write(write).instrument(span.clone()).await {
             Ok(r) => r,

@@ -323,6 +323,13 @@ fn apply_changeset(txn: &mut Txn<'_>, cs: &ChangeSet, log_id: LogId) -> Result<A
             let rkey = keys::request_key(&rid.client_id);
             if let Some(v) = txn.get(&rkey)? {
                 let rec: RequestRecord = decode(&v, "request record")?;
+                if rec.seq == rid.seq && rec.digest != rid.digest {
+                    // Two different requests under one id raced through a leader change.
+                    let err =
+                        StatementError { kind: ErrorKind::Invalid, message: rid.reused(), position: None };
+                    applied.duplicates.push((position, vec![Err(err)]));
+                    continue;
+                }
                 if rec.seq == rid.seq {
                     applied.duplicates.push((position, rec.outcomes));
                     continue;
@@ -345,7 +352,7 @@ fn apply_changeset(txn: &mut Txn<'_>, cs: &ChangeSet, log_id: LogId) -> Result<A
             })?;
         }
         if let Some(rid) = &req.request_id {
-            let rec = RequestRecord { seq: rid.seq, outcomes: req.outcomes.clone() };
+            let rec = RequestRecord { seq: rid.seq, digest: rid.digest, outcomes: req.outcomes.clone() };
             txn.put(keys::request_key(&rid.client_id), encode(&rec)?);
         }
     }

@@ -193,7 +193,7 @@ async fn store_index_maintenance_across_update_delete_drop() {
 
 fn with_id(client: &str, seq: u64, changes: Vec<Change>, rows_affected: u64) -> RequestEffects {
     RequestEffects {
-        request_id: Some(RequestId { client_id: client.into(), seq }),
+        request_id: Some(RequestId { client_id: client.into(), seq, digest: [seq as u8; 16] }),
         changes,
         outcomes: vec![Ok(StatementResult { rows_affected, ..Default::default() })],
     }
@@ -239,6 +239,15 @@ async fn store_apply_is_exactly_once() {
     ]);
     let applied = apply(&mut sm, vec![normal(3, twice)]).await;
     assert_eq!(applied[0].duplicates.len(), 1);
+    assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 4, 5]);
+
+    // The same id for another request (another digest) is refused, not answered with the
+    // first request's outcome, and changes nothing.
+    let mut other = with_id("c3", 1, vec![user(7, "z", I(7))], 1);
+    other.request_id.as_mut().unwrap().digest = [0xee; 16];
+    let applied = apply(&mut sm, vec![normal(4, ChangeSet::new(vec![other]))]).await;
+    let err = applied[0].duplicates[0].1[0].as_ref().unwrap_err();
+    assert!(err.message.contains("already used for a different request"), "{}", err.message);
     assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 4, 5]);
 }
 
