@@ -51,6 +51,7 @@ schedules! {
     slow_follower => "slow-follower",
     lost_response => "lost-response",
     clock_skew => "clock-skew",
+    byzantine_client => "byzantine-client",
 }
 
 /// The checkers are not blind: the same schedule with the register workload reading at `ANY`

@@ -3,10 +3,11 @@
 //! nothing — in particular a heartbeat in term 2^64−1 no longer moves every node to that term
 //! and panics the next election (it bricked the cluster for good).
 
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+use openraft::raft::VoteRequest;
+use openraft::{CommittedLeaderId, LogId, Vote};
 use raftsql_client::pb;
-use raftsql_server::typ::{Entry, TypeConfig};
+use raftsql_server::typ::TypeConfig;
+use raftsql_tests::nemesis::byzantine::append;
 use raftsql_tests::{Cluster, ClusterOptions};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,22 +48,6 @@ async fn send(
         _ => client.vote(msg).await,
     };
     reply.expect_err("a forged message must be refused")
-}
-
-fn append(term: u64, leader: u64, prev: Option<LogId<u64>>, entries: &[(u64, u64)]) -> Vec<u8> {
-    let rpc: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
-        vote: Vote::new_committed(term, leader),
-        prev_log_id: prev,
-        entries: entries
-            .iter()
-            .map(|&(t, i)| Entry {
-                log_id: LogId::new(CommittedLeaderId::new(t, leader), i),
-                payload: EntryPayload::Blank,
-            })
-            .collect(),
-        leader_commit: None,
-    };
-    bincode::serialize(&rpc).unwrap()
 }
 
 /// A 3-node cluster with table `t`: (cluster, leader, a follower, a client).

@@ -5,9 +5,11 @@
 //!   a link in one or both directions, slow it or make it lossy, and heal it.
 //! - [`history`]: the JSON-lines history each workload records (invoke / ok / fail / info).
 //! - [`workload`]: list-append, register, bank and session clients that record histories.
+//! - [`byzantine`]: the byzantine-client schedule's forged peer messages and pathological SQL.
 //! - [`check`]: the checkers that decide, from a history alone, whether it is consistent.
 //! - [`run`]: one run of a schedule: cluster, workloads, nemesis, heal, verdict.
 
+pub mod byzantine;
 pub mod check;
 pub mod history;
 pub mod net;
@@ -63,4 +65,6 @@ pub const SCHEDULES: &[Schedule] = &[
         "the leader's replies to clients are dropped: a committed write must come back indeterminate, and its retry under the same request id must not apply it twice"),
     Schedule { skewed_clock: true, ..schedule("clock-skew", 3, (4_500, 7_000),
         "one node's wall clock runs two hours ahead (--clock-offset-ms) and leads part of the run: NOW() values in rows, some from the shifted clock, are identical on every replica") },
+    schedule("byzantine-client", 3, (3_000, 5_000),
+        "a client sends forged and malformed peer messages (terms near 2^64, wrong incarnations or cluster, garbage payloads and snapshots) and pathological SQL (huge expressions, backtracking LIKE, cross joins, 40,000 parameters, reused request ids) to every node: each is refused with a typed error and nothing else changes"),
 ];

@@ -216,8 +216,14 @@ async fn drive(
 
     // The nemesis, for `time`.
     let nemesis_until = Instant::now() + time;
-    let mut faults =
-        Faults { nem: nem.clone(), paused: Vec::new(), count: 0, probes: Probes::default(), skewed };
+    let mut faults = Faults {
+        nem: nem.clone(),
+        paused: Vec::new(),
+        count: 0,
+        probes: Probes::default(),
+        skewed,
+        byzantine: Default::default(),
+    };
     let nemesis_result = nemesis(schedule, cluster, rng, nemesis_until, &mut faults).await;
     if let Err(e) = &nemesis_result {
         problems.push(format!("the nemesis could not carry out its schedule: {e}"));
@@ -319,6 +325,17 @@ async fn drive(
         }
     }
 
+    if schedule.name == "byzantine-client" {
+        let t = &faults.byzantine;
+        notes.push(t.note());
+        problems.extend(t.problems.iter().cloned());
+        if t.peer_refused == 0 || t.sql_answered == 0 {
+            problems.push(
+                "the byzantine client sent nothing that was judged: the schedule proved nothing".into(),
+            );
+        }
+    }
+
     let verdicts = vec![
         check::check_list_append(&la_events),
         check::check_register(&reg.events()),
@@ -345,6 +362,8 @@ struct Faults {
     probes: Probes,
     /// The node with the shifted clock (clock-skew only).
     skewed: Option<u64>,
+    /// What the byzantine client saw (byzantine-client only).
+    byzantine: super::byzantine::Tally,
 }
 
 #[derive(Default)]
@@ -528,6 +547,15 @@ async fn nemesis(
                 if leader != skewed {
                     make_leader(cluster, skewed, leader, until, f).await;
                 }
+            }
+            "byzantine-client" => {
+                let d = Duration::from_millis(rng.gen_range(schedule.fault_ms.0..schedule.fault_ms.1));
+                f.log("byzantine", json!({"ms": d.as_millis() as u64}));
+                let client = Client::connect(cluster.listens()).await.map_err(|e| e.to_string())?;
+                let end = (Instant::now() + d).min(until);
+                super::byzantine::burst(cluster, &client, rng, end, &mut f.byzantine).await;
+                hold(rng, 1_500..3_000, until).await;
+                continue;
             }
             other => return Err(format!("schedule {other} has no nemesis")),
         }
