@@ -44,16 +44,22 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn start(db: sled::Db) -> io::Result<Flusher> {
+    /// Starts the flusher thread. After each successful fsync it advances `mark` (see
+    /// `watermark`) to what was durable at the fsync's start.
+    pub(crate) fn start(db: sled::Db, mut mark: super::watermark::Keeper) -> io::Result<Flusher> {
         let (tx, rx) = mpsc::channel::<Done>();
         let thread = std::thread::Builder::new().name("raftsql-flush".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
+                let durable = mark.before_flush();
                 let result = {
                     let _busy = crate::watchdog::FSYNC.enter(waiting.len() as u64);
                     db.flush()
                 };
+                if result.is_ok() {
+                    mark.after_flush(durable);
+                }
                 tracing::trace!(requests = waiting.len(), ok = result.is_ok(), "group fsync");
                 for done in waiting {
                     let r = match &result {

@@ -20,6 +20,7 @@
 //! where the up-to-date-log rule picks a node that has every committed entry.
 
 use super::flusher::{Done, Flusher};
+use super::watermark::Mark;
 use super::{decode, encode, Error};
 use crate::typ::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -31,6 +32,46 @@ use std::sync::Arc;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The two trees as the watermark reads them (see `watermark`), apart from any [`LogStore`]:
+/// the flusher needs them before the log store exists.
+pub(crate) struct Trees {
+    log: sled::Tree,
+    raft: sled::Tree,
+}
+
+impl Trees {
+    pub(crate) fn open(db: &sled::Db) -> Result<Trees, Error> {
+        let log = db.open_tree("log").map_err(Error::sled("open the log tree"))?;
+        let raft = db.open_tree("raft").map_err(Error::sled("open the raft metadata tree"))?;
+        Ok(Trees { log, raft })
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        self.raft.get(key).ok().flatten().and_then(|v| decode(&v, "raft metadata").ok())
+    }
+
+    /// What the database holds: the vote's term, and the last log index (or the purge point).
+    pub(crate) fn holds(&self) -> Mark {
+        let term = self.get::<Vote>(KEY_VOTE).map_or(0, |v| v.leader_id().term);
+        let last = self
+            .log
+            .last()
+            .ok()
+            .flatten()
+            .map_or(0, |(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+        let purged = self.get::<LogId>(KEY_LAST_PURGED).map_or(0, |l| l.index);
+        Mark { term, index: last.max(purged) }
+    }
+
+    /// What a flush starting now makes durable for good: the vote's term, and the log up to the
+    /// committed index (entries above it may still be truncated).
+    pub(crate) fn durable_bound(&self) -> Mark {
+        let holds = self.holds();
+        let committed = self.get::<Option<LogId>>(KEY_COMMITTED).flatten().map_or(0, |l| l.index);
+        Mark { term: holds.term, index: holds.index.min(committed) }
+    }
+}
 
 /// The Raft log and vote of this node. Cheap to clone; clones share the trees.
 #[derive(Clone)]

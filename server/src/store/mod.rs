@@ -14,6 +14,8 @@
 //! ```text
 //! data_dir/
 //!   node_id               the node id this dir belongs to (text), written once by `open`
+//!   watermark             vote term and committed log index that were fsynced: sled must
+//!                         hold at least that at start-up (see `watermark`)
 //!   incarnation           this dir's incarnation (16 hex digits, random, never 0), written
 //!                         once by `open` just before node_id (see `typ::Member`)
 //!   db/                   one sled::Db:
@@ -94,6 +96,7 @@ mod snapshot;
 mod state_machine;
 #[cfg(test)]
 mod tests;
+mod watermark;
 
 pub use log::LogStore;
 pub use snapshot::{verify as verify_snapshot, SnapshotBuilder, MAX_RECORD_BYTES};
@@ -244,7 +247,12 @@ pub fn open(opts: &Options) -> Result<(LogStore, StateMachine), Error> {
             return Err(Error::Corrupt { path: db_path, reason });
         }
     };
-    let flusher = Arc::new(Flusher::start(db.clone()).map_err(Error::io("start the flusher thread"))?);
+    // A database that lost Raft state it had fsynced is refused (see `watermark`).
+    let trees = log::Trees::open(&db)?;
+    watermark::check(dir, &db_path, trees.holds())?;
+    let keeper = watermark::Keeper::new(dir, Box::new(move || trees.durable_bound()))?;
+    let flusher =
+        Arc::new(Flusher::start(db.clone(), keeper).map_err(Error::io("start the flusher thread"))?);
     let log = LogStore::open(&db, opts.node_id, flusher.clone())?;
     let sm = StateMachine::open(&db, flusher, dir.join("snapshots"), incarnation)?;
     tracing::info!(

@@ -340,6 +340,57 @@ async fn store_snapshot_damage_is_detected_before_install() {
     assert_eq!(dump(&sm_b), dump(&sm_a));
 }
 
+/// sled drops every record after a damaged one when it opens, silently; the watermark turns
+/// that into a refusal to start. Simulated here by removing fsynced entries and the vote behind
+/// the store's back, as such a recovery would.
+#[tokio::test]
+async fn store_refuses_a_database_that_lost_fsynced_raft_state() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open(&opts(dir.path(), 1)).unwrap();
+        let entries: Vec<Entry> =
+            (1..=5).map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank }).collect();
+        log.blocking_append(entries).await.unwrap();
+        log.save_committed(Some(log_id(4))).await.unwrap();
+        // A new term: the mark is written with the flush that makes the vote durable.
+        log.save_vote(&Vote::new(3, 1)).await.unwrap();
+    }
+    let mark = watermark::read(&dir.path().join("data")).unwrap().expect("a mark was written");
+    assert_eq!(mark, watermark::Mark { term: 3, index: 4 }, "committed and durable, not beyond");
+    assert!(open(&opts(dir.path(), 1)).is_ok(), "a healthy database passes");
+
+    // Entry 5 was never committed: losing it (a truncation) is legal.
+    let lose = |keys: &[&[u8]], tree: &str| {
+        let db = sled::open(dir.path().join("data/db")).unwrap();
+        let t = db.open_tree(tree).unwrap();
+        for k in keys {
+            t.remove(k).unwrap();
+        }
+        db.flush().unwrap();
+    };
+    lose(&[&5u64.to_be_bytes()], "log");
+    assert!(open(&opts(dir.path(), 1)).is_ok(), "an uncommitted entry may go");
+    lose(&[&4u64.to_be_bytes()], "log");
+    let err = open(&opts(dir.path(), 1)).err().expect("a committed entry lost");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("lost Raft state that was durable") && text.contains("under a new --id"), "{text}");
+    // The vote too.
+    let db = sled::open(dir.path().join("data/db")).unwrap();
+    db.open_tree("log")
+        .unwrap()
+        .insert(
+            4u64.to_be_bytes(),
+            encode(&Entry { log_id: log_id(4), payload: EntryPayload::Blank }).unwrap(),
+        )
+        .unwrap();
+    db.open_tree("raft").unwrap().insert(b"vote", encode(&Vote::new(2, 1)).unwrap()).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let err = open(&opts(dir.path(), 1)).err().expect("a vote lost");
+    assert!(err.to_string().contains("vote term 2"), "{err}");
+}
+
 #[tokio::test]
 async fn store_reopen_keeps_vote_log_and_applied_state() {
     let dir = tempfile::tempdir().unwrap();
