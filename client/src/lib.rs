@@ -622,19 +622,25 @@ impl Client {
                 Err(e) if pinned.is_some() && !follow => return Err(e),
                 Err(e) => e,
             };
-            if Instant::now() + backoff >= deadline {
-                return Err(err);
-            }
             attempt += 1;
             match &err {
+                // A redirect is not a failure: no back-off, and it is followed while time
+                // remains, so a caller near its deadline gets the leader's answer, not the
+                // follower's redirect.
                 Error::NotLeader { leader_addr, .. }
-                    if follow && !leader_addr.is_empty() && *leader_addr != target =>
+                    if follow
+                        && !leader_addr.is_empty()
+                        && *leader_addr != target
+                        && Instant::now() < deadline =>
                 {
                     target = leader_addr.clone();
-                    continue; // a redirect is not a failure: no back-off
+                    continue;
                 }
                 Error::NotLeader { .. } if !follow => return Err(err),
                 _ => {}
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(err);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));

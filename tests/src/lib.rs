@@ -436,6 +436,14 @@ impl Cluster {
         }
     }
 
+    /// A running node's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self, id: u64) -> Option<u64> {
+        let pid = self.nodes.get(&id)?.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?;
+        kb.parse::<u64>().ok().map(|kb| kb * 1024)
+    }
+
     /// SIGKILL a node and reap it.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
