@@ -99,6 +99,11 @@ pub struct Config {
     /// GROUP BY, DISTINCT, subqueries; strings built), estimated bytes.
     #[arg(long, env = "RAFTSQL_MAX_QUERY_MEMORY", default_value_t = crate::sql::limits::DEFAULT_MAX_MEMORY)]
     pub max_query_memory: usize,
+    /// Memory all of this node's evaluations (their working memory, as --max-query-memory
+    /// counts it) and the query results waiting for their readers may hold together, estimated
+    /// bytes. Past it, requests are refused with RESOURCE_EXHAUSTED until memory is free again.
+    #[arg(long, env = "RAFTSQL_MAX_NODE_MEMORY", default_value_t = crate::sql::limits::DEFAULT_NODE_MEMORY)]
+    pub max_node_memory: usize,
     /// Bytes of SQL text one request may carry.
     #[arg(long, env = "RAFTSQL_MAX_SQL_BYTES", default_value_t = crate::sql::limits::DEFAULT_MAX_SQL_BYTES)]
     pub max_sql_bytes: usize,
@@ -249,6 +254,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_entry_bytes: cfg.max_entry_bytes,
             max_entry_rows: cfg.max_entry_rows,
             max_inflight: cfg.max_inflight_requests.max(1),
+            memory: crate::sql::MemoryPool::new(cfg.max_node_memory),
             request_limits: crate::sql::RequestLimits {
                 max_sql_bytes: cfg.max_sql_bytes,
                 max_statements: cfg.max_statements,

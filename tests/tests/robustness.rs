@@ -351,3 +351,66 @@ async fn a_thousand_clients_are_served_or_shed_and_the_leader_keeps_its_role() {
     }
     all_answer(&cluster).await;
 }
+
+/// 1,000 slow stream readers pushed followers to 2.6-3.4 GB: every result stayed in memory for
+/// as long as its reader took. Now results waiting for their readers are held against the node's
+/// memory (`--max-node-memory`): once it is full, more reads are refused with RESOURCE_EXHAUSTED
+/// naming the flag, and memory is free again when the slow readers go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cannot_pile_up_results() {
+    let (cluster, _leader, follower) = start(&["--max-node-memory=16000000"]).await;
+    let client = cluster.client().await;
+    exec(&client, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
+    let pad = "x".repeat(4000);
+    for chunk in 0..5 {
+        let values: Vec<String> = (0..200).map(|i| format!("({}, '{pad}')", chunk * 200 + i)).collect();
+        exec(&client, &format!("INSERT INTO t VALUES {}", values.join(","))).await;
+    }
+    wait_rows(&cluster, &client, follower, "SELECT count(*) FROM t", vec![vec![Value::Integer(1000)]]).await;
+
+    // Readers that take the first page of a ~4 MB result and then stop reading.
+    // One connection each: readers that stop reading fill their connection's flow-control
+    // window, which would stall any other stream on it.
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.listen(follower))).unwrap();
+    let channel = || endpoint.connect_lazy();
+    let request = || raftsql_client::pb::QueryRequest {
+        sql: "SELECT id, v FROM t".into(),
+        consistency: raftsql_client::pb::Consistency::Any as i32,
+        page_rows: 10,
+        ..Default::default()
+    };
+    let mut slow = Vec::new();
+    let refused = loop {
+        let mut sql = raftsql_client::pb::sql_client::SqlClient::new(channel());
+        match tokio::time::timeout(WAIT, sql.query(request())).await.expect("an answer") {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                let first =
+                    tokio::time::timeout(WAIT, stream.message()).await.expect("the first page in time");
+                first.expect("the first page").expect("a page");
+                slow.push(stream);
+                assert!(slow.len() < 20, "20 results of ~4 MB held with a 16 MB node budget");
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("--max-node-memory"), "{refused:?}");
+    assert!((2..=4).contains(&slow.len()), "{} results held before the refusal", slow.len());
+
+    // The slow readers go away: their memory is free, and the same read is served.
+    drop(slow);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.query("SELECT count(*) FROM t", &[], pinned(&cluster, follower)).await {
+            Ok(_) => match raftsql_client::pb::sql_client::SqlClient::new(channel()).query(request()).await {
+                Ok(_) => break,
+                Err(s) => assert!(Instant::now() < deadline, "memory never came back: {s:?}"),
+            },
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    all_answer(&cluster).await;
+}

@@ -149,6 +149,8 @@ pub struct Options {
     pub max_inflight: usize,
     /// SQL bytes, statements and parameters of one request, checked before evaluation.
     pub request_limits: crate::sql::RequestLimits,
+    /// The node's memory for evaluations and unread results (`--max-node-memory`), shared.
+    pub memory: std::sync::Arc<crate::sql::MemoryPool>,
 }
 
 impl Default for Options {
@@ -169,6 +171,7 @@ impl Default for Options {
             max_entry_rows: 50_000,
             max_inflight: 512,
             request_limits: crate::sql::RequestLimits::default(),
+            memory: crate::sql::MemoryPool::new(crate::sql::limits::DEFAULT_NODE_MEMORY),
         }
     }
 }

@@ -86,6 +86,7 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
     };
     budget.cancel = req.cancel.clone();
     budget.max_memory = core.options.max_query_memory;
+    budget.pool = Some(core.options.memory.clone());
     let sm = core.sm.clone();
     let (sql, params, limit) = (req.sql, req.params, core.options.max_result_bytes);
     // NOW() in a read is this node's time, as in SQLite; RANDOM() is fresh per read.
@@ -193,7 +194,8 @@ fn bounded(core: &Core, max: Duration) -> Result<(), Error> {
     }
 }
 
-fn estimate_size(r: &StatementResult) -> usize {
+/// A result's size as it is counted against --max-result-bytes and --max-node-memory.
+pub(crate) fn estimate_size(r: &StatementResult) -> usize {
     r.rows
         .iter()
         .map(|row| {

@@ -340,6 +340,7 @@ impl Task {
             work.iter().map(|w| (w.request.clone(), w.cancel.clone())).collect();
         let limit = self.options.write_eval_timeout;
         let (max_memory, max_rows) = (self.options.max_query_memory, self.options.max_rows_per_request);
+        let pool = self.options.memory.clone();
         let sm = self.sm.clone();
         let ctx = crate::sql::Context {
             now_millis: super::wall_clock_millis(self.options.clock_offset_ms),
@@ -360,6 +361,7 @@ impl Task {
                         );
                         budget.cancel = cancel.clone();
                         budget.max_memory = max_memory;
+                        budget.pool = Some(pool.clone());
                         budget.max_rows_written = max_rows;
                         executor.set_budget(budget);
                         executor.execute(&r.statements, r.transaction)

@@ -210,6 +210,14 @@ impl pb::sql_server::Sql for SqlService {
                 tracing::debug!(parent: &span, error = %e, "query failed");
                 status_from(e)
             })?;
+        // The result stays in memory until the reader has taken it all: it is held against the
+        // node's memory (--max-node-memory), so slow readers cannot pile results up unbounded.
+        let held = self
+            .core
+            .options
+            .memory
+            .hold(crate::raft::read::estimate_size(&result))
+            .map_err(|e| status_from(e.into()))?;
         let page = if req.page_rows == 0 { DEFAULT_PAGE_ROWS } else { req.page_rows as usize };
         let mut pages: Vec<pb::QueryResponse> = result
             .rows
@@ -225,7 +233,7 @@ impl pb::sql_server::Sql for SqlService {
         pages[0].columns = result.columns;
         pages.last_mut().expect("at least one page").receipt = Some(receipt_to_pb(&receipt));
         let pages = pages.into_iter().map(move |p| {
-            let _held_until_the_stream_ends = &admitted;
+            let _held_until_the_stream_ends = (&admitted, &held);
             Ok(p)
         });
         Ok(tonic::Response::new(Box::pin(tokio_stream::iter(pages))))

@@ -7,7 +7,7 @@ use crate::changeset::Value;
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,74 @@ pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
 
 /// Rows one statement may examine (scanned, fetched or joined) before it is stopped.
 pub const MAX_ROWS_EXAMINED: u64 = 50_000_000;
+
+/// Working memory all evaluations of one node may hold together, with the query results
+/// waiting for their readers (`--max-node-memory`).
+pub const DEFAULT_NODE_MEMORY: usize = 1 << 30;
+
+/// One node's memory for evaluations and unread results, shared by every request: each charge
+/// of a [`Meter`] takes from it before allocating, and gives back when the statement ends; a
+/// query's result takes from it until its stream ends ([`MemoryPool::hold`]). With the
+/// per-statement limit this bounds what many concurrent or slow clients can make a node hold.
+#[derive(Debug)]
+pub struct MemoryPool {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryPool {
+    pub fn new(limit: usize) -> Arc<MemoryPool> {
+        Arc::new(MemoryPool { limit, used: AtomicUsize::new(0) })
+    }
+
+    /// Takes `bytes` if they fit under the limit.
+    pub fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(bytes).filter(|&n| n <= self.limit)
+            })
+            .is_ok()
+    }
+
+    pub fn give(&self, bytes: usize) {
+        let _ =
+            self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bytes)));
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `bytes` until the returned hold is dropped; `Err` names the flag.
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> Result<PoolHold, Error> {
+        if self.try_take(bytes) {
+            Ok(PoolHold { pool: self.clone(), bytes })
+        } else {
+            Err(self.busy())
+        }
+    }
+
+    fn busy(&self) -> Error {
+        Error::Busy(format!(
+            "this node's evaluations and unread results together hold {} of memory (--max-node-memory): \
+             retry shortly, or at another node",
+            human_bytes(self.limit)
+        ))
+    }
+}
+
+/// Memory taken from a [`MemoryPool`], given back when dropped.
+#[derive(Debug)]
+pub struct PoolHold {
+    pool: Arc<MemoryPool>,
+    bytes: usize,
+}
+
+impl Drop for PoolHold {
+    fn drop(&mut self) {
+        self.pool.give(self.bytes);
+    }
+}
 
 /// Work units between two looks at the clock and the cancellation flag: cheap enough to run
 /// inside every loop, frequent enough (well under a millisecond of work) to stop promptly.
@@ -41,6 +109,9 @@ pub struct Budget {
     pub max_memory: usize,
     /// Rows one request may write (`--max-rows-per-request`).
     pub max_rows_written: u64,
+    /// The node-wide memory every charge also takes from (`--max-node-memory`); None: no
+    /// node-wide bound (tests of the SQL layer alone).
+    pub pool: Option<Arc<MemoryPool>>,
 }
 
 impl Default for Budget {
@@ -51,6 +122,7 @@ impl Default for Budget {
             cancel: Arc::new(AtomicBool::new(false)),
             max_memory: DEFAULT_MAX_MEMORY,
             max_rows_written: u64::MAX,
+            pool: None,
         }
     }
 }
@@ -81,8 +153,16 @@ pub struct Meter {
     budget: Budget,
     ticks: Cell<u32>,
     memory: Cell<usize>,
+    /// What this meter took from the budget's pool (equals `memory` when there is a pool).
+    pooled: Cell<usize>,
     examined: Cell<u64>,
     written: Cell<u64>,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.release_to(0);
+    }
 }
 
 impl Meter {
@@ -91,6 +171,7 @@ impl Meter {
             budget,
             ticks: Cell::new(0),
             memory: Cell::new(0),
+            pooled: Cell::new(0),
             examined: Cell::new(0),
             written: Cell::new(0),
         }
@@ -102,6 +183,7 @@ impl Meter {
 
     /// Starts a statement: memory and examined rows count per statement.
     pub fn start_statement(&self) {
+        self.release_to(0);
         self.memory.set(0);
         self.examined.set(0);
     }
@@ -177,8 +259,25 @@ impl Meter {
                 human_bytes(self.budget.max_memory)
             )));
         }
+        if let Some(pool) = &self.budget.pool {
+            if !pool.try_take(bytes) {
+                return Err(pool.busy());
+            }
+            self.pooled.set(self.pooled.get() + bytes);
+        }
         self.memory.set(used);
         self.tick()
+    }
+
+    /// Gives back to the pool what this meter holds above `bytes`.
+    fn release_to(&self, bytes: usize) {
+        let pooled = self.pooled.get();
+        if pooled > bytes {
+            if let Some(pool) = &self.budget.pool {
+                pool.give(pooled - bytes);
+            }
+            self.pooled.set(bytes);
+        }
     }
 
     /// Working memory reserved so far in this statement.
@@ -188,6 +287,7 @@ impl Meter {
 
     /// Returns working memory: what a finished subquery held is free again.
     pub fn set_memory(&self, bytes: usize) {
+        self.release_to(bytes);
         self.memory.set(bytes);
     }
 
@@ -544,6 +644,29 @@ mod tests {
 
     fn texts(sql: &str) -> Vec<(&str, u32, u32)> {
         pieces(sql).map(|p| (p.text, p.line, p.column)).collect()
+    }
+
+    #[test]
+    fn the_node_pool_is_shared_and_given_back() {
+        let pool = MemoryPool::new(1000);
+        let budget = Budget { pool: Some(pool.clone()), max_memory: 800, ..Budget::default() };
+        let a = Meter::new(budget.clone());
+        let b = Meter::new(budget);
+        a.charge(600).unwrap();
+        assert!(matches!(b.charge(600), Err(Error::Busy(m)) if m.contains("--max-node-memory")));
+        assert!(Error::Busy(String::new()).aborts_request(), "never recorded as a statement outcome");
+        b.charge(300).unwrap();
+        assert_eq!(pool.used(), 900);
+        a.set_memory(100); // a subquery's memory returned
+        assert_eq!(pool.used(), 400);
+        a.start_statement();
+        assert_eq!(pool.used(), 300);
+        drop(b);
+        assert_eq!(pool.used(), 0);
+        let held = pool.hold(1000).unwrap();
+        assert!(pool.hold(1).is_err());
+        drop(held);
+        assert_eq!(pool.used(), 0);
     }
 
     #[test]

@@ -33,13 +33,15 @@
 //! - **Working memory**: intermediate rows and built strings are charged in estimated bytes
 //!   *before* they are allocated, per statement (`--max-query-memory`); a finished subquery's
 //!   working memory is returned. Rows examined per statement are bounded too. `Error::Limit`.
+//!   Every charge also takes from the node's [`limits::MemoryPool`] (`--max-node-memory`),
+//!   shared by all requests and by results waiting for slow readers: `Error::Busy`.
 //! - **Rows written per request** (`--max-rows-per-request`): `Error::RequestTooLarge`.
 //! - **Linear batches**: statements are parsed one at a time (`limits::pieces` splits a text
 //!   without tokenizing it all) and a failed statement is undone through the overlay's undo log,
 //!   not by copying the overlay, so a request of n statements costs O(n).
 //!
 //! Errors that say something about this evaluation rather than about the statement
-//! (`Interrupted`, `RequestTooLarge`, `Read`: [`Error::aborts_request`]) end the whole request:
+//! (`Interrupted`, `RequestTooLarge`, `Read`, `Busy`: [`Error::aborts_request`]) end the whole request:
 //! the [`Executor`] undoes all of it and returns `Err`, and the sequencer answers it directly
 //! without recording an outcome, so an exactly-once record never replays a timeout.
 
@@ -53,7 +55,8 @@ mod run;
 
 pub use exec::{query, query_with, Executor};
 pub use limits::{
-    check_request, Budget, CancelOnDrop, RequestLimits, MAX_EXPR_DEPTH, MAX_LIKE_PATTERN_BYTES,
+    check_request, Budget, CancelOnDrop, MemoryPool, PoolHold, RequestLimits, MAX_EXPR_DEPTH,
+    MAX_LIKE_PATTERN_BYTES,
 };
 pub use overlay::MemoryView;
 
@@ -68,7 +71,7 @@ pub struct Context {
     pub seed: u64,
 }
 
-/// Why a statement failed. Every variant but `Interrupted`, `RequestTooLarge` and `Read` is
+/// Why a statement failed. Every variant but `Interrupted`, `RequestTooLarge`, `Read` and `Busy` is
 /// deterministic: the same statement on the same state fails the same way on every node, so the
 /// failure can be recorded as the statement's outcome (see [`Error::aborts_request`]).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -106,6 +109,10 @@ pub enum Error {
     /// The deadline passed or the caller went away: not a property of the statement.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// The node's shared memory for evaluations (`--max-node-memory`) is in use by other
+    /// requests: not a property of the statement.
+    #[error("node busy: {0}")]
+    Busy(String),
 }
 
 impl Error {
@@ -120,7 +127,7 @@ impl Error {
             | Error::NoSuchColumn { .. }
             | Error::NoSuchColumnName(_) => ErrorKind::NotFound,
             Error::Invalid(_) | Error::Read(_) => ErrorKind::Invalid,
-            Error::Limit(_) | Error::RequestTooLarge(_) => ErrorKind::Limit,
+            Error::Limit(_) | Error::RequestTooLarge(_) | Error::Busy(_) => ErrorKind::Limit,
             Error::Interrupted(_) => ErrorKind::Interrupted,
         }
     }
@@ -130,7 +137,7 @@ impl Error {
     /// storage read, the request's size), not about a statement, so a retry may well succeed and
     /// must not be answered from an exactly-once record.
     pub fn aborts_request(&self) -> bool {
-        matches!(self, Error::Interrupted(_) | Error::RequestTooLarge(_) | Error::Read(_))
+        matches!(self, Error::Interrupted(_) | Error::RequestTooLarge(_) | Error::Read(_) | Error::Busy(_))
     }
 }
 
