@@ -1363,3 +1363,41 @@ mod bounds {
         }
     }
 }
+
+/// Inputs the fuzz tests (server/tests/fuzz, docs/testing.md "Fuzzing") found failing, each
+/// reduced to the statement that shows it.
+#[cfg(test)]
+mod fuzz_findings {
+    use super::*;
+    use crate::sql::MemoryView;
+
+    const CTX: Context = Context { now_millis: 1_700_000_000_000, seed: 7 };
+
+    fn one(sql: &str) -> Result<Vec<Row>, Error> {
+        query(&MemoryView::new(), sql, &[], CTX).map(|r| r.rows)
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    /// `substr` with a start and a length near i64's bounds overflowed `len + start - 1`
+    /// (a panic in a debug build, a wrapped, wrong answer in release).
+    #[test]
+    fn substr_with_extreme_arguments_does_not_overflow() {
+        let big = "-4611686018427387915";
+        assert_eq!(one(&format!("SELECT substr('abc', {big}, {big})")).unwrap(), [[text("")]]);
+        // As SQLite: the start moves to 1 and takes the length with it (i64::MAX + i64::MIN + 3).
+        assert_eq!(
+            one("SELECT substr('abc', -9223372036854775808, 9223372036854775807)").unwrap(),
+            [[text("ab")]]
+        );
+        assert_eq!(
+            one("SELECT substr('abc', 9223372036854775807, 9223372036854775807)").unwrap(),
+            [[text("")]]
+        );
+        assert_eq!(one("SELECT substr('abc', 2, -9223372036854775808)").unwrap(), [[text("a")]]);
+        assert_eq!(one("SELECT substr('abc', 0, -9223372036854775808)").unwrap(), [[text("")]]);
+        assert_eq!(one("SELECT substr('abcdef', -2, 9223372036854775807)").unwrap(), [[text("ef")]]);
+    }
+}
