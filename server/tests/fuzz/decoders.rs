@@ -187,8 +187,9 @@ fn decodes<M: Message + Default>(b: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The service's default request limits.
 fn limits() -> RequestLimits {
-    RequestLimits { max_sql_bytes: 1 << 20, max_statements: 1_000, max_params: 100 }
+    RequestLimits::default()
 }
 
 pub fn check_client(input: ClientInput) -> Result<(), TestCaseError> {

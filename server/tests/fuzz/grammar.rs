@@ -9,7 +9,6 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::select;
 use raftsql_server::changeset::Value;
-use std::sync::Arc;
 
 /// The fixed schema's tables and columns, and one name that does not exist.
 pub const TABLES: &[(&str, &[&str])] = &[
@@ -20,7 +19,32 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("nosuch", &["x"]),
 ];
 
-type Cols = Arc<Vec<String>>;
+/// A column reference is generated as a marker, `\u{1}N\u{2}`, and resolved to the N-th
+/// column in scope (modulo their number) by the statement or SELECT that owns it, once its
+/// FROM clause is known (`resolve`). So every strategy is built once per run: generating
+/// columns from a scope with `prop_flat_map` built a new strategy tree for every case and cost
+/// more than evaluating it.
+const MARK_OPEN: char = '\u{1}';
+const MARK_CLOSE: char = '\u{2}';
+
+/// Replaces the column markers in `sql` by columns of `cols` (by literals when there are none).
+fn resolve(sql: &str, cols: &[String]) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(open) = rest.find(MARK_OPEN) {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find(MARK_CLOSE).expect("a marker is closed");
+        let n: usize = after[..close].parse().expect("a marker holds a number");
+        match cols.len() {
+            0 => out.push_str(["1", "NULL", "'x'"][n % 3]),
+            len => out.push_str(&cols[n % len]),
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
 
 fn s(x: &str) -> String {
     x.to_string()
@@ -91,13 +115,10 @@ fn literal() -> BoxedStrategy<String> {
     .boxed()
 }
 
-/// A column reference: one of `cols` (qualified or not), now and then one that does not exist.
-fn column(cols: &Cols) -> BoxedStrategy<String> {
-    if cols.is_empty() {
-        return literal();
-    }
+/// A column reference: a marker for a column in scope, now and then one that does not exist.
+fn column() -> BoxedStrategy<String> {
     prop_oneof![
-        60 => select(cols.to_vec()),
+        60 => (0usize..64).prop_map(|n| format!("{MARK_OPEN}{n}{MARK_CLOSE}")),
         1 => select(vec!["nocol", "rowid", "t1.a", "users.id", "x.y.z"]).prop_map(s),
     ]
     .boxed()
@@ -193,10 +214,11 @@ const TYPES: &[&str] = &[
     "NOPE",
 ];
 
-/// An expression over `cols`; `depth` > 0 allows subqueries (each one level shallower).
-pub fn expr(cols: Cols, depth: u32) -> BoxedStrategy<String> {
-    let leaf = prop_oneof![3 => literal(), 3 => column(&cols)];
-    leaf.prop_recursive(4, 32, 4, move |inner| {
+/// An expression (its columns as markers); `depth` > 0 allows subqueries (each one level
+/// shallower, their own columns resolved inside them).
+pub fn expr(depth: u32) -> BoxedStrategy<String> {
+    let leaf = prop_oneof![3 => literal(), 3 => column()];
+    leaf.prop_recursive(3, 16, 3, move |inner| {
         let mut options: Vec<(u32, BoxedStrategy<String>)> = vec![
             (
                 8,
@@ -347,8 +369,8 @@ fn from_clause(depth: u32) -> BoxedStrategy<(String, Vec<String>)> {
         ),
         0..3,
     );
-    let mut options = vec![(table.clone(), joins)
-        .prop_flat_map(|(first, joins)| {
+    let mut options = vec![(table, joins, vec(expr(0), 3))
+        .prop_map(|(first, joins, ons)| {
             let mut names: Vec<(String, usize)> = vec![(format!("t{first}x"), first)];
             names.extend(joins.iter().enumerate().map(|(i, (t, _))| (format!("j{i}"), *t)));
             let cols: Vec<String> = names
@@ -358,11 +380,6 @@ fn from_clause(depth: u32) -> BoxedStrategy<(String, Vec<String>)> {
                     cs.iter().flat_map(move |c| [format!("{alias}.{c}"), c.to_string()])
                 })
                 .collect();
-            let cols = Arc::new(cols);
-            let ons = vec(expr(cols.clone(), 0), joins.len());
-            (Just((first, joins)), ons, Just(cols))
-        })
-        .prop_map(|((first, joins), ons, cols)| {
             let mut f = format!("{} AS t{first}x", TABLES[first].0);
             for (i, ((t, kind), on)) in joins.iter().zip(ons).enumerate() {
                 f += &format!("{kind}{} AS j{i}", TABLES[*t].0);
@@ -370,7 +387,7 @@ fn from_clause(depth: u32) -> BoxedStrategy<(String, Vec<String>)> {
                     f += &format!(" ON {on}");
                 }
             }
-            (f, cols.to_vec())
+            (f, cols)
         })
         .boxed()];
     if depth > 0 {
@@ -403,10 +420,9 @@ pub fn select_stmt(depth: u32) -> BoxedStrategy<String> {
 /// One SELECT; `tail`: with ORDER BY and LIMIT (not on the left of a compound).
 fn simple_select(depth: u32, tail: bool) -> BoxedStrategy<String> {
     prop_oneof![
-        1 => vec(expr(Arc::new(vec![]), 0), 1..4).prop_map(|items| format!("SELECT {}", items.join(", "))),
-        6 => from_clause(depth).prop_flat_map(move |(from, cols)| {
-            let cols: Cols = Arc::new(cols);
-            let e = expr(cols.clone(), depth);
+        1 => vec(expr(0), 1..4).prop_map(|items| resolve(&format!("SELECT {}", items.join(", ")), &[])),
+        6 => {
+            let e = expr(depth);
             let item = prop_oneof![
                 6 => (e.clone(), option::of(select(vec!["x", "y", "a", "\"odd name\""]))).prop_map(|(e, alias)| match alias {
                     Some(a) => format!("{e} AS {a}"),
@@ -416,7 +432,7 @@ fn simple_select(depth: u32, tail: bool) -> BoxedStrategy<String> {
                 1 => select(vec!["t0x.*", "j0.*", "sub.*", "nosuch.*"]).prop_map(s),
             ];
             (
-                Just(from),
+                from_clause(depth),
                 any::<bool>(),
                 vec(item, 1..4),
                 option::of(e.clone()),
@@ -424,8 +440,8 @@ fn simple_select(depth: u32, tail: bool) -> BoxedStrategy<String> {
                 option::of(vec((e.clone(), select(vec!["", " ASC", " DESC", " NULLS FIRST", " DESC NULLS LAST"])), 1..3)),
                 option::of((int_literal(), option::of(prop_oneof![int_literal(), e.clone()]))),
             )
-        })
-        .prop_map(move |(from, distinct, items, filter, group, order, limit)| {
+        }
+        .prop_map(move |((from, cols), distinct, items, filter, group, order, limit)| {
             let mut q = format!("SELECT {}{} FROM {from}", if distinct { "DISTINCT " } else { "" }, items.join(", "));
             if let Some(w) = filter {
                 q += &format!(" WHERE {w}");
@@ -446,7 +462,7 @@ fn simple_select(depth: u32, tail: bool) -> BoxedStrategy<String> {
                     q += &format!(" OFFSET {o}");
                 }
             }
-            q
+            resolve(&q, &cols)
         }),
     ]
     .boxed()
@@ -456,52 +472,58 @@ fn table_index() -> BoxedStrategy<usize> {
     prop_oneof![40 => 0..TABLES.len() - 1, 1 => Just(TABLES.len() - 1)].boxed()
 }
 
-fn table_cols(t: usize) -> Cols {
-    Arc::new(TABLES[t].1.iter().map(|c| c.to_string()).collect())
+fn table_cols(t: usize) -> Vec<String> {
+    TABLES[t].1.iter().map(|c| c.to_string()).collect()
 }
 
 fn insert() -> BoxedStrategy<String> {
-    (table_index(), select(vec!["INSERT", "INSERT OR REPLACE", "INSERT OR IGNORE", "REPLACE"]))
-        .prop_flat_map(|(t, verb)| {
+    // VALUES rows (cut to the width named), a SELECT, or neither: DEFAULT VALUES.
+    let source = prop_oneof![
+        6 => vec(vec(expr(0), 6), 1..4).prop_map(|rows| (Some(rows), None)),
+        2 => select_stmt(1).prop_map(|q| (None, Some(q))),
+        1 => Just((None, None)),
+    ];
+    (
+        table_index(),
+        select(vec!["INSERT", "INSERT OR REPLACE", "INSERT OR IGNORE", "REPLACE"]),
+        any::<u8>(),
+        source,
+        option::of(expr(0)),
+    )
+        .prop_map(|(t, verb, mask, (rows, query), returning)| {
             let cols = table_cols(t);
-            let named = proptest::sample::subsequence(cols.to_vec(), 0..=cols.len());
-            (Just(t), Just(verb), named, 1usize..4, any::<bool>())
-                .prop_flat_map(|(t, verb, named, rows, returning)| {
-                    let width = if named.is_empty() { TABLES[t].1.len() } else { named.len() };
-                    let values = prop_oneof![
-                        6 => vec(vec(expr(Arc::new(vec![]), 0), width), rows).prop_map(|rows| {
-                            let rows: Vec<String> = rows.into_iter().map(|r| format!("({})", r.join(", "))).collect();
-                            format!("VALUES {}", rows.join(", "))
-                        }),
-                        2 => select_stmt(1),
-                        1 => Just(s("DEFAULT VALUES")),
-                    ];
-                    (Just(t), Just(verb), Just(named), values, Just(returning), expr(table_cols(t), 0))
-                })
-                .prop_map(|(t, verb, named, values, returning, ret)| {
-                    let mut q = format!("{verb} INTO {}", TABLES[t].0);
-                    if !named.is_empty() {
-                        q += &format!(" ({})", named.join(", "));
-                    }
-                    q += &format!(" {values}");
-                    if returning {
-                        q += &format!(" RETURNING {ret}");
-                    }
-                    q
-                })
+            // The named columns: a subset of the table's by `mask`, or none.
+            let named: Vec<&String> =
+                cols.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, c)| c).collect();
+            let width = if named.is_empty() { cols.len() } else { named.len() };
+            let source = match (rows, query) {
+                (_, Some(q)) => q,
+                (Some(rows), None) => {
+                    let rows: Vec<String> =
+                        rows.iter().map(|r| format!("({})", r[..width.min(r.len())].join(", "))).collect();
+                    resolve(&format!("VALUES {}", rows.join(", ")), &[])
+                }
+                (None, None) => s("DEFAULT VALUES"),
+            };
+            let mut q = format!("{verb} INTO {}", TABLES[t].0);
+            if !named.is_empty() {
+                q += &format!(" ({})", named.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "));
+            }
+            q += &format!(" {source}");
+            if let Some(r) = returning {
+                q += &format!(" RETURNING {r}");
+            }
+            resolve(&q, &cols)
         })
         .boxed()
 }
 
 fn update() -> BoxedStrategy<String> {
-    table_index()
-        .prop_flat_map(|t| {
-            let cols = table_cols(t);
-            let e = expr(cols.clone(), 1);
-            (Just(t), vec((select(cols.to_vec()), e.clone()), 1..3), option::of(e.clone()), option::of(e))
-        })
+    (table_index(), vec((0usize..8, expr(1)), 1..3), option::of(expr(1)), option::of(expr(0)))
         .prop_map(|(t, sets, filter, returning)| {
-            let sets: Vec<String> = sets.into_iter().map(|(c, e)| format!("{c} = {e}")).collect();
+            let cols = table_cols(t);
+            let sets: Vec<String> =
+                sets.into_iter().map(|(c, e)| format!("{} = {e}", cols[c % cols.len()])).collect();
             let mut q = format!("UPDATE {} SET {}", TABLES[t].0, sets.join(", "));
             if let Some(w) = filter {
                 q += &format!(" WHERE {w}");
@@ -509,16 +531,15 @@ fn update() -> BoxedStrategy<String> {
             if let Some(r) = returning {
                 q += &format!(" RETURNING {r}");
             }
-            q
+            resolve(&q, &cols)
         })
         .boxed()
 }
 
 fn delete() -> BoxedStrategy<String> {
-    table_index()
-        .prop_flat_map(|t| (Just(t), option::of(expr(table_cols(t), 1))))
+    (table_index(), option::of(expr(1)))
         .prop_map(|(t, filter)| match filter {
-            Some(w) => format!("DELETE FROM {} WHERE {w}", TABLES[t].0),
+            Some(w) => resolve(&format!("DELETE FROM {} WHERE {w}", TABLES[t].0), &table_cols(t)),
             None => format!("DELETE FROM {}", TABLES[t].0),
         })
         .boxed()
@@ -567,7 +588,7 @@ fn ddl() -> BoxedStrategy<String> {
 /// One statement of any kind.
 pub fn statement() -> BoxedStrategy<String> {
     prop_oneof![
-        8 => select_stmt(2),
+        8 => select_stmt(1),
         1 => select_stmt(1).prop_map(|q| format!("EXPLAIN {q}")),
         3 => insert(),
         2 => update(),

@@ -100,7 +100,10 @@ where
         std::thread::spawn(move || watch(&name, epoch, &done))
     };
     install_quiet_hook();
-    let (mut tried, mut findings, mut chunk) = (0u64, 0u64, 0u64);
+    // `RAFTSQL_FUZZ_CHUNK` starts at a later chunk: a finding's report names its chunk, so
+    // `RAFTSQL_FUZZ_CHUNK=<chunk> RAFTSQL_FUZZ_CASES=5000` (with its seed) replays it.
+    let first: u64 = std::env::var("RAFTSQL_FUZZ_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (mut tried, mut findings, mut chunk) = (0u64, 0u64, first);
     while tried < n {
         let cases = CHUNK.min(n - tried);
         let config = Config {

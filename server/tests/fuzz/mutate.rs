@@ -334,13 +334,27 @@ fn apply(sql: &str, ops: &[Op]) -> String {
             }
             Op::Repeat(n) => {
                 let text = t.concat();
-                t = vec![vec![text; *n].join("; ")];
+                if text.len() < MAX_TEXT / 64 {
+                    t = vec![vec![text; *n].join("; ")];
+                }
             }
             _ => {}
         }
     }
-    t.concat()
+    let mut text = t.concat();
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
+
+/// The longest mutated text: the server's default `--max-sql-bytes` (4 MiB) refuses longer
+/// ones before anything is parsed, and repeated chains would otherwise reach tens of MB.
+const MAX_TEXT: usize = 1 << 20;
 
 /// A mutated statement as a one-text request, with as many parameters as it has placeholders
 /// (its placeholders may be mutated too).
