@@ -139,12 +139,7 @@ fn decode<T: DeserializeOwned>(
     what: &str,
 ) -> Result<(Envelope, T), tonic::Status> {
     let m = req.into_inner();
-    let rpc = bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .allow_trailing_bytes()
-        .with_limit(m.payload.len() as u64)
-        .deserialize(&m.payload)
-        .map_err(|e| tonic::Status::invalid_argument(format!("malformed {what} payload: {e}")))?;
+    let rpc = decode_payload(&m.payload, what)?;
     let env = Envelope {
         cluster_id: m.cluster_id,
         from: m.from,
@@ -153,6 +148,18 @@ fn decode<T: DeserializeOwned>(
         to_incarnation: m.to_incarnation,
     };
     Ok((env, rpc))
+}
+
+/// Decodes a `RaftMessage.payload` (bincode, never reading past the payload itself, so a
+/// forged length cannot make it allocate more than was sent); `InvalidArgument` when it does
+/// not decode. Public for the fuzz tests (server/tests/fuzz).
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8], what: &str) -> Result<T, tonic::Status> {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(payload.len() as u64)
+        .deserialize(payload)
+        .map_err(|e| tonic::Status::invalid_argument(format!("malformed {what} payload: {e}")))
 }
 
 fn refused(r: Refused) -> tonic::Status {

@@ -55,6 +55,39 @@ async fn forward(
     client.execute(request).await
 }
 
+/// An ExecuteRequest's request id, checked: a client id of 1 to 64 bytes, a sequence from 1.
+/// A request id's client id and sequence number, checked (the digest is added once the
+/// statements are decoded: [`RequestId::new`]).
+pub fn request_id_from_pb(r: Option<pb::RequestId>) -> Result<Option<(String, u64)>, tonic::Status> {
+    match r {
+        None => Ok(None),
+        Some(r) if r.client_id.is_empty() || r.client_id.len() > MAX_CLIENT_ID => Err(invalid(format!(
+            "request_id.client_id must be 1 to {MAX_CLIENT_ID} bytes, got {}",
+            r.client_id.len()
+        ))),
+        Some(r) if r.seq == 0 => Err(invalid("request_id.seq must be at least 1")),
+        Some(r) => Ok(Some((r.client_id, r.seq))),
+    }
+}
+
+/// A QueryRequest's consistency level, checked: a known level, BOUNDED with a staleness.
+pub fn consistency_from_pb(consistency: i32, max_staleness_ms: u64) -> Result<Consistency, tonic::Status> {
+    match pb::Consistency::try_from(consistency) {
+        Ok(pb::Consistency::Unspecified | pb::Consistency::Strong) => Ok(Consistency::Strong),
+        Ok(pb::Consistency::ReadYourWrites) => Ok(Consistency::ReadYourWrites),
+        Ok(pb::Consistency::Bounded) => {
+            if max_staleness_ms == 0 {
+                return Err(invalid("BOUNDED reads need max_staleness_ms > 0"));
+            }
+            Ok(Consistency::Bounded(Duration::from_millis(max_staleness_ms)))
+        }
+        Ok(pb::Consistency::Any) => Ok(Consistency::Any),
+        Err(_) => Err(invalid(format!(
+            "unknown consistency level {consistency}: use STRONG, READ_YOUR_WRITES, BOUNDED or ANY"
+        ))),
+    }
+}
+
 pub struct SqlService {
     pub core: Arc<Core>,
 }
@@ -82,17 +115,7 @@ impl pb::sql_server::Sql for SqlService {
         let forwarded = request.metadata().contains_key(FORWARDED);
         let req = request.into_inner();
         let original = (self.core.options.forward_writes && !forwarded).then(|| req.clone());
-        let request_id = match req.request_id.clone() {
-            None => None,
-            Some(r) if r.client_id.is_empty() || r.client_id.len() > MAX_CLIENT_ID => {
-                return Err(invalid(format!(
-                    "request_id.client_id must be 1 to {MAX_CLIENT_ID} bytes, got {}",
-                    r.client_id.len()
-                )))
-            }
-            Some(r) if r.seq == 0 => return Err(invalid("request_id.seq must be at least 1")),
-            Some(r) => Some((r.client_id, r.seq)),
-        };
+        let request_id = request_id_from_pb(req.request_id.clone())?;
         if req.statements.is_empty() {
             return Err(invalid("the request has no statements"));
         }
@@ -174,23 +197,7 @@ impl pb::sql_server::Sql for SqlService {
         let req = request.into_inner();
         crate::sql::check_request([(req.sql.as_str(), req.params.len())], &self.core.options.request_limits)
             .map_err(|e| status_from(e.into()))?;
-        let level = match pb::Consistency::try_from(req.consistency) {
-            Ok(pb::Consistency::Unspecified | pb::Consistency::Strong) => Consistency::Strong,
-            Ok(pb::Consistency::ReadYourWrites) => Consistency::ReadYourWrites,
-            Ok(pb::Consistency::Bounded) => {
-                if req.max_staleness_ms == 0 {
-                    return Err(invalid("BOUNDED reads need max_staleness_ms > 0"));
-                }
-                Consistency::Bounded(Duration::from_millis(req.max_staleness_ms))
-            }
-            Ok(pb::Consistency::Any) => Consistency::Any,
-            Err(_) => {
-                return Err(invalid(format!(
-                    "unknown consistency level {}: use STRONG, READ_YOUR_WRITES, BOUNDED or ANY",
-                    req.consistency
-                )))
-            }
-        };
+        let level = consistency_from_pb(req.consistency, req.max_staleness_ms)?;
         let span =
             tracing::info_span!("query", node_id = self.core.id, term = term_now(&self.core), level = ?level);
         // tonic drops this future when the caller cancels, disconnects or runs out of time; the

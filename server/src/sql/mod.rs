@@ -230,12 +230,3 @@ pub(crate) fn parse_piece(piece: limits::Piece<'_>) -> Result<Vec<sqlparser::ast
             Error::Parse { message, line, column }
         })
 }
-
-/// Parses a whole SQL text (all its statements at once: for short texts, such as a query).
-pub(crate) fn parse(sql: &str) -> Result<Vec<sqlparser::ast::Statement>, Error> {
-    let mut out = Vec::new();
-    for piece in limits::pieces(sql) {
-        out.extend(parse_piece(piece)?);
-    }
-    Ok(out)
-}

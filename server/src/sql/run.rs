@@ -347,9 +347,11 @@ impl<'v> Runner<'v> {
                     return Ok(Value::Null);
                 }
                 let chars: Vec<char> = text_of(&v[0]).chars().collect();
-                let n = chars.len() as i64;
-                let mut start = int_or_trunc(&numeric(&v[1]));
-                let mut len = v.get(2).map(|x| int_or_trunc(&numeric(x)));
+                // In i128: start and length are any i64, and `start + len` or `len + start`
+                // must not overflow (it panicked in debug builds and wrapped in release).
+                let n = chars.len() as i128;
+                let mut start = i128::from(int_or_trunc(&numeric(&v[1])));
+                let mut len = v.get(2).map(|x| i128::from(int_or_trunc(&numeric(x))));
                 if start < 0 {
                     start += n + 1;
                     if start < 1 {
