@@ -51,6 +51,9 @@ use tonic::transport::{Channel, Endpoint};
 /// The largest peer message either side sends or accepts (64 MiB).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
+// A row arrives in one entry of one peer message, so a snapshot record can be as large.
+const _: () = assert!(MAX_PEER_MESSAGE as u64 <= crate::store::MAX_RECORD_BYTES);
+
 /// The most bytes of entries one AppendEntries carries when it holds more than one entry.
 /// openraft gives every AppendEntries one heartbeat interval (150 ms) before it gives up and
 /// retries, so a batch must be small enough to cross the network, be decoded and be appended

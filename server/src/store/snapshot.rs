@@ -49,8 +49,9 @@ const MAGIC: &[u8; 8] = b"RSQLSNAP";
 /// The snapshot file format this build writes and reads (2: with a CRC-32 trailer).
 pub(crate) const SNAPSHOT_FORMAT: u16 = 2;
 /// The largest record (a row, a schema, a request record) a snapshot may hold: a row arrived in
-/// one log entry, which is bounded by the peer message limit.
-pub const MAX_RECORD_BYTES: u64 = crate::raft::network::MAX_PEER_MESSAGE as u64;
+/// one log entry, which is bounded by the peer message limit (64 MiB; `raft::network` checks at
+/// compile time that the two agree).
+pub const MAX_RECORD_BYTES: u64 = 64 << 20;
 
 /// Reads or writes through to `inner`, keeping the CRC-32 of every byte that passes.
 struct Crc<T> {
