@@ -201,7 +201,10 @@ fn col(name: &str, data_type: DataType) -> Column {
 
 fn entry(index: u64, changes: Vec<Change>) -> Entry {
     let cs = ChangeSet::new(vec![RequestEffects { request_id: None, changes, outcomes: vec![] }]);
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(cs) }
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal((&cs).into()),
+    }
 }
 
 /// Applies the table, its index and `n` rows; returns how many entries that took.

@@ -118,14 +118,15 @@ pub struct Config {
     pub max_rows_per_request: u64,
     /// Largest log entry the leader proposes, in encoded bytes: a write whose changes would
     /// exceed it is refused before it is proposed (a batch of several writes is split instead).
-    /// openraft gives one AppendEntries a heartbeat interval to arrive, so an entry must cross
-    /// the network and be decoded in that time; keep it well under that.
+    /// openraft gives one AppendEntries a heartbeat interval to arrive, and an entry travels
+    /// whole, so an entry must cross the network and reach the follower's disk in that time;
+    /// keep it well under that.
     #[arg(long, env = "RAFTSQL_MAX_ENTRY_BYTES", default_value_t = 8 << 20)]
     pub max_entry_bytes: u64,
-    /// Most row changes plus statement results one log entry carries (decoding cost grows with
-    /// their number, not only with bytes; a single-row INSERT is two); enforced like
-    /// --max-entry-bytes.
-    #[arg(long, env = "RAFTSQL_MAX_ENTRY_ROWS", default_value_t = 50_000)]
+    /// Most row changes plus statement results one log entry carries (a single-row INSERT is
+    /// two); enforced like --max-entry-bytes. Applying an entry holds reads on every node back
+    /// until it is done, so this bounds that pause.
+    #[arg(long, env = "RAFTSQL_MAX_ENTRY_ROWS", default_value_t = 1_000_000)]
     pub max_entry_rows: u64,
     /// Client requests (Execute and Query) this node serves at once; more are refused with
     /// RESOURCE_EXHAUSTED and a `retry-after-ms` hint instead of queueing. Peer traffic is not

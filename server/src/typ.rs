@@ -1,7 +1,7 @@
 //! openraft's type configuration for raftsql and short aliases for its generic types, in one
 //! place (as openraft's examples keep them).
 
-use crate::changeset::{Applied, ChangeSet};
+use crate::changeset::{Applied, EncodedChangeSet};
 
 pub type NodeId = u64;
 
@@ -44,10 +44,11 @@ impl std::fmt::Display for Incarnation {
 }
 
 openraft::declare_raft_types!(
-    /// raftsql's Raft types: the log entry is a [`ChangeSet`]; a node is known by its address
+    /// raftsql's Raft types: the log entry is a [`ChangeSet`](crate::changeset::ChangeSet),
+    /// carried encoded ([`EncodedChangeSet`]); a node is known by its address
     /// and incarnation ([`Member`]); a snapshot is a file on disk, streamed in chunks.
     pub TypeConfig:
-        D = ChangeSet,
+        D = EncodedChangeSet,
         R = Applied,
         NodeId = NodeId,
         Node = Member,

@@ -98,49 +98,55 @@ async fn a_long_read_stops_and_apply_goes_on() {
 /// One request of 100,000 single-row INSERTs ran for over 11 CPU-minutes (quadratic), and an
 /// entry too large to cross the network within openraft's AppendEntries timeout (one heartbeat
 /// interval) was retried forever: the leader spun and the cluster lost its leader for minutes.
-/// Now evaluation is linear and entries are bounded by `--max-entry-bytes` (8 MiB) and
-/// `--max-entry-rows` (50,000 row changes plus statement results: in a debug build an entry of
-/// 60,000 small INSERTs, ~4 MB, could not cross within the 150 ms AppendEntries timeout, while
-/// one 6 MiB row can). 20,000 INSERTs in one request complete in seconds and replicate;
-/// 100,000 are refused before anything is proposed, naming the flag, and the cluster goes on.
+/// Now evaluation is linear, an entry travels as the bytes the leader encoded once (the receiver
+/// decodes nothing of it before apply), and entries are bounded by `--max-entry-bytes` (8 MiB)
+/// and `--max-entry-rows`. 100,000 INSERTs in one request complete in seconds and replicate;
+/// writes over either bound are refused before anything is proposed, naming the flag, and the
+/// cluster goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_requests_complete_or_are_refused_and_never_wedge_replication() {
-    // Evaluating 100,000 statements takes a few seconds in a debug build on a shared machine:
-    // a long evaluation limit keeps this test about the entry bound, not the clock.
-    let (cluster, _leader, follower) = start(&["--write-eval-timeout-ms=120000"]).await;
+    // Evaluating 100,000 statements takes seconds in a debug build on a shared machine: a long
+    // evaluation limit keeps this test about the entry bounds, not the clock.
+    let (cluster, _leader, follower) =
+        start(&["--write-eval-timeout-ms=120000", "--max-entry-rows=300000"]).await;
     let client = cluster.client().await.with_deadline(Duration::from_secs(120));
     exec(&client, "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)").await;
     let inserts = |from: usize, n: usize| -> String {
         (from..from + n).map(|i| format!("INSERT INTO t VALUES ({i}, 'x');")).collect()
     };
     let started = Instant::now();
-    let res = client.execute(&inserts(0, 20_000), &[]).await.expect("20,000 INSERTs complete");
-    println!("20000 INSERTs in one request: {:?}", started.elapsed());
-    assert_eq!(res.results.len(), 20_000);
+    let res = client.execute(&inserts(0, 100_000), &[]).await.expect("100,000 INSERTs complete");
+    println!("100000 INSERTs in one request: {:?}", started.elapsed());
+    assert_eq!(res.results.len(), 100_000);
     assert!(res.results.iter().all(|r| r.is_ok()));
+    let count = |n: i64| vec![vec![Value::Integer(n)]];
+    wait_rows(&cluster, &client, follower, "SELECT count(*) FROM t", count(100_000)).await;
+    println!("... and replicated to a follower: {:?}", started.elapsed());
 
-    // ~10 MB and 200,000 changes and results: over both bounds; the message names one.
-    let e = client.execute(&inserts(20_000, 100_000), &[]).await.expect_err("over the entry bounds");
+    // 100,000 rows of 300 bytes: ~30 MB of row images, over --max-entry-bytes.
+    let e = client
+        .execute(&format!("UPDATE t SET s = '{}'", "y".repeat(300)), &[])
+        .await
+        .expect_err("over --max-entry-bytes");
     assert_eq!(e.code(), "RESOURCE_EXHAUSTED", "{e}");
-    assert!(e.to_string().contains("--max-entry-"), "the error names the flag: {e}");
-    // Two INSERT ... SELECT doublings in one request (a transaction) are over the bound as a
-    // whole, and refused the same way.
+    assert!(e.to_string().contains("--max-entry-bytes"), "the error names the flag: {e}");
+    // Two INSERT ... SELECT doublings in one request (a transaction): 300,000 row changes, over
+    // --max-entry-rows as a whole, and refused the same way.
     let e = client
         .execute(
             "INSERT INTO t SELECT id + 1000000, s FROM t; INSERT INTO t SELECT id + 2000000, s FROM t",
             &[],
         )
         .await
-        .expect_err("two doublings of 20,000 rows are over --max-entry-rows");
+        .expect_err("two doublings of 100,000 rows are over --max-entry-rows");
     assert_eq!(e.code(), "RESOURCE_EXHAUSTED", "{e}");
     assert!(e.to_string().contains("--max-entry-rows"), "{e}");
-    // Nothing of the refused requests was applied, every replica has the 20,000 rows, and
+    // Nothing of the refused requests was applied, every replica has the 100,000 rows, and
     // the cluster still takes writes.
     exec(&client, "INSERT INTO t VALUES (-1, 'after')").await;
-    let r = client.query("SELECT count(*) FROM t", &[], Default::default()).await.unwrap();
-    assert_eq!(r.rows, vec![vec![Value::Integer(20_001)]], "nothing of the refused requests was applied");
-    wait_rows(&cluster, &client, follower, "SELECT count(*) FROM t", vec![vec![Value::Integer(20_001)]])
-        .await;
+    let r = client.query("SELECT count(*) FROM t WHERE s = 'x'", &[], Default::default()).await.unwrap();
+    assert_eq!(r.rows, count(100_000), "nothing of the refused requests was applied");
+    wait_rows(&cluster, &client, follower, "SELECT count(*) FROM t", count(100_001)).await;
     all_answer(&cluster).await;
 }
 

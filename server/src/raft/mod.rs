@@ -168,7 +168,7 @@ impl Default for Options {
             max_query_memory: crate::sql::limits::DEFAULT_MAX_MEMORY,
             max_rows_per_request: 1_000_000,
             max_entry_bytes: 8 << 20,
-            max_entry_rows: 50_000,
+            max_entry_rows: 1_000_000,
             max_inflight: 512,
             request_limits: crate::sql::RequestLimits::default(),
             memory: crate::sql::MemoryPool::new(crate::sql::limits::DEFAULT_NODE_MEMORY),

@@ -224,6 +224,9 @@ fn check_entry(e: &Entry, prev: Option<LogId>, term: u64) -> Result<(), String> 
     if prev.is_some_and(|p| e.log_id.leader_id.term < p.leader_id.term) {
         return Err(format!("its log id {} goes back in term from {prev:?}", e.log_id));
     }
+    if let openraft::EntryPayload::Normal(cs) = &e.payload {
+        cs.verify().map_err(|err| format!("entry {}: {err}", e.log_id))?;
+    }
     Ok(())
 }
 
@@ -327,6 +330,18 @@ mod tests {
         assert!(refused(append(6, Some(log_id(5, 9)), vec![log_id(7, 10)])).contains("newer than the leader"));
         assert!(refused(append(6, Some(log_id(6, 9)), vec![log_id(5, 10)])).contains("goes back in term"));
         assert!(refused(append(6, Some(log_id(7, 9)), vec![])).contains("prev_log_id"));
+        // A change set damaged on the way (or forged without its checksum) never reaches openraft.
+        let cs = crate::changeset::ChangeSet::new(vec![]);
+        let good = crate::changeset::EncodedChangeSet::encode(&cs);
+        let mut bytes = bincode::serialize(&good).unwrap();
+        let last = bytes.len() - 5;
+        bytes[last] ^= 1;
+        let damaged: crate::changeset::EncodedChangeSet = bincode::deserialize(&bytes).unwrap();
+        let mut a = append(6, Some(log_id(5, 9)), vec![log_id(6, 10)]);
+        a.entries[0].payload = EntryPayload::Normal(good);
+        assert_eq!(l.append_entries(&env(1, 2), &a), Ok(()));
+        a.entries[0].payload = EntryPayload::Normal(damaged);
+        assert!(refused(a).contains("fails its checksum"));
     }
 
     #[test]

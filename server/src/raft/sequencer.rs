@@ -33,7 +33,7 @@
 //! linearizable too.
 
 use super::{Consistency, Error, Options, Receipt, Role, WriteReply};
-use crate::changeset::{ChangeSet, RequestEffects, RequestId, StatementOutcome, Value};
+use crate::changeset::{ChangeSet, EncodedChangeSet, RequestEffects, RequestId, StatementOutcome, Value};
 use crate::store::StateMachine;
 use crate::typ::{NodeId, Raft};
 use openraft::error::{ClientWriteError, RaftError};
@@ -257,7 +257,7 @@ impl Task {
             info!(%cluster_id, term, "recording the cluster id");
             let mut cs = ChangeSet::new(vec![]);
             cs.init_cluster_id = Some(cluster_id);
-            match self.propose(cs, term).await {
+            match self.propose(EncodedChangeSet::encode(&cs), term).await {
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }
@@ -426,18 +426,22 @@ impl Task {
             outcomes.push(outs);
         }
 
-        // Bounded entries (--max-entry-bytes, --max-entry-rows): a batch over a bound is split and each half
-        // evaluated again (nothing was proposed yet, and each half then sees the state the
-        // other left); a single request over it is refused. An entry must cross the network
-        // within openraft's AppendEntries timeout, or it would be retried forever.
-        if !effects.is_empty() {
-            let size = bincode::serialized_size(&effects).unwrap_or(u64::MAX);
+        // Bounded entries (--max-entry-bytes, --max-entry-rows): a batch over a bound is split and
+        // each half evaluated again (nothing was proposed yet, and each half then sees the state
+        // the other left); a single request over it is refused. The entry is encoded here, once:
+        // the log, the peers and apply all take these bytes.
+        let proposal = if effects.is_empty() {
+            None
+        } else {
             let rows: u64 = effects.iter().map(|e| (e.changes.len() + e.outcomes.len()) as u64).sum();
+            let cs = ChangeSet::new(effects);
+            let encoded = EncodedChangeSet::encode(&cs);
+            let size = encoded.len() as u64;
             let (max, max_rows) = (self.options.max_entry_bytes, self.options.max_entry_rows);
             if size > max || rows > max_rows {
                 let mut work = work;
                 if work.len() > 1 {
-                    debug!(size, requests = work.len(), "batch over --max-entry-bytes: splitting it");
+                    debug!(size, rows, requests = work.len(), "batch over the entry bounds: splitting it");
                     let second = work.split_off(work.len() / 2);
                     Box::pin(self.evaluate_and_propose(work, term)).await;
                     Box::pin(self.evaluate_and_propose(second, term)).await;
@@ -458,10 +462,12 @@ impl Task {
                 }
                 return;
             }
-        }
+            debug!(entry = %cs, size, "proposing");
+            Some(encoded)
+        };
 
-        let index = if effects.is_empty() {
-            match self.confirm_leadership().await {
+        let index = match proposal {
+            None => match self.confirm_leadership().await {
                 Ok(index) => index,
                 Err(e) => {
                     for w in work {
@@ -471,11 +477,8 @@ impl Task {
                     }
                     return;
                 }
-            }
-        } else {
-            let cs = ChangeSet::new(effects);
-            debug!(entry = %cs, "proposing");
-            match self.propose(cs, term).await {
+            },
+            Some(encoded) => match self.propose(encoded, term).await {
                 Ok(resp) => {
                     for (pos, recorded) in resp.data.duplicates {
                         if let Some(i) = position.iter().position(|p| *p == Some(pos)) {
@@ -496,7 +499,7 @@ impl Task {
                     }
                     return;
                 }
-            }
+            },
         };
         let receipt = self.receipt(term, index);
         for (w, outs) in work.into_iter().zip(outcomes) {
@@ -522,7 +525,7 @@ impl Task {
     /// or the write timeout passes. Every failure after the proposal is `Indeterminate`.
     async fn propose(
         &mut self,
-        cs: ChangeSet,
+        cs: EncodedChangeSet,
         term: u64,
     ) -> Result<ClientWriteResponse<crate::typ::TypeConfig>, Error> {
         let raft = self.raft.clone();

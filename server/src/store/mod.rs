@@ -135,11 +135,16 @@ pub enum Error {
     )]
     WrongNode { path: PathBuf, found: NodeId, expected: NodeId },
     #[error(
-        "data dir {path:?} was created by an earlier raftsql (it has no incarnation file) and its \
-         log format cannot be read by this version: wipe it and join the node again with --join \
+        "data dir {path:?} was written by an earlier raftsql in on-disk format {found}, which this \
+         version (format {DATA_FORMAT}) cannot read: wipe it and join the node again with --join \
          HOST:PORT under a new --id (or bootstrap a new cluster)"
     )]
-    OldFormat { path: PathBuf },
+    OldFormat { path: PathBuf, found: u32 },
+    #[error(
+        "data dir {path:?} was written by a newer raftsql in on-disk format {found}; this version \
+         reads format {DATA_FORMAT}: run the newer raftsql-server on it"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
     #[error("data dir {path:?} is locked: another raftsql-server may be running on it")]
     Locked {
         path: PathBuf,
@@ -206,6 +211,13 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -
 
 const NODE_ID_FILE: &str = "node_id";
 const INCARNATION_FILE: &str = "incarnation";
+const FORMAT_FILE: &str = "format";
+
+/// The on-disk format of a data dir, in its `format` file (written when the dir is created).
+/// 3: log entries hold their change set encoded once ([`crate::changeset::EncodedChangeSet`]).
+/// Dirs of an earlier format (2 had no `format` file; 1 no incarnation either) are refused at
+/// start with [`Error::OldFormat`].
+pub const DATA_FORMAT: u32 = 3;
 
 /// Opens (creating if needed) the node's storage in `opts.data_dir`: one sled database shared
 /// by the log store and the state machine.
@@ -301,6 +313,7 @@ fn claim_for_node(dir: &Path, node_id: NodeId) -> Result<u64, Error> {
             if found != node_id {
                 return Err(Error::WrongNode { path: dir.to_path_buf(), found, expected: node_id });
             }
+            check_format(dir)?;
             read_incarnation(dir)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -311,6 +324,7 @@ fn claim_for_node(dir: &Path, node_id: NodeId) -> Result<u64, Error> {
                 }
             };
             let data_dir = |source| Error::DataDir { path: dir.to_path_buf(), source };
+            write_durably(&dir.join(FORMAT_FILE), format!("{DATA_FORMAT}\n").as_bytes()).map_err(data_dir)?;
             write_durably(&dir.join(INCARNATION_FILE), format!("{:016x}\n", incarnation).as_bytes())
                 .map_err(data_dir)?;
             write_durably(&path, format!("{node_id}\n").as_bytes()).map_err(data_dir)?;
@@ -320,12 +334,41 @@ fn claim_for_node(dir: &Path, node_id: NodeId) -> Result<u64, Error> {
     }
 }
 
+fn check_format(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(FORMAT_FILE);
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(v) => v,
+            Err(_) => {
+                return Err(Error::Corrupt {
+                    path,
+                    reason: format!("not a format number: {:?}", text.trim()),
+                })
+            }
+        },
+        // Format 2 dirs had an incarnation file and no format file; format 1, neither.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if dir.join(INCARNATION_FILE).exists() {
+                2
+            } else {
+                1
+            }
+        }
+        Err(source) => return Err(Error::DataDir { path, source }),
+    };
+    match found {
+        DATA_FORMAT => Ok(()),
+        f if f < DATA_FORMAT => Err(Error::OldFormat { path: dir.to_path_buf(), found: f }),
+        f => Err(Error::NewerFormat { path: dir.to_path_buf(), found: f }),
+    }
+}
+
 fn read_incarnation(dir: &Path) -> Result<u64, Error> {
     let path = dir.join(INCARNATION_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::OldFormat { path: dir.to_path_buf() })
+            return Err(Error::OldFormat { path: dir.to_path_buf(), found: 1 })
         }
         Err(source) => return Err(Error::DataDir { path, source }),
     };

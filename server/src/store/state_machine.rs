@@ -191,7 +191,12 @@ fn apply_entry(current: &mut Current, entry: &Entry) -> Result<Applied, Error> {
     let mut membership = None;
     match &entry.payload {
         EntryPayload::Blank => {}
-        EntryPayload::Normal(cs) => applied = apply_changeset(&mut txn, cs, log_id)?,
+        EntryPayload::Normal(encoded) => {
+            let cs = encoded
+                .decode()
+                .map_err(|e| Error::InvalidEntry { log_id: log_id.to_string(), reason: e.to_string() })?;
+            applied = apply_changeset(&mut txn, &cs, log_id)?
+        }
         EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(log_id), m.clone())),
     }
     txn.put(keys::meta_key(keys::META_LAST_APPLIED), encode(&Some(log_id))?);

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::changeset::{
-    Applied, Change, ChangeSet, Column, DataType, ErrorKind, IndexSchema, RequestEffects, RequestId,
-    StatementResult, TableSchema, Value,
+    Applied, Change, ChangeSet, Column, DataType, EncodedChangeSet, ErrorKind, IndexSchema, RequestEffects,
+    RequestId, StatementResult, TableSchema, Value,
 };
 use crate::typ::{Entry, LogId, Membership, SnapshotMeta, StorageError, TypeConfig, Vote};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
@@ -39,7 +39,7 @@ fn log_id(index: u64) -> LogId {
 }
 
 fn normal(index: u64, cs: ChangeSet) -> Entry {
-    Entry { log_id: log_id(index), payload: EntryPayload::Normal(cs) }
+    Entry { log_id: log_id(index), payload: EntryPayload::Normal(EncodedChangeSet::encode(&cs)) }
 }
 
 fn req(changes: Vec<Change>) -> RequestEffects {
@@ -485,10 +485,21 @@ fn store_gives_each_data_dir_its_own_incarnation() {
     std::fs::write(&file, b"zz\n").unwrap();
     let err = open(&opts(dir.path(), 2)).err().expect("a damaged incarnation file");
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    std::fs::remove_file(&file).unwrap();
-    let err = open(&opts(dir.path(), 2)).err().expect("an old data dir");
-    assert!(matches!(err, Error::OldFormat { .. }), "{err}");
+    std::fs::write(&file, format!("{first:016x}\n")).unwrap();
+    assert_eq!(open(&opts(dir.path(), 2)).unwrap().1.incarnation(), first);
+    // Format 2 (no format file: its log entries hold structured change sets), format 1 (no
+    // incarnation either), and a format from the future.
+    let format = dir.path().join("data").join(FORMAT_FILE);
+    std::fs::remove_file(&format).unwrap();
+    let err = open(&opts(dir.path(), 2)).err().expect("a format 2 data dir");
+    assert!(matches!(err, Error::OldFormat { found: 2, .. }), "{err}");
     assert!(err.to_string().contains("under a new --id"), "{err}");
+    std::fs::remove_file(&file).unwrap();
+    let err = open(&opts(dir.path(), 2)).err().expect("a format 1 data dir");
+    assert!(matches!(err, Error::OldFormat { found: 1, .. }), "{err}");
+    std::fs::write(&format, b"4\n").unwrap();
+    let err = open(&opts(dir.path(), 2)).err().expect("a newer data dir");
+    assert!(matches!(err, Error::NewerFormat { found: 4, .. }), "{err}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use prost::Message;
 use raftsql_proto::v1 as pb;
-use raftsql_server::changeset::{Change, ChangeSet, RequestEffects, Value};
+use raftsql_server::changeset::{Change, ChangeSet, EncodedChangeSet, RequestEffects, Value};
 use raftsql_server::raft::peer_check::{Envelope, Local};
 use raftsql_server::raft::read::SessionToken;
 use raftsql_server::service::{peer::decode_payload, sql as service, value_from_pb, value_to_pb};
@@ -322,7 +322,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     );
     let payload = prop_oneof![
         Just(EntryPayload::Blank),
-        changeset.prop_map(EntryPayload::Normal),
+        changeset.prop_map(|cs| EntryPayload::Normal(EncodedChangeSet::encode(&cs))),
         membership().prop_map(EntryPayload::Membership),
     ];
     (log_id(), payload).prop_map(|(log_id, payload)| Entry { log_id, payload })
