@@ -367,13 +367,7 @@ async fn a_thousand_clients_are_served_or_shed_and_the_leader_keeps_its_role() {
 async fn slow_readers_cannot_pile_up_results() {
     let (cluster, _leader, follower) = start(&["--max-node-memory=16000000"]).await;
     let client = cluster.client().await;
-    exec(&client, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
-    let pad = "x".repeat(4000);
-    for chunk in 0..5 {
-        let values: Vec<String> = (0..200).map(|i| format!("({}, '{pad}')", chunk * 200 + i)).collect();
-        exec(&client, &format!("INSERT INTO t VALUES {}", values.join(","))).await;
-    }
-    wait_rows(&cluster, &client, follower, "SELECT count(*) FROM t", vec![vec![Value::Integer(1000)]]).await;
+    four_megabytes_of_rows(&cluster, &client, follower).await;
 
     // Readers that take the first page of a ~4 MB result and then stop reading.
     // One connection each: readers that stop reading fill their connection's flow-control
@@ -420,6 +414,83 @@ async fn slow_readers_cannot_pile_up_results() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     all_answer(&cluster).await;
+}
+
+/// A reader that takes one page and then neither reads on nor goes away kept its in-flight slot
+/// and its result for as long as its connection lived: `--max-inflight-requests` such readers
+/// shut every other client out for good. Now each page must be taken within
+/// `--query-timeout-ms`; past it the result is dropped, the slot comes back, and the reader,
+/// if it ever reads on, gets DEADLINE_EXCEEDED naming the flag instead of the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_loses_its_result_and_its_slot() {
+    let (cluster, _leader, follower) = start(&["--query-timeout-ms=3000", "--max-inflight-requests=2"]).await;
+    let client = cluster.client().await;
+    four_megabytes_of_rows(&cluster, &client, follower).await;
+
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.listen(follower))).unwrap();
+    let sql = || raftsql_client::pb::sql_client::SqlClient::new(endpoint.connect_lazy());
+    let request = |sql: &str, page_rows: u32| raftsql_client::pb::QueryRequest {
+        sql: sql.into(),
+        consistency: raftsql_client::pb::Consistency::Any as i32,
+        page_rows,
+        ..Default::default()
+    };
+    // Two readers take the first page of a ~4 MB result (100 pages) and stop: both slots taken.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let resp = tokio::time::timeout(WAIT, sql().query(request("SELECT id, v FROM t", 10)))
+            .await
+            .expect("an answer")
+            .expect("served");
+        let mut stream = resp.into_inner();
+        tokio::time::timeout(WAIT, stream.message()).await.expect("in time").expect("a page").expect("one");
+        stalled.push(stream);
+    }
+    // A third is refused at once (unless the machine took over 3 s for the two above).
+    let started = Instant::now();
+    if let Err(refused) = sql().query(request("SELECT 1", 0)).await {
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("--max-inflight-requests"), "{refused:?}");
+    }
+    // The stalled readers keep their connections, yet within the query timeout their slots
+    // come back and the same read is served.
+    let deadline = started + WAIT;
+    loop {
+        match sql().query(request("SELECT 1", 0)).await {
+            Ok(_) => break,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(Instant::now() < deadline, "the stalled readers kept their slots: {s:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A stalled reader that reads on gets what was already on its way, then the error.
+    let mut pages = 1;
+    let status = loop {
+        match tokio::time::timeout(WAIT, stalled[0].message()).await.expect("in time") {
+            Ok(Some(_)) => pages += 1,
+            Ok(None) => panic!("the whole result ({pages} pages) arrived after the reader stalled"),
+            Err(s) => break s,
+        }
+    };
+    assert!(pages < 100, "{pages} pages");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("--query-timeout-ms"), "{status:?}");
+    drop(stalled);
+    all_answer(&cluster).await;
+}
+
+/// Table `t` of 1,000 rows of ~4 KB (`SELECT id, v FROM t` is ~4 MB), present on `follower`.
+async fn four_megabytes_of_rows(cluster: &Cluster, client: &Client, follower: u64) {
+    exec(client, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
+    let pad = "x".repeat(4000);
+    for chunk in 0..5 {
+        let values: Vec<String> = (0..200).map(|i| format!("({}, '{pad}')", chunk * 200 + i)).collect();
+        exec(client, &format!("INSERT INTO t VALUES {}", values.join(","))).await;
+    }
+    wait_rows(cluster, client, follower, "SELECT count(*) FROM t", vec![vec![Value::Integer(1000)]]).await;
 }
 
 /// Bytes as they are, as a gRPC message: requests a generated client could not build.

@@ -239,11 +239,71 @@ impl pb::sql_server::Sql for SqlService {
         }
         pages[0].columns = result.columns;
         pages.last_mut().expect("at least one page").receipt = Some(receipt_to_pb(&receipt));
-        let pages = pages.into_iter().map(move |p| {
-            let _held_until_the_stream_ends = (&admitted, &held);
-            Ok(p)
-        });
-        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(pages))))
+        // A reader must take each page within --query-timeout: one that stops reading (and
+        // neither closes nor resets its stream) would otherwise keep its in-flight slot and its
+        // result forever. Past it, the rest of the result and both holds are dropped, and the
+        // reader gets DEADLINE_EXCEEDED after the pages already on their way.
+        let idle = self.core.options.query_timeout;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = finished.clone();
+        tokio::spawn(
+            async move {
+                let _held_until_the_stream_ends = (admitted, held);
+                for p in pages {
+                    match tokio::time::timeout(idle, tx.send(p)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return, // the reader went away
+                        Err(_) => {
+                            tracing::warn!(?idle, "a query's reader took no page within --query-timeout-ms: its result was dropped");
+                            return;
+                        }
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            }
+            .instrument(span),
+        );
+        Ok(tonic::Response::new(Box::pin(Pages { rx, finished, idle, ended: false })))
+    }
+}
+
+/// A query's pages as the sending task hands them over; ends with DEADLINE_EXCEEDED if the task
+/// gave up on a reader that stopped reading.
+struct Pages {
+    rx: tokio::sync::mpsc::Receiver<pb::QueryResponse>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+    idle: Duration,
+    ended: bool,
+}
+
+impl Stream for Pages {
+    type Item = Result<pb::QueryResponse, tonic::Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(p)) => Poll::Ready(Some(Ok(p))),
+            Poll::Ready(None) => {
+                self.ended = true;
+                if self.finished.load(std::sync::atomic::Ordering::Acquire) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
+                        "the reader took no page of this result for {:?} (--query-timeout-ms): the rest \
+                         of it was dropped; read a result as it arrives, or ask for fewer rows",
+                        self.idle
+                    )))))
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
