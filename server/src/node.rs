@@ -14,6 +14,10 @@
 //! the join and bootstrap calls here) to that local IP (see `raft::network`).
 //! SIGTERM or SIGINT: stop serving, shut openraft down, flush sled, exit 0.
 //!
+//! Threads ([`Runtimes`]): client work and Raft work run on separate tokio runtimes, and the
+//! client runtime's threads run at a lower scheduling priority, so however busy clients keep
+//! the CPUs, heartbeats, votes and appends are handled first.
+//!
 //! Known gaps: a leader does not hand over leadership before exiting (openraft 0.9 has no
 //! leadership transfer; followers elect a new leader after the election timeout); the TOML
 //! config file and the HTTP side port (metrics, health) of design.md §7/§9 are not built yet.
@@ -166,7 +170,75 @@ pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
 }
 
 /// Runs a node until SIGTERM/SIGINT.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// How much lower (in nice steps, Linux) the client runtime's threads run than Raft's.
+pub const CLIENT_NICE: i32 = 5;
+
+/// The node's two tokio runtimes.
+///
+/// - `raft` (threads "raft", two workers, the process's own priority): start-up, openraft's
+///   core and replication, apply, snapshots, the store's flusher thread (started from it, so it
+///   inherits its priority), the watchdog, and the handling of every peer message (the peer
+///   service moves each one here before decoding it).
+/// - `client` (threads "client", one worker per CPU, nice +[`CLIENT_NICE`]): the gRPC server,
+///   SQL evaluation for reads and for the sequencer, and result streams. Its threads carry large
+///   stacks (`sql::STACK_BYTES`) for evaluation.
+///
+/// A separate runtime keeps client tasks from delaying Raft's on a shared worker; the lower
+/// priority keeps client threads (evaluation runs on blocking threads, several at once) from
+/// taking the CPUs from Raft's under load. Both runtimes see the same process; neither is a
+/// hard reservation. (Issue 17's separate peer listener will be served from `raft` as well.)
+pub struct Runtimes {
+    raft: tokio::runtime::Runtime,
+    client: tokio::runtime::Runtime,
+}
+
+impl Runtimes {
+    pub fn new() -> std::io::Result<Runtimes> {
+        let raft = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("raft")
+            .enable_all()
+            .build()?;
+        let client = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("client")
+            // SQL parsing, planning and evaluation recurse with the nesting of a statement
+            // (bounded by `sql::MAX_NESTING`); large stacks keep the deepest statement we accept
+            // far from overflow.
+            .thread_stack_size(crate::sql::STACK_BYTES)
+            .on_thread_start(lower_this_threads_priority)
+            .enable_all()
+            .build()?;
+        Ok(Runtimes { raft, client })
+    }
+
+    /// Runs the node until SIGTERM/SIGINT or a fatal error, then stops both runtimes.
+    pub fn run(self, cfg: Config) -> anyhow::Result<()> {
+        let result = self.raft.block_on(run(cfg, self.client.handle().clone()));
+        self.client.shutdown_timeout(Duration::from_secs(1));
+        self.raft.shutdown_timeout(Duration::from_secs(1));
+        result
+    }
+}
+
+/// Lowers the calling thread's scheduling priority by [`CLIENT_NICE`] (Linux; elsewhere, and if
+/// the call fails, the thread keeps its priority: a preference, not a requirement).
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid, getpriority and setpriority act on this thread's own scheduling value and
+    // touch no memory of ours; errno is thread-local.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // -1 is a valid nice value: errno alone tells a failure.
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() == 0 {
+            libc::setpriority(libc::PRIO_PROCESS, tid, (now + CLIENT_NICE).min(19));
+        }
+    }
+}
+
+/// Runs the node on the current (Raft) runtime; client work goes to `client`.
+async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> {
     if cfg.id == 0 {
         bail!("--id must be at least 1");
     }
@@ -269,7 +341,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 "--clock-offset-ms is set: this node's NOW() is shifted on purpose (a test-only option)"
             );
         }
-        let sequencer = Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), options.clone());
+        let sequencer = {
+            let _on_the_client_runtime = client.enter();
+            Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), options.clone())
+        };
         let core = Arc::new(Core {
             id: cfg.id,
             addr: addr.clone(),
@@ -281,6 +356,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             append_times: Default::default(),
             peer_source: cfg.peer_source_addr,
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_requests.max(1))),
+            raft_runtime: tokio::runtime::Handle::current(),
         });
         core.append_times.follow(raft.clone());
         crate::watchdog::spawn_probes(raft.clone());
@@ -322,7 +398,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown_signal(),
             );
-        server.await.context("gRPC server failed")?;
+        client
+            .spawn(server.in_current_span())
+            .await
+            .context("the gRPC server task failed")?
+            .context("gRPC server failed")?;
 
         info!("shutting down");
         if let Err(e) = raft.shutdown().await {

@@ -194,6 +194,9 @@ pub struct Core {
     pub peer_source: Option<std::net::IpAddr>,
     /// Client requests being served now, bounded by `Options::max_inflight` ([`Core::admit`]).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// The runtime openraft's core, replication and apply run on, apart from client work (see
+    /// [`crate::node::Runtimes`]); the peer service handles messages there too.
+    pub raft_runtime: tokio::runtime::Handle,
 }
 
 /// The pause suggested to a client whose request was shed (`retry-after-ms` in the reply).

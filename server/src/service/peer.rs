@@ -20,17 +20,38 @@ use raftsql_proto::v1 as pb;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
 
-pub struct PeerService {
+/// Every message is handled on the Raft runtime (`Core::raft_runtime`, see
+/// `node::Runtimes`): the gRPC server that received it runs with client work, but decoding,
+/// checking and openraft's answer do not wait behind clients.
+pub struct PeerService(Arc<Handler>);
+
+struct Handler {
     core: Arc<Core>,
     /// The snapshot being received and verified, if any (one at a time: a node has one leader).
     incoming: tokio::sync::Mutex<Option<Incoming>>,
 }
 
+type Reply = Result<tonic::Response<pb::RaftMessage>, tonic::Status>;
+
 impl PeerService {
     pub fn new(core: Arc<Core>) -> Self {
-        PeerService { core, incoming: Default::default() }
+        PeerService(Arc::new(Handler { core, incoming: Default::default() }))
     }
 
+    async fn on_raft_runtime<F, Fut>(&self, handle: F) -> Reply
+    where
+        F: FnOnce(Arc<Handler>) -> Fut,
+        Fut: std::future::Future<Output = Reply> + Send + 'static,
+    {
+        let task = handle(self.0.clone());
+        match self.0.core.raft_runtime.spawn(task).await {
+            Ok(reply) => reply,
+            Err(e) => Err(tonic::Status::unavailable(format!("this node is shutting down ({e}): retry"))),
+        }
+    }
+}
+
+impl Handler {
     /// Feeds a snapshot chunk to the verifier of its stream; on the last chunk, waits for the
     /// verdict. Err: the chunk must not reach openraft.
     async fn verify_chunk(
@@ -183,12 +204,8 @@ fn encode<T: Serialize>(reply: &T) -> Result<tonic::Response<pb::RaftMessage>, t
     Ok(tonic::Response::new(pb::RaftMessage { payload, ..Default::default() }))
 }
 
-#[tonic::async_trait]
-impl pb::raft_server::Raft for PeerService {
-    async fn append_entries(
-        &self,
-        request: tonic::Request<pb::RaftMessage>,
-    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+impl Handler {
+    async fn append_entries(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         let (env, rpc) = decode(request, "AppendEntries")?;
         Local::of(&self.core).append_entries(&env, &rpc).map_err(refused)?;
         let reply = self.core.raft.append_entries(rpc).await;
@@ -198,22 +215,31 @@ impl pb::raft_server::Raft for PeerService {
         encode(&reply)
     }
 
-    async fn vote(
-        &self,
-        request: tonic::Request<pb::RaftMessage>,
-    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+    async fn vote(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         let (env, rpc) = decode(request, "Vote")?;
         Local::of(&self.core).vote(&env, &rpc).map_err(refused)?;
         encode(&self.core.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        request: tonic::Request<pb::RaftMessage>,
-    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+    async fn install_snapshot(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         let (env, rpc) = decode(request, "InstallSnapshot")?;
         Local::of(&self.core).install_snapshot(&env, &rpc).map_err(refused)?;
         self.verify_chunk(&env, &rpc).await.map_err(refused)?;
         encode(&self.core.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for PeerService {
+    async fn append_entries(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
+        self.on_raft_runtime(|h| async move { h.append_entries(request).await }).await
+    }
+
+    async fn vote(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
+        self.on_raft_runtime(|h| async move { h.vote(request).await }).await
+    }
+
+    async fn install_snapshot(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
+        self.on_raft_runtime(|h| async move { h.install_snapshot(request).await }).await
     }
 }
