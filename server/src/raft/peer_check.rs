@@ -36,7 +36,7 @@
 //! peer certificates of the security issue (17).
 
 use super::Core;
-use crate::typ::{Entry, Incarnation, LogId, Membership, NodeId, TypeConfig, Vote};
+use crate::typ::{Entry, Incarnation, LogId, NodeId, StoredMembership, TypeConfig, Vote};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 /// The furthest a peer message's term may run ahead of this node's current term.
@@ -71,19 +71,22 @@ pub struct Local {
     pub incarnation: u64,
     pub cluster_id: Option<String>,
     pub term: u64,
-    /// The membership this node goes by now (the effective one, committed or not).
-    pub membership: Membership,
+    /// The membership this node goes by now (the effective one, committed or not), shared
+    /// with openraft's metrics rather than copied per message.
+    pub membership: std::sync::Arc<StoredMembership>,
 }
 
 impl Local {
     pub fn of(core: &Core) -> Local {
-        let m = core.metrics();
+        let cluster_id = core.sm.cluster_id().ok().flatten();
+        let metrics = core.raft.metrics();
+        let m = metrics.borrow();
         Local {
             id: core.id,
             incarnation: core.sm.incarnation(),
-            cluster_id: core.sm.cluster_id().ok().flatten(),
+            cluster_id,
             term: m.current_term,
-            membership: m.membership_config.membership().clone(),
+            membership: m.membership_config.clone(),
         }
     }
 
@@ -115,7 +118,7 @@ impl Local {
                 self.id
             )));
         }
-        if let Some(member) = self.membership.get_node(&env.from) {
+        if let Some(member) = self.membership.membership().get_node(&env.from) {
             if member.incarnation != env.from_incarnation {
                 return Err(self.refuse(format!(
                     "it comes from incarnation {} of node {}, but the membership admitted node {} as \
@@ -233,7 +236,7 @@ fn check_entry(e: &Entry, prev: Option<LogId>, term: u64) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::typ::Member;
+    use crate::typ::{Member, Membership};
     use openraft::{CommittedLeaderId, EntryPayload};
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -242,6 +245,7 @@ mod tests {
         let nodes: BTreeMap<NodeId, Member> =
             (1..=3).map(|id| (id, Member::new(format!("h:{id}"), id * 10))).collect();
         let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+        let membership = std::sync::Arc::new(StoredMembership::new(None, membership));
         Local { id: 2, incarnation: 20, cluster_id: Some("c1".into()), term: 5, membership }
     }
 

@@ -254,7 +254,7 @@ pub fn check_client(input: ClientInput) -> Result<(), TestCaseError> {
                     incarnation: 2,
                     cluster_id: Some("c".into()),
                     term: 5,
-                    membership: members(),
+                    membership: std::sync::Arc::new(StoredMembership::new(None, members())),
                 },
             })
         }
@@ -390,7 +390,7 @@ pub fn peer_input() -> BoxedStrategy<PeerInput> {
             incarnation: id,
             cluster_id,
             term,
-            membership: members(),
+            membership: std::sync::Arc::new(StoredMembership::new(None, members())),
         });
     (payload, env, local)
         .prop_map(|((kind, payload), env, local)| PeerInput { kind, payload, env, local })
