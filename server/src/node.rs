@@ -12,7 +12,8 @@
 //! A restart needs only `--id`, `--listen` and `--data-dir`: the membership is in the log.
 //! `--peer-source-addr IP` binds every connection this node opens to another node (including
 //! the join and bootstrap calls here) to that local IP (see `raft::network`).
-//! SIGTERM or SIGINT: stop serving, shut openraft down, flush sled, exit 0.
+//! SIGTERM or SIGINT: stop accepting, answer the requests in flight for up to [`DRAIN`] (then
+//! cut them off), shut openraft down, flush sled, exit 0.
 //!
 //! Threads ([`Runtimes`]): client work and Raft work run on separate tokio runtimes, and the
 //! client runtime's threads run at a lower scheduling priority, so however busy clients keep
@@ -380,6 +381,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             }
         }
 
+        let signalled = Arc::new(tokio::sync::Notify::new());
         let server = tonic::transport::Server::builder()
             .add_service(
                 pb::sql_server::SqlServer::new(SqlService { core: core.clone() })
@@ -396,13 +398,23 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                 // Nagle off: a small reply (a row, a heartbeat ack) must not wait for the peer's
                 // delayed ACK. Serving from a plain listener stream would silently keep it on.
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown_signal(),
+                signal_then_drain(signalled.clone()),
             );
-        client
-            .spawn(server.in_current_span())
-            .await
-            .context("the gRPC server task failed")?
-            .context("gRPC server failed")?;
+        let mut server = client.spawn(server.in_current_span());
+        // After the signal the server answers what it has and sends GOAWAY; requests still
+        // running after DRAIN (a long read, a stream nobody reads) are cut off, so a node always
+        // stops within its grace period.
+        let drained = async {
+            signalled.notified().await;
+            tokio::time::sleep(DRAIN).await;
+        };
+        tokio::select! {
+            served = &mut server => served.context("the gRPC server task failed")?.context("gRPC server failed")?,
+            () = drained => {
+                warn!(drain = ?DRAIN, "requests were still running after the drain period: cutting them off");
+                server.abort();
+            }
+        }
 
         info!("shutting down");
         if let Err(e) = raft.shutdown().await {
@@ -414,6 +426,15 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     }
     .instrument(span)
     .await
+}
+
+/// How long a stopping node keeps serving the requests it has before cutting them off.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// Resolves at SIGTERM or SIGINT, after telling `signalled`.
+async fn signal_then_drain(signalled: Arc<tokio::sync::Notify>) {
+    shutdown_signal().await;
+    signalled.notify_one();
 }
 
 async fn shutdown_signal() {

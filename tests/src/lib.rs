@@ -461,6 +461,25 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM a node and wait up to `timeout` for it to exit; past it, SIGKILL it and fail.
+    pub async fn terminate(&mut self, id: u64, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.signal(id, libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.nodes.get_mut(&id).and_then(|n| n.child.as_mut());
+            let Some(child) = child else { return Err(format!("node {id} is not running")) };
+            if let Some(status) = child.try_wait().map_err(|e| format!("waiting for node {id}: {e}"))? {
+                self.nodes.get_mut(&id).expect("found above").child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill(id);
+                return Err(format!("node {id} did not exit within {timeout:?} of SIGTERM"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGSTOP a node.
     pub fn pause(&self, id: u64) {
         self.signal(id, libc::SIGSTOP);

@@ -482,6 +482,41 @@ async fn a_reader_that_stops_reading_loses_its_result_and_its_slot() {
     all_answer(&cluster).await;
 }
 
+/// SIGTERM waited for every request in flight: a pathological read ran until it ended and a
+/// stream nobody read kept the node up for as long as its connection lived, past any grace
+/// period Kubernetes gives. Now a stopping node answers what it has for `node::DRAIN` (10 s),
+/// then cuts the rest off, shuts Raft down, flushes and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_within_its_drain_whatever_is_running() {
+    let (mut cluster, _leader, follower) = start(&[]).await;
+    let client = cluster.client().await;
+    four_megabytes_of_rows(&cluster, &client, follower).await;
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.listen(follower))).unwrap();
+    let mut sql = raftsql_client::pb::sql_client::SqlClient::new(endpoint.connect_lazy());
+    let request = raftsql_client::pb::QueryRequest {
+        sql: "SELECT id, v FROM t".into(),
+        consistency: raftsql_client::pb::Consistency::Any as i32,
+        page_rows: 10,
+        ..Default::default()
+    };
+    // A reader that takes one page and stops (its result would be dropped only after the
+    // 30 s query timeout).
+    let mut stalled = sql.query(request).await.expect("served").into_inner();
+    tokio::time::timeout(WAIT, stalled.message()).await.expect("in time").expect("a page").expect("one");
+
+    let started = Instant::now();
+    let status = cluster.terminate(follower, Duration::from_secs(25)).await.expect("the node stops");
+    println!("stopped {:?} after SIGTERM: {status}", started.elapsed());
+    assert!(status.success(), "{status}");
+    let log = cluster.log_tail(follower);
+    assert!(log.contains("cutting them off"), "the drain ended the stalled stream: {log}");
+    assert!(log.contains("stopped; data flushed"), "{log}");
+    drop(stalled);
+    // The others go on.
+    exec(&client, "INSERT INTO t VALUES (5000, 'after')").await;
+}
+
 /// Table `t` of 1,000 rows of ~4 KB (`SELECT id, v FROM t` is ~4 MB), present on `follower`.
 async fn four_megabytes_of_rows(cluster: &Cluster, client: &Client, follower: u64) {
     exec(client, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
