@@ -15,6 +15,22 @@ use std::ops::Bound::{self, Excluded, Included, Unbounded};
 use tempfile::TempDir;
 use Value::{Integer as I, Null, Text};
 
+/// `store::open`, for tests that open a dir again right after dropping the store on it: sled's
+/// I/O threads can hold the database's file lock for a moment after the last handle is gone
+/// (sled's own tests block on the lock for that reason), so `Locked` is retried for up to 10 s.
+/// A node process opens its dir once, so the server itself does not retry.
+fn open(o: &Options) -> Result<(LogStore, StateMachine), Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match super::open(o) {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r,
+        }
+    }
+}
+
 fn opts(dir: &Path, node_id: NodeId) -> Options {
     Options { data_dir: dir.join("data"), node_id, flush_every: None }
 }
