@@ -397,6 +397,78 @@ pub type RowIter<'a> = Box<dyn Iterator<Item = Result<(Key, Row), ReadError>> + 
 /// An ordered stream of `(indexed values, primary key)` pairs.
 pub type IndexIter<'a> = Box<dyn Iterator<Item = Result<(Vec<Value>, Key), ReadError>> + 'a>;
 
+/// The one order of values (SQLite's), used by evaluation (comparisons, ORDER BY, DISTINCT,
+/// GROUP BY), by the leader's PRIMARY KEY and UNIQUE checks, and — through the key encoding
+/// (`store::keys`), whose bytewise order is tested to equal it — by the store. Two values this
+/// calls equal are one key, and the other way round.
+///
+/// NULL, then numbers, then text (bytewise), then blobs. Numbers compare by exact value across
+/// types (`Integer(2^53 + 1) > Real(2^53)`, which a conversion to `f64` would call equal;
+/// `Boolean` is 0 or 1); `-0.0 == 0.0`; NaN sorts below every other number and equals NaN.
+pub fn compare_values(a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    use Value::*;
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Null => 0,
+            Integer(_) | Real(_) | Boolean(_) => 1,
+            Text(_) => 2,
+            Blob(_) => 3,
+        }
+    }
+    fn int(v: &Value) -> Option<i64> {
+        match v {
+            Integer(i) => Some(*i),
+            Boolean(b) => Some(i64::from(*b)),
+            _ => None,
+        }
+    }
+    /// An integer against a double, exactly.
+    fn int_real(i: i64, r: f64) -> Ordering {
+        if r.is_nan() {
+            return Ordering::Greater;
+        }
+        let two_63 = 9_223_372_036_854_775_808.0_f64;
+        if r >= two_63 {
+            return Ordering::Less;
+        }
+        if r < -two_63 {
+            return Ordering::Greater;
+        }
+        // |r| < 2^63: its integral part fits an i64 exactly, and the fraction decides a tie.
+        let t = r.trunc();
+        match i.cmp(&(t as i64)) {
+            Ordering::Equal => 0.0f64.partial_cmp(&(r - t)).unwrap_or(Ordering::Equal),
+            o => o,
+        }
+    }
+    match (a, b) {
+        (Text(x), Text(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Blob(x), Blob(y)) => x.cmp(y),
+        (Real(x), Real(y)) => match (x.is_nan(), y.is_nan()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => Ordering::Less,
+            (false, true) => Ordering::Greater,
+            _ => x.partial_cmp(y).unwrap_or(Ordering::Equal),
+        },
+        (Real(x), y) if rank(y) == 1 => int_real(int(y).expect("a number"), *x).reverse(),
+        (x, Real(y)) if rank(x) == 1 => int_real(int(x).expect("a number"), *y),
+        (x, y) if rank(x) == 1 && rank(y) == 1 => int(x).cmp(&int(y)),
+        (x, y) => rank(x).cmp(&rank(y)),
+    }
+}
+
+/// Tuples in [`compare_values`] order, element by element; a prefix sorts first.
+pub fn compare_tuples(a: &[Value], b: &[Value]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = compare_values(x, y);
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 /// Read access to the applied state, as the SQL layer sees it.
 ///
 /// Implemented by the sled store (a consistent view: apply does not run while a view is in use)

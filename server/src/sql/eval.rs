@@ -6,26 +6,11 @@ use crate::changeset::{DataType, Value};
 use sqlparser::ast;
 use std::cmp::Ordering;
 
-/// SQLite's order of values: NULL < numbers (integers, reals and booleans compared numerically)
-/// < text < blob.
+/// SQLite's order of values: NULL < numbers (integers, reals and booleans compared exactly by
+/// value) < text < blob; the one order the store's keys follow too
+/// ([`crate::changeset::compare_values`]).
 pub fn compare(a: &Value, b: &Value) -> Ordering {
-    fn class(v: &Value) -> u8 {
-        match v {
-            Value::Null => 0,
-            Value::Integer(_) | Value::Real(_) | Value::Boolean(_) => 1,
-            Value::Text(_) => 2,
-            Value::Blob(_) => 3,
-        }
-    }
-    match (a, b) {
-        (Value::Text(x), Value::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
-        (Value::Blob(x), Value::Blob(y)) => x.cmp(y),
-        (x, y) if class(x) == 1 && class(y) == 1 => match (int_of(x), int_of(y)) {
-            (Some(i), Some(j)) => i.cmp(&j),
-            _ => real_of(x).total_cmp(&real_of(y)),
-        },
-        (x, y) => class(x).cmp(&class(y)),
-    }
+    crate::changeset::compare_values(a, b)
 }
 
 pub fn int_of(v: &Value) -> Option<i64> {
@@ -46,13 +31,7 @@ pub fn real_of(v: &Value) -> f64 {
 }
 
 pub fn compare_tuples(a: &[Value], b: &[Value]) -> Ordering {
-    for (x, y) in a.iter().zip(b) {
-        let o = compare(x, y);
-        if o != Ordering::Equal {
-            return o;
-        }
-    }
-    a.len().cmp(&b.len())
+    crate::changeset::compare_tuples(a, b)
 }
 
 pub fn type_name(v: &Value) -> &'static str {

@@ -977,6 +977,20 @@ mod tests {
         assert_eq!(o2[0].as_ref().unwrap_err().kind, ErrorKind::Constraint);
     }
 
+    /// One value order everywhere: the leader's key checks call `0.0` and `-0.0` one key, as
+    /// the store's key encoding does (the second INSERT used to pass the check and overwrite
+    /// the first row in sled).
+    #[test]
+    fn zero_and_negative_zero_are_one_key() {
+        let v = setup();
+        let mut ex = Executor::new(&v, CTX);
+        let sql =
+            "CREATE TABLE r (k REAL PRIMARY KEY); INSERT INTO r VALUES (0.0); INSERT INTO r VALUES (-0.0)";
+        let (changes, outcomes) = ex.execute(&[(sql.into(), vec![])], false).unwrap();
+        assert_eq!(changes.len(), 2, "the table and one row: {changes:?}");
+        assert!(matches!(&outcomes[2], Err(e) if e.kind == ErrorKind::Constraint), "{outcomes:?}");
+    }
+
     #[test]
     fn transactions_are_all_or_nothing() {
         let v = setup();

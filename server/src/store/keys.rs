@@ -227,66 +227,7 @@ mod tests {
     use super::*;
     use std::cmp::Ordering;
 
-    /// The reference order of the ReadView contract, written independently of the encoding.
-    fn rank(v: &Value) -> u8 {
-        match v {
-            Value::Null => 0,
-            Value::Integer(_) | Value::Real(_) | Value::Boolean(_) => 1,
-            Value::Text(_) => 2,
-            Value::Blob(_) => 3,
-        }
-    }
-
-    fn cmp_int_real(i: i64, r: f64) -> Ordering {
-        if r.is_nan() {
-            return Ordering::Greater;
-        }
-        let two_63 = (1u64 << 63) as f64;
-        if r >= two_63 {
-            return Ordering::Less;
-        }
-        if r < -two_63 {
-            return Ordering::Greater;
-        }
-        let t = r.trunc();
-        match i.cmp(&(t as i64)) {
-            Ordering::Equal => 0.0f64.partial_cmp(&(r - t)).expect("finite"),
-            o => o,
-        }
-    }
-
-    fn cmp_values(a: &Value, b: &Value) -> Ordering {
-        use Value::*;
-        let num = |v: &Value| match v {
-            Boolean(b) => Integer(i64::from(*b)),
-            v => v.clone(),
-        };
-        match (num(a), num(b)) {
-            (Null, Null) => Ordering::Equal,
-            (Integer(x), Integer(y)) => x.cmp(&y),
-            (Integer(x), Real(y)) => cmp_int_real(x, y),
-            (Real(x), Integer(y)) => cmp_int_real(y, x).reverse(),
-            (Real(x), Real(y)) => match (x.is_nan(), y.is_nan()) {
-                (true, true) => Ordering::Equal,
-                (true, false) => Ordering::Less,
-                (false, true) => Ordering::Greater,
-                _ => x.partial_cmp(&y).expect("not NaN"),
-            },
-            (Text(x), Text(y)) => x.as_bytes().cmp(y.as_bytes()),
-            (Blob(x), Blob(y)) => x.cmp(&y),
-            (x, y) => rank(&x).cmp(&rank(&y)),
-        }
-    }
-
-    fn cmp_tuples(a: &[Value], b: &[Value]) -> Ordering {
-        for (x, y) in a.iter().zip(b) {
-            match cmp_values(x, y) {
-                Ordering::Equal => {}
-                o => return o,
-            }
-        }
-        a.len().cmp(&b.len())
-    }
+    use crate::changeset::{compare_tuples as cmp_tuples, compare_values as cmp_values};
 
     fn enc(t: &[Value]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -353,6 +294,60 @@ mod tests {
                 let got = enc(std::slice::from_ref(a)).cmp(&enc(std::slice::from_ref(b)));
                 assert_eq!(got, want, "{a:?} vs {b:?}");
             }
+        }
+    }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let edge_reals = prop_oneof![
+            Just(0.0),
+            Just(-0.0),
+            Just(f64::NAN),
+            Just(-f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(f64::MIN_POSITIVE),
+            Just(9_007_199_254_740_992.0),
+            Just(9_223_372_036_854_775_808.0),
+            Just(-9_223_372_036_854_775_808.0),
+        ];
+        let near = prop_oneof![
+            Just(i64::MIN),
+            Just(i64::MAX),
+            (-(1i64 << 54)..(1i64 << 54)),
+            ((1i64 << 53) - 4..(1i64 << 53) + 4),
+            (i64::MAX - 4..=i64::MAX),
+        ];
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            near.clone().prop_map(Value::Integer),
+            // Reals that equal an integer, or nearly: where int/real comparison is delicate.
+            near.prop_map(|i| Value::Real(i as f64)),
+            any::<f64>().prop_map(Value::Real),
+            edge_reals.prop_map(Value::Real),
+            any::<bool>().prop_map(Value::Boolean),
+            "[a\\x00é]{0,3}".prop_map(Value::Text),
+            proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0xFF)], 0..3)
+                .prop_map(Value::Blob),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// The key encoding's bytewise order is the one order of values, for every pair.
+        #[test]
+        fn keys_encoding_order_is_the_value_order(a in any_value(), b in any_value()) {
+            let got = enc(std::slice::from_ref(&a)).cmp(&enc(std::slice::from_ref(&b)));
+            proptest::prop_assert_eq!(got, cmp_values(&a, &b), "{:?} vs {:?}", a, b);
+        }
+
+        #[test]
+        fn keys_tuple_encoding_order_is_the_tuple_order(
+            a in proptest::collection::vec(any_value(), 0..3),
+            b in proptest::collection::vec(any_value(), 0..3),
+        ) {
+            proptest::prop_assert_eq!(enc(&a).cmp(&enc(&b)), cmp_tuples(&a, &b), "{:?} vs {:?}", a, b);
         }
     }
 
