@@ -177,9 +177,10 @@ fn check_here(req: &Request) -> Result<(), TestCaseError> {
     };
     let peak = alloc::peak_since(mark);
     prop_assert!(
-        peak <= MAX_PEAK,
-        "the case held {} MiB at its peak (budget {} MiB)",
+        peak <= max_peak,
+        "the case held {} MiB at its peak (bound {} MiB; statement budget {} MiB)",
         peak >> 20,
+        max_peak >> 20,
         MAX_MEMORY >> 20
     );
     // Nothing half applied: the overlay reads as the database with exactly the changes returned.
