@@ -509,11 +509,7 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
 }
 
 async fn status_of(core: &Core, addr: &str) -> Option<pb::StatusResponse> {
-    let channel = core.peer_channel(addr).ok()?;
-    let mut client = pb::admin_client::AdminClient::new(channel);
-    let mut req = tonic::Request::new(pb::StatusRequest {});
-    req.set_timeout(Duration::from_secs(1));
-    let s = client.status(req).await.ok()?.into_inner();
+    let s = core.status_of(addr, Duration::from_secs(1)).await.ok()?;
     // A node too old to report an incarnation cannot be admitted under one.
     (s.incarnation != 0).then_some(s)
 }

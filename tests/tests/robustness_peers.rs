@@ -261,3 +261,55 @@ async fn a_node_that_lost_its_data_never_rejoins_as_itself() {
     cluster.kill(b);
     cluster.assert_converged("t").await.expect("the old leader and A agree");
 }
+
+/// An ordinary client joined a fake member at `127.0.0.1:9` and one whose address was
+/// `not an address at all`: each stayed in the membership and the leader replicated to it
+/// forever. Now a join is admitted only if its address is HOST:PORT and the node answering
+/// there is the one asking (id and incarnation); a node of another cluster is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_of_nodes_that_are_not_there_are_refused() {
+    let (cluster, leader, follower, _client) = cluster_with_a_table().await;
+    let before = cluster.status(leader).await.expect("status");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.listen(follower))).unwrap();
+    let mut admin = pb::admin_client::AdminClient::new(channel.connect_lazy());
+    let join = |node_id: u64, addr: &str, incarnation: u64| pb::JoinRequest {
+        node_id,
+        addr: addr.into(),
+        as_learner: true,
+        incarnation,
+    };
+    // A port nothing listens on: bind one, note it, let it go.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let other = cluster.ids().into_iter().find(|&n| n != leader && n != follower).unwrap();
+    let cases = [
+        (join(9, "not an address at all", 1), tonic::Code::InvalidArgument, "not HOST:PORT"),
+        (join(9, "bad host!:7000", 1), tonic::Code::InvalidArgument, "not a host name"),
+        (join(9, "127.0.0.1:0", 1), tonic::Code::InvalidArgument, "not a port"),
+        (join(9, &dead, 1), tonic::Code::Unavailable, "must be running and reachable"),
+        // Another member's address, claimed by a node that is not there.
+        (
+            join(9, cluster.addr(other), 1),
+            tonic::Code::InvalidArgument,
+            &format!("node {other} (incarnation"),
+        ),
+    ];
+    for (req, code, needle) in cases {
+        let what = format!("{} at {:?}", req.node_id, req.addr);
+        let s = tokio::time::timeout(WAIT, admin.join(req)).await.expect("an answer").expect_err(&what);
+        assert_eq!(s.code(), code, "{what}: {s:?}");
+        assert!(s.message().contains(needle), "{what}: {s:?}");
+    }
+    // The membership is as it was, on every node.
+    let ids = |s: &pb::StatusResponse| s.members.iter().map(|m| (m.id, m.addr.clone())).collect::<Vec<_>>();
+    for id in cluster.ids() {
+        assert_eq!(ids(&cluster.status(id).await.expect("status")), ids(&before), "node {id}");
+    }
+    // A real node still joins.
+    let mut cluster = cluster;
+    let new = cluster.add_node().await.expect("a real node joins");
+    assert!(cluster.status(leader).await.expect("status").members.iter().any(|m| m.id == new));
+}

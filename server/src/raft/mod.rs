@@ -267,6 +267,25 @@ impl Core {
         network::channel(addr, self.peer_source)
     }
 
+    /// Asks the node at `addr` for its status (`Admin.Status`), within `timeout`; `Err` says
+    /// why nothing usable answered.
+    pub async fn status_of(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<raftsql_proto::v1::StatusResponse, String> {
+        use raftsql_proto::v1 as pb;
+        let channel = self.peer_channel(addr).map_err(|e| format!("{addr:?} cannot be dialed: {e}"))?;
+        let mut client = pb::admin_client::AdminClient::new(channel);
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.status(req)).await {
+            Err(_) => Err(format!("nothing answered at {addr} within {timeout:?}")),
+            Ok(Err(s)) => Err(format!("{addr} did not answer a status call: {}", s.message())),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+
     /// The NotLeader error as this node knows it now.
     pub fn not_leader(&self) -> Error {
         let m = self.metrics();

@@ -33,6 +33,29 @@ use tracing::info;
 
 /// How long a join may take: the new node must catch up by snapshot and log first.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the leader waits for a joining node to answer its status call.
+const JOINER_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `HOST:PORT`, as a member's address must be: a host name or IP (IPv6 in brackets) and a port
+/// from 1 to 65535.
+fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or("it is not HOST:PORT")?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("{port:?} is not a port (1 to 65535)")),
+    }
+    let ok_host = if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        ip.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+    };
+    if !ok_host {
+        return Err(format!("{host:?} is not a host name or IP address"));
+    }
+    Ok(())
+}
 
 /// How long a removal may take to commit (two membership entries on a live quorum).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,6 +154,7 @@ impl AdminService {
                 )));
             }
         }
+        self.check_joiner(&req).await?;
         let is_voter = membership.voter_ids().any(|v| v == req.node_id);
         if !is_voter {
             info!(node = req.node_id, addr = %req.addr, "adding learner; waiting for it to catch up");
@@ -165,6 +189,42 @@ impl AdminService {
 }
 
 impl AdminService {
+    /// Before a node enters the membership, its address must be one and the node that answers
+    /// there must be the one asking: a typo, a dead address or another node's address would
+    /// otherwise stay in the membership, and the leader would replicate to it forever.
+    async fn check_joiner(&self, req: &pb::JoinRequest) -> Result<(), Error> {
+        check_addr(&req.addr).map_err(|e| {
+            Error::InvalidArgument(format!("node {} asks to join at {:?}: {e}", req.node_id, req.addr))
+        })?;
+        // Unreachable now may be reachable later (a partition, a slow start): the joiner retries.
+        let s = self.core.status_of(&req.addr, JOINER_STATUS_TIMEOUT).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "node {} asks to join at {}, but {e}: a joining node must be running and reachable \
+                 at the address it gives",
+                req.node_id, req.addr
+            ))
+        })?;
+        if s.node_id != req.node_id || s.incarnation != req.incarnation {
+            return Err(Error::InvalidArgument(format!(
+                "node {} (incarnation {}) asks to join at {}, but node {} (incarnation {}) answers \
+                 there: check the joining node's --advertise address",
+                req.node_id,
+                Incarnation(req.incarnation),
+                req.addr,
+                s.node_id,
+                Incarnation(s.incarnation)
+            )));
+        }
+        let ours = self.core.sm.cluster_id().map_err(|e| Error::Unavailable(e.to_string()))?;
+        if !s.cluster_id.is_empty() && ours.as_deref().is_some_and(|c| c != s.cluster_id) {
+            return Err(Error::InvalidArgument(format!(
+                "node {} at {} belongs to cluster {}, not to this one: a node joins one cluster only",
+                req.node_id, req.addr, s.cluster_id
+            )));
+        }
+        Ok(())
+    }
+
     async fn remove_on_leader(&self, id: NodeId) -> Result<(), Error> {
         let m = self.core.metrics();
         let membership = m.membership_config.membership();
