@@ -179,9 +179,13 @@ pub const STACK_BYTES: usize = 64 << 20;
 /// Parses one statement text (a [`Piece`](limits::Piece) of a request) into statements: tokenize,
 /// number bare `?` placeholders in text order (`?1`, `?2`, ...) so binding does not depend on
 /// the order in which the planner visits expressions, refuse over-deep expressions before a
-/// tree exists ([`limits::check_depth`]), then parse. Error positions are those of the whole
+/// tree exists ([`limits::check_depth`]), charge the tree about to be built to `meter`
+/// ([`limits::charge_syntax_tree`]), then parse. Error positions are those of the whole
 /// request text.
-pub(crate) fn parse_piece(piece: limits::Piece<'_>) -> Result<Vec<sqlparser::ast::Statement>, Error> {
+pub(crate) fn parse_piece(
+    piece: limits::Piece<'_>,
+    meter: &limits::Meter,
+) -> Result<Vec<sqlparser::ast::Statement>, Error> {
     use sqlparser::parser::{Parser, ParserError};
     use sqlparser::tokenizer::{Token, Tokenizer};
     let dialect = sqlparser::dialect::SQLiteDialect {};
@@ -204,6 +208,7 @@ pub(crate) fn parse_piece(piece: limits::Piece<'_>) -> Result<Vec<sqlparser::ast
         }
     }
     limits::check_depth(&tokens)?;
+    limits::charge_syntax_tree(&tokens, meter)?;
     Parser::new(&dialect)
         .with_recursion_limit(MAX_NESTING)
         .with_tokens_with_locations(tokens)
