@@ -1,7 +1,8 @@
 //! `raftsql demo`: a local cluster of real `raftsql-server` processes (free ports, a temporary
 //! data dir) and the interactive shell connected to it. Everything is removed on exit: after
-//! `.quit`, Ctrl-D, the end of piped input, SIGTERM, SIGHUP, or SIGINT (other than a Ctrl-C
-//! typed at the prompt, which only cancels the input or the running statement).
+//! `.quit`, Ctrl-D, the end of piped input, SIGTERM or SIGHUP, and SIGINT when the input is piped.
+//! At an interactive prompt SIGINT is Ctrl-C, which only cancels the input or the running
+//! statement (see [`crate::repl::run`]).
 //!
 //! The server binary is looked up next to this executable; when running from a source checkout
 //! (`cargo run -p raftsql-client --bin raftsql -- demo`) and it is missing, it is built first
@@ -387,8 +388,7 @@ async fn run_cluster(
     let mut shell = Shell::new(client, format);
     shell.demo = Some(handle.clone());
     if interactive {
-        let h = handle.clone();
-        crate::repl::run(&mut shell, Arc::new(move || h.shutdown())).await?;
+        crate::repl::run(&mut shell).await?;
     } else {
         let mut text = String::new();
         tokio::task::block_in_place(|| std::io::stdin().read_to_string(&mut text))?;

@@ -48,10 +48,38 @@ pub fn history_path() -> Option<PathBuf> {
     }
 }
 
-/// Runs the prompt until `.quit` or Ctrl-D. A SIGINT that arrives while no statement runs
-/// (not a Ctrl-C typed at the prompt, which the line editor reads as a key) calls `on_exit`
-/// and ends the process.
-pub async fn run(shell: &mut Shell, on_exit: Arc<dyn Fn() + Send + Sync>) -> anyhow::Result<()> {
+/// Whether the line editor shows the prompt (SIGINTs then are not counted).
+static AT_PROMPT: AtomicBool = AtomicBool::new(false);
+/// SIGINTs delivered while no prompt was up.
+static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+fn install_sigint_counter() -> std::io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let r = INSTALLED.get_or_init(|| {
+        // SAFETY: the action only loads and adds to atomics, which is async-signal-safe.
+        unsafe {
+            signal_hook_registry::register(libc::SIGINT, || {
+                if !AT_PROMPT.load(Ordering::SeqCst) {
+                    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        }
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    });
+    r.clone().map_err(|e| std::io::Error::other(format!("cannot handle SIGINT: {e}")))
+}
+
+/// Runs the prompt until `.quit` or Ctrl-D.
+///
+/// SIGINT, as in bash, psql and sqlite3, never ends an interactive shell: while a statement
+/// runs it cancels the statement; at the prompt it does nothing (a Ctrl-C typed there is read by
+/// the line editor as a key and drops the input being typed). A SIGINT cannot tell whether it
+/// came from the keyboard or from `kill`, and around each prompt there is a window in which the
+/// terminal is in cooked mode while the prompt is still (or already) shown: deciding by "who
+/// sent it" raced with that window and ended the shell on a Ctrl-C typed just after Enter.
+/// SIGTERM and SIGHUP end it; the demo cleans up on them.
+pub async fn run(shell: &mut Shell) -> anyhow::Result<()> {
     save_terminal();
     let config =
         Config::builder().auto_add_history(false).history_ignore_dups(true)?.max_history_size(5000)?.build();
@@ -61,29 +89,25 @@ pub async fn run(shell: &mut Shell, on_exit: Arc<dyn Fn() + Send + Sync>) -> any
         let _ = rl.load_history(p);
     }
 
-    // At the prompt the line editor reads Ctrl-C as a key, so a SIGINT that arrives then was
-    // sent by someone else: leave. Otherwise (a statement runs, the terminal is in cooked mode)
-    // Ctrl-C raises SIGINT: count it, and the running statement is dropped.
-    let at_prompt = Arc::new(AtomicBool::new(false));
-    let interrupts = Arc::new(AtomicU64::new(0));
+    // Ctrl-C raises SIGINT while a statement runs (the terminal is in cooked mode): count it,
+    // and the running statement is dropped. One that lands while the prompt is up is not
+    // counted, so it cannot cancel the next statement before it starts. The count is taken in
+    // the signal handler itself, at delivery: a task woken later could see the prompt already
+    // gone and cancel a statement typed after the signal.
+    install_sigint_counter()?;
     let cancel = Arc::new(Notify::new());
     {
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let (at_prompt, interrupts, cancel) = (at_prompt.clone(), interrupts.clone(), cancel.clone());
+        let cancel = cancel.clone();
         tokio::spawn(async move {
             while sigint.recv().await.is_some() {
-                if at_prompt.load(Ordering::SeqCst) {
-                    restore_terminal();
-                    on_exit();
-                    std::process::exit(130);
-                }
-                interrupts.fetch_add(1, Ordering::SeqCst);
                 cancel.notify_waiters();
             }
         });
     }
+    let (at_prompt, interrupts) = (&AT_PROMPT, &INTERRUPTS);
     let interrupted = |seen: u64| {
-        let (interrupts, cancel) = (interrupts.clone(), cancel.clone());
+        let cancel = cancel.clone();
         async move {
             loop {
                 let notified = cancel.notified();
@@ -100,8 +124,9 @@ pub async fn run(shell: &mut Shell, on_exit: Arc<dyn Fn() + Send + Sync>) -> any
     let mut buffer = String::new();
     loop {
         let prompt = if buffer.is_empty() { "raftsql> " } else { "   ...> " };
-        let seen = interrupts.load(Ordering::SeqCst);
         at_prompt.store(true, Ordering::SeqCst);
+        // After the store: a SIGINT from before it is in `seen`, one from after is not counted.
+        let seen = interrupts.load(Ordering::SeqCst);
         let line = tokio::task::block_in_place(|| rl.readline(prompt));
         at_prompt.store(false, Ordering::SeqCst);
         let line = match line {

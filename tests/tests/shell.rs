@@ -341,7 +341,7 @@ fn raftsql_cmd(history: &Path) -> Command {
 
 /// The prompt through a pseudo-terminal: multi-line input, history recall with the up arrow
 /// (also from the history file in a new session), `.mode`, Ctrl-C dropping the typed input and
-/// cancelling a statement that hangs.
+/// cancelling a statement that hangs, SIGINT at the prompt leaving the shell up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_prompt_through_a_pty() {
     let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
@@ -416,6 +416,16 @@ async fn interactive_prompt_through_a_pty() {
         cluster.resume(id);
     }
     pty.expect("raftsql> ");
+    // A SIGINT while the prompt is up (what a Ctrl-C typed just after Enter can be) does not
+    // end the shell, nor cancel the next statement. It used to end it: a CI run lost the shell
+    // to a Ctrl-C that landed as the statement above began.
+    // SAFETY: kill(2) on the shell process this test spawned.
+    unsafe { libc::kill(pty.child.id() as i32, libc::SIGINT) };
+    wait_delivered(pty.child.id(), libc::SIGINT);
+    pty.send("SELECT 6 * 7 AS answer;\r");
+    pty.expect("42");
+    pty.expect("(1 row)");
+    pty.expect("raftsql> ");
     pty.send("SELECT count(*) AS n FROM t;\r");
     pty.expect("(1 row)");
     pty.expect("raftsql> ");
@@ -441,6 +451,25 @@ async fn interactive_prompt_through_a_pty() {
     pty.expect("raftsql> ");
     pty.send(".quit\r");
     assert!(pty.wait_exit(WAIT).success());
+}
+
+/// Waits until `sig`, sent to process `pid` with kill(2), is no longer pending: a thread of the
+/// process has taken it (its handler ran, or is running).
+fn wait_delivered(pid: u32, sig: i32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let pending = status
+            .lines()
+            .find_map(|l| l.strip_prefix("ShdPnd:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .expect("ShdPnd in /proc/PID/status");
+        if pending & (1 << (sig - 1)) == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "signal {sig} still pending for {pid} after {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Pids printed by the demo ("(pid N)") and its data dir ("data in DIR").

@@ -7,7 +7,6 @@ use raftsql_client::shell::{Flow, Format, Shell};
 use raftsql_client::Client;
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(name = "raftsql", version, about = "The raftsql shell")]
@@ -93,7 +92,7 @@ async fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION"),
             args.addr.join(",")
         );
-        if let Err(e) = raftsql_client::repl::run(&mut shell, Arc::new(|| {})).await {
+        if let Err(e) = raftsql_client::repl::run(&mut shell).await {
             eprintln!("raftsql: {e}");
             return ExitCode::from(2);
         }
