@@ -27,6 +27,13 @@
 //! requests in flight, so each concurrently running request takes its own *lane*: client id
 //! `{random}-{lane}` with its own sequence counter.
 //!
+//! # Credentials
+//! A cluster started with `--users-file` wants every call authenticated:
+//! [`Client::with_credentials`] adds a user and password ([`Credentials::Basic`]) or a bearer
+//! token to every request. Missing or wrong credentials fail with [`Error::Unauthenticated`]; a
+//! call the user's permissions do not allow, with [`Error::PermissionDenied`]. Neither is
+//! retried. Request ids are kept per user on the server, so two users' ids never meet.
+//!
 //! # Retries
 //! `NOT_LEADER` → the named leader, same request id; transport failure, `UNAVAILABLE` or
 //! `INDETERMINATE` → back off (50 ms doubling to 1 s) and try again, same request id, until the
@@ -217,6 +224,12 @@ pub enum Error {
     /// A limit of the request or of its evaluation (the message names the server flag).
     #[error("{message}")]
     ResourceExhausted { message: String },
+    /// No credentials, or wrong ones, for a cluster that requires them.
+    #[error("{message}")]
+    Unauthenticated { message: String },
+    /// The user may not make this call (the message names the permission it needs).
+    #[error("{message}")]
+    PermissionDenied { message: String },
     #[error("cannot reach {addr}: {message}")]
     Transport { addr: String, message: String },
     #[error("no server address given")]
@@ -240,6 +253,8 @@ impl Error {
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Error::Internal { .. } => "INTERNAL",
             Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
+            Error::Unauthenticated { .. } => "UNAUTHENTICATED",
+            Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::Transport { .. } => "TRANSPORT",
             Error::NoAddress => "INVALID_ARGUMENT",
         }
@@ -263,6 +278,8 @@ impl Error {
             pb::ErrorCode::InvalidArgument => Error::InvalidArgument { message },
             pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => Error::Internal { message },
             pb::ErrorCode::ResourceExhausted => Error::ResourceExhausted { message },
+            pb::ErrorCode::Unauthenticated => Error::Unauthenticated { message },
+            pb::ErrorCode::PermissionDenied => Error::PermissionDenied { message },
         }
     }
 
@@ -295,6 +312,12 @@ impl Error {
                 Error::Transport { addr: addr.to_string(), message: s.message().to_string() }
             }
             tonic::Code::DeadlineExceeded => Error::Timeout { message: format!("{addr}: {}", s.message()) },
+            tonic::Code::Unauthenticated => {
+                Error::Unauthenticated { message: format!("{addr}: {}", s.message()) }
+            }
+            tonic::Code::PermissionDenied => {
+                Error::PermissionDenied { message: format!("{addr}: {}", s.message()) }
+            }
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
                 Error::InvalidArgument { message: s.message().to_string() }
             }
@@ -325,6 +348,52 @@ struct Inner {
     deadline: Duration,
     /// Writes return once this many nodes applied them (0: once committed).
     min_replicas: u32,
+    /// The `authorization` value every request carries, if any.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+/// How a client proves who it is to a cluster started with `--users-file`.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A user name and its password (sent as HTTP Basic credentials; use TLS off loopback).
+    Basic { user: String, password: String },
+    /// A bearer token from `raftsql-server hash-password --token`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Basic { user, .. } => write!(f, "Basic({user:?}, password hidden)"),
+            Credentials::Bearer(_) => f.write_str("Bearer(token hidden)"),
+        }
+    }
+}
+
+impl Credentials {
+    fn header(&self) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, Error> {
+        use base64::Engine as _;
+        let text = match self {
+            Credentials::Basic { user, password } => {
+                if user.contains(':') {
+                    return Err(Error::InvalidArgument {
+                        message: format!("user name {user:?} contains ':'"),
+                    });
+                }
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+                )
+            }
+            Credentials::Bearer(token) => format!("Bearer {}", token.trim()),
+        };
+        let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            text.parse().map_err(|_| Error::InvalidArgument {
+                message: "the bearer token holds characters a header cannot carry".into(),
+            })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
 }
 
 /// A connection to a raftsql cluster. Cheap to clone; clones share connections and lanes.
@@ -357,6 +426,7 @@ impl Client {
                 next_lane: Mutex::new(0),
                 deadline: Duration::from_secs(10),
                 min_replicas: 0,
+                authorization: None,
             }),
         })
     }
@@ -374,6 +444,7 @@ impl Client {
                 next_lane: Mutex::new(0),
                 deadline,
                 min_replicas: i.min_replicas,
+                authorization: i.authorization.clone(),
             }),
         }
     }
@@ -388,6 +459,27 @@ impl Client {
                 ..Arc::into_inner(c.inner).expect("a fresh client has one owner")
             }),
         }
+    }
+
+    /// The same client, sending `credentials` with every request (see the module docs).
+    pub fn with_credentials(&self, credentials: &Credentials) -> Result<Client, Error> {
+        let header = credentials.header()?;
+        let c = self.with_deadline(self.inner.deadline);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                authorization: Some(header),
+                ..Arc::into_inner(c.inner).expect("a fresh client has one owner")
+            }),
+        })
+    }
+
+    /// `message` as a request with this client's credentials.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Some(a) = &self.inner.authorization {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
+        req
     }
 
     /// The address the client currently sends writes to first (diagnostics).
@@ -481,7 +573,7 @@ impl Client {
         };
         let resp = self
             .retrying(None, true, |addr, channel, timeout| {
-                let mut req = tonic::Request::new(request.clone());
+                let mut req = self.request(request.clone());
                 req.set_timeout(timeout);
                 async move {
                     let mut client =
@@ -532,7 +624,7 @@ impl Client {
         };
         let follow = matches!(opts.consistency, Consistency::Strong | Consistency::ReadYourWrites);
         self.retrying(opts.node.clone(), follow, |addr, channel, timeout| {
-            let mut req = tonic::Request::new(request.clone());
+            let mut req = self.request(request.clone());
             req.set_timeout(timeout);
             async move {
                 let mut client =
@@ -565,7 +657,7 @@ impl Client {
     /// A node's status.
     pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, Error> {
         let mut client = pb::admin_client::AdminClient::new(self.channel(addr)?);
-        let mut req = tonic::Request::new(pb::StatusRequest {});
+        let mut req = self.request(pb::StatusRequest {});
         req.set_timeout(Duration::from_secs(2));
         client.status(req).await.map(|r| r.into_inner()).map_err(|s| Error::from_status(addr, s))
     }
@@ -582,7 +674,7 @@ impl Client {
     pub async fn remove_member(&self, node_id: u64) -> Result<pb::StatusResponse, Error> {
         let resp = self
             .retrying(None, true, |addr, channel, timeout| {
-                let mut req = tonic::Request::new(pb::RemoveRequest { node_id });
+                let mut req = self.request(pb::RemoveRequest { node_id });
                 req.set_timeout(timeout);
                 async move {
                     let mut client = pb::admin_client::AdminClient::new(channel);

@@ -144,6 +144,11 @@ pub struct Config {
     /// monotonic clocks and are not affected. The nemesis's clock-skew schedule uses it.
     #[arg(long, env = "RAFTSQL_CLOCK_OFFSET_MS", default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_ms: i64,
+    /// Users who may call this node, with their password hashes, tokens and permissions (TOML;
+    /// see docs/security.md). Re-read when it changes. Without it, anyone who reaches the port
+    /// may do everything.
+    #[arg(long, env = "RAFTSQL_USERS_FILE", value_name = "PATH")]
+    pub users_file: Option<PathBuf>,
 }
 
 /// Parses `"1=h:p,2=h:p"` into ids and addresses.
@@ -261,6 +266,10 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     }
     let span = tracing::info_span!("node", node_id = cfg.id);
     async move {
+        let auth = match &cfg.users_file {
+            Some(path) => crate::service::auth::Auth::from_file(path).map_err(anyhow::Error::msg)?,
+            None => crate::service::auth::Auth::open(),
+        };
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -373,6 +382,23 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             "raftsql node started"
         );
 
+        if !auth.required() {
+            warn!(
+                listen = %cfg.listen,
+                "NO AUTHENTICATION: anyone who can reach {} may read and write every table and change \
+                 the membership (Sql, Admin), and send peer messages (Raft). Fine for local use; \
+                 elsewhere give --users-file (docs/security.md)",
+                cfg.listen
+            );
+        } else {
+            warn!(
+                listen = %cfg.listen,
+                "clients must authenticate (--users-file), but peer messages (Raft) on {} are not \
+                 authenticated: only peers should be able to reach it (docs/security.md)",
+                cfg.listen
+            );
+        }
+
         if !has_state {
             if let Some(members) = members {
                 tokio::spawn(bootstrap(core.clone(), members).in_current_span());
@@ -384,11 +410,11 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let signalled = Arc::new(tokio::sync::Notify::new());
         let server = tonic::transport::Server::builder()
             .add_service(
-                pb::sql_server::SqlServer::new(SqlService { core: core.clone() })
+                pb::sql_server::SqlServer::new(SqlService { core: core.clone(), auth: auth.clone() })
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE)
                     .max_encoding_message_size(MAX_CLIENT_MESSAGE),
             )
-            .add_service(pb::admin_server::AdminServer::new(AdminService { core: core.clone() }))
+            .add_service(pb::admin_server::AdminServer::new(AdminService { core: core.clone(), auth: auth.clone() }))
             .add_service(
                 pb::raft_server::RaftServer::new(PeerService::new(core.clone()))
                     .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -520,7 +546,7 @@ async fn join(core: Arc<Core>, seed: String, as_learner: bool) {
     loop {
         let attempt = async {
             let channel = core.peer_channel(&seed).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut client = pb::admin_client::AdminClient::new(channel);
+            let mut client = pb::raft_client::RaftClient::new(channel);
             client
                 .join(pb::JoinRequest {
                     node_id: core.id,

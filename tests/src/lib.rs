@@ -35,6 +35,9 @@ pub struct ClusterOptions {
     /// nodes advertise the proxy's entry address and bind outgoing peer connections to their
     /// own source IP, so links can be cut, slowed or made lossy one direction at a time.
     pub proxied: Option<u64>,
+    /// Credentials the harness's own client (status, checksums, [`Cluster::client`]) sends,
+    /// for clusters started with `--users-file`.
+    pub credentials: Option<raftsql_client::Credentials>,
 }
 
 /// The directory holding the `raftsql-server` and `raftsql` binaries, built once per process so
@@ -109,6 +112,15 @@ struct Node {
     child: Option<Child>,
 }
 
+/// A client of `addrs` with the options' credentials.
+async fn connect(addrs: impl IntoIterator<Item = String>, opts: &ClusterOptions) -> Result<Client> {
+    let client = Client::connect(addrs).await.map_err(|e| e.to_string())?;
+    match &opts.credentials {
+        Some(c) => client.with_credentials(c).map_err(|e| e.to_string()),
+        None => Ok(client),
+    }
+}
+
 /// A running set of nodes.
 pub struct Cluster {
     dir: Option<tempfile::TempDir>,
@@ -144,8 +156,7 @@ impl Cluster {
             nodes.insert(id, Node::new(dir.path(), id, net.as_ref()).await?);
         }
         let bootstrap: Vec<String> = nodes.iter().map(|(id, node)| format!("{id}={}", node.addr)).collect();
-        let client =
-            Client::connect(nodes.values().map(|n| n.listen.clone())).await.map_err(|e| e.to_string())?;
+        let client = connect(nodes.values().map(|n| n.listen.clone()), &opts).await?;
         let mut cluster = Cluster { dir: Some(dir), nodes, opts, client, net, retired: 0 };
         let bootstrap = bootstrap.join(",");
         for id in 1..=n {
@@ -237,10 +248,15 @@ impl Cluster {
 
     /// A client over every node's address.
     pub async fn client(&self) -> Client {
-        Client::connect(self.addrs()).await.expect("addresses are valid")
+        connect(self.addrs(), &self.opts).await.expect("addresses are valid")
     }
 
     /// The fault-injecting network, when the cluster was started with `proxied`.
+    /// A client of `addrs` that sends the cluster's credentials ([`ClusterOptions::credentials`]).
+    pub async fn client_for(&self, addrs: impl IntoIterator<Item = String>) -> Result<Client> {
+        connect(addrs, &self.opts).await
+    }
+
     pub fn net(&self) -> Option<&nemesis::net::Net> {
         self.net.as_ref()
     }
@@ -565,7 +581,7 @@ impl Cluster {
             let ls = self.status(leader).await?;
             if ls.members.iter().any(|m| m.id == id && m.voter != learner) {
                 self.wait_applied(id, ls.applied_index, Duration::from_secs(30)).await?;
-                self.client = Client::connect(self.listens()).await.map_err(|e| e.to_string())?;
+                self.client = connect(self.listens(), &self.opts).await?;
                 return Ok(id);
             }
             if Instant::now() > deadline {

@@ -54,6 +54,17 @@ schedules! {
     byzantine_client => "byzantine-client",
 }
 
+/// kill-random with a users file: every client authenticates, and every restarted node checks
+/// passwords afresh (argon2) while the workloads retry through the faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_random_with_users() {
+    let opts = run::RunOptions { users: true, ..run::RunOptions::new(Duration::from_secs(CI_SECS), CI_SEED) };
+    let outcome = run::run("kill-random", &opts).await.expect("the run starts");
+    println!("{outcome}");
+    assert!(outcome.passed, "{outcome}");
+    assert!(outcome.replay.contains("--users"), "{}", outcome.replay);
+}
+
 /// The checkers are not blind: the same schedule with the register workload reading at `ANY`
 /// (stale replicas allowed) must be judged not linearizable, while the rest stays valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,39 @@ struct Args {
     /// Session token to read at least as new as (from an earlier `--format json` receipt).
     #[arg(long)]
     token: Option<String>,
+    /// User to authenticate as, for a cluster started with --users-file. The password comes
+    /// from RAFTSQL_PASSWORD, else it is asked for on the terminal. (A bearer token instead:
+    /// RAFTSQL_BEARER_TOKEN.)
+    #[arg(long, env = "RAFTSQL_USER")]
+    user: Option<String>,
+}
+
+/// The credentials the environment and flags give, if any.
+fn credentials(args: &Args) -> Result<Option<raftsql_client::Credentials>, String> {
+    use raftsql_client::Credentials;
+    let bearer = std::env::var("RAFTSQL_BEARER_TOKEN").ok().filter(|t| !t.is_empty());
+    match (&args.user, bearer) {
+        (Some(_), Some(_)) => {
+            Err("give either --user (RAFTSQL_USER) or RAFTSQL_BEARER_TOKEN, not both".into())
+        }
+        (None, Some(token)) => Ok(Some(Credentials::Bearer(token))),
+        (None, None) => Ok(None),
+        (Some(user), None) => {
+            let password = match std::env::var("RAFTSQL_PASSWORD") {
+                Ok(p) => p,
+                Err(_) if std::io::stdin().is_terminal() => {
+                    rpassword::prompt_password(format!("password for {user}: "))
+                        .map_err(|e| format!("cannot read the password: {e}"))?
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "--user {user} needs a password: set RAFTSQL_PASSWORD (standard input is not a terminal to ask on)"
+                    ))
+                }
+            };
+            Ok(Some(Credentials::Basic { user: user.clone(), password }))
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +91,20 @@ async fn main() -> ExitCode {
     }
     let client = match Client::connect(&args.addr).await {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("raftsql: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match credentials(&args) {
+        Ok(None) => client,
+        Ok(Some(c)) => match client.with_credentials(&c) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("raftsql: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Err(e) => {
             eprintln!("raftsql: {e}");
             return ExitCode::from(2);

@@ -1,12 +1,21 @@
 //! `raftsql-server`: loads configuration and logging, then runs one node until SIGTERM.
+//! `raftsql-server hash-password [--token]` prints what a users file lists (docs/security.md).
 
 use clap::Parser;
 use raftsql_server::node::{Config, Runtimes};
+use raftsql_server::service::auth;
+use std::io::{BufRead, IsTerminal};
 
 fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hash-password") {
+        return hash_password(&args[2..]);
+    }
     let cfg = Config::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or a collector gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn".into()),
@@ -24,6 +33,66 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("raftsql-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+const HASH_USAGE: &str =
+    "usage: raftsql-server hash-password          (reads the password from stdin, or asks)\n       \
+                          raftsql-server hash-password --token  (makes a new bearer token)";
+
+/// Prints an argon2id hash of a password read from stdin (one line; asked for, without echo,
+/// on a terminal), or a new bearer token and its hash.
+fn hash_password(args: &[String]) -> std::process::ExitCode {
+    match args {
+        [] => {}
+        [flag] if flag == "--token" => {
+            let (token, line) = auth::new_token();
+            println!("token: {token}");
+            println!("users file: tokens = [\"{line}\"]");
+            eprintln!(
+                "Give the token to the client (RAFTSQL_BEARER_TOKEN); only its hash goes in the users file."
+            );
+            return std::process::ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{HASH_USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let password = if std::io::stdin().is_terminal() {
+        let ask = |prompt| rpassword::prompt_password(prompt);
+        match ask("password: ").and_then(|p| Ok((p, ask("again: ")?))) {
+            Ok((a, b)) if a == b => a,
+            Ok(_) => {
+                eprintln!("raftsql-server: the two passwords differ");
+                return std::process::ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("raftsql-server: cannot read the password: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("raftsql-server: cannot read the password from stdin: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("raftsql-server: the password is empty");
+        return std::process::ExitCode::FAILURE;
+    }
+    match auth::hash_password(&password) {
+        Ok(h) => {
+            println!("{h}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raftsql-server: {e}");
             std::process::ExitCode::FAILURE
         }
     }

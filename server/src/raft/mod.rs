@@ -267,7 +267,8 @@ impl Core {
         network::channel(addr, self.peer_source)
     }
 
-    /// Asks the node at `addr` for its status (`Admin.Status`), within `timeout`; `Err` says
+    /// Asks the node at `addr` for its status (`Raft.Status`, the peer service: nodes hold no
+    /// client credentials), within `timeout`; `Err` says
     /// why nothing usable answered.
     pub async fn status_of(
         &self,
@@ -276,7 +277,7 @@ impl Core {
     ) -> Result<raftsql_proto::v1::StatusResponse, String> {
         use raftsql_proto::v1 as pb;
         let channel = self.peer_channel(addr).map_err(|e| format!("{addr:?} cannot be dialed: {e}"))?;
-        let mut client = pb::admin_client::AdminClient::new(channel);
+        let mut client = pb::raft_client::RaftClient::new(channel);
         let mut req = tonic::Request::new(pb::StatusRequest {});
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.status(req)).await {

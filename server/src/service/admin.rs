@@ -19,8 +19,8 @@
 //! would still believe it is a member. To bring the machine back, wipe its data dir and join it
 //! under a new id.
 
-use super::sql::FORWARDED;
-use super::{role_to_pb, status_from};
+use super::auth::{Auth, Permission};
+use super::{forwarded, role_to_pb, status_from, FORWARDED};
 use crate::raft::{Core, Error};
 use crate::typ::{Incarnation, Member, NodeId};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
@@ -62,6 +62,7 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct AdminService {
     pub core: Arc<Core>,
+    pub auth: Arc<Auth>,
 }
 
 /// This node's status as the protocol reports it.
@@ -123,7 +124,13 @@ pub fn status(core: &Core) -> pb::StatusResponse {
     }
 }
 
-impl AdminService {
+/// Membership changes as the leader carries them out, for both services that ask for them
+/// (Admin from clients, Raft from joining nodes).
+struct Members<'a> {
+    core: &'a Arc<Core>,
+}
+
+impl Members<'_> {
     async fn join_on_leader(&self, req: pb::JoinRequest) -> Result<(), Error> {
         let m = self.core.metrics();
         let membership = m.membership_config.membership().clone();
@@ -167,7 +174,7 @@ impl AdminService {
                         req.node_id
                     )))
                 }
-                Ok(Err(e)) => return Err(join_error(&self.core, e)),
+                Ok(Err(e)) => return Err(join_error(self.core, e)),
                 Ok(Ok(_)) => {}
             }
             if !req.as_learner {
@@ -179,7 +186,7 @@ impl AdminService {
                     Err(_) => {
                         return Err(Error::Timeout(format!("promoting node {} did not commit", req.node_id)))
                     }
-                    Ok(Err(e)) => return Err(join_error(&self.core, e)),
+                    Ok(Err(e)) => return Err(join_error(self.core, e)),
                     Ok(Ok(_)) => {}
                 }
             }
@@ -188,7 +195,7 @@ impl AdminService {
     }
 }
 
-impl AdminService {
+impl Members<'_> {
     /// Before a node enters the membership, its address must be one and the node that answers
     /// there must be the one asking: a typo, a dead address or another node's address would
     /// otherwise stay in the membership, and the leader would replicate to it forever.
@@ -250,7 +257,7 @@ impl AdminService {
                 "removing node {id} did not commit within {REMOVE_TIMEOUT:?} (is a quorum of the \
                  remaining voters up?); the change may still complete: check the members in the status"
             ))),
-            Ok(Err(e)) => Err(remove_error(&self.core, id, e)),
+            Ok(Err(e)) => Err(remove_error(self.core, id, e)),
             Ok(Ok(_)) => {
                 info!(
                     node = id,
@@ -288,6 +295,30 @@ fn remove_error(core: &Core, id: NodeId, e: RaftError<NodeId, ClientWriteError<N
     }
 }
 
+/// A join, as both services take it: any member accepts it and forwards it to the leader over
+/// the peer service (a joining node holds no client credentials).
+pub(super) async fn join(
+    core: &Arc<Core>,
+    req: pb::JoinRequest,
+    was_forwarded: bool,
+) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
+    if req.node_id == 0 {
+        return Err(super::invalid("node ids start at 1"));
+    }
+    if req.addr.is_empty() {
+        return Err(super::invalid("the joining node's address is empty"));
+    }
+    if core.metrics().current_leader != Some(core.id) {
+        let addr = forward_target(core, was_forwarded)?;
+        let channel = core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = pb::raft_client::RaftClient::new(channel);
+        let request = forwarded(req, &tonic::metadata::MetadataMap::new());
+        return client.join(request).await.map_err(|s| forward_failed(&addr, s));
+    }
+    Members { core }.join_on_leader(req).await.map_err(status_from)?;
+    Ok(tonic::Response::new(pb::JoinResponse { leader: Some(status(core)) }))
+}
+
 /// What a forwarding node answers when the leader's answer did not come back: a raftsql error
 /// from the leader passes through unchanged; a transport failure (leader gone, or this node
 /// cannot connect, e.g. a `--peer-source-addr` it cannot bind) becomes UNAVAILABLE naming the
@@ -317,8 +348,10 @@ fn forward_target(core: &Core, forwarded: bool) -> Result<String, tonic::Status>
 impl pb::admin_server::Admin for AdminService {
     async fn status(
         &self,
-        _request: tonic::Request<pb::StatusRequest>,
+        request: tonic::Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
+        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        caller.require(Permission::AdminStatus, "read the node status")?;
         Ok(tonic::Response::new(status(&self.core)))
     }
 
@@ -326,34 +359,20 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<pb::JoinRequest>,
     ) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let req = request.into_inner();
-        if req.node_id == 0 {
-            return Err(super::invalid("node ids start at 1"));
-        }
-        if req.addr.is_empty() {
-            return Err(super::invalid("the joining node's address is empty"));
-        }
-        if self.core.metrics().current_leader != Some(self.core.id) {
-            // Forward to the leader, so any member accepts a join.
-            let addr = forward_target(&self.core, forwarded)?;
-            let channel =
-                self.core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut client = pb::admin_client::AdminClient::new(channel);
-            let mut request = tonic::Request::new(req);
-            request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-            return client.join(request).await.map_err(|s| forward_failed(&addr, s));
-        }
-        self.join_on_leader(req).await.map_err(status_from)?;
-        Ok(tonic::Response::new(pb::JoinResponse { leader: Some(status(&self.core)) }))
+        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        caller.require(Permission::AdminMembership, "add members")?;
+        let was_forwarded = request.metadata().contains_key(FORWARDED);
+        join(&self.core, request.into_inner(), was_forwarded).await
     }
 
     async fn remove(
         &self,
         request: tonic::Request<pb::RemoveRequest>,
     ) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let req = request.into_inner();
+        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        caller.require(Permission::AdminMembership, "remove members")?;
+        let was_forwarded = request.metadata().contains_key(FORWARDED);
+        let (metadata, _, req) = request.into_parts();
         if req.node_id == 0 {
             return Err(super::invalid("node ids start at 1: there is no node 0 to remove"));
         }
@@ -361,23 +380,24 @@ impl pb::admin_server::Admin for AdminService {
         // (and so names itself leader) after it stepped down.
         if self.core.metrics().state != ServerState::Leader {
             // Forward to the leader, so any member accepts a removal.
-            let addr = forward_target(&self.core, forwarded)?;
+            let addr = forward_target(&self.core, was_forwarded)?;
             let channel =
                 self.core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::admin_client::AdminClient::new(channel);
-            let mut request = tonic::Request::new(req);
+            let mut request = forwarded(req, &metadata);
             request.set_timeout(REMOVE_TIMEOUT + Duration::from_secs(5));
-            request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
             return client.remove(request).await.map_err(|s| forward_failed(&addr, s));
         }
-        self.remove_on_leader(req.node_id).await.map_err(status_from)?;
+        Members { core: &self.core }.remove_on_leader(req.node_id).await.map_err(status_from)?;
         Ok(tonic::Response::new(pb::RemoveResponse { leader: Some(status(&self.core)) }))
     }
 
     async fn snapshot(
         &self,
-        _request: tonic::Request<pb::SnapshotRequest>,
+        request: tonic::Request<pb::SnapshotRequest>,
     ) -> Result<tonic::Response<pb::SnapshotResponse>, tonic::Status> {
+        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        caller.require(Permission::Backup, "build snapshots")?;
         let applied = self.core.metrics().last_applied.map(|l| l.index);
         self.core.raft.trigger().snapshot().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let m = self

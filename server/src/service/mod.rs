@@ -2,13 +2,17 @@
 //!
 //! - [`sql`]: the `Sql` service (Execute, Query).
 //! - [`admin`]: the `Admin` service (Status, Join, Remove, Snapshot).
-//! - [`peer`]: the `Raft` service that carries openraft's peer RPCs.
+//! - [`peer`]: the `Raft` service that carries openraft's peer RPCs and what nodes ask of each
+//!   other (status, join).
+//! - [`auth`]: who is calling and may they (`--users-file`); the `Sql` and `Admin` handlers
+//!   authenticate every call before they do anything else.
 //!
 //! Every request-level failure leaves through [`status_from`], the one mapping from internal
 //! errors to `ErrorCode` + tonic code (style.md §4); statement failures travel inside results
 //! through [`statement_error`]. Handlers hold no logic a test would want without gRPC.
 
 pub mod admin;
+pub mod auth;
 pub mod peer;
 pub mod sql;
 
@@ -57,6 +61,22 @@ pub fn status_from(err: Error) -> tonic::Status {
     };
     e.code = code as i32;
     tonic::Status::with_details(tonic_code, e.message.clone(), e.encode_to_vec().into())
+}
+
+/// Marks a request (a write, a removal, a join) forwarded by a follower, so it is never
+/// forwarded twice. A client that sets it only stops its own request from being forwarded.
+pub(crate) const FORWARDED: &str = "x-raftsql-forwarded";
+
+/// `message` as a request forwarded to the leader: marked [`FORWARDED`], and carrying the
+/// original caller's credentials, so the leader authenticates and authorizes the caller (and
+/// scopes its request ids) itself.
+pub(crate) fn forwarded<T>(message: T, original: &tonic::metadata::MetadataMap) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(credentials) = original.get("authorization") {
+        request.metadata_mut().insert("authorization", credentials.clone());
+    }
+    request
 }
 
 /// A bad request, rejected before it reaches the Raft layer.

@@ -1,4 +1,7 @@
-//! The `Raft` service: openraft's peer RPCs, bincode inside `RaftMessage.payload`.
+//! The `Raft` service: openraft's peer RPCs, bincode inside `RaftMessage.payload`; and the
+//! status and join calls nodes make of each other (the same as Admin's, without credentials:
+//! in single-port mode anyone who reaches the port can call them, as they can send peer
+//! messages; the peer port with mutual TLS is what closes that, issue 17).
 //!
 //! A payload that does not decode is refused with `InvalidArgument` and never reaches openraft;
 //! one that decodes is checked by `raft::peer_check` first (sender, receiver, incarnations,
@@ -241,5 +244,20 @@ impl pb::raft_server::Raft for PeerService {
 
     async fn install_snapshot(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         self.on_raft_runtime(|h| async move { h.install_snapshot(request).await }).await
+    }
+
+    async fn status(
+        &self,
+        _request: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
+        Ok(tonic::Response::new(super::admin::status(&self.0.core)))
+    }
+
+    async fn join(
+        &self,
+        request: tonic::Request<pb::JoinRequest>,
+    ) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
+        let was_forwarded = request.metadata().contains_key(super::FORWARDED);
+        super::admin::join(&self.0.core, request.into_inner(), was_forwarded).await
     }
 }

@@ -1,6 +1,7 @@
 //! The `Sql` service: Execute (writes through the sequencer) and Query (reads at a level).
 
-use super::{invalid, receipt_to_pb, row_to_pb, statement_error, status_from, value_from_pb};
+use super::auth::{Auth, Caller, Permission};
+use super::{forwarded, invalid, receipt_to_pb, row_to_pb, statement_error, status_from, value_from_pb};
 use crate::changeset::RequestId;
 use crate::raft::read::{self, ReadRequest};
 use crate::raft::sequencer::WriteRequest;
@@ -36,23 +37,37 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
-/// Marks a request (a write, a remove) forwarded by a follower, so it is never forwarded twice.
-pub(super) const FORWARDED: &str = "x-raftsql-forwarded";
-
-/// Sends a write on to the leader and relays its answer.
+/// Sends a write on to the leader, with the caller's credentials, and relays its answer.
 async fn forward(
     core: &Core,
     addr: &str,
     req: pb::ExecuteRequest,
+    metadata: &tonic::metadata::MetadataMap,
 ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
     let channel =
         core.peer_channel(addr).map_err(|e| tonic::Status::unavailable(format!("leader {addr}: {e}")))?;
     let mut client = pb::sql_client::SqlClient::new(channel)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_MESSAGE);
-    let mut request = tonic::Request::new(req);
-    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    client.execute(request).await
+    client.execute(forwarded(req, metadata)).await
+}
+
+/// PERMISSION_DENIED unless `caller` may run every statement of the request: reading
+/// statements need `read`, writing ones `write`, schema changes `ddl` (judged from the tokens,
+/// before anything is evaluated: [`crate::sql::effects`]). A request of only BEGIN/COMMIT still
+/// needs `write`: Execute is the write call.
+fn authorize_execute<'a>(caller: &Caller, texts: impl Iterator<Item = &'a str>) -> Result<(), tonic::Status> {
+    let effects = texts.map(crate::sql::effects).fold(Default::default(), crate::sql::Effects::union);
+    if effects.reads {
+        caller.require(Permission::Read, "read rows")?;
+    }
+    if effects.ddl {
+        caller.require(Permission::Ddl, "change the schema (CREATE, DROP, ALTER)")?;
+    }
+    if effects.writes || effects == Default::default() {
+        caller.require(Permission::Write, "change rows (INSERT, UPDATE, DELETE)")?;
+    }
+    Ok(())
 }
 
 /// An ExecuteRequest's request id, checked: a client id of 1 to 64 bytes, a sequence from 1.
@@ -90,6 +105,7 @@ pub fn consistency_from_pb(consistency: i32, max_staleness_ms: u64) -> Result<Co
 
 pub struct SqlService {
     pub core: Arc<Core>,
+    pub auth: Arc<Auth>,
 }
 
 /// A shed request: RESOURCE_EXHAUSTED with the pause to wait in `retry-after-ms`.
@@ -109,26 +125,32 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::ExecuteRequest>,
     ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
         let _admitted = self.core.admit().map_err(overloaded)?;
         let started = std::time::Instant::now();
         let caller_timeout = grpc_timeout(request.metadata());
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let req = request.into_inner();
-        let original = (self.core.options.forward_writes && !forwarded).then(|| req.clone());
-        let request_id = request_id_from_pb(req.request_id.clone())?;
+        let was_forwarded = request.metadata().contains_key(super::FORWARDED);
+        let (metadata, _, req) = request.into_parts();
+        let original = (self.core.options.forward_writes && !was_forwarded).then(|| req.clone());
+        // Stored under the caller's name: one user cannot replay or lock out another's ids.
+        let request_id =
+            request_id_from_pb(req.request_id.clone())?.map(|(c, seq)| (caller.scoped_client_id(&c), seq));
         if req.statements.is_empty() {
             return Err(invalid("the request has no statements"));
         }
-        // Request limits, before anything is evaluated or proposed.
+        // Request limits, before anything is evaluated or proposed; then what the statements
+        // may do, against what the caller may.
         crate::sql::check_request(
             req.statements.iter().map(|s| (s.sql.as_str(), s.params.len())),
             &self.core.options.request_limits,
         )
         .map_err(|e| status_from(e.into()))?;
+        authorize_execute(&caller, req.statements.iter().map(|s| s.sql.as_str()))?;
         let span = tracing::info_span!(
             "execute",
             node_id = self.core.id,
             term = term_now(&self.core),
+            user = caller.user.as_deref().unwrap_or(""),
             client_id = request_id.as_ref().map(|r| r.0.as_str()).unwrap_or(""),
             request_id = request_id.as_ref().map(|r| r.1).unwrap_or(0),
         );
@@ -146,7 +168,7 @@ impl pb::sql_server::Sql for SqlService {
             Ok(r) => r,
             Err(crate::raft::Error::NotLeader { leader_addr: Some(addr), .. }) if original.is_some() => {
                 tracing::debug!(parent: &span, leader = %addr, "forwarding the write to the leader");
-                return forward(&self.core, &addr, original.expect("checked above")).await;
+                return forward(&self.core, &addr, original.expect("checked above"), &metadata).await;
             }
             Err(e) => {
                 tracing::debug!(parent: &span, error = %e, "execute failed");
@@ -191,6 +213,8 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::QueryRequest>,
     ) -> Result<tonic::Response<Self::QueryStream>, tonic::Status> {
+        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        caller.require(Permission::Read, "read rows")?;
         // Held by the response stream below, so a slow reader still counts as in flight.
         let admitted = self.core.admit().map_err(overloaded)?;
         let caller_timeout = grpc_timeout(request.metadata());
@@ -198,8 +222,13 @@ impl pb::sql_server::Sql for SqlService {
         crate::sql::check_request([(req.sql.as_str(), req.params.len())], &self.core.options.request_limits)
             .map_err(|e| status_from(e.into()))?;
         let level = consistency_from_pb(req.consistency, req.max_staleness_ms)?;
-        let span =
-            tracing::info_span!("query", node_id = self.core.id, term = term_now(&self.core), level = ?level);
+        let span = tracing::info_span!(
+            "query",
+            node_id = self.core.id,
+            term = term_now(&self.core),
+            level = ?level,
+            user = caller.user.as_deref().unwrap_or("")
+        );
         // tonic drops this future when the caller cancels, disconnects or runs out of time; the
         // guard then stops the evaluation, which also frees the state machine's read lock.
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));

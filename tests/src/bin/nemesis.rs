@@ -44,6 +44,9 @@ struct Args {
     /// Make the run wrong on purpose, to see what a caught anomaly looks like.
     #[arg(long, value_enum)]
     weaken: Option<run::Weakening>,
+    /// Start the nodes with a users file; every client authenticates.
+    #[arg(long)]
+    users: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -76,6 +79,7 @@ async fn main() -> ExitCode {
                     seed,
                     keep: args.keep,
                     weaken: args.weaken,
+                    users: args.users,
                 };
                 match run::run(name, &opts).await {
                     Ok(outcome) => {

@@ -37,6 +37,9 @@ use tokio::time::Instant;
 /// of the default 1–2 s, with room for a debug build restarting every node).
 pub const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
 
+/// The password of the `nemesis` user in runs with [`RunOptions::users`].
+const NEMESIS_PASSWORD: &str = "nemesis-password";
+
 /// How far ahead the clock-skew schedule shifts one node's wall clock, in seconds; applied
 /// with the server's test-only `--clock-offset-ms` (as `RAFTSQL_CLOCK_OFFSET_MS`).
 const SKEW_SECS: i64 = 7200;
@@ -93,11 +96,14 @@ pub struct RunOptions {
     pub keep: bool,
     /// Make the run wrong on purpose (to see that the checkers catch it).
     pub weaken: Option<Weakening>,
+    /// Start the nodes with a users file: every client of the run (workloads, setup, probes,
+    /// the byzantine client's SQL) authenticates, as user `nemesis` with every permission.
+    pub users: bool,
 }
 
 impl RunOptions {
     pub fn new(time: Duration, seed: u64) -> RunOptions {
-        RunOptions { time, seed, keep: false, weaken: None }
+        RunOptions { time, seed, keep: false, weaken: None, users: false }
     }
 }
 
@@ -117,17 +123,30 @@ pub async fn run(name: &str, opts: &RunOptions) -> Result<Outcome, String> {
         .find(|s| s.name == name)
         .ok_or_else(|| format!("no schedule {name:?}; --list names them"))?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut opts = ClusterOptions { proxied: Some(seed), ..Default::default() };
+    let mut cluster_opts = ClusterOptions { proxied: Some(seed), ..Default::default() };
+    // Lives until the run ends: the nodes re-read it.
+    let users_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    if opts.users {
+        let path = users_dir.path().join("users.toml");
+        let hash = raftsql_server::service::auth::hash_password(NEMESIS_PASSWORD)?;
+        let text = format!("[[user]]\nname = \"nemesis\"\npassword = {hash:?}\npermissions = [\"all\"]\n");
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        cluster_opts.extra_args.extend(["--users-file".to_string(), path.display().to_string()]);
+        cluster_opts.credentials = Some(raftsql_client::Credentials::Basic {
+            user: "nemesis".into(),
+            password: NEMESIS_PASSWORD.into(),
+        });
+    }
     if schedule.unflushed {
         // Only explicit fsyncs persist: what openraft was told is durable must really be.
-        opts.extra_args.extend(["--flush-every-ms".to_string(), "0".to_string()]);
+        cluster_opts.extra_args.extend(["--flush-every-ms".to_string(), "0".to_string()]);
     }
     let skewed = schedule.skewed_clock.then(|| rng.gen_range(1..=schedule.nodes));
     if let Some(node) = skewed {
         let offset_ms = (SKEW_SECS * 1000).to_string();
-        opts.node_env.push((node, "RAFTSQL_CLOCK_OFFSET_MS".to_string(), offset_ms));
+        cluster_opts.node_env.push((node, "RAFTSQL_CLOCK_OFFSET_MS".to_string(), offset_ms));
     }
-    let mut cluster = Cluster::start(schedule.nodes, opts).await?;
+    let mut cluster = Cluster::start(schedule.nodes, cluster_opts).await?;
     let result = drive(schedule, &mut cluster, &mut rng, time, seed, skewed, weaken).await;
     let mut outcome = match result {
         Ok(o) => o,
@@ -148,6 +167,9 @@ pub async fn run(name: &str, opts: &RunOptions) -> Result<Outcome, String> {
         if let Some(v) = w.to_possible_value() {
             outcome.replay += &format!(" --weaken {}", v.get_name());
         }
+    }
+    if opts.users {
+        outcome.replay += " --users";
     }
     outcome.passed = outcome.problems.is_empty() && outcome.verdicts.iter().all(|v| v.valid);
     if !outcome.passed {
@@ -173,7 +195,7 @@ async fn drive(
     let mut notes = Vec::new();
     let mut problems = Vec::new();
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
-    let admin = Client::connect(cluster.listens()).await.map_err(|e| e.to_string())?;
+    let admin = cluster.client_for(cluster.listens()).await?;
     admin.execute(workload::SETUP, &[]).await.map_err(|e| format!("creating the tables: {e}"))?;
     admin.execute(&workload::bank_setup(), &[]).await.map_err(|e| format!("opening the bank: {e}"))?;
     admin
@@ -285,7 +307,7 @@ async fn drive(
             "node {node} ran with its clock shifted by +{SKEW_SECS} s; {rows} clock rows written"
         ));
         let unskewed = cluster.ids().into_iter().find(|&n| n != node).unwrap_or(node);
-        match skewed_rows(&admin, cluster.listen(unskewed)).await {
+        match skewed_rows(cluster, &admin, cluster.listen(unskewed)).await {
             Ok(0) => problems.push(format!(
                 "no NOW() value came from node {node}'s shifted clock: it never led while clock rows \
                  were written, so the run proved nothing (run it longer)"
@@ -514,7 +536,7 @@ async fn nemesis(
                     .await
                     .map_err(|e| format!("adding a voter during a partition: {e}"))?;
                 f.log("add-voter", json!({"node": added}));
-                let admin = Client::connect(cluster.listens()).await.map_err(|e| e.to_string())?;
+                let admin = cluster.client_for(cluster.listens()).await?;
                 remove_member(&admin, victim).await?;
                 cluster.forget(victim);
                 f.log("remove-voter", json!({"node": victim, "wiped": true}));
@@ -551,7 +573,7 @@ async fn nemesis(
             "byzantine-client" => {
                 let d = Duration::from_millis(rng.gen_range(schedule.fault_ms.0..schedule.fault_ms.1));
                 f.log("byzantine", json!({"ms": d.as_millis() as u64}));
-                let client = Client::connect(cluster.listens()).await.map_err(|e| e.to_string())?;
+                let client = cluster.client_for(cluster.listens()).await?;
                 let end = (Instant::now() + d).min(until);
                 super::byzantine::burst(cluster, &client, rng, end, &mut f.byzantine).await;
                 hold(rng, 1_500..3_000, until).await;
@@ -628,7 +650,7 @@ async fn lost_response_probe(cluster: &Cluster, leader: u64, f: &mut Faults) {
     let v = seq as i64 * 1_000_000;
     let statements = || vec![("INSERT INTO probe (v) VALUES (?)".to_string(), vec![Value::Integer(v)])];
     // Pinned to the leader: the reply is what gets lost, not the request.
-    let Ok(to_leader) = Client::connect([cluster.addr(leader).to_string()]).await else { return };
+    let Ok(to_leader) = cluster.client_for([cluster.addr(leader).to_string()]).await else { return };
     let to_leader = to_leader.with_deadline(Duration::from_secs(2));
     match to_leader.execute_as(client_id, seq, statements(), false).await {
         Ok(_) => {
@@ -644,7 +666,7 @@ async fn lost_response_probe(cluster: &Cluster, leader: u64, f: &mut Faults) {
     }
     // Heal, then look before retrying.
     net(cluster).heal_all();
-    let Ok(admin) = Client::connect(cluster.listens()).await else { return };
+    let Ok(admin) = cluster.client_for(cluster.listens()).await else { return };
     let count = |admin: Client| async move {
         let opts = QueryOptions { consistency: Consistency::Strong, ..Default::default() };
         admin
@@ -671,10 +693,10 @@ async fn lost_response_probe(cluster: &Cluster, leader: u64, f: &mut Faults) {
 /// Rows of `clock` whose NOW() is at least an hour ahead of the clock of `unskewed`, a node
 /// whose clock is right (`SELECT NOW()` at `ANY` runs on the node asked, so asking any node
 /// could ask the shifted one).
-async fn skewed_rows(admin: &Client, unskewed: &str) -> Result<usize, String> {
+async fn skewed_rows(cluster: &Cluster, admin: &Client, unskewed: &str) -> Result<usize, String> {
     let opts = QueryOptions { consistency: Consistency::Strong, ..Default::default() };
     let r = admin.query("SELECT node_time FROM clock", &[], opts).await.map_err(|e| e.to_string())?;
-    let right = Client::connect([unskewed.to_string()]).await.map_err(|e| e.to_string())?;
+    let right = cluster.client_for([unskewed.to_string()]).await?;
     let now = right
         .query("SELECT NOW()", &[], QueryOptions { consistency: Consistency::Any, ..Default::default() })
         .await
