@@ -3,13 +3,20 @@
 //! Start-up: open the store (which refuses another node's data dir), start openraft, the
 //! sequencer and the gRPC server, then — only on a node that has no Raft state yet —
 //! either bootstrap or join:
-//! - `--bootstrap "1=h:p,2=h:p,3=h:p"`: the lowest listed id initializes the cluster once every
-//!   listed member answers; the others wait to be contacted. All members get the same flag.
-//! - `--join h:p`: ask any member to add this node (forwarded to the leader), which adds it as a
+//! - `--bootstrap "1=h:p,2=h:p,3=h:p"` (or `1=CLIENT/PEER,...` with peer ports): the lowest
+//!   listed id initializes the cluster once every listed member answers; the others wait to be
+//!   contacted. All members get the same flag.
+//! - `--join h:p` (a member's peer address): ask any member to add this node (forwarded to the
+//!   leader), which adds it as a
 //!   learner, waits until it has caught up (snapshot + log) and promotes it to voter — unless
 //!   `--learner` asks it to stay a read replica that never votes.
 //!
-//! A restart needs only `--id`, `--listen` and `--data-dir`: the membership is in the log.
+//! A restart needs only `--id`, `--listen` (and `--peer-listen`) and `--data-dir`: the
+//! membership is in the log.
+//!
+//! Ports: with `--peer-listen`, peers (the `Raft` service) are served on their own listener,
+//! by a second tonic server on the Raft runtime, and the client port serves only `Sql` and
+//! `Admin`; without it (single-port mode, fine on one host) one port serves all three.
 //! `--peer-source-addr IP` binds every connection this node opens to another node (including
 //! the join and bootstrap calls here) to that local IP (see `raft::network`).
 //! SIGTERM or SIGINT: stop accepting, answer the requests in flight for up to [`DRAIN`] (then
@@ -45,12 +52,20 @@ pub struct Config {
     /// This node's id (>= 1), unique in the cluster and fixed for the life of its data dir.
     #[arg(long, env = "RAFTSQL_ID")]
     pub id: NodeId,
-    /// Address to listen on for clients and peers, HOST:PORT.
+    /// Address to listen on for clients (and for peers, unless --peer-listen), HOST:PORT.
     #[arg(long, env = "RAFTSQL_LISTEN")]
     pub listen: String,
-    /// Address other nodes and clients reach this node at (default: --listen).
+    /// Address clients (and, without --peer-listen, other nodes) reach this node at (default:
+    /// --listen).
     #[arg(long, env = "RAFTSQL_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Address to listen on for other nodes (Raft), HOST:PORT. Without it, peers share the
+    /// client port, and whoever reaches that port can send peer messages (docs/security.md).
+    #[arg(long, env = "RAFTSQL_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// Address other nodes reach this node's peer listener at (default: --peer-listen).
+    #[arg(long, env = "RAFTSQL_PEER_ADVERTISE", requires = "peer_listen")]
+    pub peer_advertise: Option<String>,
     /// Local IP address every connection to another node is bound to (default: chosen by the
     /// OS). For multi-homed hosts; applies to peers of the same address family.
     #[arg(long, env = "RAFTSQL_PEER_SOURCE_ADDR", value_name = "IP")]
@@ -58,10 +73,12 @@ pub struct Config {
     /// Directory holding this node's data (created if missing).
     #[arg(long, env = "RAFTSQL_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// Initial members "ID=HOST:PORT,..." (first start only; every initial member gets the same list).
+    /// Initial members "ID=HOST:PORT,..." or, for nodes with peer ports,
+    /// "ID=CLIENT_HOST:PORT/PEER_HOST:PORT,..." (first start only; every initial member gets the
+    /// same list).
     #[arg(long, env = "RAFTSQL_BOOTSTRAP")]
     pub bootstrap: Option<String>,
-    /// Join an existing cluster through any member, HOST:PORT (first start only).
+    /// Join an existing cluster through any member's peer address, HOST:PORT (first start only).
     #[arg(long, env = "RAFTSQL_JOIN")]
     pub join: Option<String>,
     /// With --join: stay a learner (a read replica that never votes and never leads).
@@ -151,21 +168,33 @@ pub struct Config {
     pub users_file: Option<PathBuf>,
 }
 
-/// Parses `"1=h:p,2=h:p"` into ids and addresses.
-pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
+/// A member as `--bootstrap` lists it: its client address and its peer address (the same in
+/// single-port mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub addr: String,
+    pub peer_addr: String,
+}
+
+/// Parses `"1=h:p,2=h:p"` (or `"1=client:p/peer:p,..."`) into ids and addresses.
+pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<NodeId, Listed>> {
     let mut members = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .with_context(|| format!("bad --bootstrap member {part:?}: expected ID=HOST:PORT"))?;
+        let (id, addrs) = part.split_once('=').with_context(|| {
+            format!("bad --bootstrap member {part:?}: expected ID=HOST:PORT or ID=CLIENT_HOST:PORT/PEER_HOST:PORT")
+        })?;
         let id: NodeId = id.trim().parse().with_context(|| format!("bad node id {id:?} in --bootstrap"))?;
         if id == 0 {
             bail!("node ids start at 1 (--bootstrap lists 0)");
         }
-        if !addr.contains(':') {
-            bail!("bad address {addr:?} for node {id} in --bootstrap: expected HOST:PORT");
+        let (addr, peer_addr) = addrs.split_once('/').unwrap_or((addrs, addrs));
+        for a in [addr, peer_addr] {
+            if !a.contains(':') {
+                bail!("bad address {a:?} for node {id} in --bootstrap: expected HOST:PORT");
+            }
         }
-        if members.insert(id, addr.trim().to_string()).is_some() {
+        let listed = Listed { addr: addr.trim().to_string(), peer_addr: peer_addr.trim().to_string() };
+        if members.insert(id, listed).is_some() {
             bail!("node {id} is listed twice in --bootstrap");
         }
     }
@@ -264,6 +293,16 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             cfg.listen
         );
     }
+    let peer_addr = match &cfg.peer_listen {
+        None => addr.clone(),
+        Some(l) => cfg.peer_advertise.clone().unwrap_or_else(|| l.clone()),
+    };
+    if peer_addr.starts_with("0.0.0.0:") || peer_addr.starts_with("[::]:") {
+        bail!("--peer-listen {peer_addr} is a wildcard address: pass --peer-advertise HOST:PORT so peers can reach this node");
+    }
+    if cfg.peer_listen.is_some() && peer_addr == addr {
+        bail!("--peer-listen must differ from --listen (the peer port is a port of its own)");
+    }
     let span = tracing::info_span!("node", node_id = cfg.id);
     async move {
         let auth = match &cfg.users_file {
@@ -273,6 +312,12 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let peer_listener = match &cfg.peer_listen {
+            Some(l) => Some(
+                tokio::net::TcpListener::bind(l).await.with_context(|| format!("cannot listen for peers on {l}"))?,
+            ),
+            None => None,
+        };
         let flush_every = (cfg.flush_every_ms > 0).then(|| Duration::from_millis(cfg.flush_every_ms));
         let used_before = store::was_claimed(&cfg.data_dir);
         let (log, sm) =
@@ -358,6 +403,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let core = Arc::new(Core {
             id: cfg.id,
             addr: addr.clone(),
+            peer_addr: peer_addr.clone(),
             raft: raft.clone(),
             sm,
             sequencer,
@@ -386,17 +432,24 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             warn!(
                 listen = %cfg.listen,
                 "NO AUTHENTICATION: anyone who can reach {} may read and write every table and change \
-                 the membership (Sql, Admin), and send peer messages (Raft). Fine for local use; \
-                 elsewhere give --users-file (docs/security.md)",
+                 the membership (Sql, Admin). Fine for local use; elsewhere give --users-file \
+                 (docs/security.md)",
                 cfg.listen
             );
-        } else {
-            warn!(
+        }
+        match &cfg.peer_listen {
+            None => warn!(
                 listen = %cfg.listen,
-                "clients must authenticate (--users-file), but peer messages (Raft) on {} are not \
-                 authenticated: only peers should be able to reach it (docs/security.md)",
+                "SINGLE PORT: peer messages (Raft) are served on the client port {} without \
+                 authentication, so whoever reaches it can act as a node. Fine on one host; elsewhere \
+                 give --peer-listen and let only the other nodes reach that port (docs/security.md)",
                 cfg.listen
-            );
+            ),
+            Some(l) => warn!(
+                peer_listen = %l,
+                "peer messages (Raft) on {l} are not authenticated (peer TLS is not built yet): let only \
+                 the other nodes reach that port (docs/security.md)"
+            ),
         }
 
         if !has_state {
@@ -408,18 +461,37 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         }
 
         let signalled = Arc::new(tokio::sync::Notify::new());
-        let server = tonic::transport::Server::builder()
+        let raft_service = || {
+            pb::raft_server::RaftServer::new(PeerService::new(core.clone()))
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE)
+        };
+        // The peer port, if any: its own server on this (the Raft) runtime. It keeps serving
+        // while the client server drains (pending writes still need replicating) and stops
+        // just before Raft does.
+        let peer_stop = Arc::new(tokio::sync::Notify::new());
+        let mut peer_server = peer_listener.map(|l| {
+            let stop = peer_stop.clone();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(raft_service())
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                        async move { stop.notified().await },
+                    )
+                    .in_current_span(),
+            )
+        });
+        let router = tonic::transport::Server::builder()
             .add_service(
                 pb::sql_server::SqlServer::new(SqlService { core: core.clone(), auth: auth.clone() })
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE)
                     .max_encoding_message_size(MAX_CLIENT_MESSAGE),
             )
-            .add_service(pb::admin_server::AdminServer::new(AdminService { core: core.clone(), auth: auth.clone() }))
-            .add_service(
-                pb::raft_server::RaftServer::new(PeerService::new(core.clone()))
-                    .max_decoding_message_size(MAX_PEER_MESSAGE)
-                    .max_encoding_message_size(MAX_PEER_MESSAGE),
-            )
+            .add_service(pb::admin_server::AdminServer::new(AdminService { core: core.clone(), auth: auth.clone() }));
+        // Single-port mode: the client port carries the peers too.
+        let router = if peer_server.is_none() { router.add_service(raft_service()) } else { router };
+        let server = router
             .serve_with_incoming_shutdown(
                 // Nagle off: a small reply (a row, a heartbeat ack) must not wait for the peer's
                 // delayed ACK. Serving from a plain listener stream would silently keep it on.
@@ -434,11 +506,28 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             signalled.notified().await;
             tokio::time::sleep(DRAIN).await;
         };
+        let peer_server_ended = async {
+            match peer_server.as_mut() {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             served = &mut server => served.context("the gRPC server task failed")?.context("gRPC server failed")?,
             () = drained => {
                 warn!(drain = ?DRAIN, "requests were still running after the drain period: cutting them off");
                 server.abort();
+            }
+            ended = peer_server_ended => {
+                server.abort();
+                ended.context("the peer server task failed")?.context("the peer server failed")?;
+                bail!("the peer server stopped on its own");
+            }
+        }
+        if let Some(task) = peer_server {
+            peer_stop.notify_one();
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                warn!("the peer server did not stop within 2 s: leaving it behind");
             }
         }
 
@@ -475,7 +564,7 @@ async fn shutdown_signal() {
 /// On the lowest listed id: initialize once every listed member answers, recording each
 /// member's incarnation as it reports it. A member that already belongs to a cluster means this
 /// node lost its data dir (or the list is wrong): it refuses to found a second cluster.
-async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
+async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, Listed>) {
     let id = core.id;
     let first = *members.keys().next().expect("parse_members rejects an empty list");
     if id != first {
@@ -485,8 +574,12 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
     let mut logged = false;
     let nodes = loop {
         let mut missing = Vec::new();
-        let mut nodes = BTreeMap::from([(id, Member::new(core.addr.clone(), core.sm.incarnation()))]);
-        for (&m, addr) in members.iter().filter(|(&m, _)| m != id) {
+        let mut nodes = BTreeMap::from([(
+            id,
+            Member::with_peer(core.addr.clone(), core.peer_addr.clone(), core.sm.incarnation()),
+        )]);
+        for (&m, listed) in members.iter().filter(|(&m, _)| m != id) {
+            let addr = &listed.peer_addr;
             match status_of(&core, addr).await {
                 None => missing.push(m),
                 Some(s) if s.node_id != m => {
@@ -512,7 +605,7 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, String>) {
                     return;
                 }
                 Some(s) => {
-                    nodes.insert(m, Member::new(addr.clone(), s.incarnation));
+                    nodes.insert(m, Member::with_peer(listed.addr.clone(), addr.clone(), s.incarnation));
                 }
             }
         }
@@ -553,6 +646,7 @@ async fn join(core: Arc<Core>, seed: String, as_learner: bool) {
                     addr: core.addr.clone(),
                     as_learner,
                     incarnation: core.sm.incarnation(),
+                    peer_addr: core.peer_addr.clone(),
                 })
                 .await
         };
@@ -581,10 +675,11 @@ mod tests {
 
     #[test]
     fn bootstrap_members_parse_and_reject_bad_input() {
-        let m = parse_members("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=h:3").unwrap();
+        let m = parse_members("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=h:3/h:4").unwrap();
         assert_eq!(m.len(), 3);
-        assert_eq!(m[&2], "127.0.0.1:7002");
-        for bad in ["", "1", "x=h:1", "0=h:1", "1=h", "1=h:1,1=h:2"] {
+        assert_eq!(m[&2], Listed { addr: "127.0.0.1:7002".into(), peer_addr: "127.0.0.1:7002".into() });
+        assert_eq!(m[&3], Listed { addr: "h:3".into(), peer_addr: "h:4".into() });
+        for bad in ["", "1", "x=h:1", "0=h:1", "1=h", "1=h:1,1=h:2", "1=h:1/h", "1=h/h:2", "1=h:1/"] {
             assert!(parse_members(bad).is_err(), "{bad:?} must be refused");
         }
     }

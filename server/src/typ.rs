@@ -15,21 +15,37 @@ pub type NodeId = u64;
 /// different incarnation: its peers refuse its votes and acknowledgements and it refuses theirs,
 /// and it cannot come back as its old self with an empty log (the lost-write scenario of issue
 /// 16; etcd refuses the same with its member ids).
+///
+/// A member has two addresses: `addr` for clients (Sql, Admin; what redirects name) and
+/// `peer_addr` for other nodes (Raft). They are the same in single-port mode; a node started
+/// with `--peer-listen` advertises a separate peer address, and peers dial only that.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub addr: String,
     pub incarnation: u64,
+    pub peer_addr: String,
 }
 
 impl Member {
+    /// A single-port member: peers reach it at its client address.
     pub fn new(addr: impl Into<String>, incarnation: u64) -> Member {
-        Member { addr: addr.into(), incarnation }
+        let addr = addr.into();
+        Member { peer_addr: addr.clone(), addr, incarnation }
+    }
+
+    /// A member with a separate peer address.
+    pub fn with_peer(addr: impl Into<String>, peer_addr: impl Into<String>, incarnation: u64) -> Member {
+        Member { addr: addr.into(), incarnation, peer_addr: peer_addr.into() }
     }
 }
 
 impl std::fmt::Display for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}", Incarnation(self.incarnation), self.addr)
+        write!(f, "{}@{}", Incarnation(self.incarnation), self.addr)?;
+        if self.peer_addr != self.addr {
+            write!(f, " (peers: {})", self.peer_addr)?;
+        }
+        Ok(())
     }
 }
 

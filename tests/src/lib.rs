@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     /// Credentials the harness's own client (status, checksums, [`Cluster::client`]) sends,
     /// for clusters started with `--users-file`.
     pub credentials: Option<raftsql_client::Credentials>,
+    /// Give every node a peer port of its own (`--peer-listen`); not with `proxied`.
+    pub peer_ports: bool,
 }
 
 /// The directory holding the `raftsql-server` and `raftsql` binaries, built once per process so
@@ -107,6 +109,8 @@ struct Node {
     /// Where the node really listens; the harness's own status and checksum calls go here, so
     /// they work whatever the network faults.
     listen: String,
+    /// The node's own peer port (`--peer-listen`), if it has one.
+    peer: Option<String>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -153,9 +157,15 @@ impl Cluster {
         let net = opts.proxied.map(nemesis::net::Net::new);
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(id, Node::new(dir.path(), id, net.as_ref()).await?);
+            nodes.insert(id, Node::new(dir.path(), id, net.as_ref(), opts.peer_ports).await?);
         }
-        let bootstrap: Vec<String> = nodes.iter().map(|(id, node)| format!("{id}={}", node.addr)).collect();
+        let bootstrap: Vec<String> = nodes
+            .iter()
+            .map(|(id, node)| match &node.peer {
+                Some(peer) => format!("{id}={}/{peer}", node.addr),
+                None => format!("{id}={}", node.addr),
+            })
+            .collect();
         let client = connect(nodes.values().map(|n| n.listen.clone()), &opts).await?;
         let mut cluster = Cluster { dir: Some(dir), nodes, opts, client, net, retired: 0 };
         let bootstrap = bootstrap.join(",");
@@ -184,6 +194,12 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> &str {
         &self.nodes[&id].addr
+    }
+
+    /// Where other nodes reach node `id`: its peer port, or its address in single-port mode.
+    pub fn peer_addr(&self, id: u64) -> &str {
+        let node = &self.nodes[&id];
+        node.peer.as_deref().unwrap_or(&node.addr)
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -308,6 +324,7 @@ impl Cluster {
             .arg(&node.addr)
             .arg("--data-dir")
             .arg(&node.data_dir)
+            .args(node.peer.iter().flat_map(|p| ["--peer-listen", p.as_str()]))
             .args(extra)
             .args(&self.opts.extra_args)
             .env(
@@ -564,10 +581,10 @@ impl Cluster {
 
     async fn add(&mut self, learner: bool) -> Result<u64> {
         let id = self.nodes.keys().max().copied().unwrap_or(0).max(self.retired) + 1;
-        let node = Node::new(self.dir(), id, self.net.as_ref()).await?;
+        let node = Node::new(self.dir(), id, self.net.as_ref(), self.opts.peer_ports).await?;
         self.nodes.insert(id, node);
         let leader = self.wait_for_quorum_leader(Duration::from_secs(30)).await?;
-        let seed = self.addr(leader).to_string();
+        let seed = self.peer_addr(leader).to_string();
         let mut args = vec!["--join", seed.as_str()];
         if learner {
             args.push("--learner");
@@ -633,8 +650,12 @@ impl Cluster {
 }
 
 impl Node {
-    async fn new(dir: &Path, id: u64, net: Option<&nemesis::net::Net>) -> Result<Node> {
+    async fn new(dir: &Path, id: u64, net: Option<&nemesis::net::Net>, peer_port: bool) -> Result<Node> {
+        if peer_port && net.is_some() {
+            return Err("peer ports and proxied links do not go together (yet)".into());
+        }
         let listen = format!("127.0.0.1:{}", free_port());
+        let peer = peer_port.then(|| format!("127.0.0.1:{}", free_port()));
         let addr = match net {
             Some(net) => {
                 let upstream = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
@@ -647,6 +668,7 @@ impl Node {
         Ok(Node {
             addr,
             listen,
+            peer,
             data_dir: dir.join(format!("node-{id}")),
             log: dir.join(format!("node-{id}.log")),
             child: None,

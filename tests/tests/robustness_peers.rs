@@ -278,6 +278,7 @@ async fn joins_of_nodes_that_are_not_there_are_refused() {
         addr: addr.into(),
         as_learner: true,
         incarnation,
+        peer_addr: String::new(),
     };
     // A port nothing listens on: bind one, note it, let it go.
     let dead = {

@@ -178,6 +178,7 @@ async fn make(cluster: &Cluster, who: &Credentials, call: Call, n: usize) -> Res
                         addr: "127.0.0.1:9".into(),
                         as_learner: true,
                         incarnation: 7,
+                        peer_addr: String::new(),
                     };
                     admin.join(authorized(msg, who)).await.map(drop)
                 }
@@ -462,8 +463,9 @@ async fn the_users_file_is_reloaded_and_forwarded_writes_keep_their_caller() {
     client_as(&cluster, Some(&carol)).await.query("SELECT 1", &[], QueryOptions::default()).await.unwrap();
 }
 
-/// Bootstrap and join go through the peer service, so a cluster with a users file forms and
-/// grows with no credentials given to the nodes.
+/// Bootstrap, join and the replica count of `min_replicas` go through the peer service, so a
+/// cluster with a users file forms, grows and counts replicas with no credentials given to the
+/// nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_with_users_forms_and_grows() {
     let dir = tempfile::tempdir().unwrap();
@@ -475,4 +477,8 @@ async fn a_cluster_with_users_forms_and_grows() {
     let id = cluster.add_node().await.expect("a node joins a cluster with users");
     let (rows, _) = cluster.table_checksum(id, "t").await.unwrap();
     assert_eq!(rows, 2);
+    // min_replicas: the leader asks the others how far they applied (it used Admin.Status,
+    // which a users file closes to nodes; it timed out).
+    let all = client_as(&cluster, Some(&admin())).await.with_min_replicas(4);
+    all.execute("INSERT INTO t VALUES (3)", &[]).await.expect("applied by all four nodes");
 }

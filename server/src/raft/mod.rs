@@ -179,8 +179,11 @@ impl Default for Options {
 /// Everything a running node's services need.
 pub struct Core {
     pub id: NodeId,
-    /// The address other nodes and clients reach this node at.
+    /// The address clients reach this node at.
     pub addr: String,
+    /// The address other nodes reach this node at (`--peer-advertise`; `addr` in single-port
+    /// mode).
+    pub peer_addr: String,
     pub raft: Raft,
     pub sm: StateMachine,
     pub sequencer: sequencer::Sequencer,
@@ -336,11 +339,11 @@ impl Core {
     }
 
     /// Waits until `k` nodes (this one included) report `index` applied, polling the other
-    /// members' status; returns how many did, or, after `timeout`, a `Timeout` that says so.
+    /// members' status (at their peer addresses); returns how many did, or, after `timeout`, a `Timeout` that says so.
     pub async fn wait_replicas(&self, index: u64, k: usize, timeout: Duration) -> Result<usize, Error> {
         let members: Vec<(NodeId, String)> = {
             let m = self.metrics();
-            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.peer_addr.clone())).collect()
         };
         if k > members.len() {
             return Err(Error::InvalidArgument(format!(
@@ -357,8 +360,9 @@ impl Core {
             let pending: Vec<&(NodeId, String)> =
                 members.iter().filter(|(id, _)| !done.contains(id) && *id != self.id).collect();
             for (id, addr) in pending {
+                // The peer service: nodes hold no client credentials (--users-file).
                 let Ok(channel) = self.peer_channel(addr) else { continue };
-                let mut client = raftsql_proto::v1::admin_client::AdminClient::new(channel);
+                let mut client = raftsql_proto::v1::raft_client::RaftClient::new(channel);
                 let mut req = tonic::Request::new(raftsql_proto::v1::StatusRequest {});
                 req.set_timeout(Duration::from_millis(500));
                 if client.status(req).await.is_ok_and(|s| s.into_inner().applied_index >= index) {

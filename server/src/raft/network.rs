@@ -126,11 +126,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        let key = (target, node.addr.clone());
+        // Peers are dialled at their peer address (the client address in single-port mode).
+        let key = (target, node.peer_addr.clone());
         let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
         let channel = match channels.get(&key) {
             Some(c) => Ok(c.clone()),
-            None => channel(&node.addr, self.source).inspect(|c| {
+            None => channel(&node.peer_addr, self.source).inspect(|c| {
                 channels.insert(key, c.clone());
             }),
         };
@@ -139,7 +140,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster: self.cluster.clone(),
             target,
             target_incarnation: node.incarnation,
-            addr: node.addr.clone(),
+            addr: node.peer_addr.clone(),
             channel: channel.map_err(|e| e.to_string()),
         }
     }

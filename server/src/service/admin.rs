@@ -77,6 +77,7 @@ pub fn status(core: &Core) -> pb::StatusResponse {
             addr: node.addr.clone(),
             voter: voters.contains(id),
             incarnation: node.incarnation,
+            peer_addr: node.peer_addr.clone(),
         })
         .collect();
     let last_log = m.last_log_index.unwrap_or(0);
@@ -121,6 +122,7 @@ pub fn status(core: &Core) -> pb::StatusResponse {
         members,
         followers,
         millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),
+        peer_addr: core.peer_addr.clone(),
     }
 }
 
@@ -131,7 +133,10 @@ struct Members<'a> {
 }
 
 impl Members<'_> {
-    async fn join_on_leader(&self, req: pb::JoinRequest) -> Result<(), Error> {
+    async fn join_on_leader(&self, mut req: pb::JoinRequest) -> Result<(), Error> {
+        if req.peer_addr.is_empty() {
+            req.peer_addr = req.addr.clone(); // a single-port node
+        }
         let m = self.core.metrics();
         let membership = m.membership_config.membership().clone();
         if req.incarnation == 0 {
@@ -141,10 +146,10 @@ impl Members<'_> {
             )));
         }
         if let Some(existing) = membership.get_node(&req.node_id) {
-            if existing.addr != req.addr {
+            if existing.addr != req.addr || existing.peer_addr != req.peer_addr {
                 return Err(Error::InvalidArgument(format!(
-                    "node {} is already a member at {}; a different node needs a new id",
-                    req.node_id, existing.addr
+                    "node {} is already a member at {} (peers: {}); a different node needs a new id",
+                    req.node_id, existing.addr, existing.peer_addr
                 )));
             }
             if existing.incarnation != req.incarnation {
@@ -164,9 +169,9 @@ impl Members<'_> {
         self.check_joiner(&req).await?;
         let is_voter = membership.voter_ids().any(|v| v == req.node_id);
         if !is_voter {
-            info!(node = req.node_id, addr = %req.addr, "adding learner; waiting for it to catch up");
-            let add =
-                self.core.raft.add_learner(req.node_id, Member::new(req.addr.clone(), req.incarnation), true);
+            info!(node = req.node_id, addr = %req.addr, peer_addr = %req.peer_addr, "adding learner; waiting for it to catch up");
+            let member = Member::with_peer(req.addr.clone(), req.peer_addr.clone(), req.incarnation);
+            let add = self.core.raft.add_learner(req.node_id, member, true);
             match tokio::time::timeout(JOIN_TIMEOUT, add).await {
                 Err(_) => {
                     return Err(Error::Timeout(format!(
@@ -196,28 +201,31 @@ impl Members<'_> {
 }
 
 impl Members<'_> {
-    /// Before a node enters the membership, its address must be one and the node that answers
-    /// there must be the one asking: a typo, a dead address or another node's address would
-    /// otherwise stay in the membership, and the leader would replicate to it forever.
+    /// Before a node enters the membership, its addresses must be addresses and the node that
+    /// answers at its peer address must be the one asking: a typo, a dead address or another
+    /// node's address would otherwise stay in the membership, and the leader would replicate to
+    /// it forever.
     async fn check_joiner(&self, req: &pb::JoinRequest) -> Result<(), Error> {
-        check_addr(&req.addr).map_err(|e| {
-            Error::InvalidArgument(format!("node {} asks to join at {:?}: {e}", req.node_id, req.addr))
-        })?;
+        for a in [&req.addr, &req.peer_addr] {
+            check_addr(a).map_err(|e| {
+                Error::InvalidArgument(format!("node {} asks to join at {a:?}: {e}", req.node_id))
+            })?;
+        }
         // Unreachable now may be reachable later (a partition, a slow start): the joiner retries.
-        let s = self.core.status_of(&req.addr, JOINER_STATUS_TIMEOUT).await.map_err(|e| {
+        let s = self.core.status_of(&req.peer_addr, JOINER_STATUS_TIMEOUT).await.map_err(|e| {
             Error::Unavailable(format!(
                 "node {} asks to join at {}, but {e}: a joining node must be running and reachable \
                  at the address it gives",
-                req.node_id, req.addr
+                req.node_id, req.peer_addr
             ))
         })?;
         if s.node_id != req.node_id || s.incarnation != req.incarnation {
             return Err(Error::InvalidArgument(format!(
                 "node {} (incarnation {}) asks to join at {}, but node {} (incarnation {}) answers \
-                 there: check the joining node's --advertise address",
+                 there: check the joining node's --advertise and --peer-advertise addresses",
                 req.node_id,
                 Incarnation(req.incarnation),
-                req.addr,
+                req.peer_addr,
                 s.node_id,
                 Incarnation(s.incarnation)
             )));
@@ -310,6 +318,12 @@ pub(super) async fn join(
     }
     if core.metrics().current_leader != Some(core.id) {
         let addr = forward_target(core, was_forwarded)?;
+        // The same leader's peer address: joins travel between nodes.
+        let m = core.metrics();
+        let addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.peer_addr.clone()))
+            .unwrap_or(addr);
         let channel = core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let mut client = pb::raft_client::RaftClient::new(channel);
         let request = forwarded(req, &tonic::metadata::MetadataMap::new());

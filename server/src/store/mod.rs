@@ -215,9 +215,11 @@ const FORMAT_FILE: &str = "format";
 
 /// The on-disk format of a data dir, in its `format` file (written when the dir is created).
 /// 3: log entries hold their change set encoded once ([`crate::changeset::EncodedChangeSet`]).
+/// 4: a member (`typ::Member`, in membership entries, the vote's store and snapshots) carries
+/// its peer address.
 /// Dirs of an earlier format (2 had no `format` file; 1 no incarnation either) are refused at
 /// start with [`Error::OldFormat`].
-pub const DATA_FORMAT: u32 = 3;
+pub const DATA_FORMAT: u32 = 4;
 
 /// Opens (creating if needed) the node's storage in `opts.data_dir`: one sled database shared
 /// by the log store and the state machine.

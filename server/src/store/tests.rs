@@ -513,9 +513,13 @@ fn store_gives_each_data_dir_its_own_incarnation() {
     std::fs::remove_file(&file).unwrap();
     let err = open(&opts(dir.path(), 2)).err().expect("a format 1 data dir");
     assert!(matches!(err, Error::OldFormat { found: 1, .. }), "{err}");
-    std::fs::write(&format, b"4\n").unwrap();
+    // Format 3: members had no peer address.
+    std::fs::write(&format, b"3\n").unwrap();
+    let err = open(&opts(dir.path(), 2)).err().expect("a format 3 data dir");
+    assert!(matches!(err, Error::OldFormat { found: 3, .. }), "{err}");
+    std::fs::write(&format, format!("{}\n", DATA_FORMAT + 1)).unwrap();
     let err = open(&opts(dir.path(), 2)).err().expect("a newer data dir");
-    assert!(matches!(err, Error::NewerFormat { found: 4, .. }), "{err}");
+    assert!(matches!(err, Error::NewerFormat { found, .. } if found == DATA_FORMAT + 1), "{err}");
 }
 
 #[test]
