@@ -413,6 +413,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             peer_source: cfg.peer_source_addr,
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_requests.max(1))),
             raft_runtime: tokio::runtime::Handle::current(),
+            client_runtime: client.clone(),
         });
         core.append_times.follow(raft.clone());
         crate::watchdog::spawn_probes(raft.clone());
@@ -461,8 +462,10 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         }
 
         let signalled = Arc::new(tokio::sync::Notify::new());
+        let sql_service = Arc::new(SqlService { core: core.clone(), auth: auth.clone() });
+        let admin_service = Arc::new(AdminService { core: core.clone(), auth: auth.clone() });
         let raft_service = || {
-            pb::raft_server::RaftServer::new(PeerService::new(core.clone()))
+            pb::raft_server::RaftServer::new(PeerService::new(core.clone(), sql_service.clone(), admin_service.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE)
         };
@@ -484,11 +487,11 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         });
         let router = tonic::transport::Server::builder()
             .add_service(
-                pb::sql_server::SqlServer::new(SqlService { core: core.clone(), auth: auth.clone() })
+                pb::sql_server::SqlServer::from_arc(sql_service.clone())
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE)
                     .max_encoding_message_size(MAX_CLIENT_MESSAGE),
             )
-            .add_service(pb::admin_server::AdminServer::new(AdminService { core: core.clone(), auth: auth.clone() }));
+            .add_service(pb::admin_server::AdminServer::from_arc(admin_service.clone()));
         // Single-port mode: the client port carries the peers too.
         let router = if peer_server.is_none() { router.add_service(raft_service()) } else { router };
         let server = router

@@ -27,7 +27,11 @@ async fn forged_heartbeat(addr: &str, cluster_id: &str, from: u64, to: u64) -> t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_talk_only_on_the_peer_port() {
-    let opts = ClusterOptions { peer_ports: true, ..Default::default() };
+    let opts = ClusterOptions {
+        peer_ports: true,
+        extra_args: vec!["--forward-writes".into()],
+        ..Default::default()
+    };
     let mut cluster = Cluster::start(3, opts).await.expect("a cluster with peer ports starts");
     let (leader, term) = cluster.wait_for_leader(WAIT).await.expect("a leader");
     let client = cluster.client().await;
@@ -45,6 +49,24 @@ async fn peers_talk_only_on_the_peer_port() {
     let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
     let fs = cluster.status(follower).await.unwrap();
     assert_eq!(fs.leader_addr, cluster.addr(leader));
+
+    // A write sent to a follower (--forward-writes) reaches the leader over the peer port, and
+    // so does a removal (of a node that is not a member: NOT_FOUND from the leader).
+    let write = pb::ExecuteRequest {
+        statements: vec![pb::Statement {
+            sql: "INSERT INTO t VALUES (10, 'via a follower')".into(),
+            params: vec![],
+        }],
+        ..Default::default()
+    };
+    let r = pb::sql_client::SqlClient::new(channel(cluster.addr(follower))).execute(write).await.unwrap();
+    assert_eq!(r.get_ref().receipt.as_ref().unwrap().node_id, leader, "not forwarded to the leader");
+    let s = pb::admin_client::AdminClient::new(channel(cluster.addr(follower)))
+        .remove(pb::RemoveRequest { node_id: 42 })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
+    assert!(s.message().contains("node 42 is not a member"), "{s:?}");
 
     // The client port serves no Raft: issue 16's forged heartbeat, a status and a join asked
     // as a node would, all UNIMPLEMENTED there. On the peer port the heartbeat meets the peer
@@ -83,7 +105,7 @@ async fn peers_talk_only_on_the_peer_port() {
     // A node joins through a member's peer port and catches up; a write waits for all four.
     let new = cluster.add_node().await.expect("a node joins over the peer port");
     let (rows, _) = cluster.table_checksum(new, "t").await.unwrap();
-    assert_eq!(rows, 2);
+    assert_eq!(rows, 3);
     let all_four = cluster.client().await.with_min_replicas(4);
     all_four.execute("INSERT INTO t VALUES (3, 'three')", &[]).await.expect("applied by all four");
 

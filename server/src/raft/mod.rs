@@ -197,6 +197,9 @@ pub struct Core {
     pub peer_source: Option<std::net::IpAddr>,
     /// Client requests being served now, bounded by `Options::max_inflight` ([`Core::admit`]).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// The runtime client work runs on (see [`crate::node::Runtimes`]): the peer service moves
+    /// the client requests other members forward to this node there.
+    pub client_runtime: tokio::runtime::Handle,
     /// The runtime openraft's core, replication and apply run on, apart from client work (see
     /// [`crate::node::Runtimes`]); the peer service handles messages there too.
     pub raft_runtime: tokio::runtime::Handle,
@@ -288,6 +291,11 @@ impl Core {
             Ok(Err(s)) => Err(format!("{addr} did not answer a status call: {}", s.message())),
             Ok(Ok(r)) => Ok(r.into_inner()),
         }
+    }
+
+    /// Where other nodes reach member `id` (its peer address), if it is a member.
+    pub fn peer_addr_of(&self, id: NodeId) -> Option<String> {
+        self.metrics().membership_config.membership().get_node(&id).map(|n| n.peer_addr.clone())
     }
 
     /// The NotLeader error as this node knows it now.

@@ -318,12 +318,6 @@ pub(super) async fn join(
     }
     if core.metrics().current_leader != Some(core.id) {
         let addr = forward_target(core, was_forwarded)?;
-        // The same leader's peer address: joins travel between nodes.
-        let m = core.metrics();
-        let addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.peer_addr.clone()))
-            .unwrap_or(addr);
         let channel = core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let mut client = pb::raft_client::RaftClient::new(channel);
         let request = forwarded(req, &tonic::metadata::MetadataMap::new());
@@ -345,14 +339,15 @@ fn forward_failed(addr: &str, s: tonic::Status) -> tonic::Status {
     status_from(Error::Unavailable(format!("cannot forward to the leader at {addr}: {cause}")))
 }
 
-/// The leader's address to forward a membership change to; Err is the answer to give instead
-/// (no leader known, this node is a stale leader, or the request was forwarded once already).
+/// The leader's peer address, to forward a membership change to over the peer service; Err is
+/// the answer to give instead (no leader known, this node is a stale leader, or the request was
+/// forwarded once already).
 fn forward_target(core: &Core, forwarded: bool) -> Result<String, tonic::Status> {
     match core.not_leader() {
         Error::NotLeader { leader_id: Some(l), leader_addr: Some(addr), .. }
             if l != core.id && !forwarded =>
         {
-            Ok(addr)
+            Ok(core.peer_addr_of(l).unwrap_or(addr))
         }
         e => Err(status_from(e)),
     }
@@ -397,10 +392,10 @@ impl pb::admin_server::Admin for AdminService {
             let addr = forward_target(&self.core, was_forwarded)?;
             let channel =
                 self.core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut client = pb::admin_client::AdminClient::new(channel);
+            let mut client = pb::raft_client::RaftClient::new(channel);
             let mut request = forwarded(req, &metadata);
             request.set_timeout(REMOVE_TIMEOUT + Duration::from_secs(5));
-            return client.remove(request).await.map_err(|s| forward_failed(&addr, s));
+            return client.forward_remove(request).await.map_err(|s| forward_failed(&addr, s));
         }
         Members { core: &self.core }.remove_on_leader(req.node_id).await.map_err(status_from)?;
         Ok(tonic::Response::new(pb::RemoveResponse { leader: Some(status(&self.core)) }))

@@ -1,7 +1,8 @@
-//! The `Raft` service: openraft's peer RPCs, bincode inside `RaftMessage.payload`; and the
-//! status and join calls nodes make of each other (the same as Admin's, without credentials:
-//! in single-port mode anyone who reaches the port can call them, as they can send peer
-//! messages; the peer port with mutual TLS is what closes that, issue 17).
+//! The `Raft` service: openraft's peer RPCs, bincode inside `RaftMessage.payload`; the status
+//! and join calls nodes make of each other (the same as Admin's, without credentials: whoever
+//! reaches the peer port can call them, as they can send peer messages, until peer TLS closes
+//! that, issue 17); and the client requests members forward to the leader, which are handed to
+//! the `Sql` and `Admin` services on the client runtime with the client's own credentials.
 //!
 //! A payload that does not decode is refused with `InvalidArgument` and never reaches openraft;
 //! one that decodes is checked by `raft::peer_check` first (sender, receiver, incarnations,
@@ -30,6 +31,9 @@ pub struct PeerService(Arc<Handler>);
 
 struct Handler {
     core: Arc<Core>,
+    /// Where forwarded client requests go: the same handlers clients call.
+    sql: Arc<super::sql::SqlService>,
+    admin: Arc<super::admin::AdminService>,
     /// The snapshot being received and verified, if any (one at a time: a node has one leader).
     incoming: tokio::sync::Mutex<Option<Incoming>>,
 }
@@ -37,8 +41,32 @@ struct Handler {
 type Reply = Result<tonic::Response<pb::RaftMessage>, tonic::Status>;
 
 impl PeerService {
-    pub fn new(core: Arc<Core>) -> Self {
-        PeerService(Arc::new(Handler { core, incoming: Default::default() }))
+    pub fn new(
+        core: Arc<Core>,
+        sql: Arc<super::sql::SqlService>,
+        admin: Arc<super::admin::AdminService>,
+    ) -> Self {
+        PeerService(Arc::new(Handler { core, sql, admin, incoming: Default::default() }))
+    }
+
+    /// Runs a forwarded client request's handler on the client runtime, marked forwarded so the
+    /// leader never forwards it again.
+    async fn on_client_runtime<T, R, F, Fut>(
+        &self,
+        mut request: tonic::Request<T>,
+        handle: F,
+    ) -> Result<R, tonic::Status>
+    where
+        F: FnOnce(Arc<Handler>, tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, tonic::Status>> + Send + 'static,
+        R: Send + 'static,
+    {
+        request.metadata_mut().insert(super::FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let task = handle(self.0.clone(), request);
+        match self.0.core.client_runtime.spawn(task).await {
+            Ok(reply) => reply,
+            Err(e) => Err(tonic::Status::unavailable(format!("this node is shutting down ({e}): retry"))),
+        }
     }
 
     async fn on_raft_runtime<F, Fut>(&self, handle: F) -> Reply
@@ -259,5 +287,21 @@ impl pb::raft_server::Raft for PeerService {
     ) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
         let was_forwarded = request.metadata().contains_key(super::FORWARDED);
         super::admin::join(&self.0.core, request.into_inner(), was_forwarded).await
+    }
+
+    async fn forward_execute(
+        &self,
+        request: tonic::Request<pb::ExecuteRequest>,
+    ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+        use pb::sql_server::Sql;
+        self.on_client_runtime(request, |h, r| async move { h.sql.execute(r).await }).await
+    }
+
+    async fn forward_remove(
+        &self,
+        request: tonic::Request<pb::RemoveRequest>,
+    ) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
+        use pb::admin_server::Admin;
+        self.on_client_runtime(request, |h, r| async move { h.admin.remove(r).await }).await
     }
 }

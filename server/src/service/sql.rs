@@ -37,7 +37,8 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
-/// Sends a write on to the leader, with the caller's credentials, and relays its answer.
+/// Sends a write on to the leader's peer service, with the caller's credentials, and relays
+/// its answer.
 async fn forward(
     core: &Core,
     addr: &str,
@@ -46,10 +47,10 @@ async fn forward(
 ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
     let channel =
         core.peer_channel(addr).map_err(|e| tonic::Status::unavailable(format!("leader {addr}: {e}")))?;
-    let mut client = pb::sql_client::SqlClient::new(channel)
+    let mut client = pb::raft_client::RaftClient::new(channel)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_MESSAGE);
-    client.execute(forwarded(req, metadata)).await
+    client.forward_execute(forwarded(req, metadata)).await
 }
 
 /// PERMISSION_DENIED unless `caller` may run every statement of the request: reading
@@ -166,7 +167,10 @@ impl pb::sql_server::Sql for SqlService {
         let write = WriteRequest { statements, transaction: req.transaction, request_id };
         let reply = match self.core.sequencer.write(write).instrument(span.clone()).await {
             Ok(r) => r,
-            Err(crate::raft::Error::NotLeader { leader_addr: Some(addr), .. }) if original.is_some() => {
+            Err(crate::raft::Error::NotLeader {
+                leader_id: Some(leader), leader_addr: Some(addr), ..
+            }) if original.is_some() => {
+                let addr = self.core.peer_addr_of(leader).unwrap_or(addr);
                 tracing::debug!(parent: &span, leader = %addr, "forwarding the write to the leader");
                 return forward(&self.core, &addr, original.expect("checked above"), &metadata).await;
             }
