@@ -351,7 +351,7 @@ impl Shell {
                         "lag": f.lag, "lag_millis": f.lag_millis})
                 })
                 .collect();
-            let obj = json!({"node": s.node_id, "addr": s.addr, "role": role_name(&s), "term": s.term,
+            let obj = json!({"node": s.node_id, "addr": s.addr, "peer_addr": s.peer_addr, "role": role_name(&s), "term": s.term,
                 "leader": {"id": s.leader_id, "addr": s.leader_addr},
                 "last_log_index": s.last_log_index, "committed_index": s.committed_index,
                 "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
@@ -504,7 +504,14 @@ impl Shell {
 fn members_text(members: &[pb::Member]) -> String {
     members
         .iter()
-        .map(|m| format!("{}={}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" }))
+        .map(|m| {
+            let peer = if m.peer_addr.is_empty() || m.peer_addr == m.addr {
+                String::new()
+            } else {
+                format!(" (peers: {})", m.peer_addr)
+            };
+            format!("{}={}{peer}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" })
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

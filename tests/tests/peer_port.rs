@@ -49,6 +49,16 @@ async fn peers_talk_only_on_the_peer_port() {
     let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
     let fs = cluster.status(follower).await.unwrap();
     assert_eq!(fs.leader_addr, cluster.addr(leader));
+    // The shell shows both.
+    let out = std::process::Command::new(raftsql_tests::bin_dir().join("raftsql"))
+        .args(["--addr", cluster.addr(follower), "-e", ".status"])
+        .env("RAFTSQL_HISTORY", "")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let shown = format!("{leader}={} (peers: {})", cluster.addr(leader), cluster.peer_addr(leader));
+    assert!(text.contains(&shown), "{text}");
 
     // A write sent to a follower (--forward-writes) reaches the leader over the peer port, and
     // so does a removal (of a node that is not a member: NOT_FOUND from the leader).
