@@ -511,8 +511,9 @@ impl Auth {
         };
         let password = password.to_string();
         let ok = tokio::task::spawn_blocking(move || {
-            let h = PasswordHash::new(&hash).expect("checked when the users file was loaded");
-            argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok()
+            // Parsed when the users file was loaded; should it not parse, the password fails.
+            PasswordHash::new(&hash)
+                .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
         })
         .await
         .unwrap_or(false);

@@ -58,6 +58,11 @@ async fn forward(
 /// before anything is evaluated: [`crate::sql::effects`]). A request of only BEGIN/COMMIT still
 /// needs `write`: Execute is the write call.
 fn authorize_execute<'a>(caller: &Caller, texts: impl Iterator<Item = &'a str>) -> Result<(), tonic::Status> {
+    // A caller holding every permission (always, without a users file) needs no look at the
+    // statements: the write path does not tokenize them an extra time.
+    if caller.permissions == super::auth::Permissions::all() {
+        return Ok(());
+    }
     let effects = texts.map(crate::sql::effects).fold(Default::default(), crate::sql::Effects::union);
     if effects.reads {
         caller.require(Permission::Read, "read rows")?;
