@@ -34,6 +34,15 @@
 //! call the user's permissions do not allow, with [`Error::PermissionDenied`]. Neither is
 //! retried. Request ids are kept per user on the server, so two users' ids never meet.
 //!
+//! # TLS
+//! A cluster whose client port has TLS (`--tls-cert`) is reached with [`Client::with_tls`] or
+//! with `https://` in front of an address. [`Tls`] names the CA to trust (without one, the
+//! system's roots), an optional client certificate (which, on a node given `--tls-ca`,
+//! authenticates the user its first DNS name names, instead of a password) and the name to
+//! verify the servers' certificates against when the addresses do not carry it. A server whose
+//! certificate does not verify, or that speaks plain text, fails with [`Error::Transport`]
+//! naming the cause.
+//!
 //! # Retries
 //! `NOT_LEADER` → the named leader, same request id; transport failure, `UNAVAILABLE` or
 //! `INDETERMINATE` → back off (50 ms doubling to 1 s) and try again, same request id, until the
@@ -300,16 +309,20 @@ impl Error {
                 ),
             },
             tonic::Code::Unavailable | tonic::Code::Cancelled => {
-                Error::Transport { addr: addr.to_string(), message: s.message().to_string() }
+                Error::Transport { addr: addr.to_string(), message: raftsql_proto::status_text(&s) }
             }
             // A request on a cached connection to a node that has just died fails in hyper,
             // which tonic reports as Unknown/Internal "transport error", with no raftsql error
             // in the details: the server never saw it, so it is a transport failure to retry.
             tonic::Code::Unknown | tonic::Code::Internal
                 if s.details().is_empty()
-                    && (s.message().contains("transport error") || s.message().contains("connection")) =>
+                    && (s.message().contains("transport error")
+                        || s.message().contains("connection")
+                        // TLS 1.3: a server that refuses the client's certificate says so
+                        // after the client finished its handshake, on the HTTP/2 connection.
+                        || s.message().contains("h2 protocol error")) =>
             {
-                Error::Transport { addr: addr.to_string(), message: s.message().to_string() }
+                Error::Transport { addr: addr.to_string(), message: raftsql_proto::status_text(&s) }
             }
             tonic::Code::DeadlineExceeded => Error::Timeout { message: format!("{addr}: {}", s.message()) },
             tonic::Code::Unauthenticated => {
@@ -350,6 +363,82 @@ struct Inner {
     min_replicas: u32,
     /// The `authorization` value every request carries, if any.
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// TLS for every connection, if on.
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// How a client reaches a cluster whose client port has TLS ([`Client::with_tls`]).
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// The CA certificates (PEM) that signed the servers' certificates; `None`: the system's.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate chain and its key (PEM), for nodes that authenticate clients by
+    /// certificate.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the servers' certificates must carry (default: each address's host).
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
+            .field("identity", &self.identity.as_ref().map(|_| "(key hidden)"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads the CA, the client certificate and its key from PEM files (each optional; a
+    /// certificate needs its key).
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+        server_name: Option<String>,
+    ) -> Result<Tls, Error> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| Error::InvalidArgument {
+                message: format!("cannot read the {what} {}: {e}", p.display()),
+            })
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c, "client certificate")?, read(k, "client key")?)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidArgument {
+                    message: "a client certificate needs its key: give both --cert and --key".into(),
+                })
+            }
+        };
+        Ok(Tls { ca: ca.map(|p| read(p, "CA file")).transpose()?, identity, server_name })
+    }
+
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut c = ClientTlsConfig::new().assume_http2(true);
+        c = match &self.ca {
+            Some(ca) => c.ca_certificate(Certificate::from_pem(ca)),
+            None => c.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            c = c.domain_name(name.clone());
+        }
+        c
+    }
+}
+
+/// `addr` without an `http://` or `https://` in front, and whether it asked for TLS.
+fn strip_scheme(addr: &str) -> (String, bool) {
+    let a = addr.trim();
+    if let Some(rest) = a.strip_prefix("https://") {
+        return (rest.trim_end_matches('/').to_string(), true);
+    }
+    (a.strip_prefix("http://").unwrap_or(a).trim_end_matches('/').to_string(), false)
 }
 
 /// How a client proves who it is to a cluster started with `--users-file`.
@@ -411,11 +500,15 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let addrs: Vec<String> =
-            addrs.into_iter().map(|a| a.as_ref().trim().to_string()).filter(|a| !a.is_empty()).collect();
+        let addrs: Vec<(String, bool)> =
+            addrs.into_iter().map(|a| strip_scheme(a.as_ref())).filter(|(a, _)| !a.is_empty()).collect();
         if addrs.is_empty() {
             return Err(Error::NoAddress);
         }
+        // One https:// address puts every connection on TLS (with the system's roots until
+        // `with_tls` says otherwise): a cluster's nodes are all configured alike.
+        let tls = addrs.iter().any(|(_, https)| *https).then(|| Tls::default().config());
+        let addrs = addrs.into_iter().map(|(a, _)| a).collect();
         Ok(Client {
             inner: Arc::new(Inner {
                 addrs,
@@ -427,6 +520,7 @@ impl Client {
                 deadline: Duration::from_secs(10),
                 min_replicas: 0,
                 authorization: None,
+                tls,
             }),
         })
     }
@@ -445,6 +539,7 @@ impl Client {
                 deadline,
                 min_replicas: i.min_replicas,
                 authorization: i.authorization.clone(),
+                tls: i.tls.clone(),
             }),
         }
     }
@@ -473,6 +568,15 @@ impl Client {
         })
     }
 
+    /// The same client, reaching every node through TLS as `tls` says (see the module docs).
+    pub fn with_tls(&self, tls: &Tls) -> Client {
+        let c = self.with_deadline(self.inner.deadline);
+        let inner = Arc::into_inner(c.inner).expect("a fresh client has one owner");
+        // Connections made before were made without this configuration.
+        inner.channels.lock().expect("channel map lock").clear();
+        Client { inner: Arc::new(Inner { tls: Some(tls.config()), ..inner }) }
+    }
+
     /// `message` as a request with this client's credentials.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
@@ -496,11 +600,18 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::InvalidArgument { message: format!("bad address {addr:?}: {e}") })?
+        let bad = |e: tonic::transport::Error| Error::InvalidArgument {
+            message: format!("bad address {addr:?}: {e}"),
+        };
+        let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(bad)?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.inner.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+        }
+        let c = endpoint.connect_lazy();
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }

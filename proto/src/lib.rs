@@ -5,6 +5,23 @@ pub mod v1 {
     tonic::include_proto!("raftsql.v1");
 }
 
+/// A failed call's message and causes on one line, each once: tonic reports a failed dial as a
+/// status whose message names the step ("tcp connect error", "transport error") and whose
+/// source chain ends in the cause ("Connection refused", "invalid peer certificate:
+/// UnknownIssuer"). Used by the nodes' logs and errors and by the client library.
+pub fn status_text(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(cause) = source {
+        let t = cause.to_string();
+        if !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// tonic's prost codec, except that a message that does not decode is `InvalidArgument`: what
 /// a caller sent is wrong (e.g. a `string` field holding invalid UTF-8), not the server.
 pub mod codec {

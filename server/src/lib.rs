@@ -12,5 +12,7 @@ pub mod raft;
 pub mod service;
 pub mod sql;
 pub mod store;
+pub mod throttle;
+pub mod tls;
 pub mod typ;
 pub mod watchdog;

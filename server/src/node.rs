@@ -35,6 +35,7 @@ use crate::raft::sequencer::Sequencer;
 use crate::raft::{Core, Options};
 use crate::service::{admin::AdminService, peer::PeerService, sql::SqlService, sql::MAX_CLIENT_MESSAGE};
 use crate::store;
+use crate::tls;
 use crate::typ::{Member, NodeId, Raft};
 use anyhow::{bail, Context};
 use openraft::SnapshotPolicy;
@@ -166,6 +167,29 @@ pub struct Config {
     /// may do everything.
     #[arg(long, env = "RAFTSQL_USERS_FILE", value_name = "PATH")]
     pub users_file: Option<PathBuf>,
+    /// TLS on the client port: this node's certificate chain (PEM). Re-read when it changes.
+    #[arg(long, env = "RAFTSQL_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS on the client port: the private key of --tls-cert (PEM).
+    #[arg(long, env = "RAFTSQL_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-cert: the CA whose client certificates are accepted (optional for clients; a
+    /// certificate's first DNS name is the user it authenticates, docs/security.md).
+    #[arg(long, env = "RAFTSQL_TLS_CA", value_name = "PATH", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS on the peer port (needs --peer-listen): this node's certificate, whose DNS
+    /// names must include node-<ID>.<--peer-tls-domain>. Re-read when it changes.
+    #[arg(long, env = "RAFTSQL_PEER_TLS_CERT", value_name = "PATH", requires_all = ["peer_tls_key", "peer_tls_ca", "peer_listen"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "RAFTSQL_PEER_TLS_KEY", value_name = "PATH", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The cluster CA: every node must present a certificate it signed.
+    #[arg(long, env = "RAFTSQL_PEER_TLS_CA", value_name = "PATH", requires = "peer_tls_cert")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// The domain of node names in peer certificates: node N is `node-N.<DOMAIN>`.
+    #[arg(long, env = "RAFTSQL_PEER_TLS_DOMAIN", value_name = "DOMAIN", default_value = "raftsql")]
+    pub peer_tls_domain: String,
 }
 
 /// A member as `--bootstrap` lists it: its client address and its peer address (the same in
@@ -309,6 +333,29 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             Some(path) => crate::service::auth::Auth::from_file(path).map_err(anyhow::Error::msg)?,
             None => crate::service::auth::Auth::open(),
         };
+        let client_tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls::Tls::load(
+                    tls::Files { cert: cert.clone(), key: key.clone(), ca: cfg.tls_ca.clone() },
+                    tls::Port::Client,
+                )
+                .map_err(|e| anyhow::anyhow!("client TLS: {e}"))?,
+            ),
+            _ => None,
+        };
+        let peer_tls = match (&cfg.peer_tls_cert, &cfg.peer_tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls::Tls::load(
+                    tls::Files { cert: cert.clone(), key: key.clone(), ca: cfg.peer_tls_ca.clone() },
+                    tls::Port::Peer { domain: cfg.peer_tls_domain.clone(), node: cfg.id },
+                )
+                .map_err(|e| anyhow::anyhow!("peer TLS: {e}"))?,
+            ),
+            _ => None,
+        };
+        for t in client_tls.iter().chain(peer_tls.iter()) {
+            t.watch();
+        }
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -365,7 +412,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let raft = Raft::new(
             cfg.id,
             Arc::new(raft_config),
-            Network::new(cfg.id, cfg.peer_source_addr, sm.clone()),
+            Network::new(cfg.id, cfg.peer_source_addr, sm.clone(), peer_tls.clone()),
             log,
             sm.clone(),
         )
@@ -411,6 +458,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             last_leader_contact: Default::default(),
             append_times: Default::default(),
             peer_source: cfg.peer_source_addr,
+            peer_tls: peer_tls.clone(),
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_requests.max(1))),
             raft_runtime: tokio::runtime::Handle::current(),
             client_runtime: client.clone(),
@@ -446,11 +494,22 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                  give --peer-listen and let only the other nodes reach that port (docs/security.md)",
                 cfg.listen
             ),
-            Some(l) => warn!(
+            Some(l) if peer_tls.is_none() => warn!(
                 peer_listen = %l,
-                "peer messages (Raft) on {l} are not authenticated (peer TLS is not built yet): let only \
-                 the other nodes reach that port (docs/security.md)"
+                "NO PEER TLS: peer messages (Raft) on {l} are not authenticated, so whoever reaches it can \
+                 act as a node. Give --peer-tls-cert/--peer-tls-key/--peer-tls-ca, or let only the other \
+                 nodes reach that port (docs/security.md)"
             ),
+            Some(l) => info!(peer_listen = %l, domain = %cfg.peer_tls_domain, "peer port: mutual TLS, node certificates from --peer-tls-ca"),
+        }
+        match &client_tls {
+            None => warn!(
+                listen = %cfg.listen,
+                "NO TLS on the client port {}: requests, results and credentials cross the network in \
+                 plain text. Give --tls-cert and --tls-key off loopback (docs/security.md)",
+                cfg.listen
+            ),
+            Some(_) => info!(listen = %cfg.listen, client_certificates = cfg.tls_ca.is_some(), "client port: TLS 1.3"),
         }
 
         if !has_state {
@@ -475,15 +534,9 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let peer_stop = Arc::new(tokio::sync::Notify::new());
         let mut peer_server = peer_listener.map(|l| {
             let stop = peer_stop.clone();
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(raft_service())
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
-                        async move { stop.notified().await },
-                    )
-                    .in_current_span(),
-            )
+            let router = tonic::transport::Server::builder().add_service(raft_service());
+            let stopped = async move { stop.notified().await };
+            tokio::spawn(serve(router, l, peer_tls.clone(), stopped).in_current_span())
         });
         let router = tonic::transport::Server::builder()
             .add_service(
@@ -494,13 +547,11 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             .add_service(pb::admin_server::AdminServer::from_arc(admin_service.clone()));
         // Single-port mode: the client port carries the peers too.
         let router = if peer_server.is_none() { router.add_service(raft_service()) } else { router };
-        let server = router
-            .serve_with_incoming_shutdown(
-                // Nagle off: a small reply (a row, a heartbeat ack) must not wait for the peer's
-                // delayed ACK. Serving from a plain listener stream would silently keep it on.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal_then_drain(signalled.clone()),
-            );
+        let server = {
+            // Client TLS handshakes run on the client runtime, with the rest of client work.
+            let _on_the_client_runtime = client.enter();
+            serve(router, listener, client_tls.clone(), signal_then_drain(signalled.clone()))
+        };
         let mut server = client.spawn(server.in_current_span());
         // After the signal the server answers what it has and sends GOAWAY; requests still
         // running after DRAIN (a long read, a stream nobody reads) are cut off, so a node always
@@ -544,6 +595,24 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     }
     .instrument(span)
     .await
+}
+
+/// Serves `router` on `listener` until `stop`, through TLS when `tls` is given.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tls::Tls>>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>> {
+    match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stop)),
+        // Nagle off: a small reply (a row, a heartbeat ack) must not wait for the peer's delayed
+        // ACK. Serving from a plain listener stream would silently keep it on.
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop,
+        )),
+    }
 }
 
 /// How long a stopping node keeps serving the requests it has before cutting them off.

@@ -8,6 +8,7 @@
 //! deadline; nothing sleeps to synchronize.
 
 pub mod nemesis;
+pub mod pki;
 pub mod slt;
 
 use raftsql_client::{pb, Client, Consistency, QueryOptions, Value};
@@ -38,8 +39,13 @@ pub struct ClusterOptions {
     /// Credentials the harness's own client (status, checksums, [`Cluster::client`]) sends,
     /// for clusters started with `--users-file`.
     pub credentials: Option<raftsql_client::Credentials>,
-    /// Give every node a peer port of its own (`--peer-listen`); not with `proxied`.
+    /// Give every node a peer port of its own (`--peer-listen`); when `proxied`, it gets its own
+    /// proxy entry on the same links.
     pub peer_ports: bool,
+    /// TLS on both ports of every node, from certificates made for the cluster
+    /// ([`pki::Pki`], in `<dir>/pki`); implies `peer_ports`. The harness's clients trust the
+    /// client CA.
+    pub tls: bool,
 }
 
 /// The directory holding the `raftsql-server` and `raftsql` binaries, built once per process so
@@ -111,14 +117,24 @@ struct Node {
     listen: String,
     /// The node's own peer port (`--peer-listen`), if it has one.
     peer: Option<String>,
+    /// Where other nodes reach its peer port: the proxy's peer entry when proxied.
+    peer_addr: Option<String>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
-/// A client of `addrs` with the options' credentials.
-async fn connect(addrs: impl IntoIterator<Item = String>, opts: &ClusterOptions) -> Result<Client> {
+/// A client of `addrs` with the options' credentials (and TLS, when the cluster has it).
+async fn connect(
+    addrs: impl IntoIterator<Item = String>,
+    opts: &ClusterOptions,
+    tls: Option<&raftsql_client::Tls>,
+) -> Result<Client> {
     let client = Client::connect(addrs).await.map_err(|e| e.to_string())?;
+    let client = match tls {
+        Some(t) => client.with_tls(t),
+        None => client,
+    };
     match &opts.credentials {
         Some(c) => client.with_credentials(c).map_err(|e| e.to_string()),
         None => Ok(client),
@@ -133,6 +149,12 @@ pub struct Cluster {
     /// Talks to the nodes' real listen addresses (never through the proxies).
     client: Client,
     net: Option<nemesis::net::Net>,
+    /// The cluster's certificates, when started with `tls`.
+    pki: Option<pki::Pki>,
+    /// Each node's TLS flags, issued at its first start.
+    tls_args: BTreeMap<u64, Vec<String>>,
+    /// How the harness's clients reach a TLS cluster (trusting the client CA).
+    client_tls: Option<raftsql_client::Tls>,
     /// The highest id this cluster has forgotten: ids are never reused.
     retired: u64,
 }
@@ -152,8 +174,10 @@ impl Cluster {
         }
     }
 
-    async fn try_start(n: u64, opts: ClusterOptions) -> Result<Cluster> {
+    async fn try_start(n: u64, mut opts: ClusterOptions) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("raftsql-test-").tempdir().map_err(|e| e.to_string())?;
+        opts.peer_ports |= opts.tls;
+        let pki = opts.tls.then(|| pki::Pki::new(&dir.path().join("pki")));
         let net = opts.proxied.map(nemesis::net::Net::new);
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
@@ -161,13 +185,24 @@ impl Cluster {
         }
         let bootstrap: Vec<String> = nodes
             .iter()
-            .map(|(id, node)| match &node.peer {
+            .map(|(id, node)| match &node.peer_addr {
                 Some(peer) => format!("{id}={}/{peer}", node.addr),
                 None => format!("{id}={}", node.addr),
             })
             .collect();
-        let client = connect(nodes.values().map(|n| n.listen.clone()), &opts).await?;
-        let mut cluster = Cluster { dir: Some(dir), nodes, opts, client, net, retired: 0 };
+        let client_tls = pki.as_ref().map(|p| p.client_tls());
+        let client = connect(nodes.values().map(|n| n.listen.clone()), &opts, client_tls.as_ref()).await?;
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            nodes,
+            opts,
+            client,
+            net,
+            pki,
+            tls_args: BTreeMap::new(),
+            client_tls,
+            retired: 0,
+        };
         let bootstrap = bootstrap.join(",");
         for id in 1..=n {
             cluster.spawn(id, &["--bootstrap", &bootstrap])?;
@@ -199,7 +234,7 @@ impl Cluster {
     /// Where other nodes reach node `id`: its peer port, or its address in single-port mode.
     pub fn peer_addr(&self, id: u64) -> &str {
         let node = &self.nodes[&id];
-        node.peer.as_deref().unwrap_or(&node.addr)
+        node.peer_addr.as_deref().unwrap_or(&node.addr)
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -264,13 +299,25 @@ impl Cluster {
 
     /// A client over every node's address.
     pub async fn client(&self) -> Client {
-        connect(self.addrs(), &self.opts).await.expect("addresses are valid")
+        connect(self.addrs(), &self.opts, self.client_tls.as_ref()).await.expect("addresses are valid")
     }
 
     /// The fault-injecting network, when the cluster was started with `proxied`.
     /// A client of `addrs` that sends the cluster's credentials ([`ClusterOptions::credentials`]).
     pub async fn client_for(&self, addrs: impl IntoIterator<Item = String>) -> Result<Client> {
-        connect(addrs, &self.opts).await
+        connect(addrs, &self.opts, self.client_tls.as_ref()).await
+    }
+
+    /// Makes the harness's clients reach the nodes with `tls` from now on (after a rotation).
+    pub async fn set_client_tls(&mut self, tls: raftsql_client::Tls) {
+        self.client_tls = Some(tls);
+        self.client =
+            connect(self.listens(), &self.opts, self.client_tls.as_ref()).await.expect("valid addresses");
+    }
+
+    /// The cluster's certificates, when it was started with `tls`.
+    pub fn pki(&self) -> Option<&pki::Pki> {
+        self.pki.as_ref()
     }
 
     pub fn net(&self) -> Option<&nemesis::net::Net> {
@@ -309,6 +356,10 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64, extra: &[&str]) -> Result<()> {
         let server = bin_dir().join("raftsql-server");
+        if let (Some(pki), false) = (&self.pki, self.tls_args.contains_key(&id)) {
+            self.tls_args.insert(id, pki.node_args(id));
+        }
+        let tls_args = self.tls_args.get(&id).cloned().unwrap_or_default();
         let node = self.nodes.get_mut(&id).ok_or_else(|| format!("no node {id}"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -325,7 +376,9 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(node.peer.iter().flat_map(|p| ["--peer-listen", p.as_str()]))
+            .args(node.peer_addr.iter().flat_map(|p| ["--peer-advertise", p.as_str()]))
             .args(extra)
+            .args(&tls_args)
             .args(&self.opts.extra_args)
             .env(
                 "RUST_LOG",
@@ -598,7 +651,7 @@ impl Cluster {
             let ls = self.status(leader).await?;
             if ls.members.iter().any(|m| m.id == id && m.voter != learner) {
                 self.wait_applied(id, ls.applied_index, Duration::from_secs(30)).await?;
-                self.client = connect(self.listens(), &self.opts).await?;
+                self.client = connect(self.listens(), &self.opts, self.client_tls.as_ref()).await?;
                 return Ok(id);
             }
             if Instant::now() > deadline {
@@ -651,24 +704,30 @@ impl Cluster {
 
 impl Node {
     async fn new(dir: &Path, id: u64, net: Option<&nemesis::net::Net>, peer_port: bool) -> Result<Node> {
-        if peer_port && net.is_some() {
-            return Err("peer ports and proxied links do not go together (yet)".into());
-        }
         let listen = format!("127.0.0.1:{}", free_port());
         let peer = peer_port.then(|| format!("127.0.0.1:{}", free_port()));
-        let addr = match net {
+        let (addr, peer_addr) = match net {
             Some(net) => {
                 let upstream = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
                 let entry =
                     net.register(id, upstream).await.map_err(|e| format!("proxy for node {id}: {e}"))?;
-                entry.to_string()
+                let peer_entry = match &peer {
+                    Some(p) => {
+                        let upstream = p.parse().map_err(|e| format!("{p}: {e}"))?;
+                        let e = net.register_peer(id, upstream).await;
+                        Some(e.map_err(|e| format!("peer proxy for node {id}: {e}"))?.to_string())
+                    }
+                    None => None,
+                };
+                (entry.to_string(), peer_entry)
             }
-            None => listen.clone(),
+            None => (listen.clone(), peer.clone()),
         };
         Ok(Node {
             addr,
             listen,
             peer,
+            peer_addr,
             data_dir: dir.join(format!("node-{id}")),
             log: dir.join(format!("node-{id}.log")),
             child: None,

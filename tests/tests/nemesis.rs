@@ -54,15 +54,21 @@ schedules! {
     byzantine_client => "byzantine-client",
 }
 
-/// kill-random with a users file: every client authenticates, and every restarted node checks
-/// passwords afresh (argon2) while the workloads retry through the faults.
+/// kill-random with a users file and TLS on both ports: every client authenticates over TLS,
+/// every restarted node checks passwords afresh (argon2) and makes new mutual-TLS connections
+/// to its peers (through the fault proxies, peer ports included) while the workloads retry
+/// through the faults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_random_with_users() {
-    let opts = run::RunOptions { users: true, ..run::RunOptions::new(Duration::from_secs(CI_SECS), CI_SEED) };
+async fn kill_random_with_users_and_tls() {
+    let opts = run::RunOptions {
+        users: true,
+        tls: true,
+        ..run::RunOptions::new(Duration::from_secs(CI_SECS), CI_SEED)
+    };
     let outcome = run::run("kill-random", &opts).await.expect("the run starts");
     println!("{outcome}");
     assert!(outcome.passed, "{outcome}");
-    assert!(outcome.replay.contains("--users"), "{}", outcome.replay);
+    assert!(outcome.replay.contains("--users --tls"), "{}", outcome.replay);
 }
 
 /// The checkers are not blind: the same schedule with the register workload reading at `ANY`

@@ -109,7 +109,7 @@ async fn peers_talk_only_on_the_peer_port() {
 
     // Every node warned at start about what its ports expose.
     for id in cluster.ids() {
-        cluster.wait_log(id, "are not authenticated (peer TLS is not built yet)", WAIT).await.unwrap();
+        cluster.wait_log(id, "NO PEER TLS: peer messages (Raft) on", WAIT).await.unwrap();
     }
 
     // A node joins through a member's peer port and catches up; a write waits for all four.

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Cluster addresses, HOST:PORT[,HOST:PORT...].
+    /// Cluster addresses, HOST:PORT[,HOST:PORT...]; `https://HOST:PORT` turns TLS on.
     #[arg(long, env = "RAFTSQL_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7001")]
     addr: Vec<String>,
     /// SQL or a meta command (e.g. `.status`) to run; repeatable, run in order.
@@ -36,6 +36,33 @@ struct Args {
     /// RAFTSQL_BEARER_TOKEN.)
     #[arg(long, env = "RAFTSQL_USER")]
     user: Option<String>,
+    /// TLS: the CA that signed the nodes' certificates (PEM); turns TLS on. Without it,
+    /// `https://` addresses are checked against the system's roots.
+    #[arg(long, env = "RAFTSQL_CA", value_name = "PATH")]
+    ca: Option<std::path::PathBuf>,
+    /// TLS: a client certificate (PEM), for nodes that authenticate users by certificate.
+    #[arg(long, env = "RAFTSQL_CERT", value_name = "PATH", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// TLS: the key of --cert (PEM).
+    #[arg(long, env = "RAFTSQL_KEY", value_name = "PATH", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// TLS: the name the nodes' certificates must carry (default: each address's host).
+    #[arg(long, env = "RAFTSQL_SERVER_NAME", value_name = "NAME")]
+    server_name: Option<String>,
+}
+
+/// The TLS the flags ask for, if any.
+fn tls(args: &Args) -> Result<Option<raftsql_client::Tls>, raftsql_client::Error> {
+    if args.ca.is_none() && args.cert.is_none() && args.server_name.is_none() {
+        return Ok(None);
+    }
+    raftsql_client::Tls::from_files(
+        args.ca.as_deref(),
+        args.cert.as_deref(),
+        args.key.as_deref(),
+        args.server_name.clone(),
+    )
+    .map(Some)
 }
 
 /// The credentials the environment and flags give, if any.
@@ -91,6 +118,14 @@ async fn main() -> ExitCode {
     }
     let client = match Client::connect(&args.addr).await {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("raftsql: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match tls(&args) {
+        Ok(None) => client,
+        Ok(Some(t)) => client.with_tls(&t),
         Err(e) => {
             eprintln!("raftsql: {e}");
             return ExitCode::from(2);

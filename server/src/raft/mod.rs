@@ -195,6 +195,9 @@ pub struct Core {
     pub append_times: AppendTimes,
     /// The local IP every connection to another node is bound to (`--peer-source-addr`).
     pub peer_source: Option<std::net::IpAddr>,
+    /// Peer TLS (`--peer-tls-*`), if on: every connection to another node presents this node's
+    /// certificate, and every peer message must come with a certificate naming its sender.
+    pub peer_tls: Option<Arc<crate::tls::Tls>>,
     /// Client requests being served now, bounded by `Options::max_inflight` ([`Core::admit`]).
     pub inflight: Arc<tokio::sync::Semaphore>,
     /// The runtime client work runs on (see [`crate::node::Runtimes`]): the peer service moves
@@ -270,7 +273,7 @@ impl Core {
     /// A lazily connected channel to another node at `addr`, from this node's peer source
     /// address ([`network::channel`]).
     pub fn peer_channel(&self, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-        network::channel(addr, self.peer_source)
+        network::channel(addr, self.peer_source, self.peer_tls.as_ref(), None)
     }
 
     /// Asks the node at `addr` for its status (`Raft.Status`, the peer service: nodes hold no

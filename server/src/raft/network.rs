@@ -29,6 +29,7 @@
 //!   the error a forwarded request returns; the node itself starts normally.
 
 use crate::store::StateMachine;
+use crate::tls::Tls;
 use crate::typ::{Member, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -64,7 +65,7 @@ pub const MAX_APPEND_BYTES: usize = 4 << 20;
 /// `source` when one is given (`--peer-source-addr`).
 fn endpoint(addr: &str, source: Option<IpAddr>) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
@@ -72,26 +73,41 @@ fn endpoint(addr: &str, source: Option<IpAddr>) -> Result<Endpoint, tonic::trans
 }
 
 /// Opens a lazily connected channel to the node at `addr` ("host:port"), from the local IP
-/// `source` if given. Every node-to-node connection is made through here.
-pub fn channel(addr: &str, source: Option<IpAddr>) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(addr, source)?.connect_lazy())
+/// `source` if given. Every node-to-node connection is made through here. With peer TLS
+/// (`tls`), each connection presents this node's certificate and verifies the server as node
+/// `expect` — or, when `None`, as any node the peer CA vouches for (see [`crate::tls`]); the
+/// configuration is read at each connect, so a rotated certificate is used from then on.
+pub fn channel(
+    addr: &str,
+    source: Option<IpAddr>,
+    tls: Option<&Arc<Tls>>,
+    expect: Option<NodeId>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(addr, source)?;
+    let Some(tls) = tls.cloned() else { return Ok(endpoint.connect_lazy()) };
+    let addr = addr.to_string();
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (tls, addr) = (tls.clone(), addr.clone());
+        async move {
+            use std::io::{Error, ErrorKind};
+            let config = tls.client_config().ok_or_else(|| Error::other("peer TLS has no client side"))?;
+            let connect = crate::tls::connect(&addr, source, config, expect, tls.peer_domain());
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| {
+                Error::new(
+                    ErrorKind::TimedOut,
+                    format!("no TLS connection to {addr} within {CONNECT_TIMEOUT:?}"),
+                )
+            })??;
+            Ok::<_, Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
-/// A failed call's message and causes on one line, each once: tonic reports a failed dial as a
-/// status whose message names the step ("tcp bind local error") and whose source chain ends in
-/// the OS's reason ("Cannot assign requested address").
-pub fn status_text(s: &tonic::Status) -> String {
-    let mut text = s.message().to_string();
-    let mut source = std::error::Error::source(s);
-    while let Some(cause) = source {
-        let t = cause.to_string();
-        if !text.contains(&t) {
-            text = format!("{text}: {t}");
-        }
-        source = cause.source();
-    }
-    text
-}
+/// How long connecting to another node (TCP, and TLS when on) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub use raftsql_proto::status_text;
 
 /// Creates one [`PeerClient`] per replication stream, sharing one channel per peer.
 #[derive(Clone)]
@@ -101,12 +117,14 @@ pub struct Network {
     /// The local IP every peer connection is bound to (`--peer-source-addr`).
     source: Option<IpAddr>,
     cluster: ClusterId,
+    /// Peer TLS (`--peer-tls-*`), if on.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Network {
-    pub fn new(me: NodeId, source: Option<IpAddr>, sm: StateMachine) -> Self {
+    pub fn new(me: NodeId, source: Option<IpAddr>, sm: StateMachine, tls: Option<Arc<Tls>>) -> Self {
         let cluster = ClusterId { sm };
-        Network { channels: Default::default(), me, source, cluster }
+        Network { channels: Default::default(), me, source, cluster, tls }
     }
 }
 
@@ -131,7 +149,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
         let channel = match channels.get(&key) {
             Some(c) => Ok(c.clone()),
-            None => channel(&node.peer_addr, self.source).inspect(|c| {
+            None => channel(&node.peer_addr, self.source, self.tls.as_ref(), Some(target)).inspect(|c| {
                 channels.insert(key, c.clone());
             }),
         };
@@ -288,7 +306,7 @@ mod tests {
     async fn dial_and_accept(source: Option<IpAddr>) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let channel = channel(&addr, source).unwrap();
+        let channel = channel(&addr, source, None, None).unwrap();
         // The listener speaks no HTTP/2, so the call itself never succeeds; it only has to dial.
         let call = tokio::spawn(async move {
             let mut req = tonic::Request::new(StatusRequest {});
@@ -317,7 +335,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         // TEST-NET-1 (RFC 5737): assigned to no host, so binding it fails.
-        let channel = channel(&addr, Some("192.0.2.1".parse().unwrap())).unwrap();
+        let channel = channel(&addr, Some("192.0.2.1".parse().unwrap()), None, None).unwrap();
         let mut req = tonic::Request::new(StatusRequest {});
         req.set_timeout(Duration::from_secs(5));
         let status = AdminClient::new(channel).status(req).await.expect_err("cannot bind 192.0.2.1");

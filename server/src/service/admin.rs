@@ -320,7 +320,7 @@ pub(super) async fn join(
         let addr = forward_target(core, was_forwarded)?;
         let channel = core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let mut client = pb::raft_client::RaftClient::new(channel);
-        let request = forwarded(req, &tonic::metadata::MetadataMap::new());
+        let request = forwarded(req, &tonic::metadata::MetadataMap::new(), None);
         return client.join(request).await.map_err(|s| forward_failed(&addr, s));
     }
     Members { core }.join_on_leader(req).await.map_err(status_from)?;
@@ -359,7 +359,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
-        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        let caller = self.auth.caller(&request).await?;
         caller.require(Permission::AdminStatus, "read the node status")?;
         Ok(tonic::Response::new(status(&self.core)))
     }
@@ -368,7 +368,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<pb::JoinRequest>,
     ) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
-        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        let caller = self.auth.caller(&request).await?;
         caller.require(Permission::AdminMembership, "add members")?;
         let was_forwarded = request.metadata().contains_key(FORWARDED);
         join(&self.core, request.into_inner(), was_forwarded).await
@@ -378,7 +378,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<pb::RemoveRequest>,
     ) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
-        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        let caller = self.auth.caller(&request).await?;
         caller.require(Permission::AdminMembership, "remove members")?;
         let was_forwarded = request.metadata().contains_key(FORWARDED);
         let (metadata, _, req) = request.into_parts();
@@ -393,7 +393,7 @@ impl pb::admin_server::Admin for AdminService {
             let channel =
                 self.core.peer_channel(&addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = pb::raft_client::RaftClient::new(channel);
-            let mut request = forwarded(req, &metadata);
+            let mut request = forwarded(req, &metadata, Some(&caller));
             request.set_timeout(REMOVE_TIMEOUT + Duration::from_secs(5));
             return client.forward_remove(request).await.map_err(|s| forward_failed(&addr, s));
         }
@@ -405,7 +405,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<pb::SnapshotRequest>,
     ) -> Result<tonic::Response<pb::SnapshotResponse>, tonic::Status> {
-        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        let caller = self.auth.caller(&request).await?;
         caller.require(Permission::Backup, "build snapshots")?;
         let applied = self.core.metrics().last_applied.map(|l| l.index);
         self.core.raft.trigger().snapshot().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;

@@ -47,7 +47,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// How often the users file is checked for changes.
@@ -167,11 +167,23 @@ pub struct Caller {
     /// `None` when the node has no users file (everyone may do everything).
     pub user: Option<Arc<str>>,
     pub permissions: Permissions,
+    /// Authenticated by a client certificate (not by the authorization header): a write a
+    /// follower forwards must then name the user to the leader itself ([`CertUser`]).
+    pub by_certificate: bool,
 }
+
+/// The user a client certificate authenticated on the member that forwarded a request; set
+/// by the peer service (only on a peer port with TLS, so only a node can claim it), never read
+/// from what a client sends.
+#[derive(Clone, Debug)]
+pub struct CertUser(pub String);
+
+/// The header a forwarding member names a certificate-authenticated user in.
+pub const CERT_USER_HEADER: &str = "x-raftsql-cert-user";
 
 impl Caller {
     fn open() -> Caller {
-        Caller { user: None, permissions: Permissions::all() }
+        Caller { user: None, permissions: Permissions::all(), by_certificate: false }
     }
 
     /// PERMISSION_DENIED unless the caller holds `p`.
@@ -312,9 +324,7 @@ impl Users {
             if let Some(p) = &u.password {
                 check_hash(p).map_err(err)?;
             }
-            if u.password.is_none() && u.tokens.is_empty() {
-                return Err(err("has neither a password nor a token, so it could never log in".into()));
-            }
+            // A user with neither a password nor a token logs in with a client certificate only.
             for t in &u.tokens {
                 let h = parse_token_hash(t).map_err(err)?;
                 if by_token.insert(h, u.name.clone()).is_some() {
@@ -355,7 +365,7 @@ pub struct Auth {
     users: Option<Checked>,
     failures: AtomicU64,
     /// When a failure was last logged, and how many were not logged since.
-    last_logged: Mutex<(Option<Instant>, u64)>,
+    last_logged: crate::throttle::LogThrottle,
 }
 
 /// The users and what was verified against them.
@@ -372,7 +382,7 @@ struct Checked {
 impl Auth {
     /// No users file: every caller may do everything.
     pub fn open() -> Arc<Auth> {
-        Arc::new(Auth { users: None, failures: AtomicU64::new(0), last_logged: Mutex::new((None, 0)) })
+        Arc::new(Auth { users: None, failures: AtomicU64::new(0), last_logged: Default::default() })
     }
 
     /// Reads the users file (an error names what is wrong in it) and starts polling it on the
@@ -389,7 +399,7 @@ impl Auth {
                 verifying: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
             }),
             failures: AtomicU64::new(0),
-            last_logged: Mutex::new((None, 0)),
+            last_logged: Default::default(),
         });
         let weak = Arc::downgrade(&auth);
         tokio::spawn(async move {
@@ -441,14 +451,40 @@ impl Auth {
         }
     }
 
-    /// Who is calling: the caller's credentials from `metadata`, checked. `peer` is for the log.
+    /// Who sent `request`: its authorization header, or else the user its client certificate
+    /// names (the certificate's first DNS name; the TLS handshake verified it against
+    /// `--tls-ca`), or the certificate user a forwarding member vouches for ([`CertUser`]).
+    pub async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+        let cert_user = match request.extensions().get::<CertUser>() {
+            Some(u) => Some(u.0.clone()),
+            None => request.peer_certs().and_then(|c| crate::tls::client_user(&c)),
+        };
+        self.authenticate(request.metadata(), request.remote_addr(), cert_user.as_deref()).await
+    }
+
+    /// Who is calling: the caller's credentials from `metadata` (or, without them, the user a
+    /// verified client certificate names), checked. `peer` is for the log.
     pub async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         peer: Option<std::net::SocketAddr>,
+        cert_user: Option<&str>,
     ) -> Result<Caller, tonic::Status> {
         let Some(c) = &self.users else { return Ok(Caller::open()) };
-        let result = self.check(c, metadata).await;
+        let result = match (metadata.contains_key("authorization"), cert_user) {
+            (false, Some(name)) => {
+                let users = c.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+                match users.by_name.get(name) {
+                    Some(user) => Ok(Caller {
+                        user: Some(user.name.clone()),
+                        permissions: user.permissions,
+                        by_certificate: true,
+                    }),
+                    None => Err((Some(name.to_string()), Failure::CertUser)),
+                }
+            }
+            _ => self.check(c, metadata).await,
+        };
         if let Err((user, why)) = &result {
             self.failed(peer, user.as_deref(), why);
         }
@@ -485,7 +521,11 @@ impl Auth {
             let digest: [u8; 32] = Sha256::digest(rest.trim().as_bytes()).into();
             let name = users.by_token.get(&digest).ok_or((None, Failure::BadToken))?;
             let user = &users.by_name[name];
-            return Ok(Caller { user: Some(user.name.clone()), permissions: user.permissions });
+            return Ok(Caller {
+                user: Some(user.name.clone()),
+                permissions: user.permissions,
+                by_certificate: false,
+            });
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             return Err((None, Failure::Malformed));
@@ -498,7 +538,8 @@ impl Auth {
         let fail = |f| Err((Some(name.to_string()), f));
         let Some(user) = users.by_name.get(name) else { return fail(Failure::BadPassword) };
         let Some(hash) = user.password.clone() else { return fail(Failure::BadPassword) };
-        let caller = Caller { user: Some(user.name.clone()), permissions: user.permissions };
+        let caller =
+            Caller { user: Some(user.name.clone()), permissions: user.permissions, by_certificate: false };
         let digest = remembered_digest(&c.key, name, password);
         let known = c.remembered.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied();
         if known.is_some_and(|k| constant_time_eq(&k, &digest)) {
@@ -531,14 +572,7 @@ impl Auth {
 
     fn failed(&self, peer: Option<std::net::SocketAddr>, user: Option<&str>, why: &Failure) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if last.0.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            last.1 += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut last.1);
-        last.0 = Some(now);
+        let Some(suppressed) = self.last_logged.allow() else { return };
         // The user name is what the caller claimed; never the password, token or header.
         warn!(
             peer = %peer.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
@@ -558,6 +592,7 @@ enum Failure {
     BadPassword,
     BadToken,
     Busy,
+    CertUser,
 }
 
 impl Failure {
@@ -568,6 +603,7 @@ impl Failure {
             Failure::BadPassword => "unknown user or wrong password",
             Failure::BadToken => "unknown token",
             Failure::Busy => "too many password checks at once",
+            Failure::CertUser => "client certificate names an unknown user",
         }
     }
 }
@@ -585,6 +621,10 @@ impl fmt::Display for Failure {
             Failure::BadPassword => "unknown user or wrong password",
             Failure::BadToken => "unknown bearer token",
             Failure::Busy => "too many password checks at once",
+            Failure::CertUser => {
+                "the client certificate is valid, but the user its first DNS name names is not in the \
+                 users file: add that user, or authenticate with a password or token"
+            }
         })
     }
 }
@@ -666,7 +706,7 @@ mod tests {
         );
         let auth = Auth::from_file(&path).unwrap();
         assert!(auth.required());
-        let app = auth.authenticate(&basic("app", "s3cret"), None).await.unwrap();
+        let app = auth.authenticate(&basic("app", "s3cret"), None, None).await.unwrap();
         assert_eq!(app.user.as_deref(), Some("app"));
         assert!(app.require(Permission::Read, "read").is_ok());
         let e = app.require(Permission::Ddl, "change the schema").unwrap_err();
@@ -675,9 +715,9 @@ mod tests {
         assert_eq!(app.scoped_client_id("c1"), "app/c1");
         // Remembered: the second check of the same password does not need argon2 (no way to
         // see that from here but the result, which must be the same).
-        assert!(auth.authenticate(&basic("app", "s3cret"), None).await.is_ok());
+        assert!(auth.authenticate(&basic("app", "s3cret"), None, None).await.is_ok());
 
-        let ops = auth.authenticate(&header(&format!("Bearer {token}")), None).await.unwrap();
+        let ops = auth.authenticate(&header(&format!("Bearer {token}")), None, None).await.unwrap();
         assert_eq!(ops.permissions, Permissions::all());
 
         let before = auth.failures();
@@ -692,16 +732,16 @@ mod tests {
             header("Digest abc"),
             header(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("no-colon"))),
         ] {
-            let e = auth.authenticate(&md, None).await.unwrap_err();
+            let e = auth.authenticate(&md, None, None).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::Unauthenticated, "{md:?}: {}", e.message());
             assert!(!e.message().contains("s3cret"));
         }
         assert_eq!(auth.failures(), before + 9);
         // A remembered password is not a skeleton key: another one still fails.
-        assert!(auth.authenticate(&basic("app", "s3cret2"), None).await.is_err());
+        assert!(auth.authenticate(&basic("app", "s3cret2"), None, None).await.is_err());
 
         // Open mode: everyone may do everything, ids are not scoped.
-        let open = Auth::open().authenticate(&tonic::metadata::MetadataMap::new(), None).await.unwrap();
+        let open = Auth::open().authenticate(&tonic::metadata::MetadataMap::new(), None, None).await.unwrap();
         assert_eq!((open.user, open.permissions), (None, Permissions::all()));
     }
 
@@ -714,7 +754,7 @@ mod tests {
         );
         let path = write(dir.path(), &one);
         let auth = Auth::from_file(&path).unwrap();
-        assert!(auth.authenticate(&basic("a", "p1"), None).await.is_ok());
+        assert!(auth.authenticate(&basic("a", "p1"), None, None).await.is_ok());
         // The password changes: the remembered one stops working at once.
         write(
             dir.path(),
@@ -724,21 +764,20 @@ mod tests {
             ),
         );
         auth.reload();
-        assert!(auth.authenticate(&basic("a", "p1"), None).await.is_err());
-        assert!(auth.authenticate(&basic("a", "p2"), None).await.is_ok());
+        assert!(auth.authenticate(&basic("a", "p1"), None, None).await.is_err());
+        assert!(auth.authenticate(&basic("a", "p2"), None, None).await.is_ok());
         // A broken file is reported and the last good users stay.
         write(dir.path(), "[[user]\nname = ");
         auth.reload();
-        assert!(auth.authenticate(&basic("a", "p2"), None).await.is_ok());
+        assert!(auth.authenticate(&basic("a", "p2"), None, None).await.is_ok());
     }
 
     #[test]
     fn bad_users_files_are_refused_with_the_reason() {
         let h = quick_hash("x");
         for (text, needle) in [
-            ("[[user]]\nname = \"a\"\npermissions = []\n", "neither a password nor a token"),
-            (&format!("[[user]]\nname = \"a/b\"\npassword = \"{h}\"\npermissions = []\n"), "user name"),
-            (&format!("[[user]]\nname = \"a\"\npassword = \"{h}\"\npermissions = [\"root\"]\n"), "unknown permission"),
+            (format!("[[user]]\nname = \"a/b\"\npassword = \"{h}\"\npermissions = []\n").as_str(), "user name"),
+            (format!("[[user]]\nname = \"a\"\npassword = \"{h}\"\npermissions = [\"root\"]\n").as_str(), "unknown permission"),
             ("[[user]]\nname = \"a\"\npassword = \"hunter2\"\npermissions = []\n", "not an argon2id hash"),
             (
                 "[[user]]\nname = \"a\"\npassword = \"$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcA\"\npermissions = []\n",

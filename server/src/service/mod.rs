@@ -70,11 +70,22 @@ pub(crate) const FORWARDED: &str = "x-raftsql-forwarded";
 /// `message` as a request forwarded to the leader: marked [`FORWARDED`], and carrying the
 /// original caller's credentials, so the leader authenticates and authorizes the caller (and
 /// scopes its request ids) itself.
-pub(crate) fn forwarded<T>(message: T, original: &tonic::metadata::MetadataMap) -> tonic::Request<T> {
+/// A caller a client certificate authenticated has no credentials to copy: the forwarding
+/// member names the user ([`auth::CERT_USER_HEADER`]), which the leader believes only from a
+/// node whose peer certificate it verified (`peer::PeerService`).
+pub(crate) fn forwarded<T>(
+    message: T,
+    original: &tonic::metadata::MetadataMap,
+    caller: Option<&auth::Caller>,
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     if let Some(credentials) = original.get("authorization") {
         request.metadata_mut().insert("authorization", credentials.clone());
+    } else if let Some(user) = caller.filter(|c| c.by_certificate).and_then(|c| c.user.as_deref()) {
+        if let Ok(v) = user.parse() {
+            request.metadata_mut().insert(auth::CERT_USER_HEADER, v);
+        }
     }
     request
 }

@@ -61,7 +61,21 @@ impl PeerService {
         Fut: std::future::Future<Output = Result<R, tonic::Status>> + Send + 'static,
         R: Send + 'static,
     {
+        check_peer(&self.0.core, &request, None)?;
         request.metadata_mut().insert(super::FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        // The connection is the forwarding node's: its certificate names a node, not the
+        // client. The client's user comes from the forwarder's word, which counts only when
+        // that node proved who it is (peer TLS).
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        if let Some(info) = request.extensions_mut().remove::<TlsConnectInfo<TcpConnectInfo>>() {
+            request.extensions_mut().insert(info.get_ref().clone());
+        }
+        let vouched = request.metadata_mut().remove(super::auth::CERT_USER_HEADER);
+        if let Some(user) = vouched.filter(|_| self.0.core.peer_tls.is_some()) {
+            if let Ok(user) = user.to_str() {
+                request.extensions_mut().insert(super::auth::CertUser(user.to_string()));
+            }
+        }
         let task = handle(self.0.clone(), request);
         match self.0.core.client_runtime.spawn(task).await {
             Ok(reply) => reply,
@@ -186,10 +200,43 @@ impl std::io::Read for ChunkReader {
     }
 }
 
+/// With peer TLS on, the caller's certificate (verified against the peer CA in the handshake)
+/// must name node `claimed`, or, when `None`, some node: a certificate of node 2 cannot speak
+/// as node 3, and a client certificate from the same CA speaks for no node.
+fn check_peer<T>(core: &Core, req: &tonic::Request<T>, claimed: Option<NodeId>) -> Result<(), tonic::Status> {
+    let Some(tls) = &core.peer_tls else { return Ok(()) };
+    let certs = req.peer_certs().unwrap_or_default();
+    let ok = match claimed {
+        Some(id) => tls.peer_is(&certs, id),
+        None => tls.peer_node(&certs).is_some(),
+    };
+    if ok {
+        return Ok(());
+    }
+    let who = match tls.peer_node(&certs) {
+        Some(id) => format!("the certificate of node {id}"),
+        None if certs.is_empty() => "a caller without a certificate".to_string(),
+        None => "a certificate that names no node".to_string(),
+    };
+    let what = match claimed {
+        Some(id) => format!("speak for node {id}"),
+        None => "call the peer service".to_string(),
+    };
+    Err(refused(Refused {
+        me: core.id,
+        reason: format!(
+            "{who} (from {}) may not {what}",
+            req.remote_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
+        ),
+    }))
+}
+
 fn decode<T: DeserializeOwned>(
+    core: &Core,
     req: tonic::Request<pb::RaftMessage>,
     what: &str,
 ) -> Result<(Envelope, T), tonic::Status> {
+    check_peer(core, &req, Some(req.get_ref().from))?;
     let m = req.into_inner();
     let rpc = decode_payload(&m.payload, what)?;
     let env = Envelope {
@@ -217,15 +264,9 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8], what: &str) -> Result
 fn refused(r: Refused) -> tonic::Status {
     // One line a second at most: a refused sender retries at its heartbeat rate, for as long as
     // the operator takes to act.
-    static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    match last.as_mut() {
-        Some((at, suppressed)) if at.elapsed() < std::time::Duration::from_secs(1) => *suppressed += 1,
-        _ => {
-            let suppressed = last.map_or(0, |(_, n)| n);
-            tracing::warn!(error = %r, suppressed, "peer message refused");
-            *last = Some((std::time::Instant::now(), 0));
-        }
+    static LAST: crate::throttle::LogThrottle = crate::throttle::LogThrottle::new();
+    if let Some(suppressed) = LAST.allow() {
+        tracing::warn!(error = %r, suppressed, "peer message refused");
     }
     tonic::Status::permission_denied(r.to_string())
 }
@@ -237,7 +278,7 @@ fn encode<T: Serialize>(reply: &T) -> Result<tonic::Response<pb::RaftMessage>, t
 
 impl Handler {
     async fn append_entries(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
-        let (env, rpc) = decode(request, "AppendEntries")?;
+        let (env, rpc) = decode(&self.core, request, "AppendEntries")?;
         Local::of(&self.core).append_entries(&env, &rpc).map_err(refused)?;
         let reply = self.core.raft.append_entries(rpc).await;
         if let Ok(openraft::raft::AppendEntriesResponse::Success) = reply {
@@ -247,13 +288,13 @@ impl Handler {
     }
 
     async fn vote(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
-        let (env, rpc) = decode(request, "Vote")?;
+        let (env, rpc) = decode(&self.core, request, "Vote")?;
         Local::of(&self.core).vote(&env, &rpc).map_err(refused)?;
         encode(&self.core.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
-        let (env, rpc) = decode(request, "InstallSnapshot")?;
+        let (env, rpc) = decode(&self.core, request, "InstallSnapshot")?;
         Local::of(&self.core).install_snapshot(&env, &rpc).map_err(refused)?;
         self.verify_chunk(&env, &rpc).await.map_err(refused)?;
         encode(&self.core.raft.install_snapshot(rpc).await)
@@ -276,8 +317,9 @@ impl pb::raft_server::Raft for PeerService {
 
     async fn status(
         &self,
-        _request: tonic::Request<pb::StatusRequest>,
+        request: tonic::Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
+        check_peer(&self.0.core, &request, None)?;
         Ok(tonic::Response::new(super::admin::status(&self.0.core)))
     }
 
@@ -285,7 +327,12 @@ impl pb::raft_server::Raft for PeerService {
         &self,
         request: tonic::Request<pb::JoinRequest>,
     ) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
+        // A node joins as itself: with peer TLS, its certificate must name the id it asks for. A
+        // join a member forwards to the leader comes with that member's certificate; the member
+        // checked the joiner (or the admin's permission, for Admin.Join) already.
         let was_forwarded = request.metadata().contains_key(super::FORWARDED);
+        let joiner = (!was_forwarded).then_some(request.get_ref().node_id);
+        check_peer(&self.0.core, &request, joiner)?;
         super::admin::join(&self.0.core, request.into_inner(), was_forwarded).await
     }
 

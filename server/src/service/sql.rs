@@ -44,13 +44,14 @@ async fn forward(
     addr: &str,
     req: pb::ExecuteRequest,
     metadata: &tonic::metadata::MetadataMap,
+    caller: &Caller,
 ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
     let channel =
         core.peer_channel(addr).map_err(|e| tonic::Status::unavailable(format!("leader {addr}: {e}")))?;
     let mut client = pb::raft_client::RaftClient::new(channel)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_MESSAGE);
-    client.forward_execute(forwarded(req, metadata)).await
+    client.forward_execute(forwarded(req, metadata, Some(caller))).await
 }
 
 /// PERMISSION_DENIED unless `caller` may run every statement of the request: reading
@@ -131,7 +132,7 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::ExecuteRequest>,
     ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
-        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        let caller = self.auth.caller(&request).await?;
         let _admitted = self.core.admit().map_err(overloaded)?;
         let started = std::time::Instant::now();
         let caller_timeout = grpc_timeout(request.metadata());
@@ -177,7 +178,8 @@ impl pb::sql_server::Sql for SqlService {
             }) if original.is_some() => {
                 let addr = self.core.peer_addr_of(leader).unwrap_or(addr);
                 tracing::debug!(parent: &span, leader = %addr, "forwarding the write to the leader");
-                return forward(&self.core, &addr, original.expect("checked above"), &metadata).await;
+                return forward(&self.core, &addr, original.expect("checked above"), &metadata, &caller)
+                    .await;
             }
             Err(e) => {
                 tracing::debug!(parent: &span, error = %e, "execute failed");
@@ -222,7 +224,7 @@ impl pb::sql_server::Sql for SqlService {
         &self,
         request: tonic::Request<pb::QueryRequest>,
     ) -> Result<tonic::Response<Self::QueryStream>, tonic::Status> {
-        let caller = self.auth.authenticate(request.metadata(), request.remote_addr()).await?;
+        let caller = self.auth.caller(&request).await?;
         caller.require(Permission::Read, "read rows")?;
         // Held by the response stream below, so a slow reader still counts as in flight.
         let admitted = self.core.admit().map_err(overloaded)?;

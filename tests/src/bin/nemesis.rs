@@ -47,6 +47,9 @@ struct Args {
     /// Start the nodes with a users file; every client authenticates.
     #[arg(long)]
     users: bool,
+    /// Start the nodes with TLS on both ports (mutual TLS and peer ports between nodes).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +83,7 @@ async fn main() -> ExitCode {
                     keep: args.keep,
                     weaken: args.weaken,
                     users: args.users,
+                    tls: args.tls,
                 };
                 match run::run(name, &opts).await {
                     Ok(outcome) => {

@@ -189,6 +189,16 @@ async fn forged(t: &Target, kind: u32, rng: &mut StdRng, tally: &mut Tally) {
         Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
             tally.unsent += 1
         }
+        // A cluster with peer TLS refuses the plain-text connection before any gRPC.
+        Err(s)
+            if s.details().is_empty()
+                && matches!(
+                    s.code(),
+                    tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+                ) =>
+        {
+            tally.unsent += 1
+        }
         Err(s) => tally.problems.push(format!("{what} to node {} was answered {s:?}", t.id)),
         Ok(_) => tally.problems.push(format!("{what} to node {} was ACCEPTED", t.id)),
     }

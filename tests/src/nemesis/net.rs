@@ -171,6 +171,9 @@ struct Node {
     upstream: SocketAddr,
     /// Dropping it stops the entry listener.
     _stop: oneshot::Sender<()>,
+    /// The node's peer port, when it has one ([`Net::register_peer`]): a second entry with
+    /// its own upstream, on the same links (faults between two nodes apply to both ports).
+    peer: Option<(SocketAddr, SocketAddr, oneshot::Sender<()>)>,
 }
 
 struct Conn {
@@ -274,8 +277,9 @@ impl State {
     }
 
     /// Decides on a connection accepted on `dst`'s entry from `src`: `None` to reset it at once.
-    fn admit(&mut self, src: u64, dst: u64) -> Option<Admitted> {
-        let upstream = self.nodes.get(&dst).filter(|_| !self.closed)?.upstream;
+    fn admit(&mut self, src: u64, dst: u64, peer_port: bool) -> Option<Admitted> {
+        let node = self.nodes.get(&dst).filter(|_| !self.closed)?;
+        let upstream = if peer_port { node.peer.as_ref()?.1 } else { node.upstream };
         let up = self.link(src, dst);
         bump(&up.c.accepted, 1);
         let p = either(self.loss(src), self.loss(dst));
@@ -366,14 +370,49 @@ impl Net {
             return Ok(entry); // a concurrent register won; ours closes here
         }
         let (stop, stopped) = oneshot::channel();
-        state.nodes.insert(id, Node { entry, upstream, _stop: stop });
+        state.nodes.insert(id, Node { entry, upstream, _stop: stop, peer: None });
         if state.ticker.is_none() {
             let (stop, stopped) = oneshot::channel();
             state.ticker = Some(stop);
             tokio::spawn(tick(shared.clone(), stopped));
         }
         drop(state);
-        tokio::spawn(listen(shared, id, listener, stopped));
+        tokio::spawn(listen(shared, id, listener, stopped, false));
+        Ok(entry)
+    }
+
+    /// Opens a second entry for node `id` (registered already), forwarding to its peer port
+    /// `upstream`; returns the entry, which the node advertises as its peer address.
+    pub async fn register_peer(&self, id: u64, upstream: SocketAddr) -> io::Result<SocketAddr> {
+        {
+            let mut state = self.state();
+            let node = state
+                .nodes
+                .get_mut(&id)
+                .ok_or_else(|| io::Error::other(format!("node {id} is not registered")))?;
+            if let Some((entry, up, _)) = node.peer.as_mut() {
+                let entry = *entry;
+                if *up != upstream {
+                    *up = upstream;
+                    state.kill_where(|_, dst| dst == id);
+                }
+                return Ok(entry);
+            }
+        }
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let entry = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel();
+        let mut state = self.state();
+        let node = state
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| io::Error::other(format!("node {id} is not registered")))?;
+        if let Some((entry, _, _)) = &node.peer {
+            return Ok(*entry); // a concurrent register won; ours closes here
+        }
+        node.peer = Some((entry, upstream, stop));
+        drop(state);
+        tokio::spawn(listen(self.handle.shared.clone(), id, listener, stopped, true));
         Ok(entry)
     }
 
@@ -589,6 +628,7 @@ async fn listen(
     dst: u64,
     listener: TcpListener,
     mut stopped: oneshot::Receiver<()>,
+    peer_port: bool,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -604,7 +644,7 @@ async fn listen(
                 _ = tokio::time::sleep(Duration::from_millis(10)) => continue,
             }
         };
-        let admitted = lock(&shared).admit(source_node(peer.ip()), dst);
+        let admitted = lock(&shared).admit(source_node(peer.ip()), dst, peer_port);
         match admitted {
             Some(admitted) => {
                 tokio::spawn(connection(shared.clone(), admitted, stream));

@@ -99,11 +99,15 @@ pub struct RunOptions {
     /// Start the nodes with a users file: every client of the run (workloads, setup, probes,
     /// the byzantine client's SQL) authenticates, as user `nemesis` with every permission.
     pub users: bool,
+    /// Start the nodes with TLS on both ports (mutual TLS between peers, through the fault
+    /// proxies, which carry the encrypted bytes as they are): every client of the run trusts
+    /// the test CA.
+    pub tls: bool,
 }
 
 impl RunOptions {
     pub fn new(time: Duration, seed: u64) -> RunOptions {
-        RunOptions { time, seed, keep: false, weaken: None, users: false }
+        RunOptions { time, seed, keep: false, weaken: None, users: false, tls: false }
     }
 }
 
@@ -123,7 +127,7 @@ pub async fn run(name: &str, opts: &RunOptions) -> Result<Outcome, String> {
         .find(|s| s.name == name)
         .ok_or_else(|| format!("no schedule {name:?}; --list names them"))?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cluster_opts = ClusterOptions { proxied: Some(seed), ..Default::default() };
+    let mut cluster_opts = ClusterOptions { proxied: Some(seed), tls: opts.tls, ..Default::default() };
     // Lives until the run ends: the nodes re-read it.
     let users_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     if opts.users {
@@ -170,6 +174,9 @@ pub async fn run(name: &str, opts: &RunOptions) -> Result<Outcome, String> {
     }
     if opts.users {
         outcome.replay += " --users";
+    }
+    if opts.tls {
+        outcome.replay += " --tls";
     }
     outcome.passed = outcome.problems.is_empty() && outcome.verdicts.iter().all(|v| v.valid);
     if !outcome.passed {
