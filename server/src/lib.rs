@@ -6,6 +6,7 @@
 //! sequencer, read routing) · `service` (gRPC handlers) · `node` (config, start-up, shutdown).
 //! Beside them, `watchdog` watches every layer for work that stopped making progress.
 
+pub mod certs;
 pub mod changeset;
 pub mod node;
 pub mod raft;

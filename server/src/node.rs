@@ -178,7 +178,7 @@ pub struct Config {
     #[arg(long, env = "RAFTSQL_TLS_CA", value_name = "PATH", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
     /// Mutual TLS on the peer port (needs --peer-listen): this node's certificate, whose DNS
-    /// names must include node-<ID>.<--peer-tls-domain>. Re-read when it changes.
+    /// names must include `node-<ID>.<DOMAIN>` (--peer-tls-domain). Re-read when it changes.
     #[arg(long, env = "RAFTSQL_PEER_TLS_CERT", value_name = "PATH", requires_all = ["peer_tls_key", "peer_tls_ca", "peer_listen"])]
     pub peer_tls_cert: Option<PathBuf>,
     /// The private key of --peer-tls-cert (PEM).

@@ -46,6 +46,9 @@ pub struct ClusterOptions {
     /// ([`pki::Pki`], in `<dir>/pki`); implies `peer_ports`. The harness's clients trust the
     /// client CA.
     pub tls: bool,
+    /// TLS for the harness's clients when the nodes get their certificates some other way
+    /// (through `env`/`node_env`, e.g. from `raftsql-server make-certs`).
+    pub client_tls: Option<raftsql_client::Tls>,
 }
 
 /// The directory holding the `raftsql-server` and `raftsql` binaries, built once per process so
@@ -190,7 +193,7 @@ impl Cluster {
                 None => format!("{id}={}", node.addr),
             })
             .collect();
-        let client_tls = pki.as_ref().map(|p| p.client_tls());
+        let client_tls = pki.as_ref().map(|p| p.client_tls()).or_else(|| opts.client_tls.clone());
         let client = connect(nodes.values().map(|n| n.listen.clone()), &opts, client_tls.as_ref()).await?;
         let mut cluster = Cluster {
             dir: Some(dir),

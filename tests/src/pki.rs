@@ -6,7 +6,7 @@
 //! DNS name = the user). Any number of further certificates — from another CA, expired,
 //! naming another node — can be issued for the tests that must see them refused.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use raftsql_server::certs;
 use std::path::{Path, PathBuf};
 
 /// The domain of node names (`--peer-tls-domain`'s default).
@@ -19,9 +19,9 @@ pub struct Pair {
     pub key: PathBuf,
 }
 
-/// A CA that can issue certificates.
+/// A CA that can issue certificates (`raftsql_server::certs::Ca`, as `make-certs` uses it).
 pub struct Ca {
-    issuer: Issuer<'static, KeyPair>,
+    ca: certs::Ca,
     /// The CA's own certificate (PEM file).
     pub cert: PathBuf,
 }
@@ -29,32 +29,20 @@ pub struct Ca {
 impl Ca {
     /// A new self-signed CA, its certificate written to `dir/<name>.pem`.
     pub fn new(dir: &Path, name: &str) -> Ca {
-        let key = KeyPair::generate().expect("generating a CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, format!("raftsql test {name}"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).expect("self-signing the CA");
+        let ca = certs::Ca::new(&format!("raftsql test {name}")).expect("making a CA");
         let path = dir.join(format!("{name}.pem"));
-        std::fs::write(&path, cert.pem()).expect("writing the CA certificate");
-        Ca { issuer: Issuer::new(params, key), cert: path }
+        std::fs::write(&path, ca.cert_pem()).expect("writing the CA certificate");
+        Ca { ca, cert: path }
     }
 
     /// Issues a certificate for `names` (DNS names or IP addresses; the first DNS name is the
     /// user of a client certificate), written to `dir/<file>.pem` and `dir/<file>.key`.
-    /// `expired`: valid only in the year 2000.
+    /// `expired`: it expired yesterday.
     pub fn issue(&self, dir: &Path, file: &str, names: &[&str], expired: bool) -> Pair {
-        let key = KeyPair::generate().expect("generating a key");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("certificate parameters");
-        params.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.issuer).expect("signing a certificate");
+        let issued = self.ca.issue(&names, if expired { -1 } else { 30 }).expect("issuing a certificate");
         let pair = Pair { cert: dir.join(format!("{file}.pem")), key: dir.join(format!("{file}.key")) };
-        write_pair(&pair, &cert.pem(), &key.serialize_pem());
+        write_pair(&pair, &issued.cert_pem, &issued.key_pem);
         pair
     }
 }

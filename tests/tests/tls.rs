@@ -433,3 +433,102 @@ async fn certificates_rotate_while_clients_write() {
         "every acknowledged write is there"
     );
 }
+
+/// `raftsql-server make-certs` makes what a deployment needs, and a cluster runs on it: nodes
+/// configured through the `RAFTSQL_*` variables, the admin token, a user's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_certs_output_runs_a_cluster() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("deploy");
+    let make = |extra: &[&str]| {
+        std::process::Command::new(raftsql_tests::bin_dir().join("raftsql-server"))
+            .args(["make-certs", "--replicas", "3", "--host", "127.0.0.1", "--user", "alice", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The documented script, then the subcommand it runs.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/make-secrets.sh");
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .args(["--replicas", "3", "--host", "127.0.0.1", "--user", "alice"])
+        .env("RAFTSQL_SERVER", raftsql_tests::bin_dir().join("raftsql-server"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("kubectl apply -f"),
+        "the script says what to do next"
+    );
+    // A CA is never overwritten; --renew re-issues from it.
+    let o = make(&[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("never overwritten"));
+    let ca_before = std::fs::read(out.join("ca/peer-ca.pem")).unwrap();
+    let cert_before = std::fs::read(out.join("tls/node-1-peer.pem")).unwrap();
+    let o = make(&["--renew"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(out.join("ca/peer-ca.pem")).unwrap(), ca_before);
+    assert_ne!(std::fs::read(out.join("tls/node-1-peer.pem")).unwrap(), cert_before);
+    use std::os::unix::fs::PermissionsExt;
+    for secret in ["ca/peer-ca.key", "tls/node-1-peer.key", "users.toml", "admin.token", "users/alice.key"] {
+        let mode = std::fs::metadata(out.join(secret)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{secret} is readable by others");
+    }
+    // The Secrets carry every tls/ file and never a CA key.
+    let yaml = std::fs::read_to_string(out.join("secrets.yaml")).unwrap();
+    assert!(yaml.contains("name: raftsql-tls") && yaml.contains("name: raftsql-users"), "{yaml}");
+    assert!(!yaml.contains("ca.key"), "a CA key is in the Secrets");
+    for entry in std::fs::read_dir(out.join("tls")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let line = yaml.lines().find(|l| l.trim_start().starts_with(&format!("{name}:"))).expect(&name);
+        let b64 = line.split_once(": ").unwrap().1;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(decoded, std::fs::read(&path).unwrap(), "{name} in secrets.yaml");
+    }
+
+    let tls = out.join("tls");
+    let f = |name: String| tls.join(name).display().to_string();
+    let mut node_env = Vec::new();
+    for id in 1..=3u64 {
+        for (var, file) in [
+            ("RAFTSQL_TLS_CERT", format!("node-{id}-client.pem")),
+            ("RAFTSQL_TLS_KEY", format!("node-{id}-client.key")),
+            ("RAFTSQL_TLS_CA", "client-ca.pem".to_string()),
+            ("RAFTSQL_PEER_TLS_CERT", format!("node-{id}-peer.pem")),
+            ("RAFTSQL_PEER_TLS_KEY", format!("node-{id}-peer.key")),
+            ("RAFTSQL_PEER_TLS_CA", "peer-ca.pem".to_string()),
+        ] {
+            node_env.push((id, var.to_string(), f(file)));
+        }
+    }
+    let token = std::fs::read_to_string(out.join("admin.token")).unwrap().trim().to_string();
+    let ca = std::fs::read(tls.join("client-ca.pem")).unwrap();
+    let opts = ClusterOptions {
+        peer_ports: true,
+        node_env,
+        env: vec![("RAFTSQL_USERS_FILE".into(), out.join("users.toml").display().to_string())],
+        credentials: Some(Credentials::Bearer(token)),
+        client_tls: Some(Tls { ca: Some(ca.clone()), ..Default::default() }),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(3, opts).await.expect("a cluster on make-certs' output starts");
+    cluster.wait_for_leader(WAIT).await.unwrap();
+    let admin = cluster.client().await;
+    exec(&admin, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
+    let alice_pair = Pair { cert: out.join("users/alice.pem"), key: out.join("users/alice.key") };
+    let alice = Client::connect(cluster.addrs())
+        .await
+        .unwrap()
+        .with_tls(&with_cert(&Tls { ca: Some(ca), ..Default::default() }, &alice_pair));
+    alice.execute("INSERT INTO t VALUES (1, 'alice')", &[]).await.expect("alice writes with her certificate");
+    let e = try_exec(&alice, "DROP TABLE t").await.expect_err("alice has read and write, not ddl");
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    cluster.assert_converged("t").await.unwrap();
+    for id in cluster.ids() {
+        cluster.wait_log(id, "peer port: mutual TLS", WAIT).await.unwrap();
+    }
+}

@@ -1,5 +1,6 @@
 //! `raftsql-server`: loads configuration and logging, then runs one node until SIGTERM.
-//! `raftsql-server hash-password [--token]` prints what a users file lists (docs/security.md).
+//! `raftsql-server hash-password [--token]` prints what a users file lists, and
+//! `raftsql-server make-certs --out DIR` makes a deployment's certificates (docs/security.md).
 
 use clap::Parser;
 use raftsql_server::node::{Config, Runtimes};
@@ -10,6 +11,19 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("hash-password") {
         return hash_password(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some("make-certs") {
+        let a = raftsql_server::certs::MakeCerts::parse_from(&args[1..]);
+        return match raftsql_server::certs::make(&a) {
+            Ok(report) => {
+                println!("{report}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("raftsql-server make-certs: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let cfg = Config::parse();
     tracing_subscriber::fmt()
