@@ -301,6 +301,80 @@ async fn add(shell: &mut Shell, handle: &Handle) -> Result<String, String> {
     }
 }
 
+/// Starts a throwaway local cluster of `n` nodes (for `raftsql bench --local`): with `tls`, TLS
+/// on both ports and peer ports, from certificates `raftsql-server make-certs` makes in the
+/// cluster's directory. Returns the cluster (removed on drop or `shutdown`) and a client of it
+/// once a leader is elected.
+pub async fn start_local(n: u64, tls: bool) -> anyhow::Result<(Handle, Client)> {
+    if !(1..=9).contains(&n) {
+        bail!("a local cluster has 1 to 9 nodes");
+    }
+    let server = server_binary()?;
+    let dir = tempfile::Builder::new().prefix("raftsql-bench-").tempdir()?;
+    let mut nodes = BTreeMap::new();
+    let mut listed = Vec::new();
+    let mut per_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let certs = dir.path().join("certs");
+    if tls {
+        let out = Command::new(&server)
+            .args(["make-certs", "--host", "127.0.0.1", "--replicas", &n.to_string(), "--out"])
+            .arg(&certs)
+            .output()
+            .context("running raftsql-server make-certs")?;
+        if !out.status.success() {
+            bail!("raftsql-server make-certs failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    for id in 1..=n {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = Vec::new();
+        if tls {
+            let peer = format!("127.0.0.1:{}", free_port());
+            listed.push(format!("{id}={addr}/{peer}"));
+            let f = |name: String| certs.join("tls").join(name).display().to_string();
+            args = vec![
+                "--peer-listen".into(),
+                peer,
+                "--tls-cert".into(),
+                f(format!("node-{id}-client.pem")),
+                "--tls-key".into(),
+                f(format!("node-{id}-client.key")),
+                "--peer-tls-cert".into(),
+                f(format!("node-{id}-peer.pem")),
+                "--peer-tls-key".into(),
+                f(format!("node-{id}-peer.key")),
+                "--peer-tls-ca".into(),
+                f("peer-ca.pem".into()),
+            ];
+        } else {
+            listed.push(format!("{id}={addr}"));
+        }
+        per_node.insert(id, args);
+        let node = Node {
+            addr,
+            data_dir: dir.path().join(format!("node-{id}")),
+            log: dir.path().join(format!("node-{id}.log")),
+            child: None,
+            paused: false,
+        };
+        nodes.insert(id, node);
+    }
+    let handle = Handle(Arc::new(Mutex::new(Demo { server, nodes, dir: Some(dir) })));
+    let bootstrap = listed.join(",");
+    for (id, mut args) in per_node {
+        args.extend(["--bootstrap".to_string(), bootstrap.clone()]);
+        handle.lock().spawn(id, &args)?;
+    }
+    let addrs = handle.addrs();
+    let mut client = Client::connect(&addrs).await?;
+    if tls {
+        let ca = std::fs::read(certs.join("tls").join("client-ca.pem")).context("reading the local CA")?;
+        client = client.with_tls(&crate::Tls { ca: Some(ca), ..Default::default() });
+    }
+    wait_for_leader(&client, &addrs).await?;
+    Ok((handle, client))
+}
+
 /// Runs the demo until `.quit`, end of input, or a signal; returns how many statements and
 /// commands failed.
 pub async fn run(n: u64, format: Format) -> anyhow::Result<usize> {

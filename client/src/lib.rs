@@ -48,6 +48,7 @@
 //! `INDETERMINATE` → back off (50 ms doubling to 1 s) and try again, same request id, until the
 //! deadline (10 s by default). Statement errors are returned, never retried.
 
+pub mod bench;
 pub mod demo;
 pub mod meta;
 pub mod repl;
@@ -566,6 +567,15 @@ impl Client {
                 ..Arc::into_inner(c.inner).expect("a fresh client has one owner")
             }),
         })
+    }
+
+    /// The same client (credentials, TLS, deadline) with connections of its own: load spread
+    /// over several HTTP/2 connections (`raftsql bench --conns`).
+    pub fn with_own_connections(&self) -> Client {
+        let c = self.with_deadline(self.inner.deadline);
+        let inner = Arc::into_inner(c.inner).expect("a fresh client has one owner");
+        inner.channels.lock().expect("channel map lock").clear();
+        Client { inner: Arc::new(inner) }
     }
 
     /// The same client, reaching every node through TLS as `tls` says (see the module docs).

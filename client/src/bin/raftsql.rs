@@ -51,6 +51,40 @@ struct Args {
     server_name: Option<String>,
 }
 
+/// `raftsql bench`: against `client`'s cluster, or a throwaway local one.
+async fn bench(client: Client, b: &raftsql_client::bench::BenchArgs) -> ExitCode {
+    use raftsql_client::bench::{self, BenchFormat};
+    let local = if b.local {
+        match raftsql_client::demo::start_local(3, b.tls).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("raftsql bench: cannot start the local cluster: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let client = local.as_ref().map_or(client, |(_, c)| c.clone());
+    let result = bench::run(&client, b).await;
+    if let Some((handle, _)) = &local {
+        handle.shutdown();
+    }
+    match result {
+        Ok(r) => {
+            match b.format {
+                BenchFormat::Json => println!("{}", r.json()),
+                BenchFormat::Text => println!("{}", r.text()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raftsql bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The TLS the flags ask for, if any.
 fn tls(args: &Args) -> Result<Option<raftsql_client::Tls>, raftsql_client::Error> {
     if args.ca.is_none() && args.cert.is_none() && args.server_name.is_none() {
@@ -95,6 +129,8 @@ fn credentials(args: &Args) -> Result<Option<raftsql_client::Credentials>, Strin
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Measure throughput and latency of a workload (docs/benchmarks.md).
+    Bench(raftsql_client::bench::BenchArgs),
     /// Start a local cluster of real server processes and the shell connected to it.
     Demo {
         /// How many nodes (1 to 9).
@@ -106,7 +142,7 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Cmd::Demo { nodes }) = args.command {
+    if let Some(&Cmd::Demo { nodes }) = args.command.as_ref() {
         return match raftsql_client::demo::run(nodes, args.format).await {
             Ok(0) => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
@@ -145,6 +181,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Cmd::Bench(b)) = &args.command {
+        return bench(client, b).await;
+    }
     let mut shell = Shell::new(client.clone(), args.format);
     shell.consistency = args.consistency;
     if let Some(t) = &args.token {
