@@ -46,7 +46,8 @@
 //! # Retries
 //! `NOT_LEADER` → the named leader, same request id; transport failure, `UNAVAILABLE` or
 //! `INDETERMINATE` → back off (50 ms doubling to 1 s) and try again, same request id, until the
-//! deadline (10 s by default). Statement errors are returned, never retried.
+//! deadline (10 s by default). Each attempt is bounded by the time left, including the time to
+//! connect (TCP 1 s, a TLS handshake 2 s): a network that swallows replies cannot hold a call. Statement errors are returned, never retried.
 
 pub mod bench;
 pub mod demo;
@@ -418,7 +419,9 @@ impl Tls {
 
     fn config(&self) -> tonic::transport::ClientTlsConfig {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        let mut c = ClientTlsConfig::new().assume_http2(true);
+        // tonic bounds only the TCP connect by itself: a server (or a network) that accepts the
+        // connection and never answers the handshake would hold the channel forever.
+        let mut c = ClientTlsConfig::new().assume_http2(true).timeout(TLS_HANDSHAKE_TIMEOUT);
         c = match &self.ca {
             Some(ca) => c.ca_certificate(Certificate::from_pem(ca)),
             None => c.with_native_roots(),
@@ -432,6 +435,9 @@ impl Tls {
         c
     }
 }
+
+/// How long a TLS handshake with a node may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `addr` without an `http://` or `https://` in front, and whether it asked for TLS.
 fn strip_scheme(addr: &str) -> (String, bool) {
@@ -819,9 +825,27 @@ impl Client {
         let mut target = pinned.clone().unwrap_or_else(|| self.leader_guess(0));
         let mut backoff = Duration::from_millis(50);
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let result =
-                call(target.clone(), self.channel(&target)?, remaining.max(Duration::from_millis(100))).await;
+            let remaining =
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            // The call carries `remaining` as its gRPC timeout, but tonic applies that only once
+            // a connection is ready: a request queued behind a connection that never completes
+            // (replies swallowed by the network during a TLS or HTTP/2 handshake) would wait
+            // forever. So the attempt is bounded here too, a little later than the server's.
+            let attempt_bound = remaining + Duration::from_millis(250);
+            let result = match tokio::time::timeout(
+                attempt_bound,
+                call(target.clone(), self.channel(&target)?, remaining),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout {
+                    message: format!(
+                        "no answer from {target} before the deadline (no connection could be completed); a \
+                         write may or may not have been applied: retry it with the same request id"
+                    ),
+                }),
+            };
             let err = match result {
                 Ok(v) => {
                     if pinned.is_none() {

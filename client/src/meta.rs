@@ -358,6 +358,7 @@ impl Shell {
                 "purged_index": s.purged_index,
                 "millis_since_quorum_ack": leader.as_ref().map(|l| l.millis_since_quorum_ack),
                 "watchdog_stalls": s.watchdog_stalls, "stalled": s.stalled,
+                "auth_failures": s.auth_failures, "tls_handshake_failures": s.tls_handshake_failures,
                 "followers": followers});
             let _ = writeln!(self.out, "{obj}");
             return Ok(());
@@ -384,6 +385,13 @@ impl Shell {
         }
         if s.watchdog_stalls > 0 {
             let _ = writeln!(o, "  watchdog:   {} stall(s) since the node started", s.watchdog_stalls);
+        }
+        if s.auth_failures > 0 || s.tls_handshake_failures > 0 {
+            let _ = writeln!(
+                o,
+                "  refused:    {} failed authentication(s), {} failed TLS handshake(s) since the node started",
+                s.auth_failures, s.tls_handshake_failures
+            );
         }
         if let Some(l) = leader {
             let _ = writeln!(

@@ -700,7 +700,7 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, Listed>) {
 }
 
 async fn status_of(core: &Core, addr: &str) -> Option<pb::StatusResponse> {
-    let s = core.status_of(addr, Duration::from_secs(1)).await.ok()?;
+    let s = core.status_of(addr, Duration::from_secs(1), None).await.ok()?;
     // A node too old to report an incarnation cannot be admitted under one.
     (s.incarnation != 0).then_some(s)
 }

@@ -359,6 +359,13 @@ impl ServerCertVerifier for NodeVerifier {
     }
 }
 
+/// Failed or timed-out TLS handshakes on either port since the node started.
+static HANDSHAKE_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn handshake_failures() -> u64 {
+    HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A connection that finished its TLS handshake.
 pub type Stream = tokio_rustls::server::TlsStream<TcpStream>;
 
@@ -403,13 +410,17 @@ pub fn incoming(
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => {
+                        HANDSHAKE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if let Some(not_logged) = failures.allow() {
                             warn!(%peer, error = %e, not_logged_since_last = not_logged, "TLS handshake failed");
                         } else {
                             debug!(%peer, error = %e, "TLS handshake failed");
                         }
                     }
-                    Err(_) => debug!(%peer, "TLS handshake did not finish within {HANDSHAKE_TIMEOUT:?}"),
+                    Err(_) => {
+                        HANDSHAKE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        debug!(%peer, "TLS handshake did not finish within {HANDSHAKE_TIMEOUT:?}")
+                    }
                 }
             });
         }

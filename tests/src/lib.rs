@@ -234,6 +234,11 @@ impl Cluster {
         &self.nodes[&id].addr
     }
 
+    /// Node `id`'s own peer listen address (not through a proxy), if it has a peer port.
+    pub fn peer_listen(&self, id: u64) -> Option<&str> {
+        self.nodes.get(&id)?.peer.as_deref()
+    }
+
     /// Where other nodes reach node `id`: its peer port, or its address in single-port mode.
     pub fn peer_addr(&self, id: u64) -> &str {
         let node = &self.nodes[&id];

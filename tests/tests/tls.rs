@@ -119,12 +119,36 @@ async fn mutual_tls_peers_refuse_every_other_certificate() {
         pb::JoinRequest { node_id: 9, addr: "127.0.0.1:9".into(), incarnation: 7, ..Default::default() };
     let e = as_other.join(join).await.expect_err("a join under another id");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // Nor can an admin (Admin.Join on the client port) add node 9 at an address where node
+    // `other` answers: the leader's check of the joiner requires a certificate naming node 9.
+    let admin_tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&pki.client_ca.cert).unwrap()));
+    let admin_channel = tonic::transport::Endpoint::from_shared(format!("https://{}", cluster.addr(leader)))
+        .unwrap()
+        .tls_config(admin_tls)
+        .unwrap()
+        .connect_lazy();
+    let join = pb::JoinRequest {
+        node_id: 9,
+        addr: cluster.addr(other).to_string(),
+        peer_addr: cluster.peer_addr(other).to_string(),
+        incarnation: 7,
+        ..Default::default()
+    };
+    let e = pb::admin_client::AdminClient::new(admin_channel)
+        .join(join)
+        .await
+        .expect_err("node 9 holds no certificate");
+    assert!(e.message().contains("certificate"), "{e:?}");
     // Its own identity is fine: a status call answers.
     assert_eq!(
         as_other.status(pb::StatusRequest {}).await.expect("a node's status call").into_inner().node_id,
         victim
     );
 
+    // The refused handshakes are counted where operators look.
+    let fails = cluster.status(victim).await.unwrap().tls_handshake_failures;
+    assert!(fails >= 2, "the victim counted {fails} failed handshakes");
     // None of it changed anything: same leader, same term, the data unchanged.
     let (leader_after, term_after) = cluster.wait_for_leader(WAIT).await.unwrap();
     assert_eq!(
@@ -242,6 +266,14 @@ async fn clients_use_tls_and_certificates_name_users() {
     let e = try_exec(&anonymous, "INSERT INTO t VALUES (3, 'c')").await.expect_err("no credentials");
     assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
 
+    let failures: u64 = {
+        let mut n = 0;
+        for id in cluster.ids() {
+            n += cluster.status(id).await.unwrap().auth_failures;
+        }
+        n
+    };
+    assert!(failures >= 2, "mallory's and the anonymous refusals are counted: {failures}");
     // Certificates the server must refuse: expired, or from another CA.
     let expired = pki.client_ca.issue(&pki.dir, "alice-expired", &["alice"], true);
     let stranger = Ca::new(&pki.dir, "stranger-client-ca");
@@ -531,4 +563,44 @@ async fn make_certs_output_runs_a_cluster() {
     for id in cluster.ids() {
         cluster.wait_log(id, "peer port: mutual TLS", WAIT).await.unwrap();
     }
+}
+
+/// A server that accepts connections and never answers (a black hole, or a network that
+/// swallows the replies) cannot hold a client past its deadline, with TLS (the handshake never
+/// completes) or without. tonic applies a call's timeout only once its connection is ready, so
+/// the client library bounds each attempt itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_cannot_hold_a_client() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        // Bounded: the two clients below open a handful of connections.
+        while kept.len() < 64 {
+            match hole.accept().await {
+                Ok((s, _)) => kept.push(s),
+                Err(_) => break,
+            }
+        }
+        kept
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let tls = Tls { ca: Some(std::fs::read(&ca.cert).unwrap()), ..Default::default() };
+    for (what, client) in [
+        ("tls", Client::connect([addr.as_str()]).await.unwrap().with_tls(&tls)),
+        ("plain", Client::connect([addr.as_str()]).await.unwrap()),
+    ] {
+        let client = client.with_deadline(Duration::from_secs(1));
+        let started = Instant::now();
+        let call = client.execute("INSERT INTO t VALUES (1)", &[]);
+        let e = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the call was still waiting after 30 s"))
+            .expect_err("nothing answers");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{what}: the call took {took:?}: {e}");
+        assert!(matches!(e, Error::Timeout { .. } | Error::Transport { .. }), "{what}: {e:?}");
+    }
+    held.abort();
 }

@@ -277,21 +277,25 @@ impl Core {
     }
 
     /// Asks the node at `addr` for its status (`Raft.Status`, the peer service: nodes hold no
-    /// client credentials), within `timeout`; `Err` says
-    /// why nothing usable answered.
+    /// client credentials), within `timeout`; `Err` says why nothing usable answered. With peer
+    /// TLS and `expect`, the node must present a certificate naming node `expect`.
     pub async fn status_of(
         &self,
         addr: &str,
         timeout: Duration,
+        expect: Option<NodeId>,
     ) -> Result<raftsql_proto::v1::StatusResponse, String> {
         use raftsql_proto::v1 as pb;
-        let channel = self.peer_channel(addr).map_err(|e| format!("{addr:?} cannot be dialed: {e}"))?;
+        let channel = network::channel(addr, self.peer_source, self.peer_tls.as_ref(), expect)
+            .map_err(|e| format!("{addr:?} cannot be dialed: {e}"))?;
         let mut client = pb::raft_client::RaftClient::new(channel);
         let mut req = tonic::Request::new(pb::StatusRequest {});
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.status(req)).await {
             Err(_) => Err(format!("nothing answered at {addr} within {timeout:?}")),
-            Ok(Err(s)) => Err(format!("{addr} did not answer a status call: {}", s.message())),
+            Ok(Err(s)) => {
+                Err(format!("{addr} did not answer a status call: {}", crate::raft::network::status_text(&s)))
+            }
             Ok(Ok(r)) => Ok(r.into_inner()),
         }
     }

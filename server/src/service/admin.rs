@@ -118,6 +118,8 @@ pub fn status(core: &Core) -> pb::StatusResponse {
         purged_index: m.purged.map_or(0, |l| l.index),
         cluster_id: core.sm.cluster_id().ok().flatten().unwrap_or_default(),
         watchdog_stalls: crate::watchdog::stalls(),
+        auth_failures: super::auth::total_failures(),
+        tls_handshake_failures: crate::tls::handshake_failures(),
         stalled: crate::watchdog::stalled(),
         members,
         followers,
@@ -212,13 +214,17 @@ impl Members<'_> {
             })?;
         }
         // Unreachable now may be reachable later (a partition, a slow start): the joiner retries.
-        let s = self.core.status_of(&req.peer_addr, JOINER_STATUS_TIMEOUT).await.map_err(|e| {
-            Error::Unavailable(format!(
-                "node {} asks to join at {}, but {e}: a joining node must be running and reachable \
+        // With peer TLS the node answering must hold a certificate naming the id it asks for, so
+        // not even an admin (Admin.Join) can add a node id nobody holds a certificate for.
+        let s = self.core.status_of(&req.peer_addr, JOINER_STATUS_TIMEOUT, Some(req.node_id)).await.map_err(
+            |e| {
+                Error::Unavailable(format!(
+                    "node {} asks to join at {}, but {e}: a joining node must be running and reachable \
                  at the address it gives",
-                req.node_id, req.peer_addr
-            ))
-        })?;
+                    req.node_id, req.peer_addr
+                ))
+            },
+        )?;
         if s.node_id != req.node_id || s.incarnation != req.incarnation {
             return Err(Error::InvalidArgument(format!(
                 "node {} (incarnation {}) asks to join at {}, but node {} (incarnation {}) answers \

@@ -572,6 +572,7 @@ impl Auth {
 
     fn failed(&self, peer: Option<std::net::SocketAddr>, user: Option<&str>, why: &Failure) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        TOTAL_FAILURES.fetch_add(1, Ordering::Relaxed);
         let Some(suppressed) = self.last_logged.allow() else { return };
         // The user name is what the caller claimed; never the password, token or header.
         warn!(
@@ -583,6 +584,13 @@ impl Auth {
             "client authentication failed"
         );
     }
+}
+
+/// Failed authentications in this process (one node per process), for the status call.
+static TOTAL_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+pub fn total_failures() -> u64 {
+    TOTAL_FAILURES.load(Ordering::Relaxed)
 }
 
 /// Why a caller was not authenticated; the Display text is what the caller is told.

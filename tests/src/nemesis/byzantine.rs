@@ -7,9 +7,13 @@
 //! `INTERNAL`, never a dropped connection), while the history checkers of the other workloads
 //! stay valid and the cluster recovers after the fault like after any other.
 //!
-//! What it does not send: a well-formed message with a sender's real identity in a plausible
-//! term. Without peer authentication (issue 17) such a message is indistinguishable from the
-//! real peer's; that is what peer certificates are for.
+//! What it does not send without peer TLS: a well-formed message with a sender's real identity
+//! in a plausible term. Without peer authentication such a message is indistinguishable from
+//! the real peer's; that is what peer certificates are for. With peer TLS (`--tls`) the forger
+//! is the stolen-certificate attacker: it reaches each node's real peer port through mutual TLS
+//! with a valid certificate of a member node other than the leader it claims to be, so every
+//! message passes the handshake and must be refused by the certificate-to-sender check (or by
+//! `peer_check` after it).
 
 use crate::Cluster;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -52,6 +56,8 @@ impl Tally {
 /// A node's identity as a forger learns it from its Status.
 struct Target {
     addr: String,
+    /// Peer TLS: trust the peer CA and present a certificate of another member.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     id: u64,
     cluster_id: String,
     term: u64,
@@ -62,8 +68,30 @@ struct Target {
 
 async fn target(cluster: &Cluster, id: u64) -> Option<Target> {
     let s = cluster.status(id).await.ok()?;
+    let (addr, tls) = match cluster.pki() {
+        None => (cluster.listen(id).to_string(), None),
+        Some(pki) => {
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+            // A real certificate of a member that is not the leader (the forged messages
+            // claim to come from the leader), issued by the cluster's own CA.
+            let holder = s.members.iter().map(|m| m.id).find(|&m| m != s.leader_id).unwrap_or(id);
+            let names = [format!("node-{holder}.{}", crate::pki::DOMAIN), "127.0.0.1".to_string()];
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let stolen = pki.peer_ca.issue(&pki.dir, &format!("stolen-node-{holder}"), &names, false);
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(&pki.peer_ca.cert).ok()?))
+                .identity(Identity::from_pem(
+                    std::fs::read(&stolen.cert).ok()?,
+                    std::fs::read(&stolen.key).ok()?,
+                ))
+                .domain_name(format!("node-{id}.{}", crate::pki::DOMAIN))
+                .timeout(Duration::from_secs(2));
+            (cluster.peer_listen(id)?.to_string(), Some(tls))
+        }
+    };
     Some(Target {
-        addr: cluster.listen(id).to_string(),
+        addr,
+        tls,
         id,
         cluster_id: s.cluster_id,
         term: s.term,
@@ -170,8 +198,15 @@ async fn forged(t: &Target, kind: u32, rng: &mut StdRng, tally: &mut Tally) {
             ("a heartbeat from another cluster", "append")
         }
     };
-    let channel = match tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr)) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(1)).connect_lazy(),
+    let scheme = if t.tls.is_some() { "https" } else { "http" };
+    let channel = match tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", t.addr)) {
+        Ok(e) => match &t.tls {
+            Some(tls) => match e.connect_timeout(Duration::from_secs(1)).tls_config(tls.clone()) {
+                Ok(e) => e.connect_lazy(),
+                Err(_) => return,
+            },
+            None => e.connect_timeout(Duration::from_secs(1)).connect_lazy(),
+        },
         Err(_) => return,
     };
     let mut raft = pb::raft_client::RaftClient::new(channel);
@@ -187,16 +222,6 @@ async fn forged(t: &Target, kind: u32, rng: &mut StdRng, tally: &mut Tally) {
             tally.peer_refused += 1
         }
         Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
-            tally.unsent += 1
-        }
-        // A cluster with peer TLS refuses the plain-text connection before any gRPC.
-        Err(s)
-            if s.details().is_empty()
-                && matches!(
-                    s.code(),
-                    tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
-                ) =>
-        {
             tally.unsent += 1
         }
         Err(s) => tally.problems.push(format!("{what} to node {} was answered {s:?}", t.id)),
