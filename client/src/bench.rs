@@ -98,6 +98,11 @@ pub struct Report {
 const MAX_CLIENTS: usize = 10_000;
 const FILL_BATCH: u64 = 500;
 
+/// Latencies in µs, 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds that hdrhistogram accepts")
+}
+
 fn key(i: u64) -> String {
     format!("k{i:015}")
 }
@@ -177,7 +182,7 @@ async fn measure(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
         let (done, failed, next_fill, next_insert) =
             (done.clone(), failed.clone(), next_fill.clone(), next_insert.clone());
         workers.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut hist = histogram();
             let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
             let read = QueryOptions { consistency: a.consistency, ..Default::default() };
@@ -269,7 +274,7 @@ async fn measure(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
             (hist, errors)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut hist = histogram();
     let mut errors_by_code: BTreeMap<&'static str, u64> = BTreeMap::new();
     for w in workers {
         let (h, e) = w.await.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;

@@ -586,10 +586,9 @@ impl Client {
 
     /// The same client, reaching every node through TLS as `tls` says (see the module docs).
     pub fn with_tls(&self, tls: &Tls) -> Client {
-        let c = self.with_deadline(self.inner.deadline);
-        let inner = Arc::into_inner(c.inner).expect("a fresh client has one owner");
         // Connections made before were made without this configuration.
-        inner.channels.lock().expect("channel map lock").clear();
+        let c = self.with_own_connections();
+        let inner = Arc::into_inner(c.inner).expect("a fresh client has one owner");
         Client { inner: Arc::new(Inner { tls: Some(tls.config()), ..inner }) }
     }
 

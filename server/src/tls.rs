@@ -243,6 +243,11 @@ impl Tls {
         });
     }
 
+    /// The peer domain (`--peer-tls-domain`); empty on the client port.
+    pub fn peer_domain(&self) -> &str {
+        self.domain().unwrap_or_default()
+    }
+
     /// The peer port's domain, if this is the peer port's TLS.
     fn domain(&self) -> Option<&str> {
         match &self.port {
@@ -463,13 +468,6 @@ pub async fn connect(
         }
     }
     Err(last)
-}
-
-impl Tls {
-    /// The peer domain (`--peer-tls-domain`); empty on the client port.
-    pub fn peer_domain(&self) -> &str {
-        self.domain().unwrap_or_default()
-    }
 }
 
 #[cfg(test)]

@@ -455,7 +455,11 @@ impl Auth {
     /// names (the certificate's first DNS name; the TLS handshake verified it against
     /// `--tls-ca`), or the certificate user a forwarding member vouches for ([`CertUser`]).
     pub async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+        // The certificate is parsed only when it would decide: with a users file and no
+        // authorization header (not on every request of an open node or a password user).
+        let by_certificate = self.users.is_some() && !request.metadata().contains_key("authorization");
         let cert_user = match request.extensions().get::<CertUser>() {
+            _ if !by_certificate => None,
             Some(u) => Some(u.0.clone()),
             None => request.peer_certs().and_then(|c| crate::tls::client_user(&c)),
         };
