@@ -443,9 +443,10 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                 "--clock-offset-ms is set: this node's NOW() is shifted on purpose (a test-only option)"
             );
         }
+        let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout);
         let sequencer = {
             let _on_the_client_runtime = client.enter();
-            Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), options.clone())
+            Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), read_index.clone(), options.clone())
         };
         let core = Arc::new(Core {
             id: cfg.id,
@@ -454,6 +455,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             raft: raft.clone(),
             sm,
             sequencer,
+            read_index,
             options,
             last_leader_contact: Default::default(),
             append_times: Default::default(),

@@ -436,3 +436,82 @@ async fn bounded_reads_are_served_within_the_bound_or_refused() {
     }
     assert!(started.elapsed() < Duration::from_secs(5), "a pinned BOUNDED read answers at once");
 }
+
+/// STRONG reads share leadership confirmations (batched ReadIndex, issue 18) without giving up
+/// linearizability: while one writer keeps incrementing a counter, waves of 64 concurrent STRONG
+/// reads each see at least the value acknowledged before they were sent, and the nodes ran far
+/// fewer confirmation rounds than they served reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_share_confirmation_rounds_and_stay_linearizable() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::Arc;
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    client.execute("INSERT INTO kv VALUES (1, 0)", &[]).await.unwrap().results.remove(0).unwrap();
+    let totals = |statuses: Vec<raftsql_client::pb::StatusResponse>| {
+        statuses.iter().fold((0, 0), |(r, n), s| (r + s.read_index_reads, n + s.read_index_rounds))
+    };
+    let mut before = Vec::new();
+    for id in cluster.ids() {
+        before.push(cluster.status(id).await.expect("status"));
+    }
+    let (reads_before, rounds_before) = totals(before);
+
+    let acked = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            // Bounded: stops when the readers are done, or after 2,000 increments.
+            for n in 1..=2000i64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = client.execute("UPDATE kv SET v = $1 WHERE k = 1", &[Value::Integer(n)]).await;
+                r.expect("the update commits").results.remove(0).expect("update succeeds");
+                acked.store(n, Ordering::SeqCst);
+            }
+        })
+    };
+    let waves = 8;
+    for wave in 0..waves {
+        let reads = (0..64).map(|_| {
+            let (client, acked) = (client.clone(), acked.clone());
+            async move {
+                let floor = acked.load(Ordering::SeqCst);
+                let r = client
+                    .query("SELECT v FROM kv WHERE k = 1", &[], QueryOptions::default())
+                    .await
+                    .expect("STRONG read");
+                let seen = int(&r).expect("the row exists");
+                assert!(
+                    seen >= floor,
+                    "wave {wave}: a STRONG read saw {seen}, but {floor} was acknowledged before it \
+                     was sent (served by node {} at index {})",
+                    r.receipt.node_id,
+                    r.receipt.applied_index
+                );
+            }
+        });
+        futures::future::join_all(reads).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer task");
+
+    let mut after = Vec::new();
+    for id in cluster.ids() {
+        after.push(cluster.status(id).await.expect("status"));
+    }
+    let (reads_after, rounds_after) = totals(after);
+    let (reads, rounds) = (reads_after - reads_before, rounds_after - rounds_before);
+    eprintln!("{reads} linearizable reads, {rounds} confirmation rounds");
+    assert!(
+        reads >= waves * 64,
+        "the nodes counted {reads} linearizable reads, expected at least {}",
+        waves * 64
+    );
+    assert!(
+        rounds * 2 < reads,
+        "{reads} linearizable reads took {rounds} confirmation rounds: concurrent reads are not sharing rounds"
+    );
+}

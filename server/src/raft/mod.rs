@@ -16,6 +16,7 @@
 pub mod network;
 pub mod peer_check;
 pub mod read;
+pub mod read_index;
 pub mod sequencer;
 
 use crate::changeset::StatementOutcome;
@@ -187,6 +188,8 @@ pub struct Core {
     pub raft: Raft,
     pub sm: StateMachine,
     pub sequencer: sequencer::Sequencer,
+    /// Batched leadership confirmation for STRONG reads and read-only writes.
+    pub read_index: read_index::ReadIndex,
     pub options: Options,
     /// When this node last accepted an AppendEntries from a leader, for BOUNDED reads
     /// (milliseconds on this process's monotonic clock, `monotonic_millis`; 0 = never).

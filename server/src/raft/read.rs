@@ -2,7 +2,7 @@
 //!
 //! | level | served by | how |
 //! | --- | --- | --- |
-//! | `Strong` | the leader | `ensure_linearizable` (ReadIndex: a heartbeat round confirms leadership), then waits for apply ≥ that index |
+//! | `Strong` | the leader | `read_index::ReadIndex::confirm` (one heartbeat round, shared by every read that arrived before it started, confirms leadership), then waits for apply ≥ that index |
 //! | `ReadYourWrites` | any node whose applied index ≥ the session token | waits up to `ryw_wait` for apply; otherwise `NotLeader` so the client goes to the leader |
 //! | `Bounded(d)` | any node that heard from the current leader within d | the leader counts the last quorum ack; a follower its last accepted AppendEntries |
 //! | `Any` | the local replica | no promise |
@@ -123,10 +123,10 @@ async fn strong(core: &Core) -> Result<(), Error> {
     if m.current_leader != Some(core.id) {
         return Err(core.not_leader());
     }
-    match tokio::time::timeout(core.options.read_timeout, core.raft.ensure_linearizable()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) => Err(core.not_leader()),
-        Err(_) => Err(Error::Unavailable(format!(
+    match core.read_index.confirm().await {
+        super::read_index::Confirmed::Ready { .. } => Ok(()),
+        super::read_index::Confirmed::NotLeader => Err(core.not_leader()),
+        super::read_index::Confirmed::Timeout => Err(Error::Unavailable(format!(
             "could not confirm leadership within {:?}: is a majority of nodes reachable?",
             core.options.read_timeout
         ))),

@@ -32,6 +32,7 @@
 //! confirms leadership with `ensure_linearizable` before answering, so its reads are
 //! linearizable too.
 
+use super::read_index::{Confirmed, ReadIndex};
 use super::{Consistency, Error, Options, Receipt, Role, WriteReply};
 use crate::changeset::{ChangeSet, EncodedChangeSet, RequestEffects, RequestId, StatementOutcome, Value};
 use crate::store::StateMachine;
@@ -79,9 +80,15 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// Starts the sequencer task for this node.
-    pub fn spawn(id: NodeId, raft: Raft, sm: StateMachine, options: Options) -> Sequencer {
+    pub fn spawn(
+        id: NodeId,
+        raft: Raft,
+        sm: StateMachine,
+        read_index: ReadIndex,
+        options: Options,
+    ) -> Sequencer {
         let (tx, rx) = mpsc::channel(options.max_batch_requests * 4);
-        let task = Task { id, raft, sm, options, rx, ready_term: None, in_flight: None };
+        let task = Task { id, raft, sm, read_index, options, rx, ready_term: None, in_flight: None };
         tokio::spawn(task.run().instrument(tracing::info_span!("sequencer", node_id = id)));
         Sequencer { tx }
     }
@@ -113,6 +120,7 @@ struct Task {
     id: NodeId,
     raft: Raft,
     sm: StateMachine,
+    read_index: ReadIndex,
     options: Options,
     rx: mpsc::Receiver<Pending>,
     /// The term whose blank entry this node has seen applied while leading it.
@@ -511,12 +519,12 @@ impl Task {
     }
 
     async fn confirm_leadership(&self) -> Result<u64, Error> {
-        match tokio::time::timeout(self.options.write_timeout, self.raft.ensure_linearizable()).await {
-            Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Ok(Err(_)) => Err(self.not_leader()),
-            Err(_) => Err(Error::Unavailable(format!(
+        match self.read_index.confirm().await {
+            Confirmed::Ready { index } => Ok(index),
+            Confirmed::NotLeader => Err(self.not_leader()),
+            Confirmed::Timeout => Err(Error::Unavailable(format!(
                 "could not confirm leadership within {:?}: is a majority reachable?",
-                self.options.write_timeout
+                self.options.read_timeout
             ))),
         }
     }

@@ -120,6 +120,8 @@ pub fn status(core: &Core) -> pb::StatusResponse {
         watchdog_stalls: crate::watchdog::stalls(),
         auth_failures: super::auth::total_failures(),
         tls_handshake_failures: crate::tls::handshake_failures(),
+        read_index_reads: core.read_index.reads(),
+        read_index_rounds: core.read_index.rounds(),
         stalled: crate::watchdog::stalled(),
         members,
         followers,
