@@ -367,6 +367,9 @@ struct Inner {
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// TLS for every connection, if on.
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where the next unpinned READ_YOUR_WRITES, BOUNDED or ANY read goes first: they rotate
+    /// over every address, leaving the leader's CPU to writes and STRONG reads.
+    next_read: std::sync::atomic::AtomicUsize,
 }
 
 /// How a client reaches a cluster whose client port has TLS ([`Client::with_tls`]).
@@ -528,6 +531,7 @@ impl Client {
                 min_replicas: 0,
                 authorization: None,
                 tls,
+                next_read: std::sync::atomic::AtomicUsize::new(rand::random::<u32>() as usize),
             }),
         })
     }
@@ -547,6 +551,7 @@ impl Client {
                 min_replicas: i.min_replicas,
                 authorization: i.authorization.clone(),
                 tls: i.tls.clone(),
+                next_read: std::sync::atomic::AtomicUsize::new(rand::random::<u32>() as usize),
             }),
         }
     }
@@ -698,7 +703,7 @@ impl Client {
             min_replicas: self.inner.min_replicas,
         };
         let resp = self
-            .retrying(None, true, |addr, channel, timeout| {
+            .retrying(None, Route::Leader, |addr, channel, timeout| {
                 let mut req = self.request(request.clone());
                 req.set_timeout(timeout);
                 async move {
@@ -748,8 +753,14 @@ impl Client {
             max_staleness_ms,
             page_rows: opts.page_rows,
         };
-        let follow = matches!(opts.consistency, Consistency::Strong | Consistency::ReadYourWrites);
-        self.retrying(opts.node.clone(), follow, |addr, channel, timeout| {
+        // STRONG goes to the leader. The other levels rotate over the nodes; a node that cannot
+        // serve READ_YOUR_WRITES yet names the leader, and the read follows.
+        let route = match opts.consistency {
+            Consistency::Strong => Route::Leader,
+            Consistency::ReadYourWrites => Route::Spread { follow: true },
+            Consistency::Bounded(_) | Consistency::Any => Route::Spread { follow: false },
+        };
+        self.retrying(opts.node.clone(), route, |addr, channel, timeout| {
             let mut req = self.request(request.clone());
             req.set_timeout(timeout);
             async move {
@@ -799,7 +810,7 @@ impl Client {
     /// under a new id.
     pub async fn remove_member(&self, node_id: u64) -> Result<pb::StatusResponse, Error> {
         let resp = self
-            .retrying(None, true, |addr, channel, timeout| {
+            .retrying(None, Route::Leader, |addr, channel, timeout| {
                 let mut req = self.request(pb::RemoveRequest { node_id });
                 req.set_timeout(timeout);
                 async move {
@@ -813,15 +824,32 @@ impl Client {
         Ok(resp.leader.unwrap_or_default())
     }
 
+    /// The next node an unpinned spread read tries.
+    fn next_reader(&self) -> String {
+        let i = self.inner.next_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.addrs[i % self.inner.addrs.len()].clone()
+    }
+
     /// Sends one call, following redirects and retrying retryable failures until the deadline.
-    async fn retrying<T, F, Fut>(&self, pinned: Option<String>, follow: bool, call: F) -> Result<T, Error>
+    async fn retrying<T, F, Fut>(&self, pinned: Option<String>, route: Route, call: F) -> Result<T, Error>
     where
         F: Fn(String, Channel, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
+        let (follow, spread) = match route {
+            Route::Leader => (true, false),
+            Route::Spread { follow } => (follow, pinned.is_none()),
+        };
         let deadline = Instant::now() + self.inner.deadline;
         let mut attempt = 0;
-        let mut target = pinned.clone().unwrap_or_else(|| self.leader_guess(0));
+        let mut target = match &pinned {
+            Some(p) => p.clone(),
+            None if spread => self.next_reader(),
+            None => self.leader_guess(0),
+        };
+        // Whether `target` is a leader's address: where a call goes first for writes and STRONG
+        // reads, or where a redirect pointed. Only its success teaches the client who leads.
+        let mut at_leader = !spread;
         let mut backoff = Duration::from_millis(50);
         loop {
             let remaining =
@@ -847,7 +875,7 @@ impl Client {
             };
             let err = match result {
                 Ok(v) => {
-                    if pinned.is_none() {
+                    if pinned.is_none() && at_leader {
                         self.set_leader(&target);
                     }
                     return Ok(v);
@@ -870,6 +898,7 @@ impl Client {
                         && Instant::now() < deadline =>
                 {
                     target = leader_addr.clone();
+                    at_leader = true;
                     continue;
                 }
                 Error::NotLeader { .. } if !follow => return Err(err),
@@ -880,11 +909,25 @@ impl Client {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            if pinned.is_none() || follow {
+            if spread {
+                target = self.next_reader();
+                at_leader = false;
+            } else if pinned.is_none() || follow {
                 target = self.leader_guess(attempt);
+                at_leader = true;
             }
         }
     }
+}
+
+/// Where a call goes first.
+#[derive(Clone, Copy)]
+enum Route {
+    /// The node believed to lead (writes, STRONG reads, membership changes); `NOT_LEADER` is
+    /// followed.
+    Leader,
+    /// The next node in rotation; `NOT_LEADER` is followed when `follow`.
+    Spread { follow: bool },
 }
 
 /// A causal session: it remembers the highest session token its requests have seen and sends
