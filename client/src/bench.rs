@@ -6,9 +6,12 @@
 //!
 //! - Table `bench_kv(k TEXT PRIMARY KEY, v BLOB)`; keys are `k` and 15 digits, uniform over K.
 //! - Workloads: `put` (single-row `INSERT OR REPLACE`), `insert` (fresh keys only), `update`
-//!   (by primary key), `get` (point SELECT at `--consistency`), `mixed` (90 % get, 10 % put),
-//!   `fill` (K rows in 500-row requests; ops are rows). `get`, `update` and `mixed` first load
-//!   the K rows if the table holds fewer (not timed).
+//!   (by primary key), `get` (point SELECT at `--consistency`), `index-get` (point SELECT
+//!   through a secondary index), `scan` (100 rows in key order from a random key; ops are rows),
+//!   `mixed` (90 % get, 10 % put), `fill` (K rows in 500-row requests; ops are rows). Reads and
+//!   updates first load the K rows if the table holds fewer (not timed).
+//! - `index-get` uses its own table, `bench_ix(k TEXT PRIMARY KEY, n INTEGER NOT NULL, v BLOB)`
+//!   with an index on `n` (row i has `n` = i), loaded the same way.
 //! - N workers share C clients (`--conns`, default min(N, 8)), each with its own connections;
 //!   every worker stops by itself at the deadline, and a request in flight then is bounded by
 //!   the client's 10 s deadline.
@@ -32,9 +35,14 @@ pub enum Workload {
     Insert,
     Update,
     Get,
+    IndexGet,
+    Scan,
     Mixed,
     Fill,
 }
+
+/// Rows a `scan` reads per request.
+const SCAN_ROWS: u64 = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchFormat {
@@ -120,15 +128,22 @@ pub async fn run(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
     );
     anyhow::ensure!(a.rows >= 1 && a.rows < 100_000_000_000_000, "--rows must be 1 to 10^14");
     anyhow::ensure!(a.value_size <= 1 << 20, "--value-size must be at most 1 MiB");
-    client
-        .execute("CREATE TABLE IF NOT EXISTS bench_kv (k TEXT PRIMARY KEY, v BLOB)", &[])
-        .await
-        .map_err(|e| anyhow::anyhow!("creating bench_kv: {e}"))?;
-    if matches!(a.workload, Workload::Get | Workload::Update | Workload::Mixed) {
+    let table = table(a.workload);
+    let create = if table == "bench_ix" {
+        "CREATE TABLE IF NOT EXISTS bench_ix (k TEXT PRIMARY KEY, n INTEGER NOT NULL, v BLOB); \
+         CREATE INDEX IF NOT EXISTS bench_ix_n ON bench_ix (n)"
+    } else {
+        "CREATE TABLE IF NOT EXISTS bench_kv (k TEXT PRIMARY KEY, v BLOB)"
+    };
+    let created = client.execute(create, &[]).await.map_err(|e| anyhow::anyhow!("creating {table}: {e}"))?;
+    for r in created.results {
+        r.map_err(|e| anyhow::anyhow!("creating {table}: {e}"))?;
+    }
+    if !matches!(a.workload, Workload::Put | Workload::Insert | Workload::Fill) {
         let r = client
-            .query("SELECT COUNT(*) FROM bench_kv", &[], QueryOptions::default())
+            .query(&format!("SELECT COUNT(*) FROM {table}"), &[], QueryOptions::default())
             .await
-            .map_err(|e| anyhow::anyhow!("counting bench_kv: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("counting {table}: {e}"))?;
         let have = match r.rows.first().and_then(|r| r.first()) {
             Some(Value::Integer(n)) => *n as u64,
             _ => 0,
@@ -143,13 +158,21 @@ pub async fn run(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
                 format: BenchFormat::Json,
                 ..a.clone()
             };
-            measure(client, &load).await?;
+            measure(client, &load, table).await?;
         }
     }
-    measure(client, a).await
+    measure(client, a, table).await
 }
 
-async fn measure(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
+/// The table a workload works on.
+fn table(w: Workload) -> &'static str {
+    match w {
+        Workload::IndexGet => "bench_ix",
+        _ => "bench_kv",
+    }
+}
+
+async fn measure(client: &Client, a: &BenchArgs, table: &'static str) -> anyhow::Result<Report> {
     let conns = a.conns.unwrap_or(a.clients.min(8)).clamp(1, a.clients);
     let clients: Vec<Client> = (0..conns).map(|_| client.with_own_connections()).collect();
     let done = Arc::new(AtomicU64::new(0));
@@ -195,14 +218,19 @@ async fn measure(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
                             break;
                         }
                         let last = (first + FILL_BATCH).min(a.rows);
-                        let mut sql = String::from("INSERT OR REPLACE INTO bench_kv VALUES ");
+                        let mut sql = format!("INSERT OR REPLACE INTO {table} VALUES ");
                         let mut params = Vec::new();
                         for (j, i) in (first..last).enumerate() {
                             if j > 0 {
                                 sql.push_str(", ");
                             }
-                            sql.push_str(&format!("(${}, ${})", 2 * j + 1, 2 * j + 2));
                             params.push(Value::Text(key(i)));
+                            if table == "bench_ix" {
+                                sql.push_str(&format!("(${}, ${}, ${})", 3 * j + 1, 3 * j + 2, 3 * j + 3));
+                                params.push(Value::Integer(i as i64));
+                            } else {
+                                sql.push_str(&format!("(${}, ${})", 2 * j + 1, 2 * j + 2));
+                            }
                             params.push(value(a.value_size, &mut rng));
                         }
                         (c.execute(&sql, &params).await.map(|_| ()), last - first)
@@ -239,6 +267,24 @@ async fn measure(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
                                 .map(|_| ()),
                             1,
                         )
+                    }
+                    Workload::IndexGet => {
+                        let params = [Value::Integer(rng.gen_range(0..a.rows) as i64)];
+                        (
+                            c.query("SELECT v FROM bench_ix WHERE n = $1", &params, read.clone())
+                                .await
+                                .map(|_| ()),
+                            1,
+                        )
+                    }
+                    Workload::Scan => {
+                        let params = [Value::Text(key(rng.gen_range(0..a.rows)))];
+                        let sql =
+                            format!("SELECT k, v FROM bench_kv WHERE k >= $1 ORDER BY k LIMIT {SCAN_ROWS}");
+                        match c.query(&sql, &params, read.clone()).await {
+                            Ok(r) => (Ok(()), r.rows.len() as u64),
+                            Err(e) => (Err(e), 0),
+                        }
                     }
                     Workload::Mixed => {
                         let k = Value::Text(key(rng.gen_range(0..a.rows)));
@@ -291,12 +337,15 @@ async fn measure(client: &Client, a: &BenchArgs) -> anyhow::Result<Report> {
     let ops = done.load(Ordering::Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let consistency = match a.workload {
-        Workload::Get | Workload::Mixed => format!("{:?}", a.consistency).to_lowercase(),
+        Workload::Get | Workload::IndexGet | Workload::Scan | Workload::Mixed => {
+            format!("{:?}", a.consistency).to_lowercase()
+        }
         _ => "-".to_string(),
     };
     Ok(Report {
         system: "raftsql",
-        workload: format!("{:?}", a.workload).to_lowercase(),
+        workload: clap::ValueEnum::to_possible_value(&a.workload)
+            .map_or_else(|| format!("{:?}", a.workload), |v| v.get_name().to_string()),
         consistency,
         clients: a.clients,
         duration_s: (elapsed * 1000.0).round() / 1000.0,

@@ -45,6 +45,8 @@ async fn every_workload_runs_and_prints_one_json_line() {
         ("update", "strong"),
         ("get", "strong"),
         ("get", "any"),
+        ("index-get", "bounded:2s"),
+        ("scan", "strong"),
         ("mixed", "ryw"),
     ] {
         let v = bench(&[
@@ -70,6 +72,7 @@ async fn every_workload_runs_and_prints_one_json_line() {
         }
     }
     cluster.assert_converged("bench_kv").await.unwrap();
+    cluster.assert_converged("bench_ix").await.unwrap();
 }
 
 #[test]
