@@ -90,12 +90,18 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // raftsql patch (vendor/sled/PATCHES.md): the blob is referenced from
+    // the log as soon as the log write that follows is stable, so the blob
+    // file and its directory entry must be durable first; sled never
+    // synced either.
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    crate::RAFTSQL_BLOB_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {

@@ -729,31 +729,14 @@ impl IoBufs {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
             if !self.config.temporary {
-                #[cfg(target_os = "linux")]
-                {
-                    use std::os::unix::io::AsRawFd;
-                    let ret = unsafe {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            i64::try_from(log_offset).unwrap(),
-                            i64::try_from(total_len).unwrap(),
-                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                | libc::SYNC_FILE_RANGE_WRITE
-                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                        )
-                    };
-                    if ret < 0 {
-                        let err = std::io::Error::last_os_error();
-                        if let Some(libc::ENOSYS) = err.raw_os_error() {
-                            f.sync_all()?;
-                        } else {
-                            return Err(err.into());
-                        }
-                    }
-                }
-
-                #[cfg(not(target_os = "linux"))]
-                f.sync_all()?;
+                // raftsql patch (vendor/sled/PATCHES.md): sled used
+                // sync_file_range here on Linux, which neither flushes
+                // the drive's write cache nor the file's size, so a
+                // power loss could drop writes sled had reported
+                // stable. fdatasync does both.
+                f.sync_data()?;
+                crate::RAFTSQL_LOG_SYNCS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         io_fail!(self, "buffer write post");
