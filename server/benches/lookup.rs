@@ -183,7 +183,12 @@ fn main() {
 /// Opens a fresh store in a temp dir and loads a table of `n` rows into it.
 fn open_and_load(runtime: &tokio::runtime::Runtime, n: i64) -> Table {
     let dir = tempfile::tempdir().expect("create a temp dir for the store");
-    let opts = store::Options { data_dir: dir.path().join("data"), node_id: 1, flush_every: None };
+    let opts = store::Options {
+        data_dir: dir.path().join("data"),
+        node_id: 1,
+        flush_every: None,
+        cache_bytes: store::DEFAULT_CACHE_BYTES,
+    };
     let (log, mut sm) = store::open(&opts).expect("open a fresh store");
     let started = Instant::now();
     let entries = load(runtime, &mut sm, n);

@@ -100,6 +100,11 @@ pub struct Config {
     /// Minimum election timeout, milliseconds (the maximum is twice this).
     #[arg(long, env = "RAFTSQL_ELECTION_TIMEOUT_MS", default_value_t = 1_000)]
     pub election_timeout_ms: u64,
+    /// Bytes of sled's page cache (rows, indexes and log entries read recently). The node's
+    /// resident memory is about this plus what requests hold (--max-node-memory) plus a few
+    /// tens of MiB.
+    #[arg(long, env = "RAFTSQL_CACHE_BYTES", default_value_t = crate::store::DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: u64,
     /// sled's background flush interval in ms; 0 = only explicit fsyncs persist anything.
     #[arg(long, env = "RAFTSQL_FLUSH_EVERY_MS", default_value_t = 500)]
     pub flush_every_ms: u64,
@@ -368,7 +373,12 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let flush_every = (cfg.flush_every_ms > 0).then(|| Duration::from_millis(cfg.flush_every_ms));
         let used_before = store::was_claimed(&cfg.data_dir);
         let (log, sm) =
-            store::open(&store::Options { data_dir: cfg.data_dir.clone(), node_id: cfg.id, flush_every })?;
+            store::open(&store::Options {
+                data_dir: cfg.data_dir.clone(),
+                node_id: cfg.id,
+                flush_every,
+                cache_bytes: cfg.cache_bytes,
+            })?;
         let has_state = log.has_state()?;
         if !has_state && used_before && members.is_none() && cfg.join.is_none() {
             // sled comes up empty on a database it cannot read at all (seen with two bytes

@@ -116,7 +116,13 @@ pub struct Options {
     pub node_id: NodeId,
     /// sled's background flush; None = only explicit fsyncs persist (used by crash tests)
     pub flush_every: Option<Duration>,
+    /// sled's page cache, bytes (`--cache-bytes`; [`DEFAULT_CACHE_BYTES`]).
+    pub cache_bytes: u64,
 }
+
+/// sled's own default is 1 GiB, more than a small pod has; 256 MiB holds the hot part of a few
+/// million rows.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// A storage failure, worded for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +237,8 @@ pub fn open(opts: &Options) -> Result<(LogStore, StateMachine), Error> {
     let db_path = dir.join("db");
     let config = sled::Config::new()
         .path(&db_path)
-        .flush_every_ms(opts.flush_every.map(|d| (d.as_millis() as u64).max(1)));
+        .flush_every_ms(opts.flush_every.map(|d| (d.as_millis() as u64).max(1)))
+        .cache_capacity(opts.cache_bytes);
     // sled panics on some damaged files (a truncated or bit-flipped one: "tried to serialize
     // Uninitialized"); that is a corrupt data dir like any other, not a crash with a backtrace.
     let opened = {
