@@ -68,6 +68,9 @@ pub struct ReadRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// How long a read may run on the calling worker before it moves to a blocking thread.
+const INLINE_SLICE: Duration = Duration::from_millis(2);
+
 /// Serves a read at its level, or says where to go instead.
 pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Receipt), Error> {
     core.ensure_running()?;
@@ -94,14 +97,52 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
         now_millis: super::wall_clock_millis(core.options.clock_offset_ms),
         seed: rand::random(),
     };
-    let (result, applied) = tokio::task::spawn_blocking(move || {
-        sm.read(|view| (crate::sql::query_with(view, &sql, &params, ctx, budget), sm.applied_index()))
-    })
-    .await
-    .map_err(|panic| {
-        tracing::error!(error = %panic, "query evaluation panicked");
-        Error::Unavailable("internal error while evaluating the query".into())
-    })?;
+    // Most reads are point lookups of some microseconds: handing each to a blocking thread
+    // cost two thread switches, more than the lookup. So a read first runs here, on this
+    // worker, under a deadline of `INLINE_SLICE`; one that needs longer is stopped by that
+    // deadline and runs again from the start on a blocking thread under its whole budget
+    // (reads change nothing, so running one twice is harmless). A worker is held at most
+    // about one slice per read, and never waits for the state machine's lock.
+    let slice_end = std::time::Instant::now().checked_add(INLINE_SLICE);
+    let slice = match (slice_end, budget.deadline) {
+        (Some(end), Some(full)) if end < full => crate::sql::Budget {
+            deadline: Some(end),
+            deadline_source: "the inline slice".into(),
+            ..budget.clone()
+        },
+        // The whole budget is shorter than a slice: its own deadline and message apply.
+        _ => budget.clone(),
+    };
+    // An apply in progress (or waiting) would block this worker: then straight to a blocking
+    // thread.
+    let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sm.try_read(|view| (crate::sql::query_with(view, &sql, &params, ctx, slice), sm.applied_index()))
+    }));
+    let (result, applied) = match inline {
+        Ok(None) | Ok(Some((Err(crate::sql::Error::Interrupted(_)), _)))
+            if !budget.cancel.load(Ordering::Relaxed)
+                && budget.deadline.is_none_or(|d| std::time::Instant::now() < d) =>
+        {
+            tokio::task::spawn_blocking(move || {
+                sm.read(|view| (crate::sql::query_with(view, &sql, &params, ctx, budget), sm.applied_index()))
+            })
+            .await
+            .map_err(|panic| {
+                tracing::error!(error = %panic, "query evaluation panicked");
+                Error::Unavailable("internal error while evaluating the query".into())
+            })?
+        }
+        Ok(Some(done)) => done,
+        Ok(None) => {
+            return Err(Error::Unavailable(
+                "the caller went away or its deadline passed before the query could start".into(),
+            ))
+        }
+        Err(_) => {
+            tracing::error!("query evaluation panicked");
+            return Err(Error::Unavailable("internal error while evaluating the query".into()));
+        }
+    };
     let result = result?;
     let size = estimate_size(&result);
     if size > limit {

@@ -126,6 +126,19 @@ impl StateMachine {
         f(&View { tree: &current.tree })
     }
 
+    /// [`read`](StateMachine::read) if no apply holds or waits for the state now; `None`
+    /// otherwise, without waiting (for callers that must not block, e.g. an async worker).
+    pub fn try_read<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> Option<R> {
+        let current = match self.shared.state.try_read() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                panic!("state-machine lock poisoned by a panic during apply")
+            }
+        };
+        Some(f(&View { tree: &current.tree }))
+    }
+
     /// This data dir's incarnation: a random id it got when it was created, never 0.
     pub fn incarnation(&self) -> u64 {
         self.shared.incarnation
