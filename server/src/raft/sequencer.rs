@@ -474,6 +474,23 @@ impl Task {
             Some(encoded)
         };
 
+        // The batch was evaluated on the state this node had applied as leader of `term`. If
+        // it lost that term meanwhile (an evaluation may take seconds) and leads again in a
+        // later one, the entries committed in between are missing from what it evaluated:
+        // proposing now would write row images computed from a stale state (a lost update).
+        // Nothing was proposed, so NOT_LEADER is exact and the client retries at the leader.
+        // (The remaining window, from here until openraft's core takes the proposal, is far
+        // shorter than the two elections it would take.)
+        if proposal.is_some() && self.leading_term() != Some(term) {
+            info!(term, "leadership of the term ended during evaluation; the batch is not proposed");
+            self.ready_term = None;
+            for w in work {
+                for (reply, _) in w.replies {
+                    let _ = reply.send(Err(self.not_leader()));
+                }
+            }
+            return;
+        }
         let index = match proposal {
             None => match self.confirm_leadership().await {
                 Ok(index) => index,
