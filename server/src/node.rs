@@ -100,9 +100,8 @@ pub struct Config {
     /// Minimum election timeout, milliseconds (the maximum is twice this).
     #[arg(long, env = "RAFTSQL_ELECTION_TIMEOUT_MS", default_value_t = 1_000)]
     pub election_timeout_ms: u64,
-    /// Bytes of sled's page cache (rows, indexes and log entries read recently). The node's
-    /// resident memory is about this plus what requests hold (--max-node-memory) plus a few
-    /// tens of MiB.
+    /// Bytes of sled's page cache (rows, indexes and log entries read recently; sled counts it
+    /// approximately). sled's own default is 1 GiB.
     #[arg(long, env = "RAFTSQL_CACHE_BYTES", default_value_t = crate::store::DEFAULT_CACHE_BYTES)]
     pub cache_bytes: u64,
     /// sled's background flush interval in ms; 0 = only explicit fsyncs persist anything.

@@ -120,8 +120,7 @@ pub struct Options {
     pub cache_bytes: u64,
 }
 
-/// sled's own default is 1 GiB, more than a small pod has; 256 MiB holds the hot part of a few
-/// million rows.
+/// sled's own default is 1 GiB, more than a small pod has.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// A storage failure, worded for the operator.
