@@ -314,6 +314,12 @@ async fn measure(client: &Client, a: &BenchArgs, table: &'static str) -> anyhow:
                     Err(e) => {
                         *errors.entry(e.code()).or_default() += 1;
                         failed.fetch_add(1, Ordering::Relaxed);
+                        // A shedding node asked for a pause: honour it (within the run), as a
+                        // well-behaved client would, rather than hammer it.
+                        if let crate::Error::ResourceExhausted { retry_after: Some(pause), .. } = e {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            tokio::time::sleep(pause.min(left)).await;
+                        }
                     }
                 }
             }

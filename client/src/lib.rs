@@ -232,9 +232,10 @@ pub enum Error {
     InvalidArgument { message: String },
     #[error("{message}")]
     Internal { message: String },
-    /// A limit of the request or of its evaluation (the message names the server flag).
+    /// A limit of the request or of its evaluation (the message names the server flag), or a
+    /// node shedding load: then `retry_after` is the pause it suggests before trying again.
     #[error("{message}")]
-    ResourceExhausted { message: String },
+    ResourceExhausted { message: String, retry_after: Option<Duration> },
     /// No credentials, or wrong ones, for a cluster that requires them.
     #[error("{message}")]
     Unauthenticated { message: String },
@@ -288,7 +289,7 @@ impl Error {
             pb::ErrorCode::Unavailable => Error::Unavailable { message },
             pb::ErrorCode::InvalidArgument => Error::InvalidArgument { message },
             pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => Error::Internal { message },
-            pb::ErrorCode::ResourceExhausted => Error::ResourceExhausted { message },
+            pb::ErrorCode::ResourceExhausted => Error::ResourceExhausted { message, retry_after: None },
             pb::ErrorCode::Unauthenticated => Error::Unauthenticated { message },
             pb::ErrorCode::PermissionDenied => Error::PermissionDenied { message },
         }
@@ -299,7 +300,19 @@ impl Error {
         use prost::Message;
         if let Ok(e) = pb::Error::decode(s.details()) {
             if e.code != 0 {
-                return Error::from_pb(e);
+                return match Error::from_pb(e) {
+                    // A shedding node says when to come back (`retry-after-ms`); bounded here,
+                    // since the header is the server's word only.
+                    Error::ResourceExhausted { message, .. } => Error::ResourceExhausted {
+                        message,
+                        retry_after: s
+                            .metadata()
+                            .get("retry-after-ms")
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                            .map(|ms| Duration::from_millis(ms.min(10_000))),
+                    },
+                    other => other,
+                };
             }
         }
         match s.code() {
@@ -1050,6 +1063,30 @@ mod tests {
         }
         let plain = tonic::Status::unavailable("connection refused");
         assert_eq!(Error::from_status("a:1", plain).code(), "TRANSPORT");
+    }
+
+    #[test]
+    fn a_shedding_node_s_pause_is_read_and_bounded() {
+        let shed = |hint: Option<&str>| {
+            let e = pb::Error {
+                code: pb::ErrorCode::ResourceExhausted as i32,
+                message: "node 1 is serving 8 requests already".into(),
+                ..Default::default()
+            };
+            let mut s =
+                tonic::Status::with_details(tonic::Code::ResourceExhausted, "x", e.encode_to_vec().into());
+            if let Some(h) = hint {
+                s.metadata_mut().insert("retry-after-ms", h.parse().unwrap());
+            }
+            match Error::from_status("a:1", s) {
+                Error::ResourceExhausted { retry_after, .. } => retry_after,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(shed(Some("100")), Some(Duration::from_millis(100)));
+        assert_eq!(shed(Some("99999999999")), Some(Duration::from_secs(10)), "a hostile hint is capped");
+        assert_eq!(shed(Some("soon")), None);
+        assert_eq!(shed(None), None);
     }
 
     #[test]
