@@ -305,6 +305,23 @@ pub struct Level {
     pub probe: Option<(usize, BExpr)>,
 }
 
+impl Level {
+    /// Whether this level is read through a path that yields rows in key or index order, one
+    /// row at a time (so a LIMIT can stop the read itself).
+    pub fn is_ordered_path(&self) -> bool {
+        matches!(
+            &self.source,
+            Source::Table {
+                access: Access::Scan
+                    | Access::PkRange { .. }
+                    | Access::IndexOrder { .. }
+                    | Access::IndexRange { .. },
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Debug)]
 pub enum Source {
     Table {
@@ -1192,16 +1209,29 @@ impl<'a> Binder<'a> {
         if let ([level], false, false, Some(&(k, false))) =
             (levels.as_mut_slice(), aggregate, distinct, order_by.first())
         {
-            if let (
-                BExpr::Col { depth: 0, index: c },
-                Source::Table { schema, access: access @ Access::Scan },
-            ) = (&projection[k], &mut level.source)
+            if let (BExpr::Col { depth: 0, index: c }, Source::Table { schema, access }) =
+                (&projection[k], &mut level.source)
             {
-                if schema.primary_key.first() == Some(c) {
-                    ordered = true;
-                } else if let Some(ix) = schema.indexes.iter().find(|ix| ix.columns.first() == Some(c)) {
-                    *access = Access::IndexOrder { index: ix.name.clone() };
-                    ordered = true;
+                let first_of = |index: &str| {
+                    schema
+                        .indexes
+                        .iter()
+                        .find(|ix| ix.name.eq_ignore_ascii_case(index))
+                        .and_then(|ix| ix.columns.first())
+                };
+                match access {
+                    Access::Scan if schema.primary_key.first() == Some(c) => ordered = true,
+                    Access::Scan => {
+                        if let Some(ix) = schema.indexes.iter().find(|ix| ix.columns.first() == Some(c)) {
+                            *access = Access::IndexOrder { index: ix.name.clone() };
+                            ordered = true;
+                        }
+                    }
+                    // A range reads in key order too: `WHERE k >= $1 ORDER BY k LIMIT n` stops
+                    // after n rows instead of reading the rest of the table and sorting it.
+                    Access::PkRange { .. } if schema.primary_key.first() == Some(c) => ordered = true,
+                    Access::IndexRange { index, .. } if first_of(index) == Some(c) => ordered = true,
+                    _ => {}
                 }
             }
         }

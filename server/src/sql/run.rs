@@ -549,10 +549,16 @@ impl<'v> Runner<'v> {
                 return self.finish_empty(s, outer);
             }
         }
-        // Materialize every level's candidate rows.
+        // Materialize every level's candidate rows. A one-table query read in the order of its
+        // only sort key, with a LIMIT, reads no more rows than it returns: every row passing the
+        // level's own conjuncts becomes one output row.
+        let cap = match s.levels.as_slice() {
+            [only] if only.filters.is_empty() && only.on.is_empty() && !s.aggregate && !s.distinct => enough,
+            _ => None,
+        };
         let mut sources: Vec<LevelRows> = Vec::with_capacity(s.levels.len());
         for level in &s.levels {
-            sources.push(self.level_rows(level, s.width, outer)?);
+            sources.push(self.level_rows(level, s.width, outer, cap)?);
         }
         let mut out: Vec<Row> = Vec::new();
         if s.aggregate {
@@ -722,7 +728,7 @@ impl<'v> Runner<'v> {
             }
         }
         let mut out = Vec::new();
-        for (key, row) in self.fetch(level, outer)? {
+        for (key, row) in self.fetch(level, outer, None)? {
             let env = Env { row: &row, aggs: &[], outer: Some(outer) };
             if self.all(&level.local, &env)? && self.all(&level.filters, &env)? {
                 out.push((key, row));
@@ -731,19 +737,33 @@ impl<'v> Runner<'v> {
         Ok(out)
     }
 
-    /// A level's rows through its access path, filtered by its local conjuncts.
-    fn level_rows(&self, level: &Level, width: usize, outer: &Env) -> Result<LevelRows, Error> {
-        let raw: Vec<Row> = self.fetch(level, outer)?.into_iter().map(|(_, r)| r).collect();
-        if level.local.is_empty() {
-            return Ok(LevelRows { rows: raw, hash: None });
-        }
+    /// A level's rows through its access path, filtered by its local conjuncts; with `cap`, the
+    /// first `cap` of them in the access path's order, read no further (ordered paths only).
+    fn level_rows(
+        &self,
+        level: &Level,
+        width: usize,
+        outer: &Env,
+        cap: Option<usize>,
+    ) -> Result<LevelRows, Error> {
         let mut scratch = vec![Value::Null; width];
         let (lo, hi) = (level.offset, level.offset + level.width);
+        let mut keep = |r: &[Value]| -> Result<bool, Error> {
+            if level.local.is_empty() {
+                return Ok(true);
+            }
+            scratch[lo..hi].clone_from_slice(r);
+            self.all(&level.local, &Env { row: &scratch, aggs: &[], outer: Some(outer) })
+        };
+        let capped = cap.map(|max| Cap { keep: &mut keep, max });
+        let was_capped = capped.is_some() && level.is_ordered_path();
+        let raw = self.fetch(level, outer, capped)?;
+        if level.local.is_empty() || was_capped {
+            return Ok(LevelRows { rows: raw.into_iter().map(|(_, r)| r).collect(), hash: None });
+        }
         let mut rows = Vec::with_capacity(raw.len());
-        for r in raw {
-            scratch[lo..hi].clone_from_slice(&r);
-            let env = Env { row: &scratch, aggs: &[], outer: Some(outer) };
-            if self.all(&level.local, &env)? {
+        for (_, r) in raw {
+            if keep(&r)? {
                 rows.push(r);
             }
         }
@@ -751,7 +771,9 @@ impl<'v> Runner<'v> {
     }
 
     /// A level's rows, with their keys, through its access path.
-    fn fetch(&self, level: &Level, outer: &Env) -> Result<Vec<(Key, Row)>, Error> {
+    /// With `cap`, an ordered path (scan, primary-key range, index order or range) returns only
+    /// rows `cap.keep` accepts and stops after `cap.max` of them; other paths ignore it.
+    fn fetch(&self, level: &Level, outer: &Env, cap: Option<Cap<'_>>) -> Result<Vec<(Key, Row)>, Error> {
         Ok(match &level.source {
             Source::Derived(q) => self.query(q, outer)?.0.into_iter().map(|r| (vec![], r)).collect(),
             Source::Catalog => {
@@ -778,7 +800,7 @@ impl<'v> Runner<'v> {
                 let konst = |e: &BExpr| self.eval(e, &Env { row: &[], aggs: &[], outer: Some(outer) });
                 let key_col = |pos: usize| schema.columns[pos].data_type;
                 match access {
-                    Access::Scan => self.scan(&schema.name, Bound::Unbounded, Bound::Unbounded)?,
+                    Access::Scan => self.scan(&schema.name, Bound::Unbounded, Bound::Unbounded, cap)?,
                     Access::PkEq(values) => {
                         let ty = key_col(schema.primary_key[0]);
                         let mut keys: Vec<Value> = Vec::new();
@@ -802,6 +824,7 @@ impl<'v> Runner<'v> {
                                     &schema.name,
                                     Bound::Included(vec![k.clone()]),
                                     Bound::Included(vec![k]),
+                                    None,
                                 )?);
                             }
                         }
@@ -813,7 +836,7 @@ impl<'v> Runner<'v> {
                         else {
                             return Ok(vec![]);
                         };
-                        self.scan(&schema.name, lo, hi)?
+                        self.scan(&schema.name, lo, hi, cap)?
                     }
                     Access::IndexEq { index, values } => {
                         let ix =
@@ -835,13 +858,21 @@ impl<'v> Runner<'v> {
                                 Bound::Included(vec![k.clone()]),
                                 Bound::Included(vec![k]),
                                 &mut rows,
+                                None,
                             )?;
                         }
                         rows
                     }
                     Access::IndexOrder { index } => {
                         let mut rows = Vec::new();
-                        self.index_rows(&schema.name, index, Bound::Unbounded, Bound::Unbounded, &mut rows)?;
+                        self.index_rows(
+                            &schema.name,
+                            index,
+                            Bound::Unbounded,
+                            Bound::Unbounded,
+                            &mut rows,
+                            cap,
+                        )?;
                         rows
                     }
                     Access::IndexRange { index, lo, hi } => {
@@ -858,7 +889,7 @@ impl<'v> Runner<'v> {
                             b => b,
                         };
                         let mut rows = Vec::new();
-                        self.index_rows(&schema.name, index, lo, hi, &mut rows)?;
+                        self.index_rows(&schema.name, index, lo, hi, &mut rows, cap)?;
                         rows
                     }
                 }
@@ -892,13 +923,27 @@ impl<'v> Runner<'v> {
         })
     }
 
-    fn scan(&self, table: &str, lo: Bound<Key>, hi: Bound<Key>) -> Result<Vec<(Key, Row)>, Error> {
+    fn scan(
+        &self,
+        table: &str,
+        lo: Bound<Key>,
+        hi: Bound<Key>,
+        mut cap: Option<Cap<'_>>,
+    ) -> Result<Vec<(Key, Row)>, Error> {
         let mut rows = Vec::new();
         for item in self.view.scan(table, lo, hi) {
             self.spend()?;
             let (k, r) = item?;
+            if let Some(c) = &mut cap {
+                if !(c.keep)(&r)? {
+                    continue;
+                }
+            }
             self.meter.charge(row_bytes(&k) + row_bytes(&r))?;
             rows.push((k, r));
+            if cap.as_ref().is_some_and(|c| rows.len() >= c.max) {
+                break;
+            }
         }
         Ok(rows)
     }
@@ -910,7 +955,26 @@ impl<'v> Runner<'v> {
         lo: Bound<Vec<Value>>,
         hi: Bound<Vec<Value>>,
         out: &mut Vec<(Key, Row)>,
+        cap: Option<Cap<'_>>,
     ) -> Result<(), Error> {
+        if let Some(c) = cap {
+            // In index order, fetching each row as its entry comes, until enough are kept.
+            let start = out.len();
+            for e in self.view.scan_index(table, index, lo, hi) {
+                self.spend()?;
+                let (_, k) = e?;
+                if let Some(r) = self.view.get(table, &k)? {
+                    if (c.keep)(&r)? {
+                        self.meter.charge(row_bytes(&k) + row_bytes(&r))?;
+                        out.push((k, r));
+                        if out.len() - start >= c.max {
+                            break;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
         let mut keys: Vec<Key> = Vec::new();
         for e in self.view.scan_index(table, index, lo, hi) {
             let (_, k) = e?;
@@ -926,6 +990,12 @@ impl<'v> Runner<'v> {
         }
         Ok(())
     }
+}
+
+/// How many rows an ordered access path needs to return, and which of them count.
+struct Cap<'a> {
+    keep: &'a mut dyn FnMut(&[Value]) -> Result<bool, Error>,
+    max: usize,
 }
 
 struct LevelRows {
