@@ -186,6 +186,38 @@ impl Members<'_> {
                 Ok(Err(e)) => return Err(join_error(self.core, e)),
                 Ok(Ok(_)) => {}
             }
+            // openraft's add_learner counts a learner as caught up once it lags by fewer than
+            // `replication_lag_threshold` entries (5,000); an entry here holds up to 8 MiB, so a
+            // node 600 MB behind was made a voter 25 ms after it started, and the quorum then
+            // counted a member that could not acknowledge anything for 20 s. A learner is
+            // promoted only once it holds every entry the leader held when it was added.
+            let target = self.core.metrics().last_log_index.unwrap_or(0);
+            let (id, me) = (req.node_id, self.core.id);
+            let caught_up = self
+                .core
+                .raft
+                .wait(Some(JOIN_TIMEOUT))
+                .metrics(
+                    |m| {
+                        m.current_leader != Some(me)
+                            || m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id))
+                                .is_some_and(|matched| matched.is_some_and(|l| l.index >= target))
+                    },
+                    "learner caught up",
+                )
+                .await;
+            match caught_up {
+                Ok(m) if m.current_leader == Some(me) => {}
+                Ok(_) => return Err(self.core.not_leader()),
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "node {id} did not receive the log up to index {target} within {JOIN_TIMEOUT:?}; it \
+                         stays a learner, and joining again resumes the wait"
+                    )))
+                }
+            }
             if !req.as_learner {
                 info!(node = req.node_id, "promoting learner to voter");
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]));
