@@ -607,3 +607,60 @@ async fn peer_connections_come_from_the_peer_source_addr() {
         );
     }
 }
+
+/// A joining node becomes a voter only once it holds the log the leader had when it was added.
+/// openraft's own check lets a learner lag by up to 5,000 entries, and a raftsql entry holds up
+/// to 8 MiB: joining a 1,000,000-row cluster, the new node was a voter 25 ms after it started,
+/// holding nothing. Here the log is 12 entries of 4 MB; the test watches the leader's membership
+/// closely and, the moment the new node is listed as a voter, reads the new node's last log index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_is_promoted_only_once_it_holds_the_log() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    let client = cluster.client().await.with_deadline(Duration::from_secs(60));
+    client
+        .execute("CREATE TABLE big (id INTEGER PRIMARY KEY, b BLOB)", &[])
+        .await
+        .unwrap()
+        .results
+        .remove(0)
+        .unwrap();
+    for i in 0..12i64 {
+        let blob = Value::Blob(vec![(i % 251) as u8; 4 << 20]);
+        let r = client.execute("INSERT INTO big VALUES ($1, $2)", &[Value::Integer(i), blob]).await;
+        r.expect("a 4 MB row commits").results.remove(0).expect("insert succeeds");
+    }
+    let target = cluster.status(leader).await.expect("leader status").last_log_index;
+    let leader_addr = cluster.addr(leader).to_string();
+    let joiner = tokio::spawn(async move {
+        let id = cluster.add_node().await.expect("a 4th node joins");
+        (cluster, id)
+    });
+    // A handle of its own, so the leader can be watched while the join runs.
+    let watcher = Client::connect([leader_addr.clone()]).await.expect("a client");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (id, seen) = loop {
+        assert!(tokio::time::Instant::now() < deadline, "node 4 never became a voter");
+        if let Ok(st) = watcher.status(&leader_addr).await {
+            if let Some(m) = st.members.iter().find(|m| m.id == 4 && m.voter) {
+                let new = watcher.status(&m.addr).await.expect("status of the new node");
+                break (m.id, new.last_log_index);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        seen >= target,
+        "node {id} was a voter while its log ended at {seen}, short of the {target} entries the leader held"
+    );
+    let (cluster, joined) = joiner.await.expect("the join task");
+    assert_eq!(joined, id);
+    let pinned = QueryOptions {
+        consistency: raftsql_client::Consistency::Any,
+        node: Some(cluster.addr(id).to_string()),
+        ..Default::default()
+    };
+    let r =
+        client.query("SELECT count(*), sum(length(b)) FROM big", &[], pinned).await.expect("read on node 4");
+    assert_eq!(r.rows, vec![vec![Value::Integer(12), Value::Integer(12 << 22)]]);
+}
