@@ -577,8 +577,28 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                 None => std::future::pending().await,
             }
         };
+        // A Raft core that stopped (a storage failure: a damaged value, a failed write) never
+        // recovers in this process, and a node that only answers UNAVAILABLE looks alive to an
+        // orchestrator: stop, naming the cause, so the operator (or a restart policy) acts.
+        let core_stopped = async {
+            let mut metrics = raft.metrics();
+            loop {
+                if let Err(fatal) = &metrics.borrow().running_state {
+                    return fatal.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "its metrics channel closed".to_string();
+                }
+            }
+        };
+        let mut fatal = None;
         tokio::select! {
             served = &mut server => served.context("the gRPC server task failed")?.context("gRPC server failed")?,
+            stopped = core_stopped => {
+                error!(cause = %stopped, "the Raft core stopped: this node cannot go on");
+                server.abort();
+                fatal = Some(stopped);
+            }
             () = drained => {
                 warn!(drain = ?DRAIN, "requests were still running after the drain period: cutting them off");
                 server.abort();
@@ -601,6 +621,9 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             warn!(error = %e, "Raft did not shut down cleanly");
         }
         core.sm.flush().context("flushing the store on shutdown")?;
+        if let Some(cause) = fatal {
+            bail!("the Raft core stopped: {cause}");
+        }
         info!("stopped; data flushed");
         Ok(())
     }

@@ -555,9 +555,13 @@ impl Cluster {
         }
     }
 
-    /// SIGTERM a node and wait up to `timeout` for it to exit; past it, SIGKILL it and fail.
-    pub async fn terminate(&mut self, id: u64, timeout: Duration) -> Result<std::process::ExitStatus> {
-        self.signal(id, libc::SIGTERM);
+    /// Node `id`'s data dir.
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.nodes[&id].data_dir
+    }
+
+    /// Waits up to `timeout` for node `id` to exit on its own; past it, SIGKILLs it and fails.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             let child = self.nodes.get_mut(&id).and_then(|n| n.child.as_mut());
@@ -568,10 +572,16 @@ impl Cluster {
             }
             if Instant::now() >= deadline {
                 self.kill(id);
-                return Err(format!("node {id} did not exit within {timeout:?} of SIGTERM"));
+                return Err(format!("node {id} did not exit within {timeout:?}"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// SIGTERM a node and wait up to `timeout` for it to exit; past it, SIGKILL it and fail.
+    pub async fn terminate(&mut self, id: u64, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.signal(id, libc::SIGTERM);
+        self.wait_exit(id, timeout).await.map_err(|e| format!("after SIGTERM: {e}"))
     }
 
     /// SIGSTOP a node.

@@ -28,6 +28,9 @@
 //!     *.part                a snapshot being written or received
 //! ```
 //!
+//! Every value in those trees is bincode followed by the CRC-32 of its bytes ([`encode`]); a
+//! value that fails it is [`Error::Damaged`] wherever it is read, never decoded into wrong data.
+//!
 //! Keeping the whole state machine in one tree makes applying an entry one atomic
 //! `apply_batch`, and replacing it (snapshot install) one pointer switch: fill `sm.<gen+1>`, flush,
 //! switch `sm_generation`, flush, drop the old tree. `open` drops any non-current `sm.*` tree a
@@ -174,6 +177,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A stored value fails its checksum ([`decode`]): the database on this node is damaged.
+    #[error(
+        "a stored {what} on this node is damaged ({reason}); nothing was served from it. Recovery: \
+         remove the node from the cluster (`.remove ID` through any member), wipe its data dir, and \
+         join again with --join HOST:PORT under a new --id; the others hold the data"
+    )]
+    Damaged { what: String, reason: String },
     #[error("stored {what} is corrupt: {source}")]
     Decode {
         what: String,
@@ -206,12 +216,40 @@ impl Error {
     }
 }
 
+/// Encodes a value as stored in sled: bincode, then the CRC-32 of those bytes (little-endian).
+///
+/// Every value raftsql keeps in sled goes through here — log entries, the vote, row images,
+/// index entries, the catalog, request records, the applied state — so [`decode`] can tell a
+/// damaged value from a good one. sled checksums its own pages too, but a value that was
+/// damaged before sled sealed it, or that sled's recovery hands back wrongly, would otherwise be
+/// decoded into wrong data and served (issue 16: "never wrong data served").
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-    bincode::serialize(value).map_err(|source| Error::Encode { what: std::any::type_name::<T>(), source })
+    let mut bytes = bincode::serialize(value)
+        .map_err(|source| Error::Encode { what: std::any::type_name::<T>(), source })?;
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    Ok(bytes)
 }
 
+/// Decodes what [`encode`] wrote, checking its checksum first: a damaged value is
+/// [`Error::Damaged`], never a wrong value.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
-    bincode::deserialize(bytes).map_err(|source| Error::Decode { what: what.to_string(), source })
+    let Some(split) = bytes.len().checked_sub(4) else {
+        return Err(damaged(what, format!("it is {} bytes, too short to hold its checksum", bytes.len())));
+    };
+    let (body, crc) = bytes.split_at(split);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let computed = crc32fast::hash(body);
+    if stored != computed {
+        return Err(damaged(what, format!("its checksum says {stored:08x}, its bytes give {computed:08x}")));
+    }
+    bincode::deserialize(body).map_err(|source| Error::Decode { what: what.to_string(), source })
+}
+
+fn damaged(what: &str, reason: String) -> Error {
+    let e = Error::Damaged { what: what.to_string(), reason };
+    tracing::error!("{e}");
+    e
 }
 
 const NODE_ID_FILE: &str = "node_id";
@@ -222,9 +260,10 @@ const FORMAT_FILE: &str = "format";
 /// 3: log entries hold their change set encoded once ([`crate::changeset::EncodedChangeSet`]).
 /// 4: a member (`typ::Member`, in membership entries, the vote's store and snapshots) carries
 /// its peer address.
+/// 5: every value in sled carries a CRC-32 of its encoding ([`encode`]).
 /// Dirs of an earlier format (2 had no `format` file; 1 no incarnation either) are refused at
 /// start with [`Error::OldFormat`].
-pub const DATA_FORMAT: u32 = 4;
+pub const DATA_FORMAT: u32 = 5;
 
 /// Opens (creating if needed) the node's storage in `opts.data_dir`: one sled database shared
 /// by the log store and the state machine.

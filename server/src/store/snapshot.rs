@@ -130,7 +130,8 @@ fn id_counter(id: &str) -> u64 {
 fn write_header(w: &mut impl Write, meta: &SnapshotMeta) -> Result<(), Error> {
     w.write_all(MAGIC).map_err(Error::io("write a snapshot header"))?;
     w.write_all(&SNAPSHOT_FORMAT.to_le_bytes()).map_err(Error::io("write a snapshot header"))?;
-    w.write_all(&encode(meta)?).map_err(Error::io("write a snapshot header"))
+    // Plain bincode, as every record: the file's CRC-32 trailer covers the header too.
+    bincode::serialize_into(w, meta).map_err(|source| Error::Encode { what: "snapshot header", source })
 }
 
 fn read_header(r: &mut impl Read, path: &Path) -> Result<SnapshotMeta, Error> {

@@ -316,7 +316,7 @@ pub(crate) fn index_entries(schema: &TableSchema, key: &Key, row: &Row) -> Resul
             values.push(v.clone());
         }
         let k = keys::index_key(&schema.name, &ix.name, &values, key);
-        out.push((k, bincode::serialize(&(values, key)).map_err(|e| e.to_string())?));
+        out.push((k, encode(&(values, key)).map_err(|e| e.to_string())?));
     }
     Ok(out)
 }
