@@ -103,6 +103,41 @@ async fn a_long_read_stops_and_apply_goes_on() {
     all_answer(&cluster).await;
 }
 
+/// A read that runs for seconds held the state machine's lock, so the node applied nothing
+/// until it ended: writes acknowledged by the others were not visible on it, and every later
+/// read there queued behind the apply. Now a long read pins the state it reads and apply goes
+/// on beside it (`store::versions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_does_not_hold_apply_back() {
+    let (cluster, _leader, follower) = start(&[]).await;
+    let client = cluster.client().await;
+    exec(&client, "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)").await;
+    let values: Vec<String> = (0..400).map(|i| format!("({i}, 'row {i}')")).collect();
+    exec(&client, &format!("INSERT INTO t VALUES {}", values.join(","))).await;
+    wait_rows(&cluster, &client, follower, "SELECT count(*) FROM t", vec![vec![Value::Integer(400)]]).await;
+
+    // 64 million joined rows: seconds of work, stopped by the rows-examined bound or the
+    // deadline.
+    let long = {
+        let client = client.with_deadline(Duration::from_secs(25));
+        let at = pinned(&cluster, follower);
+        tokio::spawn(async move { client.query("SELECT count(*) FROM t a, t b, t c", &[], at).await })
+    };
+    for i in 0..10 {
+        exec(&client, &format!("INSERT INTO t VALUES ({}, 'beside')", 1000 + i)).await;
+        let sql = format!("SELECT s FROM t WHERE id = {}", 1000 + i);
+        wait_rows(&cluster, &client, follower, &sql, vec![vec![Value::Text("beside".into())]]).await;
+    }
+    assert!(
+        !long.is_finished(),
+        "the long read must still be running here (if it ended first, the test proved nothing: \
+         make it longer)"
+    );
+    // The caller goes away: the read stops at its next check (no need to wait for it).
+    long.abort();
+    all_answer(&cluster).await;
+}
+
 /// One request of 100,000 single-row INSERTs ran for over 11 CPU-minutes (quadratic), and an
 /// entry too large to cross the network within openraft's AppendEntries timeout (one heartbeat
 /// interval) was retried forever: the leader spun and the cluster lost its leader for minutes.

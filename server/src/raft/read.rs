@@ -124,7 +124,8 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
                 && budget.deadline.is_none_or(|d| std::time::Instant::now() < d) =>
         {
             tokio::task::spawn_blocking(move || {
-                sm.read(|view| (crate::sql::query_with(view, &sql, &params, ctx, budget), sm.applied_index()))
+                // Pinned, not under the lock: a read that runs long does not hold apply back.
+                sm.read_pinned(|view| crate::sql::query_with(view, &sql, &params, ctx, budget))
             })
             .await
             .map_err(|panic| {

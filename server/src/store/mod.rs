@@ -99,6 +99,7 @@ mod snapshot;
 mod state_machine;
 #[cfg(test)]
 mod tests;
+mod versions;
 mod watermark;
 
 pub use log::LogStore;

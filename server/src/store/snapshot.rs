@@ -496,6 +496,11 @@ impl StateMachine {
                 .map_err(Error::sled("switch the generation"))?;
             shared.flusher.flush_blocking().map_err(Error::io("persist the generation switch"))?;
             let old = std::mem::replace(&mut current.tree, tree);
+            // Reads pinned on the old generation stop at their next access (they would read
+            // a dropped tree); new ones pin the new generation.
+            let old_versions = std::mem::replace(&mut current.versions, super::versions::Versions::new());
+            old_versions
+                .retire("the read was stopped: a snapshot replaced this node's state while it ran; retry it");
             current.gen = gen;
             current.last_applied = meta.last_log_id;
             current.membership = meta.last_membership.clone();

@@ -7,6 +7,7 @@
 use super::flusher::Flusher;
 use super::keys;
 use super::snapshot::SnapshotDir;
+use super::versions::{Pin, PinnedRange, Versions};
 use super::{decode, encode, Error};
 use crate::changeset::{
     Applied, Change, ChangeSet, ErrorKind, IndexIter, Key, ReadError, ReadView, RequestRecord, Row, RowIter,
@@ -63,6 +64,8 @@ pub(crate) struct Current {
     pub tree: sled::Tree,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// Old values of this generation kept for pinned reads (see `versions`).
+    pub versions: Arc<Versions>,
 }
 
 pub(crate) fn generation_tree_name(gen: u64) -> String {
@@ -109,7 +112,7 @@ impl StateMachine {
             meta,
             flusher,
             applied_index: AtomicU64::new(last_applied.map_or(NO_INDEX, |l| l.index)),
-            state: RwLock::new(Current { gen, tree, last_applied, membership }),
+            state: RwLock::new(Current { gen, tree, last_applied, membership, versions: Versions::new() }),
             snapshots,
             cluster_id: std::sync::OnceLock::new(),
             incarnation,
@@ -123,7 +126,21 @@ impl StateMachine {
     /// nested read deadlocks when an apply is waiting for it.
     pub fn read<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> R {
         let current = self.shared.read_state();
-        f(&View { tree: &current.tree })
+        f(&View { tree: &current.tree, pin: None })
+    }
+
+    /// Runs `f` on a consistent view of the applied state without holding apply back: the
+    /// state is pinned (`versions`), apply goes on, and `f` sees the state as it was at the
+    /// pin. Also returns the applied index it saw. For reads that may run long; a pinned read
+    /// stops with an error (retry) if apply had to keep too much for it or a snapshot replaced
+    /// the state.
+    pub fn read_pinned<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> (R, Option<u64>) {
+        let (tree, pin, applied) = {
+            let current = self.shared.read_state();
+            let applied = current.last_applied.map(|l| l.index);
+            (current.tree.clone(), current.versions.pin(applied.map_or(0, |i| i + 1)), applied)
+        };
+        (f(&View { tree: &tree, pin: Some(&pin) }), applied)
     }
 
     /// [`read`](StateMachine::read) if no apply holds or waits for the state now; `None`
@@ -136,7 +153,7 @@ impl StateMachine {
                 panic!("state-machine lock poisoned by a panic during apply")
             }
         };
-        Some(f(&View { tree: &current.tree }))
+        Some(f(&View { tree: &current.tree, pin: None }))
     }
 
     /// This data dir's incarnation: a random id it got when it was created, never 0.
@@ -215,6 +232,17 @@ fn apply_entry(current: &mut Current, entry: &Entry) -> Result<Applied, Error> {
     txn.put(keys::meta_key(keys::META_LAST_APPLIED), encode(&Some(log_id))?);
     if let Some(m) = &membership {
         txn.put(keys::meta_key(keys::META_MEMBERSHIP), encode(m)?);
+    }
+    if current.versions.has_pins() {
+        // A pinned read may still need what this entry overwrites.
+        let mut olds = Vec::with_capacity(txn.writes.len());
+        for k in txn.writes.keys() {
+            olds.push((
+                k.clone(),
+                current.tree.get(k).map_err(Error::sled("read a value before changing it"))?,
+            ));
+        }
+        current.versions.save(log_id.index, olds);
     }
     let batch = txn.into_batch();
     current.tree.apply_batch(batch).map_err(Error::sled("apply an entry"))?;
@@ -466,21 +494,78 @@ fn apply_change(txn: &mut Txn<'_>, change: &Change, index: u64) -> Result<(), Ch
     Ok(())
 }
 
-/// A [`ReadView`] over one generation tree; valid while the state lock is held.
+/// A [`ReadView`] over one generation tree: valid while the state lock is held, or, with a
+/// `pin`, as the tree was at the pin.
 pub(crate) struct View<'a> {
     pub tree: &'a sled::Tree,
+    pub pin: Option<&'a Pin>,
 }
 
 fn read_err(e: impl std::fmt::Display) -> ReadError {
     ReadError(e.to_string())
 }
 
-impl View<'_> {
-    fn range(&self, prefix: &[u8], lower: Bound<&[Value]>, upper: Bound<&[Value]>) -> sled::Iter {
-        let lo = keys::lower_bound(prefix, lower);
-        let hi = keys::upper_bound(prefix, upper);
-        self.tree.range::<Vec<u8>, _>((lo, hi))
+/// Raw key/value pairs of a range, from sled or as at a pin.
+type RawIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, sled::IVec), ReadError>> + 'a>;
+
+impl<'a> View<'a> {
+    fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ReadError> {
+        match self.pin {
+            None => self.tree.get(key).map_err(read_err),
+            Some(pin) => pin.access(|| Ok(pin.resolve(key, self.tree.get(key).map_err(read_err)?))),
+        }
     }
+
+    fn raw_range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> RawIter<'a> {
+        let sled = self.tree.range::<Vec<u8>, _>((lo.clone(), hi.clone()));
+        match self.pin {
+            None => Box::new(sled.map(|kv| kv.map(|(k, v)| (k.to_vec(), v)).map_err(read_err))),
+            Some(pin) => {
+                Box::new(PinnedRange { pin, sled, peeked: None, sled_done: false, lo, hi, pos: None })
+            }
+        }
+    }
+
+    fn range(&self, prefix: &[u8], lower: Bound<&[Value]>, upper: Bound<&[Value]>) -> RawIter<'a> {
+        self.raw_range(keys::lower_bound(prefix, lower), keys::upper_bound(prefix, upper))
+    }
+
+    /// The last value of a range (at the pin, if any).
+    fn raw_last(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Result<Option<sled::IVec>, ReadError> {
+        let mut sled = self.tree.range::<Vec<u8>, _>((lo.clone(), hi.clone()));
+        let Some(pin) = self.pin else {
+            return sled.next_back().transpose().map(|kv| kv.map(|(_, v)| v)).map_err(read_err);
+        };
+        pin.access(|| {
+            // sled's last key that existed at the pin, then the last changed one, whichever is
+            // later.
+            let mut from_sled = None;
+            while let Some(kv) = sled.next_back() {
+                let (k, v) = kv.map_err(read_err)?;
+                if let Some(v) = pin.resolve(&k, Some(v)) {
+                    from_sled = Some((k.to_vec(), v));
+                    break;
+                }
+            }
+            let changed = pin.last_changed(lo.as_ref().map(Vec::as_slice), hi.as_ref().map(Vec::as_slice));
+            Ok(match (from_sled, changed) {
+                (Some(a), Some(b)) => Some(if a.0 >= b.0 { a.1 } else { b.1 }),
+                (a, b) => a.or(b).map(|(_, v)| v),
+            })
+        })
+    }
+}
+
+/// The upper bound of the keys that start with `prefix`.
+fn prefix_upper(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
 }
 
 fn bound_slice(b: &Bound<Vec<Value>>) -> Bound<&[Value]> {
@@ -493,23 +578,24 @@ fn bound_slice(b: &Bound<Vec<Value>>) -> Bound<&[Value]> {
 
 impl ReadView for View<'_> {
     fn table(&self, name: &str) -> Result<Option<TableSchema>, ReadError> {
-        match self.tree.get(keys::catalog_key(name)).map_err(read_err)? {
+        match self.raw_get(&keys::catalog_key(name))? {
             Some(v) => Ok(Some(decode(&v, "table schema").map_err(read_err)?)),
             None => Ok(None),
         }
     }
 
     fn tables(&self) -> Result<Vec<TableSchema>, ReadError> {
+        let prefix = keys::catalog_prefix();
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(keys::catalog_prefix()) {
-            let (_, v) = kv.map_err(read_err)?;
+        for kv in self.raw_range(Bound::Included(prefix.to_vec()), prefix_upper(&prefix)) {
+            let (_, v) = kv?;
             out.push(decode(&v, "table schema").map_err(read_err)?);
         }
         Ok(out)
     }
 
     fn get(&self, table: &str, key: &[Value]) -> Result<Option<Row>, ReadError> {
-        match self.tree.get(keys::row_key(table, key)).map_err(read_err)? {
+        match self.raw_get(&keys::row_key(table, key))? {
             Some(v) => Ok(Some(decode::<StoredRow>(&v, "row").map_err(read_err)?.row)),
             None => Ok(None),
         }
@@ -518,7 +604,7 @@ impl ReadView for View<'_> {
     fn scan(&self, table: &str, lower: Bound<Key>, upper: Bound<Key>) -> RowIter<'_> {
         let iter = self.range(&keys::rows_prefix(table), bound_slice(&lower), bound_slice(&upper));
         Box::new(iter.map(|kv| {
-            let (_, v) = kv.map_err(read_err)?;
+            let (_, v) = kv?;
             let stored: StoredRow = decode(&v, "row").map_err(read_err)?;
             Ok((stored.key, stored.row))
         }))
@@ -533,18 +619,17 @@ impl ReadView for View<'_> {
     ) -> IndexIter<'_> {
         let iter = self.range(&keys::index_prefix(table, index), bound_slice(&lower), bound_slice(&upper));
         Box::new(iter.map(|kv| {
-            let (_, v) = kv.map_err(read_err)?;
+            let (_, v) = kv?;
             decode::<(Vec<Value>, Key)>(&v, "index entry").map_err(read_err)
         }))
     }
 
     fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError> {
-        let mut iter = self.range(&keys::rows_prefix(table), Bound::Unbounded, Bound::Unbounded);
-        match iter.next_back() {
-            Some(kv) => {
-                let (_, v) = kv.map_err(read_err)?;
-                Ok(Some(decode::<StoredRow>(&v, "row").map_err(read_err)?.key))
-            }
+        let prefix = keys::rows_prefix(table);
+        let lo = keys::lower_bound(&prefix, Bound::Unbounded);
+        let hi = keys::upper_bound(&prefix, Bound::Unbounded);
+        match self.raw_last(lo, hi)? {
+            Some(v) => Ok(Some(decode::<StoredRow>(&v, "row").map_err(read_err)?.key)),
             None => Ok(None),
         }
     }
