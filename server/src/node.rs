@@ -418,6 +418,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         }
         .validate()
         .context("invalid Raft timing configuration")?;
+        let committed = log.committed_index();
         let raft = Raft::new(
             cfg.id,
             Arc::new(raft_config),
@@ -463,6 +464,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             peer_addr: peer_addr.clone(),
             raft: raft.clone(),
             sm,
+            committed,
             sequencer,
             read_index,
             options,

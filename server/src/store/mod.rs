@@ -98,7 +98,7 @@ mod state_machine;
 mod tests;
 mod watermark;
 
-pub use log::LogStore;
+pub use log::{CommittedIndex, LogStore};
 pub use snapshot::{verify as verify_snapshot, SnapshotBuilder, MAX_RECORD_BYTES};
 pub use state_machine::StateMachine;
 
