@@ -256,8 +256,9 @@ pub const CLIENT_NICE: i32 = 5;
 ///
 /// - `raft` (threads "raft", two workers, the process's own priority): start-up, openraft's
 ///   core and replication, apply, snapshots, the store's flusher thread (started from it, so it
-///   inherits its priority), the watchdog, and the handling of every peer message (the peer
-///   service moves each one here before decoding it).
+///   inherits its priority), the watchdog, the handling of every peer message (the peer
+///   service moves each one here before decoding it), the readiness watch and the HTTP side
+///   port (`--http`), so probes are answered however busy clients keep the other runtime.
 /// - `client` (threads "client", one worker per CPU, nice +[`CLIENT_NICE`]): the gRPC server,
 ///   SQL evaluation for reads and for the sequencer, and result streams. Its threads carry large
 ///   stacks (`sql::STACK_BYTES`) for evaluation.
