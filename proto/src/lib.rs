@@ -5,6 +5,10 @@ pub mod v1 {
     tonic::include_proto!("raftsql.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `raftsql/v1/*.proto` (written by build.rs): what server
+/// reflection hands to tools such as grpcurl, so they need no copy of the .proto files.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/raftsql_descriptor.bin"));
+
 /// A failed call's message and causes on one line, each once: tonic reports a failed dial as a
 /// status whose message names the step ("tcp connect error", "transport error") and whose
 /// source chain ends in the cause ("Connection refused", "invalid peer certificate:

@@ -26,13 +26,20 @@
 //! client runtime's threads run at a lower scheduling priority, so however busy clients keep
 //! the CPUs, heartbeats, votes and appends are handled first.
 //!
+//! Health and metrics: the client port also serves the gRPC health service and server
+//! reflection (`service::health`); `--http HOST:PORT` adds a plain HTTP port on the Raft
+//! runtime for probes and Prometheus (`service::http`: `/healthz`, `/readyz`, `/metrics`).
+//!
 //! Known gaps: a leader does not hand over leadership before exiting (openraft 0.9 has no
 //! leadership transfer; followers elect a new leader after the election timeout); the TOML
-//! config file and the HTTP side port (metrics, health) of design.md §7/§9 are not built yet.
+//! config file of design.md §7 is not built yet.
 
 use crate::raft::network::{Network, MAX_PEER_MESSAGE};
 use crate::raft::sequencer::Sequencer;
 use crate::raft::{Core, Options};
+use crate::service::health;
+use crate::service::http::Http;
+use crate::service::metrics::Metrics;
 use crate::service::{admin::AdminService, peer::PeerService, sql::SqlService, sql::MAX_CLIENT_MESSAGE};
 use crate::store;
 use crate::tls;
@@ -194,6 +201,15 @@ pub struct Config {
     /// The domain of node names in peer certificates: node N is `node-N.<DOMAIN>`.
     #[arg(long, env = "RAFTSQL_PEER_TLS_DOMAIN", value_name = "DOMAIN", default_value = "raftsql")]
     pub peer_tls_domain: String,
+    /// Address of a plain HTTP port for probes and Prometheus, HOST:PORT: `/healthz`, `/readyz`,
+    /// `/metrics`. No TLS and no authentication: reachable only by the probes and the scraper
+    /// (docs/security.md). Off without it.
+    #[arg(long, env = "RAFTSQL_HTTP", value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// Readiness (gRPC health "readiness", `/readyz`) needs the applied index within this many
+    /// entries of the committed index, besides a known leader.
+    #[arg(long, env = "RAFTSQL_READY_MAX_LAG", default_value_t = 1_000)]
+    pub ready_max_lag: u64,
 }
 
 /// A member as `--bootstrap` lists it: its client address and its peer address (the same in
@@ -240,8 +256,9 @@ pub const CLIENT_NICE: i32 = 5;
 ///
 /// - `raft` (threads "raft", two workers, the process's own priority): start-up, openraft's
 ///   core and replication, apply, snapshots, the store's flusher thread (started from it, so it
-///   inherits its priority), the watchdog, and the handling of every peer message (the peer
-///   service moves each one here before decoding it).
+///   inherits its priority), the watchdog, the handling of every peer message (the peer
+///   service moves each one here before decoding it), the readiness watch and the HTTP side
+///   port (`--http`), so probes are answered however busy clients keep the other runtime.
 /// - `client` (threads "client", one worker per CPU, nice +[`CLIENT_NICE`]): the gRPC server,
 ///   SQL evaluation for reads and for the sequencer, and result streams. Its threads carry large
 ///   stacks (`sql::STACK_BYTES`) for evaluation.
@@ -369,6 +386,14 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             ),
             None => None,
         };
+        let http_listener = match &cfg.http {
+            Some(h) => Some(
+                tokio::net::TcpListener::bind(h)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP (--http) on {h}"))?,
+            ),
+            None => None,
+        };
         let flush_every = (cfg.flush_every_ms > 0).then(|| Duration::from_millis(cfg.flush_every_ms));
         let used_before = store::was_claimed(&cfg.data_dir);
         let (log, sm) =
@@ -418,6 +443,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         }
         .validate()
         .context("invalid Raft timing configuration")?;
+        let committed = log.committed_index();
         let raft = Raft::new(
             cfg.id,
             Arc::new(raft_config),
@@ -463,6 +489,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             peer_addr: peer_addr.clone(),
             raft: raft.clone(),
             sm,
+            committed,
             sequencer,
             read_index,
             options,
@@ -531,8 +558,24 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             }
         }
 
+        // Health and metrics: the readiness watch and the HTTP port run here, on the Raft runtime.
+        let metrics = Metrics::new(core.clone(), cfg.data_dir.clone());
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            health::watch(core.clone(), health_reporter, cfg.ready_max_lag, metrics.clone()).in_current_span(),
+        );
+        if let (Some(listener), Some(h)) = (http_listener, &cfg.http) {
+            warn!(
+                http = %h,
+                "HTTP port {h}: /healthz, /readyz and /metrics in plain text, without authentication. \
+                 Let only probes and the metrics scraper reach it (docs/security.md)"
+            );
+            let state = Arc::new(Http { core: core.clone(), metrics: metrics.clone(), ready_max_lag: cfg.ready_max_lag });
+            tokio::spawn(crate::service::http::serve(listener, state).in_current_span());
+        }
+
         let signalled = Arc::new(tokio::sync::Notify::new());
-        let sql_service = Arc::new(SqlService { core: core.clone(), auth: auth.clone() });
+        let sql_service = Arc::new(SqlService { core: core.clone(), auth: auth.clone(), metrics: metrics.clone() });
         let admin_service = Arc::new(AdminService { core: core.clone(), auth: auth.clone() });
         let raft_service = || {
             pb::raft_server::RaftServer::new(PeerService::new(core.clone(), sql_service.clone(), admin_service.clone()))
@@ -555,7 +598,10 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE)
                     .max_encoding_message_size(MAX_CLIENT_MESSAGE),
             )
-            .add_service(pb::admin_server::AdminServer::from_arc(admin_service.clone()));
+            .add_service(pb::admin_server::AdminServer::from_arc(admin_service.clone()))
+            // Health and reflection ask for no credentials: probes and tools hold none.
+            .add_service(health_service);
+        let router = with_reflection(router, peer_server.is_none())?;
         // Single-port mode: the client port carries the peers too.
         let router = if peer_server.is_none() { router.add_service(raft_service()) } else { router };
         let server = {
@@ -629,6 +675,34 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     }
     .instrument(span)
     .await
+}
+
+/// Adds gRPC server reflection (both versions tools ask for) to `router`, so grpcurl and the
+/// like work without the .proto files: it lists the services the client port serves (`Raft`
+/// only in single-port mode) and describes their messages.
+fn with_reflection(
+    router: tonic::transport::server::Router,
+    single_port: bool,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let mut names = vec!["raftsql.v1.Sql", "raftsql.v1.Admin", "grpc.health.v1.Health"];
+    if single_port {
+        names.push("raftsql.v1.Raft");
+    }
+    let builder = || {
+        let b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raftsql_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        names.iter().fold(b, |b, n| b.with_service_name(*n))
+    };
+    let v1 = builder()
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .context("building the reflection service")?;
+    let v1alpha = builder()
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        .build_v1alpha()
+        .context("building the reflection service")?;
+    Ok(router.add_service(v1).add_service(v1alpha))
 }
 
 /// Serves `router` on `listener` until `stop`, through TLS when `tls` is given.

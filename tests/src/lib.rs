@@ -49,6 +49,8 @@ pub struct ClusterOptions {
     /// TLS for the harness's clients when the nodes get their certificates some other way
     /// (through `env`/`node_env`, e.g. from `raftsql-server make-certs`).
     pub client_tls: Option<raftsql_client::Tls>,
+    /// Give every node an HTTP side port (`--http`, never proxied): [`Cluster::http_addr`].
+    pub http: bool,
 }
 
 /// The directory holding the `raftsql-server` and `raftsql` binaries, built once per process so
@@ -95,6 +97,57 @@ pub fn bin_dir() -> &'static Path {
 
 pub use raftsql_client::demo::free_port;
 
+/// `GET path` on `addr` over plain HTTP/1.1 (the nodes' `--http` port): the status code and
+/// the body, or why nothing usable answered within 5 s.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("GET {path} at {addr}: no answer within 5 s"))?
+        .map_err(|e| format!("GET {path} at {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET {path} at {addr}: no HTTP answer: {text:?}"))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("GET {path} at {addr}: bad status line in {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
+/// An argon2id hash of `password` for a users file, from the real `raftsql-server
+/// hash-password`.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(bin_dir().join("raftsql-server"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running raftsql-server hash-password");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("writing the password");
+    let out = child.wait_with_output().expect("waiting for hash-password");
+    assert!(out.status.success(), "hash-password failed");
+    let h = String::from_utf8(out.stdout).expect("hash-password prints UTF-8").trim().to_string();
+    assert!(h.starts_with("$argon2id$"), "{h}");
+    h
+}
+
 /// Executes `sql` and panics, naming it, if the request or any statement fails.
 pub async fn exec(client: &Client, sql: &str) {
     let res = client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -122,6 +175,8 @@ struct Node {
     peer: Option<String>,
     /// Where other nodes reach its peer port: the proxy's peer entry when proxied.
     peer_addr: Option<String>,
+    /// Its HTTP side port (`--http`), if it has one.
+    http: Option<String>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -184,7 +239,7 @@ impl Cluster {
         let net = opts.proxied.map(nemesis::net::Net::new);
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(id, Node::new(dir.path(), id, net.as_ref(), opts.peer_ports).await?);
+            nodes.insert(id, Node::new(dir.path(), id, net.as_ref(), &opts).await?);
         }
         let bootstrap: Vec<String> = nodes
             .iter()
@@ -237,6 +292,11 @@ impl Cluster {
     /// Node `id`'s own peer listen address (not through a proxy), if it has a peer port.
     pub fn peer_listen(&self, id: u64) -> Option<&str> {
         self.nodes.get(&id)?.peer.as_deref()
+    }
+
+    /// Node `id`'s HTTP side port (`--http`), when the cluster was started with `http`.
+    pub fn http_addr(&self, id: u64) -> Option<&str> {
+        self.nodes.get(&id)?.http.as_deref()
     }
 
     /// Where other nodes reach node `id`: its peer port, or its address in single-port mode.
@@ -385,6 +445,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(node.peer.iter().flat_map(|p| ["--peer-listen", p.as_str()]))
             .args(node.peer_addr.iter().flat_map(|p| ["--peer-advertise", p.as_str()]))
+            .args(node.http.iter().flat_map(|h| ["--http", h.as_str()]))
             .args(extra)
             .args(&tls_args)
             .args(&self.opts.extra_args)
@@ -652,7 +713,7 @@ impl Cluster {
 
     async fn add(&mut self, learner: bool) -> Result<u64> {
         let id = self.nodes.keys().max().copied().unwrap_or(0).max(self.retired) + 1;
-        let node = Node::new(self.dir(), id, self.net.as_ref(), self.opts.peer_ports).await?;
+        let node = Node::new(self.dir(), id, self.net.as_ref(), &self.opts).await?;
         self.nodes.insert(id, node);
         let leader = self.wait_for_quorum_leader(Duration::from_secs(30)).await?;
         let seed = self.peer_addr(leader).to_string();
@@ -721,9 +782,15 @@ impl Cluster {
 }
 
 impl Node {
-    async fn new(dir: &Path, id: u64, net: Option<&nemesis::net::Net>, peer_port: bool) -> Result<Node> {
+    async fn new(
+        dir: &Path,
+        id: u64,
+        net: Option<&nemesis::net::Net>,
+        opts: &ClusterOptions,
+    ) -> Result<Node> {
         let listen = format!("127.0.0.1:{}", free_port());
-        let peer = peer_port.then(|| format!("127.0.0.1:{}", free_port()));
+        let peer = opts.peer_ports.then(|| format!("127.0.0.1:{}", free_port()));
+        let http = opts.http.then(|| format!("127.0.0.1:{}", free_port()));
         let (addr, peer_addr) = match net {
             Some(net) => {
                 let upstream = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
@@ -746,6 +813,7 @@ impl Node {
             listen,
             peer,
             peer_addr,
+            http,
             data_dir: dir.join(format!("node-{id}")),
             log: dir.join(format!("node-{id}.log")),
             child: None,

@@ -114,7 +114,18 @@ fn bad_flags_are_refused_with_readable_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let http = |value: &'static str| {
+        let v = if value == "BUSY" { busy.as_str() } else { value };
+        vec!["--id", "1", "--listen", addr.as_str(), "--data-dir", data, "--bootstrap", "1=h:1", "--http", v]
+    };
+    let busy_expect = format!("cannot listen for HTTP (--http) on {busy}: Address already in use");
     for (args, expect) in [
+        // The HTTP side port is bound before anything else starts, and a bad value named.
+        (http("nonsense"), "cannot listen for HTTP (--http) on nonsense: invalid socket address"),
+        (http("127.0.0.1:99999"), "cannot listen for HTTP (--http) on 127.0.0.1:99999: invalid port value"),
+        (http("BUSY"), busy_expect.as_str()),
         (vec!["--id", "0", "--listen", &addr, "--data-dir", data], "--id must be at least 1"),
         (
             vec!["--id", "1", "--listen", &addr, "--data-dir", data, "--bootstrap", "2=h:1"],

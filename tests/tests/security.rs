@@ -4,29 +4,12 @@
 //! `raftsql-server hash-password`.
 
 use raftsql_client::{pb, Client, Credentials, Error, QueryOptions, Value};
-use raftsql_tests::{bin_dir, Cluster, ClusterOptions};
-use std::io::Write;
+use raftsql_tests::{bin_dir, hash_password as hash, Cluster, ClusterOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// An argon2id hash of `password`, from `raftsql-server hash-password`.
-fn hash(password: &str) -> String {
-    let mut child = Command::new(bin_dir().join("raftsql-server"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let h = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(h.starts_with("$argon2id$"), "{h}");
-    h
-}
 
 /// A new bearer token and its users-file hash, from `raftsql-server hash-password --token`.
 fn token() -> (String, String) {

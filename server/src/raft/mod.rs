@@ -187,6 +187,8 @@ pub struct Core {
     pub peer_addr: String,
     pub raft: Raft,
     pub sm: StateMachine,
+    /// The committed index openraft last told the log store (its metrics do not publish it).
+    pub committed: crate::store::CommittedIndex,
     pub sequencer: sequencer::Sequencer,
     /// Batched leadership confirmation for STRONG reads and read-only writes.
     pub read_index: read_index::ReadIndex,

@@ -111,8 +111,8 @@ pub fn status(core: &Core) -> pb::StatusResponse {
             .map(|n| n.addr.clone())
             .unwrap_or_default(),
         last_log_index: last_log,
-        // openraft 0.9 does not publish the commit index; everything applied is committed.
-        committed_index: applied,
+        // openraft 0.9's metrics do not publish the commit index; the log store is told it.
+        committed_index: core.committed.get().max(applied),
         applied_index: applied,
         snapshot_index: m.snapshot.map_or(0, |l| l.index),
         purged_index: m.purged.map_or(0, |l| l.index),

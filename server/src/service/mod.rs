@@ -6,6 +6,9 @@
 //!   other (status, join).
 //! - [`auth`]: who is calling and may they (`--users-file`); the `Sql` and `Admin` handlers
 //!   authenticate every call before they do anything else.
+//! - [`health`]: the gRPC health service's statuses (liveness, readiness) and the readiness rule.
+//! - [`metrics`]: Prometheus metrics, counted in the handlers and read at scrape time.
+//! - [`http`]: the HTTP side port (`--http`): `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Every request-level failure leaves through [`status_from`], the one mapping from internal
 //! errors to `ErrorCode` + tonic code (style.md §4); statement failures travel inside results
@@ -13,6 +16,9 @@
 
 pub mod admin;
 pub mod auth;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod peer;
 pub mod sql;
 

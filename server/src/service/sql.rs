@@ -113,6 +113,8 @@ pub fn consistency_from_pb(consistency: i32, max_staleness_ms: u64) -> Result<Co
 pub struct SqlService {
     pub core: Arc<Core>,
     pub auth: Arc<Auth>,
+    /// Counts every answer by outcome and its latency (`/metrics`).
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// A shed request: RESOURCE_EXHAUSTED with the pause to wait in `retry-after-ms`.
@@ -126,9 +128,41 @@ fn term_now(core: &Core) -> u64 {
     core.metrics().current_term
 }
 
+/// The stream of a query's pages.
+pub type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryResponse, tonic::Status>> + Send>>;
+
+/// Each call is counted by its outcome, with its latency (`service::metrics`).
 #[tonic::async_trait]
 impl pb::sql_server::Sql for SqlService {
     async fn execute(
+        &self,
+        request: tonic::Request<pb::ExecuteRequest>,
+    ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+        let started = std::time::Instant::now();
+        let result = self.execute_uncounted(request).await;
+        self.metrics.write_done(super::metrics::outcome(&result), started.elapsed());
+        result
+    }
+
+    type QueryStream = QueryStream;
+
+    async fn query(
+        &self,
+        request: tonic::Request<pb::QueryRequest>,
+    ) -> Result<tonic::Response<QueryStream>, tonic::Status> {
+        let started = std::time::Instant::now();
+        let r = request.get_ref();
+        // The level asked for (an invalid one counts as the default, STRONG).
+        let level =
+            consistency_from_pb(r.consistency, r.max_staleness_ms.max(1)).unwrap_or(Consistency::Strong);
+        let result = self.query_uncounted(request).await;
+        self.metrics.read_done(level, super::metrics::outcome(&result), started.elapsed());
+        result
+    }
+}
+
+impl SqlService {
+    async fn execute_uncounted(
         &self,
         request: tonic::Request<pb::ExecuteRequest>,
     ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
@@ -218,12 +252,10 @@ impl pb::sql_server::Sql for SqlService {
         }))
     }
 
-    type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryResponse, tonic::Status>> + Send>>;
-
-    async fn query(
+    async fn query_uncounted(
         &self,
         request: tonic::Request<pb::QueryRequest>,
-    ) -> Result<tonic::Response<Self::QueryStream>, tonic::Status> {
+    ) -> Result<tonic::Response<QueryStream>, tonic::Status> {
         let caller = self.auth.caller(&request).await?;
         caller.require(Permission::Read, "read rows")?;
         // Held by the response stream below, so a slow reader still counts as in flight.

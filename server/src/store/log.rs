@@ -73,6 +73,24 @@ impl Trees {
     }
 }
 
+/// The highest log index this node knows to be committed, as openraft last reported it to
+/// [`LogStore`] (`save_committed`, called on every commit before the entries are applied).
+/// openraft 0.9's metrics publish the applied index but not the committed one; readiness and
+/// the metrics need both to tell how far apply trails. Cheap to clone; clones share the value.
+#[derive(Clone, Debug, Default)]
+pub struct CommittedIndex(Arc<std::sync::atomic::AtomicU64>);
+
+impl CommittedIndex {
+    /// The committed index (0 before anything is known committed).
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, index: u64) {
+        self.0.store(index, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The Raft log and vote of this node. Cheap to clone; clones share the trees.
 #[derive(Clone)]
 pub struct LogStore {
@@ -82,6 +100,8 @@ pub struct LogStore {
 struct Inner {
     /// This node's id: its own committed vote is not restored as leadership (see the module doc).
     node_id: u64,
+    /// The committed index openraft last reported through `save_committed`.
+    committed: CommittedIndex,
     log: sled::Tree,
     raft: sled::Tree,
     flusher: Arc<Flusher>,
@@ -99,7 +119,11 @@ impl LogStore {
     pub(crate) fn open(db: &sled::Db, node_id: u64, flusher: Arc<Flusher>) -> Result<LogStore, Error> {
         let log = db.open_tree("log").map_err(Error::sled("open the log tree"))?;
         let raft = db.open_tree("raft").map_err(Error::sled("open the raft metadata tree"))?;
-        let store = LogStore { inner: Arc::new(Inner { node_id, log, raft, flusher }) };
+        let committed = CommittedIndex::default();
+        let store = LogStore { inner: Arc::new(Inner { node_id, committed, log, raft, flusher }) };
+        if let Some(c) = store.meta::<Option<LogId>>(KEY_COMMITTED)?.flatten() {
+            store.inner.committed.set(c.index);
+        }
         // A purge that crashed half-way left entries at or below `last_purged`: finish it.
         if let Some(purged) = store.last_purged()? {
             store.remove_upto(purged.index)?;
@@ -120,6 +144,11 @@ impl LogStore {
         } else {
             vote
         }
+    }
+
+    /// A handle on the committed index this store is told about (see [`CommittedIndex`]).
+    pub fn committed_index(&self) -> CommittedIndex {
+        self.inner.committed.clone()
     }
 
     /// A vote or any log entry exists: the node was initialized or joined a cluster before.
@@ -232,7 +261,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     #[tracing::instrument(level = "trace", skip(self))]
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.set_meta(KEY_COMMITTED, &committed)
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        self.inner.committed.set(committed.map_or(0, |l| l.index));
+        Ok(())
     }
 
     #[tracing::instrument(level = "trace", skip(self))]

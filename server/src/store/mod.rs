@@ -102,7 +102,7 @@ mod tests;
 mod versions;
 mod watermark;
 
-pub use log::LogStore;
+pub use log::{CommittedIndex, LogStore};
 pub use snapshot::{verify as verify_snapshot, SnapshotBuilder, MAX_RECORD_BYTES};
 pub use state_machine::StateMachine;
 

@@ -1,0 +1,128 @@
+//! Health for probes and load balancers (design.md §7, issue 19): the standard gRPC health
+//! service (`grpc.health.v1.Health`) on the client port, and the rule the HTTP side port's
+//! `/readyz` answers by ([`readiness`]).
+//!
+//! Services the gRPC health service reports:
+//! - `""` and [`LIVENESS`]: SERVING whenever the process is up. Liveness never depends on
+//!   quorum or on a leader: a probe that restarted nodes without a quorum would only make a
+//!   bad outage worse.
+//! - [`READINESS`]: SERVING only while this node is ready ([`ready`]): it is the leader or knows
+//!   one, its Raft core runs, and its applied index is within `--ready-max-lag` entries of its
+//!   committed index. A node cut off from the leader, or far behind on apply, stops receiving
+//!   client traffic from a load balancer, and a Kubernetes rollout waits for it.
+//!
+//! [`watch`] keeps the readiness status current from openraft's metrics watch
+//! (`Raft::metrics`), re-checking at least every [`RECHECK`], and logs every change of it.
+//! It runs on the Raft runtime, so a client runtime full of work does not delay it.
+//!
+//! The health service asks for no credentials even with `--users-file` (`service::auth` gates
+//! only `Sql` and `Admin`, inside their handlers): probes hold none. It tells who asks no more
+//! than whether the node is up and ready (docs/security.md).
+
+use super::metrics::Metrics;
+use crate::raft::Core;
+use crate::typ::RaftMetrics;
+use openraft::ServerState;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+/// The gRPC health service name of liveness (as `""`): the process is up.
+pub const LIVENESS: &str = "liveness";
+/// The gRPC health service name of readiness ([`ready`]).
+pub const READINESS: &str = "readiness";
+/// How often [`watch`] re-checks readiness when openraft's metrics do not change.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether a node with metrics `m` and committed index `committed` is ready to serve clients:
+/// `Ok`, or why not in one line. `require_leader: false` skips the leader condition (the HTTP
+/// port's `/readyz?noleader`: "caught up with what it knows", for a node expected to be alone).
+pub fn ready(m: &RaftMetrics, committed: u64, max_lag: u64, require_leader: bool) -> Result<(), String> {
+    if let Err(fatal) = &m.running_state {
+        return Err(format!("the Raft core has stopped: {fatal}"));
+    }
+    if m.state == ServerState::Shutdown {
+        return Err("the node is shutting down".into());
+    }
+    if require_leader && m.current_leader.is_none() {
+        return Err(format!("no leader is known in term {} (this node is a {:?})", m.current_term, m.state));
+    }
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let lag = committed.saturating_sub(applied);
+    if lag > max_lag {
+        return Err(format!(
+            "applied index {applied} trails the committed index {committed} by {lag} entries \
+             (more than --ready-max-lag {max_lag})"
+        ));
+    }
+    Ok(())
+}
+
+/// [`ready`] for `core` as it is now.
+pub fn readiness(core: &Core, max_lag: u64, require_leader: bool) -> Result<(), String> {
+    let rx = core.raft.metrics();
+    let m = rx.borrow();
+    ready(&m, core.committed.get(), max_lag, require_leader)
+}
+
+/// Marks `""` and [`LIVENESS`] SERVING, then keeps [`READINESS`] current for as long as Raft
+/// runs (NOT_SERVING after it stops), and feeds every metrics change to `metrics` (elections).
+pub async fn watch(core: Arc<Core>, reporter: HealthReporter, max_lag: u64, metrics: Arc<Metrics>) {
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
+    let mut rx = core.raft.metrics();
+    let mut last: Option<ServingStatus> = None;
+    loop {
+        let verdict = {
+            let m = rx.borrow_and_update();
+            metrics.saw_raft(&m);
+            ready(&m, core.committed.get(), max_lag, true)
+        };
+        let status = if verdict.is_ok() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if last != Some(status) {
+            match &verdict {
+                Ok(()) => info!("ready: serving clients (gRPC health \"readiness\", /readyz)"),
+                // Before the first leader is known a node is simply starting.
+                Err(why) if last.is_none() => info!(reason = %why, "not ready yet"),
+                Err(why) => warn!(reason = %why, "not ready"),
+            }
+            reporter.set_service_status(READINESS, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+    reporter.set_service_status(READINESS, ServingStatus::NotServing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::typ::LogId;
+
+    fn metrics(state: ServerState, leader: Option<u64>, applied: u64) -> RaftMetrics {
+        let mut m = RaftMetrics::new_initial(1);
+        m.state = state;
+        m.current_leader = leader;
+        m.current_term = 3;
+        m.last_applied = Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), applied));
+        m
+    }
+
+    #[test]
+    fn ready_needs_a_leader_and_a_short_apply_lag() {
+        assert_eq!(ready(&metrics(ServerState::Leader, Some(1), 10), 10, 5, true), Ok(()));
+        assert_eq!(ready(&metrics(ServerState::Follower, Some(2), 10), 15, 5, true), Ok(()));
+        assert_eq!(ready(&metrics(ServerState::Learner, Some(2), 10), 12, 5, true), Ok(()));
+        let e = ready(&metrics(ServerState::Candidate, None, 10), 10, 5, true).unwrap_err();
+        assert!(e.contains("no leader is known in term 3"), "{e}");
+        assert_eq!(ready(&metrics(ServerState::Candidate, None, 10), 10, 5, false), Ok(()));
+        let e = ready(&metrics(ServerState::Follower, Some(2), 10), 16, 5, true).unwrap_err();
+        assert!(e.contains("trails the committed index 16 by 6 entries"), "{e}");
+        assert!(ready(&metrics(ServerState::Shutdown, Some(2), 10), 10, 5, false).is_err());
+    }
+}
