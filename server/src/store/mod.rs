@@ -28,7 +28,7 @@
 //!     *.part                a snapshot being written or received
 //! ```
 //!
-//! Every value in those trees is bincode followed by the CRC-32 of its bytes ([`encode`]); a
+//! Every value in those trees is bincode followed by the CRC-32 of its bytes (`encode`); a
 //! value that fails it is [`Error::Damaged`] wherever it is read, never decoded into wrong data.
 //!
 //! Keeping the whole state machine in one tree makes applying an entry one atomic
@@ -178,7 +178,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A stored value fails its checksum ([`decode`]): the database on this node is damaged.
+    /// A stored value fails its checksum (`decode`): the database on this node is damaged.
     #[error(
         "a stored {what} on this node is damaged ({reason}); nothing was served from it. Recovery: \
          remove the node from the cluster (`.remove ID` through any member), wipe its data dir, and \
@@ -261,7 +261,7 @@ const FORMAT_FILE: &str = "format";
 /// 3: log entries hold their change set encoded once ([`crate::changeset::EncodedChangeSet`]).
 /// 4: a member (`typ::Member`, in membership entries, the vote's store and snapshots) carries
 /// its peer address.
-/// 5: every value in sled carries a CRC-32 of its encoding ([`encode`]).
+/// 5: every value in sled carries a CRC-32 of its encoding (`encode`).
 /// Dirs of an earlier format (2 had no `format` file; 1 no incarnation either) are refused at
 /// start with [`Error::OldFormat`].
 pub const DATA_FORMAT: u32 = 5;
