@@ -152,9 +152,10 @@ pub struct Config {
     pub max_rows_per_request: u64,
     /// Largest log entry the leader proposes, in encoded bytes: a write whose changes would
     /// exceed it is refused before it is proposed (a batch of several writes is split instead).
-    /// openraft gives one AppendEntries a heartbeat interval to arrive, and an entry travels
-    /// whole, so an entry must cross the network and reach the follower's disk in that time;
-    /// keep it well under that.
+    /// openraft (patched: vendor/openraft/PATCHES.md) gives an AppendEntries carrying entries
+    /// the election timeout to arrive, and an entry travels whole, so an entry must cross the
+    /// network and reach the follower's disk in that time: 8 MiB needs ~10 MB/s at the default
+    /// 1 s; keep it well under what the slowest link carries.
     #[arg(long, env = "RAFTSQL_MAX_ENTRY_BYTES", default_value_t = 8 << 20)]
     pub max_entry_bytes: u64,
     /// Most row changes plus statement results one log entry carries (a single-row INSERT is

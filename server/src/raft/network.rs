@@ -14,8 +14,9 @@
 //! - Every RPC is bounded by the `hard_ttl` openraft gives in `RPCOption`.
 //! - Sizes: an AppendEntries request of several entries larger than [`MAX_APPEND_BYTES`] is
 //!   never sent; the client answers `PayloadTooLarge` with a smaller entry count and openraft
-//!   retries with fewer entries, so batches are sized in bytes to what one heartbeat interval
-//!   can carry. (One entry is always sent whole; the leader bounds entries in size.) Snapshot chunks are bounded by `snapshot_max_chunk_size` (node config). The peer
+//!   retries with fewer entries, so batches are sized in bytes to what the link carries
+//!   within openraft's AppendEntries timeout (the election timeout for a request with entries:
+//!   vendor/openraft/PATCHES.md). (One entry is always sent whole; the leader bounds entries in size.) Snapshot chunks are bounded by `snapshot_max_chunk_size` (node config). The peer
 //!   server accepts messages up to the same limit, so nothing hits tonic's 4 MiB default.
 //! - Failures: a peer that cannot be connected to is `Unreachable` (openraft backs off); a
 //!   timeout is `Timeout`; any other transport failure is `Network` (openraft retries).
@@ -56,9 +57,10 @@ pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 const _: () = assert!(MAX_PEER_MESSAGE as u64 <= crate::store::MAX_RECORD_BYTES);
 
 /// The most bytes of entries one AppendEntries carries when it holds more than one entry.
-/// openraft gives every AppendEntries one heartbeat interval (150 ms) before it gives up and
-/// retries, so a batch must be small enough to cross the network, be decoded and be appended
-/// in that time (4 MiB is ~30 ms at 1 Gbit/s); a batch over it is resent as several smaller ones.
+/// openraft (as patched here: vendor/openraft/PATCHES.md) gives an AppendEntries with entries
+/// the election timeout (1 s) before it gives up and retries, so a batch must be small enough
+/// to cross the network, be decoded and be appended in that time (4 MiB is ~30 ms at 1 Gbit/s,
+/// 0.4 s at 10 MB/s); a batch over it is resent as several smaller ones.
 pub const MAX_APPEND_BYTES: usize = 4 << 20;
 
 /// The endpoint of a node-to-node connection to `addr` ("host:port"), bound to the local IP
