@@ -31,7 +31,9 @@
 //! unique within the dir.
 
 use super::keys;
-use super::state_machine::{generation_tree_name, index_entries, StateMachine, StoredRow, KEY_GENERATION};
+use super::state_machine::{
+    generation_tree_name, index_entries, StateMachine, StoredRow, View, KEY_GENERATION,
+};
 use super::{decode, encode, sync_dir, Error};
 use crate::changeset::{Applied, RequestRecord, TableSchema};
 use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -254,27 +256,36 @@ fn put_record(w: &mut impl Write, r: &Record, n: &mut u64) -> Result<(), Error> 
     bincode::serialize_into(w, r).map_err(|source| Error::Encode { what: "snapshot record", source })
 }
 
-/// Writes the state-machine records of `tree`; returns how many (not counting `End`).
-fn write_records(w: &mut impl Write, tree: &sled::Tree) -> Result<u64, Error> {
+/// A read of the state machine that failed, as a storage error.
+fn read_failed(what: &'static str) -> impl Fn(crate::changeset::ReadError) -> Error {
+    move |e| Error::Io { context: format!("read {what}"), source: io::Error::other(e.0) }
+}
+
+/// Writes the state-machine records `view` shows; returns how many (not counting `End`).
+fn write_records(w: &mut impl Write, view: &View<'_>) -> Result<u64, Error> {
     let mut n = 0u64;
+    let all = |prefix: Vec<u8>| {
+        let hi = super::state_machine::prefix_upper(&prefix);
+        view.raw_range(std::ops::Bound::Included(prefix), hi)
+    };
     if let Some(v) =
-        tree.get(keys::meta_key(keys::META_CLUSTER_ID)).map_err(Error::sled("read the cluster id"))?
+        view.raw_get(&keys::meta_key(keys::META_CLUSTER_ID)).map_err(read_failed("the cluster id"))?
     {
         put_record(w, &Record::ClusterId(decode(&v, "cluster id")?), &mut n)?;
     }
-    for kv in tree.scan_prefix(keys::catalog_prefix()) {
-        let (_, v) = kv.map_err(Error::sled("read the catalog"))?;
+    for kv in all(keys::catalog_prefix()) {
+        let (_, v) = kv.map_err(read_failed("the catalog"))?;
         let schema: TableSchema = decode(&v, "table schema")?;
         let rows = keys::rows_prefix(&schema.name);
         put_record(w, &Record::Table(schema), &mut n)?;
-        for kv in tree.scan_prefix(rows) {
-            let (_, v) = kv.map_err(Error::sled("read rows"))?;
+        for kv in all(rows) {
+            let (_, v) = kv.map_err(read_failed("rows"))?;
             put_record(w, &Record::Row(decode(&v, "row")?), &mut n)?;
         }
     }
     let prefix = keys::requests_prefix();
-    for kv in tree.scan_prefix(&prefix) {
-        let (k, v) = kv.map_err(Error::sled("read request records"))?;
+    for kv in all(prefix.clone()) {
+        let (k, v) = kv.map_err(read_failed("request records"))?;
         let client_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
         put_record(w, &Record::Request { client_id, record: decode(&v, "request record")? }, &mut n)?;
     }
@@ -291,30 +302,65 @@ pub struct SnapshotBuilder {
 impl SnapshotBuilder {
     /// Builds a snapshot; also returns how long apply was blocked.
     pub(crate) fn build_blocking(&self) -> Result<(Snapshot, Duration), Error> {
+        self.build_with(|| {})
+    }
+
+    /// Copies the records `view` shows into a new `build-<id>.part` file: header, records,
+    /// checksum; returns its path, the record count and the (unsynced) file.
+    fn copy(&self, meta: &SnapshotMeta, view: &View<'_>) -> Result<(PathBuf, u64, File), Error> {
+        let part = self.sm.shared.snapshots.dir.join(format!("build-{}.part", meta.snapshot_id));
+        let file = File::create(&part).map_err(Error::io(format!("create {part:?}")))?;
+        let mut w = Crc::new(BufWriter::new(file));
+        write_header(&mut w, meta)?;
+        let records = write_records(&mut w, view)?;
+        let sum = w.sum();
+        let mut w = w.inner;
+        w.write_all(&sum.to_le_bytes()).map_err(Error::io(format!("write {part:?}")))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::Io { context: format!("write {part:?}"), source: e.into_error() })?;
+        Ok((part, records, file))
+    }
+
+    /// [`build_blocking`](Self::build_blocking), running `after_pin` once the state to copy is
+    /// pinned (tests apply entries there).
+    pub(crate) fn build_with(&self, after_pin: impl FnOnce()) -> Result<(Snapshot, Duration), Error> {
         let shared = &self.sm.shared;
         let dir = &shared.snapshots;
         let started = Instant::now();
         let _busy = crate::watchdog::SNAPSHOT_BUILD.enter(self.sm.applied_index().unwrap_or(0));
-        let (meta, part, records, file, paused) = {
-            // Apply waits while the records are copied: the snapshot is exactly one state.
+        // The records are copied from a pinned state (`versions`): apply goes on meanwhile and
+        // keeps, for this copy, what it overwrites. If it had to keep too much (a write storm
+        // during a long copy), the copy is stopped; it is then made again with apply waiting,
+        // as a bounded fallback, rather than failing (a failed build would stop Raft).
+        let (pin, tree, meta) = {
             let current = shared.read_state();
             let meta = SnapshotMeta {
                 last_log_id: current.last_applied,
                 last_membership: current.membership.clone(),
                 snapshot_id: dir.next_id(current.last_applied),
             };
-            let part = dir.dir.join(format!("build-{}.part", meta.snapshot_id));
-            let file = File::create(&part).map_err(Error::io(format!("create {part:?}")))?;
-            let mut w = Crc::new(BufWriter::new(file));
-            write_header(&mut w, &meta)?;
-            let records = write_records(&mut w, &current.tree)?;
-            let sum = w.sum();
-            let mut w = w.inner;
-            w.write_all(&sum.to_le_bytes()).map_err(Error::io(format!("write {part:?}")))?;
-            let file = w
-                .into_inner()
-                .map_err(|e| Error::Io { context: format!("write {part:?}"), source: e.into_error() })?;
-            (meta, part, records, file, started.elapsed())
+            let pos = current.last_applied.map_or(0, |l| l.index + 1);
+            (current.versions.pin(pos), current.tree.clone(), meta)
+        };
+        after_pin();
+        let copied = self.copy(&meta, &View { tree: &tree, pin: Some(&pin) });
+        let (meta, part, records, file, paused) = match copied {
+            Ok((part, records, file)) => (meta, part, records, file, Duration::ZERO),
+            Err(e) if pin.stopped() => {
+                drop(pin);
+                tracing::warn!(error = %e, "snapshot copy stopped; copying again with apply waiting");
+                let locked = Instant::now();
+                let current = shared.read_state();
+                let meta = SnapshotMeta {
+                    last_log_id: current.last_applied,
+                    last_membership: current.membership.clone(),
+                    snapshot_id: dir.next_id(current.last_applied),
+                };
+                let (part, records, file) = self.copy(&meta, &View { tree: &current.tree, pin: None })?;
+                (meta, part, records, file, locked.elapsed())
+            }
+            Err(e) => return Err(e),
         };
         file.sync_all().map_err(Error::io(format!("fsync {part:?}")))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -339,8 +385,8 @@ impl SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    /// Copies the applied state into a new snapshot file under the read lock (apply waits,
-    /// reads do not), fsyncs it, flushes sled, publishes it and deletes older snapshots.
+    /// Copies the applied state into a new snapshot file from a pinned state (apply goes on),
+    /// fsyncs it, flushes sled, publishes it and deletes older snapshots.
     #[tracing::instrument(level = "trace", skip(self))]
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let b = SnapshotBuilder { sm: self.sm.clone() };

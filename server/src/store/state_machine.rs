@@ -506,17 +506,17 @@ fn read_err(e: impl std::fmt::Display) -> ReadError {
 }
 
 /// Raw key/value pairs of a range, from sled or as at a pin.
-type RawIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, sled::IVec), ReadError>> + 'a>;
+pub(crate) type RawIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, sled::IVec), ReadError>> + 'a>;
 
 impl<'a> View<'a> {
-    fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ReadError> {
+    pub(crate) fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ReadError> {
         match self.pin {
             None => self.tree.get(key).map_err(read_err),
             Some(pin) => pin.access(|| Ok(pin.resolve(key, self.tree.get(key).map_err(read_err)?))),
         }
     }
 
-    fn raw_range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> RawIter<'a> {
+    pub(crate) fn raw_range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> RawIter<'a> {
         let sled = self.tree.range::<Vec<u8>, _>((lo.clone(), hi.clone()));
         match self.pin {
             None => Box::new(sled.map(|kv| kv.map(|(k, v)| (k.to_vec(), v)).map_err(read_err))),
@@ -557,7 +557,7 @@ impl<'a> View<'a> {
 }
 
 /// The upper bound of the keys that start with `prefix`.
-fn prefix_upper(prefix: &[u8]) -> Bound<Vec<u8>> {
+pub(crate) fn prefix_upper(prefix: &[u8]) -> Bound<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {

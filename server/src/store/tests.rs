@@ -467,6 +467,44 @@ async fn store_snapshot_build_install_gives_identical_state() {
     assert_eq!(sm_b.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
 }
 
+/// A snapshot is copied from a pinned state: entries applied while it is being built (here:
+/// right after the pin) change neither its contents nor its last log id, and apply did not
+/// wait for the copy.
+#[tokio::test]
+async fn store_snapshot_build_does_not_hold_apply_back() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_la, sm_a) = populated(a.path()).await;
+    let at_pin = dump(&sm_a);
+    let applier = sm_a.clone();
+    let (snap, paused) = snapshot::SnapshotBuilder { sm: sm_a.clone() }
+        .build_with(|| {
+            let cs = ChangeSet::new(vec![req(vec![
+                Change::Update {
+                    table: "users".into(),
+                    key: vec![I(1)],
+                    row: vec![I(1), Text("ann".into()), I(50)],
+                },
+                Change::Delete { table: "users".into(), key: vec![I(3)] },
+                user(7, "gus", I(33)),
+            ])]);
+            applier.apply_blocking(vec![normal(3, cs)]).map_err(|(_, e)| e).expect("apply during the build");
+        })
+        .unwrap();
+    assert_eq!(paused, Duration::ZERO, "apply never waited for the copy");
+    assert_eq!(snap.meta.last_log_id, Some(log_id(2)), "the snapshot is of the pinned state");
+    assert_eq!(sm_a.applied_index(), Some(3));
+    let (_lb, mut sm_b) = open(&opts(b.path(), 2)).unwrap();
+    let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+    sm_b.install_snapshot(&snap.meta, recv).await.unwrap();
+    // Install also records the (here empty) membership, which `populated` never applied.
+    let membership = keys::meta_key(keys::META_MEMBERSHIP);
+    let installed: Vec<_> = dump(&sm_b).into_iter().filter(|(k, _)| *k != membership).collect();
+    assert_eq!(installed, at_pin);
+    assert_eq!(sm_a.shared.read_state().versions.held(), (0, 0));
+}
+
 /// A snapshot is verified before anything is installed: every damaged copy of a good file is
 /// refused by `verify` and by install, and install of a damaged copy replaces nothing.
 #[tokio::test]

@@ -206,6 +206,11 @@ impl Pin {
         f()
     }
 
+    /// Whether this read was stopped (see [`Pin::access`]).
+    pub(crate) fn stopped(&self) -> bool {
+        self.pos < self.versions.stopped_below.load(Ordering::SeqCst)
+    }
+
     /// The value `key` had at the pin, given `current`, the value read from sled just now.
     pub(crate) fn resolve(&self, key: &[u8], current: Option<IVec>) -> Option<IVec> {
         if self.versions.saved.load(Ordering::SeqCst) == 0 {
