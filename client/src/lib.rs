@@ -821,10 +821,24 @@ impl Client {
     /// The removed node's process keeps running outside the cluster: stop it, and do not
     /// restart it on its data dir. To bring the machine back, wipe the data dir and join it
     /// under a new id.
+    ///
+    /// A voter is removed only if a majority of the voters that would remain answer the leader
+    /// now; otherwise the answer is `InvalidArgument` (gRPC FAILED_PRECONDITION) naming them.
+    /// [`Client::remove_member_forced`] skips that check.
     pub async fn remove_member(&self, node_id: u64) -> Result<pb::StatusResponse, Error> {
+        self.remove(node_id, false).await
+    }
+
+    /// [`Client::remove_member`] without the check that the remaining voters can commit: the
+    /// change may then wait until enough of them are back, and nothing else commits meanwhile.
+    pub async fn remove_member_forced(&self, node_id: u64) -> Result<pb::StatusResponse, Error> {
+        self.remove(node_id, true).await
+    }
+
+    async fn remove(&self, node_id: u64, force: bool) -> Result<pb::StatusResponse, Error> {
         let resp = self
             .retrying(None, Route::Leader, |addr, channel, timeout| {
-                let mut req = self.request(pb::RemoveRequest { node_id });
+                let mut req = self.request(pb::RemoveRequest { node_id, force });
                 req.set_timeout(timeout);
                 async move {
                     let mut client = pb::admin_client::AdminClient::new(channel);

@@ -23,8 +23,9 @@ SQL statements end with ';' (they may span lines). Meta commands:
                              from the leader, every follower's matched index and lag
   .nodes                     membership with roles and reachability
   .leader                    which node leads, in which term
-  .remove ID                 remove node ID from the cluster (then stop its process; to bring
-                             it back, wipe its data dir and join it under a new id)
+  .remove ID [--force]       remove node ID from the cluster (then stop its process; to bring
+                             it back, wipe its data dir and join it under a new id); refused
+                             if most remaining voters do not answer, unless --force
   .read FILE                 run SQL and commands from FILE
   .help                      this text
   .quit                      exit (also Ctrl-D)";
@@ -139,11 +140,11 @@ impl Shell {
             ".nodes" => self.nodes().await,
             ".leader" => self.leader().await,
             ".remove" => match args {
-                [id] => match id.parse::<u64>() {
-                    Ok(id) => self.remove(id).await,
-                    Err(_) => Err(format!("bad node id {id:?}: usage: .remove ID")),
+                [id] | [id, "--force"] => match id.parse::<u64>() {
+                    Ok(id) => self.remove(id, args.len() == 2).await,
+                    Err(_) => Err(format!("bad node id {id:?}: usage: .remove ID [--force]")),
                 },
-                _ => Err("usage: .remove ID".into()),
+                _ => Err("usage: .remove ID [--force]".into()),
             },
             ".read" => match args.first() {
                 None => Err("usage: .read FILE".into()),
@@ -485,8 +486,12 @@ impl Shell {
         Ok(())
     }
 
-    async fn remove(&mut self, id: u64) -> Result<(), String> {
-        let s = self.client.remove_member(id).await.map_err(|e| e.to_string())?;
+    async fn remove(&mut self, id: u64, force: bool) -> Result<(), String> {
+        let removed = match force {
+            false => self.client.remove_member(id).await,
+            true => self.client.remove_member_forced(id).await,
+        };
+        let s = removed.map_err(|e| e.to_string())?;
         let _ = writeln!(
             self.out,
             "removed node {id} (by node {}, term {}); members now: {}",

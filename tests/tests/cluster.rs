@@ -509,6 +509,48 @@ async fn remove_member_refuses_bad_input_with_typed_errors() {
     assert_eq!(members(&s), vec![(1, true)]);
 }
 
+/// With one follower down, removing the other follower would leave two voters of which one
+/// answers: neither the removal (a joint change needs both configurations' majorities) nor any
+/// later write could commit, and the cluster would hang in a joint configuration. The leader
+/// probes the voters that would remain and refuses, naming the unreachable node and `--force`;
+/// removing the unreachable node instead works, and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_member_refuses_to_leave_too_few_answering_voters() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    insert_rows(&client, 0, 50).await;
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    let (healthy, down) = (followers[0], followers[1]);
+    cluster.kill(down);
+
+    let err = client.remove_member(healthy).await.expect_err("refused");
+    assert_eq!(err.code(), "INVALID_ARGUMENT", "{err}");
+    let m = err.to_string();
+    assert!(
+        m.contains("only 1 answer") && m.contains(&format!("node {down} did not")) && m.contains("--force"),
+        "the refusal says why and what to do: {m}"
+    );
+    let out = std::process::Command::new(raftsql_tests::bin_dir().join("raftsql"))
+        .arg("--addr")
+        .arg(cluster.addr(leader))
+        .args(["-e", &format!(".remove {healthy}")])
+        .output()
+        .expect("running the shell");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{out:?}");
+    let s = cluster.status(leader).await.expect("status");
+    assert_eq!(members(&s).len(), 3, "nothing changed: {:?}", members(&s));
+
+    let s = client.remove_member(down).await.expect("the unreachable node is removed");
+    assert_eq!(members(&s).len(), 2, "{:?}", members(&s));
+    insert_rows(&client, 50, 100).await;
+    let others: Vec<(u64, bool)> = cluster.running().into_iter().map(|id| (id, true)).collect();
+    assert_members_everywhere(&cluster, &others).await;
+    assert_eq!(count(&client).await, 100);
+}
+
 /// The operator's way to bring a machine back: remove it, stop it, wipe its data and join it
 /// under a new id; it catches up and the replicas converge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

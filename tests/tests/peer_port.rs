@@ -72,7 +72,7 @@ async fn peers_talk_only_on_the_peer_port() {
     let r = pb::sql_client::SqlClient::new(channel(cluster.addr(follower))).execute(write).await.unwrap();
     assert_eq!(r.get_ref().receipt.as_ref().unwrap().node_id, leader, "not forwarded to the leader");
     let s = pb::admin_client::AdminClient::new(channel(cluster.addr(follower)))
-        .remove(pb::RemoveRequest { node_id: 42 })
+        .remove(pb::RemoveRequest { node_id: 42, force: false })
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");

@@ -56,6 +56,10 @@ pub enum Error {
     /// What the request names does not exist (e.g. a node that is not a member).
     #[error("not found: {0}")]
     NotFound(String),
+    /// The request is well formed but the cluster is not in a state to take it now (e.g. a
+    /// removal that would leave too few reachable voters); the message says what to do.
+    #[error("refused: {0}")]
+    Precondition(String),
     #[error(transparent)]
     Sql(#[from] crate::sql::Error),
     #[error("storage failure on this node: {0}")]
@@ -401,6 +405,23 @@ impl Core {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Which of `nodes` (id, peer address) answer a status call within `timeout` now; this
+    /// node counts without asking.
+    pub async fn answering(&self, nodes: &[(NodeId, String)], timeout: Duration) -> Vec<NodeId> {
+        let probes = nodes.iter().map(|(id, addr)| async move {
+            if *id == self.id {
+                return Some(*id);
+            }
+            let channel = self.peer_channel(addr).ok()?;
+            let mut client = raftsql_proto::v1::raft_client::RaftClient::new(channel);
+            let mut req = tonic::Request::new(raftsql_proto::v1::StatusRequest {});
+            req.set_timeout(timeout);
+            let ok = tokio::time::timeout(timeout, client.status(req)).await.is_ok_and(|r| r.is_ok());
+            ok.then_some(*id)
+        });
+        futures::future::join_all(probes).await.into_iter().flatten().collect()
     }
 
     /// Records that a leader's AppendEntries was accepted just now.

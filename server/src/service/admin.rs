@@ -59,6 +59,8 @@ fn check_addr(addr: &str) -> Result<(), String> {
 
 /// How long a removal may take to commit (two membership entries on a live quorum).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a removal waits for the remaining voters to answer before it counts them down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct AdminService {
     pub core: Arc<Core>,
@@ -280,7 +282,7 @@ impl Members<'_> {
         Ok(())
     }
 
-    async fn remove_on_leader(&self, id: NodeId) -> Result<(), Error> {
+    async fn remove_on_leader(&self, id: NodeId, force: bool) -> Result<(), Error> {
         let m = self.core.metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {
@@ -294,6 +296,30 @@ impl Members<'_> {
         let is_voter = voters.contains(&id);
         if is_voter && voters.len() == 1 {
             return Err(last_voter(id));
+        }
+        if is_voter && !force {
+            // The change commits only with a majority of the old and of the new voters, and
+            // nothing commits after it without a majority of the new ones: refuse a removal
+            // that would leave the cluster unable to commit (etcd and rqlite guard this too).
+            let remaining: Vec<(NodeId, String)> = membership
+                .nodes()
+                .filter(|(v, _)| voters.contains(v) && **v != id)
+                .map(|(v, n)| (*v, n.peer_addr.clone()))
+                .collect();
+            let up = self.core.answering(&remaining, PROBE_TIMEOUT).await;
+            let need = remaining.len() / 2 + 1;
+            if up.len() < need {
+                let down: Vec<String> =
+                    remaining.iter().filter(|(v, _)| !up.contains(v)).map(|(v, _)| v.to_string()).collect();
+                return Err(Error::Precondition(format!(
+                    "removing node {id} would leave {} voters of which only {} answer now (node {} did \
+                     not): the cluster could commit neither the removal nor anything after it. Bring \
+                     them back first, remove an unreachable node instead, or repeat with --force",
+                    remaining.len(),
+                    up.len(),
+                    down.join(", node ")
+                )));
+            }
         }
         let change = match is_voter {
             true => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
@@ -437,7 +463,7 @@ impl pb::admin_server::Admin for AdminService {
             request.set_timeout(REMOVE_TIMEOUT + Duration::from_secs(5));
             return client.forward_remove(request).await.map_err(|s| forward_failed(&addr, s));
         }
-        Members { core: &self.core }.remove_on_leader(req.node_id).await.map_err(status_from)?;
+        Members { core: &self.core }.remove_on_leader(req.node_id, req.force).await.map_err(status_from)?;
         Ok(tonic::Response::new(pb::RemoveResponse { leader: Some(status(&self.core)) }))
     }
 

@@ -49,6 +49,7 @@ pub fn status_from(err: Error) -> tonic::Status {
         Error::Token(_) => (pb::ErrorCode::Token, tonic::Code::InvalidArgument),
         Error::InvalidArgument(_) => (pb::ErrorCode::InvalidArgument, tonic::Code::InvalidArgument),
         Error::NotFound(_) => (pb::ErrorCode::NotFound, tonic::Code::NotFound),
+        Error::Precondition(_) => (pb::ErrorCode::InvalidArgument, tonic::Code::FailedPrecondition),
         // A storage failure met while reading (a damaged value, an I/O error) is this node's
         // fault, not the statement's.
         Error::Sql(crate::sql::Error::Read(_)) => (pb::ErrorCode::Internal, tonic::Code::Internal),

@@ -157,7 +157,7 @@ fn valid_client_message() -> impl Strategy<Value = (usize, Vec<u8>)> {
         3 => query_request().prop_map(|m| (1, m.encode_to_vec())),
         1 => (any::<u64>(), ".{0,20}", any::<bool>())
             .prop_map(|(node_id, addr, as_learner)| (2, pb::JoinRequest { node_id, addr, as_learner, incarnation: node_id ^ 7, peer_addr: String::new() }.encode_to_vec())),
-        1 => any::<u64>().prop_map(|node_id| (3, pb::RemoveRequest { node_id }.encode_to_vec())),
+        1 => any::<(u64, bool)>().prop_map(|(node_id, force)| (3, pb::RemoveRequest { node_id, force }.encode_to_vec())),
         1 => (vec(any::<u8>(), 0..64), ".{0,8}", any::<u64>(), any::<u64>())
             .prop_map(|(payload, cluster_id, from, to)| {
                 let msg = pb::RaftMessage { payload, cluster_id, from, to, from_incarnation: from, to_incarnation: to };
