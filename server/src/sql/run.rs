@@ -506,29 +506,7 @@ impl<'v> Runner<'v> {
             }
         };
         if !q.order_by.is_empty() {
-            // A comparison cannot fail: the first budget error is kept and the sort runs out
-            // cheaply (every later comparison says "equal").
-            let stopped: Cell<Option<Error>> = Cell::new(None);
-            rows.sort_by(|a, b| {
-                if let Some(e) = stopped.take() {
-                    stopped.set(Some(e));
-                    return Ordering::Equal;
-                }
-                if let Err(e) = self.meter.tick() {
-                    stopped.set(Some(e));
-                    return Ordering::Equal;
-                }
-                for &(k, desc) in &q.order_by {
-                    let o = compare(&a[k], &b[k]);
-                    if o != Ordering::Equal {
-                        return if desc { o.reverse() } else { o };
-                    }
-                }
-                Ordering::Equal
-            });
-            if let Some(e) = stopped.take() {
-                return Err(e);
-            }
+            sort_rows(&mut rows, &q.order_by, || self.meter.tick())?;
         }
         if offset > 0 {
             rows.drain(..offset.min(rows.len()));
@@ -1284,5 +1262,77 @@ impl Group {
                 })
             })
             .collect()
+    }
+}
+
+/// Sorts `rows` by `order_by` (column, descending), calling `tick` once per comparison until it
+/// fails; its first error is returned once the sort is done. A comparison cannot fail, and the
+/// sort still runs to its end with real comparisons after the budget is spent: a comparator that
+/// changed its answers midway (as "equal from now on" did) is not a total order, which Rust's
+/// sort detects and panics on (a fuzz finding: a deadline reached inside ORDER BY).
+fn sort_rows(
+    rows: &mut [Row],
+    order_by: &[(usize, bool)],
+    mut tick: impl FnMut() -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut stopped = None;
+    rows.sort_by(|a, b| {
+        if stopped.is_none() {
+            if let Err(e) = tick() {
+                stopped = Some(e);
+            }
+        }
+        for &(k, desc) in order_by {
+            let o = compare(&a[k], &b[k]);
+            if o != Ordering::Equal {
+                return if desc { o.reverse() } else { o };
+            }
+        }
+        Ordering::Equal
+    });
+    stopped.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzz finding (seed 20261210, chunk 54): a query's deadline reached inside its ORDER BY
+    /// made every later comparison "equal", and Rust's sort panicked ("user-provided comparison
+    /// function does not correctly implement a total order"). The budget error is returned, and
+    /// the rows still come out sorted.
+    #[test]
+    fn a_sort_stopped_by_its_budget_returns_the_error_without_panicking() {
+        // Pseudo-random values with ties and NULLs, sorted on two keys, one descending.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut random_rows = || -> Vec<Row> {
+            (0..5_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let a = if x.is_multiple_of(11) { Value::Null } else { Value::Integer((x % 97) as i64) };
+                    vec![a, Value::Real((x >> 8) as f64 / 7.0)]
+                })
+                .collect()
+        };
+        let mut rows = vec![];
+        for stop_after in [0, 1, 100, 2_000] {
+            rows = random_rows();
+            let mut calls = 0;
+            let r = sort_rows(&mut rows, &[(0, false), (1, true)], || {
+                calls += 1;
+                if calls > stop_after {
+                    Err(Error::Interrupted("the test's budget".into()))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(matches!(r, Err(Error::Interrupted(_))), "{r:?}");
+            assert!(rows.windows(2).all(|w| {
+                compare(&w[0][0], &w[1][0]).then_with(|| compare(&w[1][1], &w[0][1])) != Ordering::Greater
+            }));
+        }
+        assert!(sort_rows(&mut rows, &[(0, false)], || Ok(())).is_ok());
     }
 }
