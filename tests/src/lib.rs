@@ -763,9 +763,17 @@ impl Cluster {
 
     /// Waits until every running node has applied what the leader applied, then checks that
     /// they hold identical contents of `table`. Returns (rows, checksum).
+    ///
+    /// What the leader applied is read from a STRONG read's receipt (its state machine's own
+    /// index, which every acknowledged write has reached), not only from its status: openraft
+    /// updates the status's applied index just after the client's answer, so right after a
+    /// write the status may still name the entry before it.
     pub async fn assert_converged(&self, table: &str) -> Result<(usize, String)> {
         let (leader, _) = self.wait_for_leader(Duration::from_secs(30)).await?;
-        let target = self.status(leader).await?.applied_index;
+        let strong = QueryOptions { consistency: Consistency::Strong, ..Default::default() };
+        let barrier =
+            self.client.query("SELECT 1", &[], strong).await.map_err(|e| format!("a STRONG read: {e}"))?;
+        let target = self.status(leader).await?.applied_index.max(barrier.receipt.applied_index);
         for id in self.running() {
             self.wait_applied(id, target, Duration::from_secs(30)).await?;
         }

@@ -56,6 +56,9 @@ async fn cluster_with_a_table() -> (Cluster, u64, u64, raftsql_client::Client) {
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
     let client = cluster.client().await;
     raftsql_tests::exec(&client, "CREATE TABLE t (id INTEGER PRIMARY KEY)").await;
+    // Every node has applied the table (and the cluster id before it): the forged messages
+    // below are built from a follower's status.
+    cluster.assert_converged("t").await.expect("the replicas converge");
     let follower = cluster.ids().into_iter().find(|&n| n != leader).expect("three nodes");
     (cluster, leader, follower, client)
 }
