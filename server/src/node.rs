@@ -11,6 +11,10 @@
 //!   learner, waits until it has caught up (snapshot + log) and promotes it to voter — unless
 //!   `--learner` asks it to stay a read replica that never votes.
 //!
+//! - `--statefulset-replicas N`: StatefulSet identity (`statefulset`): the id and addresses come
+//!   from the hostname (`raftsql-2` is node 3), and the node founds the cluster with the other
+//!   ordinals below N, or joins it, by itself. One configuration serves every pod.
+//!
 //! A restart needs only `--id`, `--listen` (and `--peer-listen`) and `--data-dir`: the
 //! membership is in the log.
 //!
@@ -53,13 +57,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn, Instrument};
 
+mod statefulset;
+pub use statefulset::parse_hostname;
+
 /// Command line of `raftsql-server`; every flag can also come from `RAFTSQL_<FLAG>`.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "raftsql-server", version, about = "A raftsql node: Raft-replicated SQL on sled")]
 pub struct Config {
-    /// This node's id (>= 1), unique in the cluster and fixed for the life of its data dir.
-    #[arg(long, env = "RAFTSQL_ID")]
-    pub id: NodeId,
+    /// This node's id (>= 1), unique in the cluster and fixed for the life of its data dir
+    /// (with --statefulset-replicas: the pod ordinal + 1, and optional).
+    #[arg(long, env = "RAFTSQL_ID", required_unless_present = "statefulset_replicas")]
+    pub id: Option<NodeId>,
     /// Address to listen on for clients (and for peers, unless --peer-listen), HOST:PORT.
     #[arg(long, env = "RAFTSQL_LISTEN")]
     pub listen: String,
@@ -89,9 +97,33 @@ pub struct Config {
     /// Join an existing cluster through any member's peer address, HOST:PORT (first start only).
     #[arg(long, env = "RAFTSQL_JOIN")]
     pub join: Option<String>,
-    /// With --join: stay a learner (a read replica that never votes and never leads).
-    #[arg(long, env = "RAFTSQL_LEARNER", requires = "join")]
+    /// With --join (or a scaled-up StatefulSet pod): stay a learner (a read replica that never
+    /// votes and never leads).
+    #[arg(long, env = "RAFTSQL_LEARNER")]
     pub learner: bool,
+    /// StatefulSet identity: the StatefulSet's initial replica count. The node id comes from
+    /// the hostname's ordinal (+ 1), addresses from --statefulset-host-template; on first start
+    /// ordinals below the count found the cluster together and higher ones join it
+    /// (deploy/README.md). Replaces --id, --advertise, --bootstrap and --join.
+    #[arg(long, env = "RAFTSQL_STATEFULSET_REPLICAS", value_name = "N")]
+    pub statefulset_replicas: Option<u64>,
+    /// With --statefulset-replicas: every pod's host name, `{name}` standing for a pod name such
+    /// as raftsql-1 (`{ordinal}` for its number). Ports are those of --listen and --peer-listen.
+    #[arg(
+        long,
+        env = "RAFTSQL_STATEFULSET_HOST_TEMPLATE",
+        value_name = "TEMPLATE",
+        default_value = "{name}"
+    )]
+    pub statefulset_host_template: String,
+    /// With --statefulset-replicas: this pod's name, NAME-ORDINAL (default: the system's
+    /// hostname).
+    #[arg(long, env = "RAFTSQL_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// FOR TESTS ONLY: with --statefulset-replicas, pod names mapped straight to addresses,
+    /// "NAME=HOST:PORT[/PEER_HOST:PORT],..." instead of the host template.
+    #[arg(long, env = "RAFTSQL_STATEFULSET_TEST_ADDRS", hide = true)]
+    pub statefulset_test_addrs: Option<String>,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, env = "RAFTSQL_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
     pub snapshot_threshold: u64,
@@ -320,13 +352,18 @@ fn lower_this_threads_priority() {
 
 /// Runs the node on the current (Raft) runtime; client work goes to `client`.
 async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> {
-    if cfg.id == 0 {
+    let (cfg, plan) = statefulset::apply(cfg)?;
+    let id = cfg.id.context("--id is missing")?;
+    if id == 0 {
         bail!("--id must be at least 1");
+    }
+    if cfg.learner && cfg.join.is_none() && plan.is_none() {
+        bail!("--learner applies to a node that joins: give --join HOST:PORT too");
     }
     let members = cfg.bootstrap.as_deref().map(parse_members).transpose()?;
     if let Some(m) = &members {
-        if !m.contains_key(&cfg.id) {
-            bail!("--bootstrap does not list this node's id {}", cfg.id);
+        if !m.contains_key(&id) {
+            bail!("--bootstrap does not list this node's id {}", id);
         }
         if cfg.join.is_some() {
             bail!("--bootstrap and --join exclude each other: a node either founds a cluster or joins one");
@@ -349,7 +386,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     if cfg.peer_listen.is_some() && peer_addr == addr {
         bail!("--peer-listen must differ from --listen (the peer port is a port of its own)");
     }
-    let span = tracing::info_span!("node", node_id = cfg.id);
+    let span = tracing::info_span!("node", node_id = id);
     async move {
         let auth = match &cfg.users_file {
             Some(path) => crate::service::auth::Auth::from_file(path).map_err(anyhow::Error::msg)?,
@@ -369,7 +406,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             (Some(cert), Some(key)) => Some(
                 tls::Tls::load(
                     tls::Files { cert: cert.clone(), key: key.clone(), ca: cfg.peer_tls_ca.clone() },
-                    tls::Port::Peer { domain: cfg.peer_tls_domain.clone(), node: cfg.id },
+                    tls::Port::Peer { domain: cfg.peer_tls_domain.clone(), node: id },
                 )
                 .map_err(|e| anyhow::anyhow!("peer TLS: {e}"))?,
             ),
@@ -400,12 +437,13 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let (log, sm) =
             store::open(&store::Options {
                 data_dir: cfg.data_dir.clone(),
-                node_id: cfg.id,
+                node_id: id,
                 flush_every,
                 cache_bytes: cfg.cache_bytes,
             })?;
         let has_state = log.has_state()?;
         if !has_state && used_before && members.is_none() && cfg.join.is_none() {
+            // (In StatefulSet mode too: a claimed dir with no state is damage, not a new pod.)
             // sled comes up empty on a database it cannot read at all (seen with two bytes
             // overwritten near the start of its file).
             bail!(
@@ -413,11 +451,11 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                  was lost or is corrupt. This node cannot rejoin as itself: remove it (`.remove {}`), \
                  wipe the data dir and join again with --join HOST:PORT under a new --id",
                 cfg.data_dir.display(),
-                cfg.id,
-                cfg.id
+                id,
+                id
             );
         }
-        if !has_state && members.is_none() && cfg.join.is_none() {
+        if !has_state && members.is_none() && cfg.join.is_none() && plan.is_none() {
             // Waiting to be added would let a node whose data dir was lost come back as its old
             // self: its peers would take its empty log for the one it had, and count its votes
             // and acknowledgements (etcd refuses this the same way).
@@ -427,7 +465,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                  removed (`.remove {}`) and join again under a new --id; a new cluster starts with \
                  --bootstrap",
                 cfg.data_dir.display(),
-                cfg.id
+                id
             );
         }
         let raft_config = openraft::Config {
@@ -446,9 +484,9 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         .context("invalid Raft timing configuration")?;
         let committed = log.committed_index();
         let raft = Raft::new(
-            cfg.id,
+            id,
             Arc::new(raft_config),
-            Network::new(cfg.id, cfg.peer_source_addr, sm.clone(), peer_tls.clone()),
+            Network::new(id, cfg.peer_source_addr, sm.clone(), peer_tls.clone()),
             log,
             sm.clone(),
         )
@@ -482,10 +520,10 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout);
         let sequencer = {
             let _on_the_client_runtime = client.enter();
-            Sequencer::spawn(cfg.id, raft.clone(), sm.clone(), read_index.clone(), options.clone())
+            Sequencer::spawn(id, raft.clone(), sm.clone(), read_index.clone(), options.clone())
         };
         let core = Arc::new(Core {
-            id: cfg.id,
+            id,
             addr: addr.clone(),
             peer_addr: peer_addr.clone(),
             raft: raft.clone(),
@@ -552,10 +590,12 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         }
 
         if !has_state {
-            if let Some(members) = members {
+            if let Some(plan) = plan {
+                tokio::spawn(statefulset::start(core.clone(), plan, cfg.learner).in_current_span());
+            } else if let Some(members) = members {
                 tokio::spawn(bootstrap(core.clone(), members).in_current_span());
             } else if let Some(seed) = cfg.join.clone() {
-                tokio::spawn(join(core.clone(), seed, cfg.learner).in_current_span());
+                tokio::spawn(join(core.clone(), vec![seed], cfg.learner, false).in_current_span());
             }
         }
 
@@ -814,31 +854,58 @@ async fn status_of(core: &Core, addr: &str) -> Option<pb::StatusResponse> {
     (s.incarnation != 0).then_some(s)
 }
 
-/// Asks `seed` (any member) to add this node; retries until it succeeds or is refused for good.
-async fn join(core: Arc<Core>, seed: String, as_learner: bool) {
+/// Asks `seed` (any member's peer address) once to add this node.
+async fn join_once(core: &Core, seed: &str, as_learner: bool) -> Result<(), tonic::Status> {
+    let channel = core.peer_channel(seed).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = pb::raft_client::RaftClient::new(channel);
+    client
+        .join(pb::JoinRequest {
+            node_id: core.id,
+            addr: core.addr.clone(),
+            as_learner,
+            incarnation: core.sm.incarnation(),
+            peer_addr: core.peer_addr.clone(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Asks `seeds` (members' peer addresses, tried in turn) to add this node until one does. A
+/// refusal ends it, unless `keep_asking` (StatefulSet identity): there the usual refusal is this
+/// pod's old self, still a member, which the operator removes (the log says how), and the pod
+/// must then join with no restart, so it asks again, slowly.
+async fn join(core: Arc<Core>, seeds: Vec<String>, as_learner: bool, keep_asking: bool) {
     let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let channel = core.peer_channel(&seed).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut client = pb::raft_client::RaftClient::new(channel);
-            client
-                .join(pb::JoinRequest {
-                    node_id: core.id,
-                    addr: core.addr.clone(),
-                    as_learner,
-                    incarnation: core.sm.incarnation(),
-                    peer_addr: core.peer_addr.clone(),
-                })
-                .await
-        };
-        match attempt.await {
-            Ok(_) => {
+    for turn in 0usize.. {
+        let m = core.metrics();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == core.id)
+            || (as_learner && membership.get_node(&core.id).is_some())
+        {
+            // Admitted while an answer was lost, or contacted by the founder. (A learner still
+            // to be promoted asks again: joining again resumes the wait.)
+            return;
+        }
+        let seed = &seeds[turn % seeds.len()];
+        match join_once(&core, seed, as_learner).await {
+            Ok(()) => {
                 info!(%seed, as_learner, "joined the cluster");
                 return;
             }
-            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            Err(s) if s.code() == tonic::Code::InvalidArgument && !keep_asking => {
                 error!(%seed, error = %s.message(), "the cluster refused this node; fix the configuration and restart");
                 return;
+            }
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                error!(
+                    %seed,
+                    error = %s.message(),
+                    "the cluster refused this node. If this pod lost its volume, remove its old self \
+                     through any member (`raftsql -e \".remove {}\"`): this node then joins by itself. \
+                     Asking again in 10 s",
+                    core.id
+                );
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
             Err(s) => {
                 let error = crate::raft::network::status_text(&s);

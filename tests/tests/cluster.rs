@@ -65,6 +65,9 @@ async fn bad_input_gets_typed_errors_and_changes_nothing() {
     let client = cluster.client().await;
     create_table(&client).await;
     insert_rows(&client, 0, 10).await;
+    // Settled first: the leader answers a write before its applied index shows it (seen once,
+    // 3 then 4 with no failed statement in between).
+    cluster.assert_converged("t").await.expect("replicas converge");
     let before = leader_applied(&cluster).await;
     for (sql, code) in [
         ("INSERT INTO nope VALUES (1)", "NotFound"),
