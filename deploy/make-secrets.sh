@@ -2,7 +2,7 @@
 # deploy/make-secrets.sh: a raftsql cluster's CAs, node and user certificates, a users file with
 # an admin token, and the Kubernetes Secrets that carry them (`<name>-tls`, `<name>-users`).
 #
-#   deploy/make-secrets.sh OUT_DIR [--replicas 3] [--name raftsql] [--namespace default]
+#   deploy/make-secrets.sh OUT_DIR [--replicas 3] [--name raftsql] [--service raftsql-peers] [--namespace default]
 #                          [--domain raftsql] [--days 365] [--host NAME_OR_IP]... [--user NAME]...
 #                          [--renew]
 #   kubectl apply -f OUT_DIR/secrets.yaml

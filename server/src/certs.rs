@@ -38,9 +38,13 @@ pub struct MakeCerts {
     /// Nodes to make certificates for: ids 1..=N (StatefulSet ordinals 0..N-1).
     #[arg(long, default_value_t = 3)]
     pub replicas: u64,
-    /// The StatefulSet's and headless Service's name (pods are NAME-0, NAME-1, ...).
+    /// The StatefulSet's name (pods are NAME-0, NAME-1, ...) and its client Service's.
     #[arg(long, default_value = "raftsql")]
     pub name: String,
+    /// The headless Service that gives the pods their DNS names, POD.SERVICE (default:
+    /// NAME-peers, as deploy/ names it).
+    #[arg(long)]
+    pub service: Option<String>,
     /// The Kubernetes namespace.
     #[arg(long, default_value = "default")]
     pub namespace: String,
@@ -148,25 +152,32 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
+/// The headless Service's name.
+fn service(a: &MakeCerts) -> String {
+    a.service.clone().unwrap_or_else(|| format!("{}-peers", a.name))
+}
+
 /// The names in node `id`'s peer certificate.
 pub fn peer_names(a: &MakeCerts, id: u64) -> Vec<String> {
     let pod = format!("{}-{}", a.name, id - 1);
+    let service = service(a);
     vec![
         crate::tls::node_name(id, &a.domain),
-        format!("{pod}.{}.{}.svc.cluster.local", a.name, a.namespace),
-        format!("{pod}.{}", a.name),
+        format!("{pod}.{service}.{}.svc.cluster.local", a.namespace),
+        format!("{pod}.{service}"),
     ]
 }
 
 /// The names in node `id`'s client-port certificate.
 pub fn client_names(a: &MakeCerts, id: u64) -> Vec<String> {
     let pod = format!("{}-{}", a.name, id - 1);
+    let service = service(a);
     let mut names = vec![
         a.name.clone(),
         format!("{}.{}.svc", a.name, a.namespace),
         format!("{}.{}.svc.cluster.local", a.name, a.namespace),
-        format!("{pod}.{}.{}.svc.cluster.local", a.name, a.namespace),
-        format!("{pod}.{}", a.name),
+        format!("{pod}.{service}.{}.svc.cluster.local", a.namespace),
+        format!("{pod}.{service}"),
         "localhost".into(),
     ];
     names.extend(a.hosts.iter().cloned());
@@ -316,4 +327,24 @@ pub fn make(a: &MakeCerts) -> Result<String, String> {
         d = a.domain,
         u = if a.users.is_empty() { String::new() } else { format!(", {}", a.users.join(", ")) },
     ))
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn node_certificates_name_the_pods_by_the_headless_service() {
+        let a = MakeCerts::parse_from(["make-certs", "--out", "x"]);
+        assert!(peer_names(&a, 1).contains(&"raftsql-0.raftsql-peers".to_string()));
+        let client = client_names(&a, 3);
+        for name in
+            ["raftsql", "raftsql-2.raftsql-peers", "raftsql-2.raftsql-peers.default.svc.cluster.local"]
+        {
+            assert!(client.contains(&name.to_string()), "{name} missing from {client:?}");
+        }
+        let a = MakeCerts::parse_from(["make-certs", "--out", "x", "--name", "db", "--service", "db-hl"]);
+        assert!(client_names(&a, 1).contains(&"db-0.db-hl".to_string()));
+    }
 }
