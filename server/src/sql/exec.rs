@@ -103,6 +103,9 @@ impl<'a> Executor<'a> {
                     break 'pieces;
                 }
                 self.one(&stmt, params, st)?;
+                if let Some(Ok(r)) = st.outcomes.last() {
+                    self.meter.keep(r.rows.iter().map(|row| limits::row_bytes(row)).sum())?;
+                }
             }
         }
         if count == 0 && text_error.is_none() {
@@ -1286,6 +1289,47 @@ mod bounds {
 
     fn budget() -> Budget {
         Budget::default()
+    }
+
+    /// Found by fuzzing: a request of 20 SELECTs, each within --max-query-memory, held the limit
+    /// 20 times over (the results wait for the request's end). The results a request holds now
+    /// count against the limit together: past it the request is refused whole, and what stays
+    /// within it still runs.
+    #[test]
+    fn the_results_a_request_holds_count_against_the_memory_limit_together() {
+        let v = table(2_000);
+        let mut b = budget();
+        b.max_memory = 1 << 20;
+        let one: usize = query_with(&v, "SELECT * FROM t", &[], CTX, b.clone())
+            .unwrap()
+            .rows
+            .iter()
+            .map(|r| limits::row_bytes(r))
+            .sum();
+        assert!(one > 100 << 10 && one < 300 << 10, "one SELECT's result is {one} bytes");
+        let selects = |n: usize| vec![("SELECT * FROM t".to_string(), vec![]); n];
+        let mut ex = Executor::new(&v, CTX);
+        ex.set_budget(b.clone());
+        let (_, outcomes) = ex.execute(&selects(3), false).expect("three results fit");
+        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+        ex.set_budget(b.clone());
+        match ex.execute(&selects(20), false) {
+            Err(Error::RequestTooLarge(m)) => assert!(m.contains("--max-query-memory"), "{m}"),
+            Ok((_, outcomes)) => {
+                // A statement may hit the limit first (its own working memory on top of what
+                // the request holds): then it fails, and what succeeded fits.
+                let held: usize = outcomes
+                    .iter()
+                    .filter_map(|o| o.as_ref().ok())
+                    .flat_map(|r| r.rows.iter().map(|row| limits::row_bytes(row)))
+                    .sum();
+                assert!(outcomes.iter().any(|o| o.is_err()) && held <= b.max_memory, "held {held} bytes");
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        // The next request starts from nothing held.
+        ex.set_budget(b);
+        assert!(ex.execute(&selects(3), false).unwrap().1.iter().all(|o| o.is_ok()));
     }
 
     /// A found by fuzzing: 600 KB of `ORDER BY 1,1,…` held 470 MB while it was parsed, none of

@@ -157,6 +157,9 @@ pub struct Meter {
     pooled: Cell<usize>,
     examined: Cell<u64>,
     written: Cell<u64>,
+    /// Bytes of the results the request's finished statements returned: the request holds
+    /// them until it ends, so they count against every later statement's working memory.
+    held: Cell<usize>,
 }
 
 impl Drop for Meter {
@@ -174,6 +177,7 @@ impl Meter {
             pooled: Cell::new(0),
             examined: Cell::new(0),
             written: Cell::new(0),
+            held: Cell::new(0),
         }
     }
 
@@ -181,17 +185,37 @@ impl Meter {
         &self.budget
     }
 
-    /// Starts a statement: memory and examined rows count per statement.
+    /// Starts a statement: memory and examined rows count per statement, from what the
+    /// request already holds ([`Meter::keep`]).
     pub fn start_statement(&self) {
-        self.release_to(0);
-        self.memory.set(0);
+        let held = self.held.get();
+        self.release_to(held);
+        self.memory.set(held);
         self.examined.set(0);
     }
 
-    /// Starts a request: rows written count per request.
+    /// Starts a request: rows written and results held count per request.
     pub fn start_request(&self) {
         self.written.set(0);
+        self.held.set(0);
         self.start_statement();
+    }
+
+    /// Keeps `bytes` of a finished statement's result until the request ends. A request's
+    /// results together may hold no more than one statement's working memory
+    /// (--max-query-memory): without this, a request of many SELECTs each within the limit
+    /// held the limit times the statement count (found by fuzzing).
+    pub fn keep(&self, bytes: usize) -> Result<(), Error> {
+        let held = self.held.get().saturating_add(bytes);
+        if held > self.budget.max_memory {
+            return Err(Error::RequestTooLarge(format!(
+                "the results of the request's statements need more than {} of memory together \
+                 (--max-query-memory): split it into several requests, or SELECT less in each",
+                human_bytes(self.budget.max_memory)
+            )));
+        }
+        self.held.set(held);
+        Ok(())
     }
 
     /// Looks at the clock and the cancellation flag now.
