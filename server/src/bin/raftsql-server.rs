@@ -1,6 +1,8 @@
 //! `raftsql-server`: loads configuration and logging, then runs one node until SIGTERM.
 //! `raftsql-server hash-password [--token]` prints what a users file lists, and
 //! `raftsql-server make-certs --out DIR` makes a deployment's certificates (docs/security.md).
+//! `raftsql-server probe [readyz|healthz]` asks this host's `--http` port, for container health
+//! checks in an image that has no shell and no curl (deploy/compose.yaml).
 
 use clap::Parser;
 use raftsql_server::node::{Config, Runtimes};
@@ -24,6 +26,9 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         };
+    }
+    if args.get(1).map(String::as_str) == Some("probe") {
+        return probe(&args[2..]);
     }
     let cfg = Config::parse();
     tracing_subscriber::fmt()
@@ -107,6 +112,68 @@ fn hash_password(args: &[String]) -> std::process::ExitCode {
         }
         Err(e) => {
             eprintln!("raftsql-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+const PROBE_USAGE: &str =
+    "usage: raftsql-server probe [readyz|healthz]   (asks the --http port, RAFTSQL_HTTP, on this host)";
+
+/// `GET /readyz` (or `/healthz`) on this host's HTTP port: exit 0 on 200, else 1 with the
+/// answer or the failure on stderr. The port is `RAFTSQL_HTTP`'s, the one the node was
+/// configured with in the same environment (a wildcard host is asked on 127.0.0.1).
+fn probe(args: &[String]) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    let path = match args {
+        [] => "/readyz",
+        [what] if what == "readyz" => "/readyz",
+        [what] if what == "healthz" => "/healthz",
+        _ => {
+            eprintln!("{PROBE_USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let Ok(http) = std::env::var("RAFTSQL_HTTP") else {
+        eprintln!("raftsql-server probe: RAFTSQL_HTTP is not set, so there is no HTTP port to ask");
+        return std::process::ExitCode::from(2);
+    };
+    let Some((host, port)) = http.rsplit_once(':') else {
+        eprintln!("raftsql-server probe: RAFTSQL_HTTP={http:?} is not HOST:PORT");
+        return std::process::ExitCode::from(2);
+    };
+    let host = match host {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "[::]" => "[::1]",
+        h => h,
+    };
+    let timeout = Duration::from_secs(2);
+    let answer = (|| -> std::io::Result<String> {
+        let addr = format!("{host}:{port}")
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{host}:{port} resolves to nothing")))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        // The answers are one line: a bound keeps a wrong port from feeding us forever.
+        stream.take(64 << 10).read_to_string(&mut reply)?;
+        Ok(reply)
+    })();
+    match answer {
+        Ok(reply) if reply.starts_with("HTTP/1.1 200") => std::process::ExitCode::SUCCESS,
+        Ok(reply) => {
+            let status = reply.lines().next().unwrap_or_default();
+            let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+            eprintln!("raftsql-server probe: {path} answered {status}: {body}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("raftsql-server probe: cannot ask {host}:{port}{path}: {e}");
             std::process::ExitCode::FAILURE
         }
     }
