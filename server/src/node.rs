@@ -34,9 +34,10 @@
 //! reflection (`service::health`); `--http HOST:PORT` adds a plain HTTP port on the Raft
 //! runtime for probes and Prometheus (`service::http`: `/healthz`, `/readyz`, `/metrics`).
 //!
-//! Known gaps: a leader does not hand over leadership before exiting (openraft 0.9 has no
-//! leadership transfer; followers elect a new leader after the election timeout); the TOML
-//! config file of design.md §7 is not built yet.
+//! Settings: flags, then `RAFTSQL_*` environment, then `--config FILE` (TOML; `config_file`).
+//!
+//! Known gap: a leader does not hand over leadership before exiting (openraft 0.9 has no
+//! leadership transfer; followers elect a new leader after the election timeout).
 
 use crate::raft::network::{Network, MAX_PEER_MESSAGE};
 use crate::raft::sequencer::Sequencer;
@@ -57,6 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn, Instrument};
 
+pub mod config_file;
 mod statefulset;
 pub use statefulset::parse_hostname;
 
@@ -64,6 +66,10 @@ pub use statefulset::parse_hostname;
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "raftsql-server", version, about = "A raftsql node: Raft-replicated SQL on sled")]
 pub struct Config {
+    /// Settings from a TOML file, one key per flag (`listen = "0.0.0.0:7000"`); the command
+    /// line and the RAFTSQL_* environment take precedence over it (docs/operations.md).
+    #[arg(long, env = "RAFTSQL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// This node's id (>= 1), unique in the cluster and fixed for the life of its data dir
     /// (with --statefulset-replicas: the pod ordinal + 1, and optional).
     #[arg(long, env = "RAFTSQL_ID", required_unless_present = "statefulset_replicas")]

@@ -318,3 +318,59 @@ async fn shell_carries_session_tokens_between_invocations() {
         );
     }
 }
+
+/// `--config FILE` fills in what the command line and the environment leave unset: a flag wins
+/// over the file, a variable wins over the file, and the rest comes from it. A key that is no
+/// setting is refused, naming the file and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_fills_in_what_flags_and_environment_leave_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_listen, flag_listen) =
+        (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let (file_http, env_http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let config = dir.path().join("raftsql.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = 1\nlisten = \"{file_listen}\"\ndata-dir = \"{}\"\nbootstrap = \"1={flag_listen}\"\nhttp = \"{file_http}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = server(&["--config", config.to_str().unwrap(), "--listen", &flag_listen]);
+    cmd.env("RAFTSQL_HTTP", &env_http).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("start raftsql-server");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let answered = loop {
+        if let Ok((200, _)) = raftsql_tests::http_get(&env_http, "/healthz").await {
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let client = raftsql_client::Client::connect([flag_listen.as_str()]).await.unwrap();
+    let status = client.status(&flag_listen).await;
+    let file_ports_taken =
+        [&file_listen, &file_http].map(|a| std::net::TcpStream::connect(a.as_str()).is_ok());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered, "the HTTP port of RAFTSQL_HTTP ({env_http}) never answered");
+    assert_eq!(
+        status.expect("the node answers at the --listen of the command line").node_id,
+        1,
+        "id from the file"
+    );
+    assert_eq!(
+        file_ports_taken,
+        [false, false],
+        "the file's listen and http lost to the flag and the variable"
+    );
+
+    std::fs::write(&config, "id = 1\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = run_to_end(server(&["--config", config.to_str().unwrap()]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("raftsql.toml") && stderr.contains("\"lisen\" is not a setting"), "{stderr}");
+}

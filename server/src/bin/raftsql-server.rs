@@ -30,6 +30,11 @@ fn main() -> std::process::ExitCode {
     if args.get(1).map(String::as_str) == Some("probe") {
         return probe(&args[2..]);
     }
+    // The --config file fills in what the command line and the environment leave unset.
+    if let Err(e) = raftsql_server::node::config_file::load(&args) {
+        eprintln!("raftsql-server: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
     let cfg = Config::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
