@@ -4,7 +4,8 @@
 //! `changeset` (shared vocabulary) · `typ` (openraft types) · `sql` (parse → evaluate, knows
 //! nothing of Raft) · `store` (sled: log, vote, state machine, snapshots) · `raft` (network,
 //! sequencer, read routing) · `service` (gRPC handlers) · `node` (config, start-up, shutdown).
-//! Beside them, `watchdog` watches every layer for work that stopped making progress.
+//! Beside them, `watchdog` watches every layer for work that stopped making progress, and
+//! `stats` holds the instruments lower layers update for the service's `/metrics`.
 
 pub mod certs;
 pub mod changeset;
@@ -12,6 +13,7 @@ pub mod node;
 pub mod raft;
 pub mod service;
 pub mod sql;
+pub mod stats;
 pub mod store;
 pub mod throttle;
 pub mod tls;

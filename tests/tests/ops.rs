@@ -154,6 +154,9 @@ async fn metrics_follow_the_work_done() {
     assert_eq!(must(&l, "raftsql_role", &[("role", "leader")]), 1.0);
     assert_eq!(must(&l, "raftsql_role", &[("role", "follower")]), 0.0);
     assert!(histogram_count(&l, "raftsql_write_duration_seconds", &[]).expect("histogram") >= 1.0);
+    // The sequencer took the 21 writes in batches: at least one, at most one per write.
+    let batches = histogram_count(&l, "raftsql_sequencer_batch_requests", &[]).expect("batch histogram");
+    assert!((1.0..=writes_after).contains(&batches), "{batches} batches for {writes_after} writes");
     for id in cluster.ids() {
         let before = cluster.status(id).await.expect("status");
         let s = scrape(&cluster, id).await;
@@ -166,6 +169,14 @@ async fn metrics_follow_the_work_done() {
         assert_eq!(must(&s, "raftsql_leader_id", &[]), after.leader_id as f64, "node {id}");
         assert_eq!(must(&s, "raftsql_node_id", &[]), id as f64);
         assert!(must(&s, "raftsql_data_dir_bytes", &[]) > 0.0, "node {id}");
+        // Every node fsynced and applied the entries it was sent; none built or installed a
+        // snapshot (the threshold is far off), and the histograms say so rather than vanish.
+        for h in ["raftsql_fsync_duration_seconds", "raftsql_apply_duration_seconds"] {
+            assert!(histogram_count(&s, h, &[]).expect(h) >= 1.0, "node {id}: {h}");
+        }
+        for h in ["raftsql_snapshot_build_duration_seconds", "raftsql_snapshot_install_duration_seconds"] {
+            assert_eq!(histogram_count(&s, h, &[]), Some(0.0), "node {id}: {h}");
+        }
         assert_eq!(must(&s, "raftsql_inflight_requests", &[]), 0.0, "node {id}");
         assert!(must(&s, "raftsql_term_changes_total", &[]) >= 1.0, "node {id} saw the first election");
         assert!(must(&s, "raftsql_leader_changes_total", &[]) >= 1.0, "node {id} learned of a leader");
@@ -176,6 +187,11 @@ async fn metrics_follow_the_work_done() {
             assert!(matched <= after.last_log_index as f64, "node {id}");
             let lag = must(&l, "raftsql_follower_lag_entries", &[("follower", &id.to_string())]);
             assert!(lag >= 0.0);
+            let lag_seconds = must(&l, "raftsql_follower_lag_seconds", &[("follower", &id.to_string())]);
+            assert!(
+                lag_seconds >= 0.0 && (lag > 0.0 || lag_seconds == 0.0),
+                "{lag} entries, {lag_seconds} s"
+            );
             assert_eq!(
                 value(&s, "raftsql_follower_lag_entries", &[]),
                 None,

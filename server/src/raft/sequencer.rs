@@ -146,6 +146,7 @@ impl Task {
                     Err(_) => break,
                 }
             }
+            crate::stats::BATCH_REQUESTS.observe(batch.len() as f64);
             self.process(batch).await;
         }
         debug!("sequencer stopped");

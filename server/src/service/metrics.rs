@@ -16,10 +16,12 @@
 //!
 //! A scrape runs on a blocking thread ([`Metrics::render`] walks the data dir).
 //!
-//! Not measured (each needs changes deeper than an instrument): sequencer batch sizes, fsync
-//! latency, apply latency, snapshot build and install durations, bytes replicated per follower,
-//! and the outcome of a query's stream after its first page (a reader that stops reading is
-//! counted `OK`).
+//! - **updated by the layers below** (`crate::stats`): fsync, apply and snapshot durations and
+//!   the sequencer's batch sizes, histograms the store and the sequencer update once per
+//!   fsync, apply call, snapshot or batch.
+//!
+//! Not measured: bytes replicated per follower, and the outcome of a query's stream after its
+//! first page (a reader that stops reading is counted `OK`).
 
 use crate::raft::{Consistency, Core};
 use crate::typ::RaftMetrics;
@@ -112,6 +114,36 @@ impl Metrics {
             "leader_changes",
             "Times this node learned of a leader other than the last one it knew",
             leader_changes.clone(),
+        );
+        let stats = [
+            (
+                "fsync_duration",
+                "Each group fsync of the store, which every acknowledged write waits for",
+                &crate::stats::FSYNC_SECONDS,
+            ),
+            (
+                "apply_duration",
+                "Each application of committed entries (one or more) to the state machine",
+                &crate::stats::APPLY_SECONDS,
+            ),
+            (
+                "snapshot_build_duration",
+                "Each snapshot this node built (the count is the builds)",
+                &crate::stats::SNAPSHOT_BUILD_SECONDS,
+            ),
+            (
+                "snapshot_install_duration",
+                "Each snapshot this node installed from the leader (the count is the installs)",
+                &crate::stats::SNAPSHOT_INSTALL_SECONDS,
+            ),
+        ];
+        for (name, help, histogram) in stats {
+            registry.register_with_unit(name, help, Unit::Seconds, (*histogram).clone());
+        }
+        registry.register(
+            "sequencer_batch_requests",
+            "Write requests the leader's sequencer took together in one batch",
+            crate::stats::BATCH_REQUESTS.clone(),
         );
         registry.register_collector(Box::new(NodeCollector { core, data_dir }));
         let writes_ok = writes.get_or_create_owned(&[("code", OK)]);
@@ -364,6 +396,16 @@ impl Collector for NodeCollector {
             for (id, matched) in &followers {
                 let lag = last.saturating_sub(*matched) as i64;
                 ConstGauge::new(lag).encode(lag_e.encode_family(&[("follower", id.as_str())])?)?;
+            }
+            let mut lag_s = e.encode_descriptor(
+                "follower_lag",
+                "On the leader: how long ago it appended the oldest entry each follower does not hold yet (0: caught up)",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            for (id, matched) in &followers {
+                let seconds = core.append_times.lag_millis(*matched, last) as f64 / 1000.0;
+                ConstGauge::new(seconds).encode(lag_s.encode_family(&[("follower", id.as_str())])?)?;
             }
         }
         if let Some(ms) = m.millis_since_quorum_ack {

@@ -55,7 +55,10 @@ impl Flusher {
                 let durable = mark.before_flush();
                 let result = {
                     let _busy = crate::watchdog::FSYNC.enter(waiting.len() as u64);
-                    db.flush()
+                    let started = std::time::Instant::now();
+                    let r = db.flush();
+                    crate::stats::since(&crate::stats::FSYNC_SECONDS, started);
+                    r
                 };
                 if result.is_ok() {
                     mark.after_flush(durable);

@@ -390,7 +390,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     #[tracing::instrument(level = "trace", skip(self))]
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let b = SnapshotBuilder { sm: self.sm.clone() };
-        let r = tokio::task::spawn_blocking(move || b.build_blocking().map(|(s, _)| s)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let r = b.build_blocking().map(|(s, _)| s);
+            crate::stats::since(&crate::stats::SNAPSHOT_BUILD_SECONDS, started);
+            r
+        })
+        .await;
         flatten(r).map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)).into())
     }
 }
@@ -581,7 +587,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let sm = self.clone();
         // Large entries (an index build, a table drop) must not stall a tokio worker.
-        match tokio::task::spawn_blocking(move || sm.apply_blocking(entries)).await {
+        let apply = move || {
+            let started = std::time::Instant::now();
+            let r = sm.apply_blocking(entries);
+            crate::stats::since(&crate::stats::APPLY_SECONDS, started);
+            r
+        };
+        match tokio::task::spawn_blocking(apply).await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err((log_id, e))) => Err(StorageIOError::apply(log_id, AnyError::new(&e)).into()),
             Err(e) => {
@@ -628,7 +640,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| to_storage(Error::io("finish writing the received snapshot")(e)))?;
         let file = snapshot.into_std().await;
         let (sm, m) = (self.clone(), meta.clone());
-        let r = tokio::task::spawn_blocking(move || sm.install_blocking(&m, file)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let r = sm.install_blocking(&m, file);
+            crate::stats::since(&crate::stats::SNAPSHOT_INSTALL_SECONDS, started);
+            r
+        })
+        .await;
         flatten(r).map_err(to_storage)
     }
 
