@@ -851,6 +851,30 @@ impl Client {
         Ok(resp.leader.unwrap_or_default())
     }
 
+    /// Moves leadership to voter `target`, or (None) to the voter that holds most of the
+    /// leader's log, and returns the new leader's id and term. The leader pauses writes (they
+    /// are retried) for about a round trip. Errors: `InvalidArgument` (FAILED_PRECONDITION)
+    /// for a target that is not a voter or a cluster of one voter; `Timeout` when leadership
+    /// did not move within the leader's budget (it then goes on leading).
+    pub async fn transfer_leader(&self, target: Option<u64>) -> Result<(u64, u64), Error> {
+        let resp = self
+            .retrying(None, Route::Leader, |addr, channel, timeout| {
+                let mut req = self.request(pb::TransferLeaderRequest { target: target.unwrap_or(0) });
+                req.set_timeout(timeout);
+                async move {
+                    let mut client = pb::admin_client::AdminClient::new(channel);
+                    client
+                        .transfer_leader(req)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| Error::from_status(&addr, s))
+                }
+            })
+            .await?;
+        *self.inner.leader.lock().expect("leader lock") = None;
+        Ok((resp.leader_id, resp.term))
+    }
+
     /// The next node an unpinned spread read tries.
     fn next_reader(&self) -> String {
         let i = self.inner.next_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

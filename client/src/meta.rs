@@ -26,6 +26,8 @@ SQL statements end with ';' (they may span lines). Meta commands:
   .remove ID [--force]       remove node ID from the cluster (then stop its process; to bring
                              it back, wipe its data dir and join it under a new id); refused
                              if most remaining voters do not answer, unless --force
+  .transfer [ID]             move leadership to node ID (default: the most caught-up voter);
+                             writes pause for about a round trip
   .read FILE                 run SQL and commands from FILE
   .help                      this text
   .quit                      exit (also Ctrl-D)";
@@ -145,6 +147,14 @@ impl Shell {
                     Err(_) => Err(format!("bad node id {id:?}: usage: .remove ID [--force]")),
                 },
                 _ => Err("usage: .remove ID [--force]".into()),
+            },
+            ".transfer" => match args {
+                [] => self.transfer(None).await,
+                [id] => match id.parse::<u64>() {
+                    Ok(id) => self.transfer(Some(id)).await,
+                    Err(_) => Err(format!("bad node id {id:?}: usage: .transfer [ID]")),
+                },
+                _ => Err("usage: .transfer [ID]".into()),
             },
             ".read" => match args.first() {
                 None => Err("usage: .read FILE".into()),
@@ -483,6 +493,12 @@ impl Shell {
                 None => writeln!(o, "{id:<5} {addr:<21} {member:<8} -  no"),
             };
         }
+        Ok(())
+    }
+
+    async fn transfer(&mut self, target: Option<u64>) -> Result<(), String> {
+        let (leader, term) = self.client.transfer_leader(target).await.map_err(|e| e.to_string())?;
+        let _ = writeln!(self.out, "node {leader} leads now, in term {term}");
         Ok(())
     }
 

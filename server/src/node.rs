@@ -23,8 +23,8 @@
 //! `Admin`; without it (single-port mode, fine on one host) one port serves all three.
 //! `--peer-source-addr IP` binds every connection this node opens to another node (including
 //! the join and bootstrap calls here) to that local IP (see `raft::network`).
-//! SIGTERM or SIGINT: stop accepting, answer the requests in flight for up to [`DRAIN`] (then
-//! cut them off), shut openraft down, flush sled, exit 0.
+//! SIGTERM or SIGINT: hand leadership over (a leader), stop accepting, answer the requests in
+//! flight for up to [`DRAIN`] (then cut them off), shut openraft down, flush sled, exit 0.
 //!
 //! Threads ([`Runtimes`]): client work and Raft work run on separate tokio runtimes, and the
 //! client runtime's threads run at a lower scheduling priority, so however busy clients keep
@@ -36,8 +36,9 @@
 //!
 //! Settings: flags, then `RAFTSQL_*` environment, then `--config FILE` (TOML; `config_file`).
 //!
-//! Known gap: a leader does not hand over leadership before exiting (openraft 0.9 has no
-//! leadership transfer; followers elect a new leader after the election timeout).
+//! On SIGTERM a leader first hands leadership to its most caught-up voter
+//! (`raft::handoff`, at most `--handoff-timeout-ms`), so writes pause for about a round trip
+//! instead of an election timeout.
 
 use crate::raft::network::{Network, MAX_PEER_MESSAGE};
 use crate::raft::sequencer::Sequencer;
@@ -245,6 +246,11 @@ pub struct Config {
     /// (docs/security.md). Off without it.
     #[arg(long, env = "RAFTSQL_HTTP", value_name = "HOST:PORT")]
     pub http: Option<String>,
+    /// On SIGTERM, a leader first hands leadership to its most caught-up voter (writes pause
+    /// for about a round trip instead of an election timeout), for at most this many
+    /// milliseconds; 0 = exit without handing over.
+    #[arg(long, env = "RAFTSQL_HANDOFF_TIMEOUT_MS", default_value_t = 3_000)]
+    pub handoff_timeout_ms: u64,
     /// Readiness (gRPC health "readiness", `/readyz`) needs the applied index within this many
     /// entries of the committed index, besides a known leader.
     #[arg(long, env = "RAFTSQL_READY_MAX_LAG", default_value_t = 1_000)]
@@ -654,7 +660,8 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         let server = {
             // Client TLS handshakes run on the client runtime, with the rest of client work.
             let _on_the_client_runtime = client.enter();
-            serve(router, listener, client_tls.clone(), signal_then_drain(signalled.clone()))
+            let handoff = Duration::from_millis(cfg.handoff_timeout_ms);
+            serve(router, listener, client_tls.clone(), signal_then_drain(signalled.clone(), core.clone(), handoff))
         };
         let mut server = client.spawn(server.in_current_span());
         // After the signal the server answers what it has and sends GOAWAY; requests still
@@ -773,10 +780,31 @@ fn serve(
 /// How long a stopping node keeps serving the requests it has before cutting them off.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
-/// Resolves at SIGTERM or SIGINT, after telling `signalled`.
-async fn signal_then_drain(signalled: Arc<tokio::sync::Notify>) {
+/// Resolves at SIGTERM or SIGINT, after telling `signalled` and, on a leader, handing
+/// leadership over (bounded by `handoff`; zero: not at all). The client port keeps serving
+/// meanwhile: writes are refused UNAVAILABLE and retried by clients, and reach the new leader.
+async fn signal_then_drain(signalled: Arc<tokio::sync::Notify>, core: Arc<Core>, handoff: Duration) {
     shutdown_signal().await;
     signalled.notify_one();
+    let m = core.metrics();
+    let voters = m.membership_config.membership().voter_ids().count();
+    if handoff.is_zero() || m.current_leader != Some(core.id) || voters < 2 {
+        return;
+    }
+    let started = std::time::Instant::now();
+    match crate::raft::handoff::transfer(&core, None, handoff).await {
+        Ok((leader, term)) => {
+            info!(
+                leader,
+                term,
+                took_ms = started.elapsed().as_millis() as u64,
+                "leadership handed over before shutdown"
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "could not hand leadership over; shutting down anyway (the others elect a leader after the election timeout)")
+        }
+    }
 }
 
 async fn shutdown_signal() {

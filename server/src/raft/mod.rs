@@ -13,6 +13,7 @@
 //! [`Core`] bundles what a running node's services need: the `Raft` handle, the state machine
 //! and the sequencer.
 
+pub mod handoff;
 pub mod network;
 pub mod peer_check;
 pub mod read;
@@ -156,6 +157,9 @@ pub struct Options {
     pub request_limits: crate::sql::RequestLimits,
     /// The node's memory for evaluations and unread results (`--max-node-memory`), shared.
     pub memory: std::sync::Arc<crate::sql::MemoryPool>,
+    /// Set while this leader hands leadership over (`handoff`): the sequencer refuses new
+    /// writes with UNAVAILABLE so that the log stops growing. Shared by every clone.
+    pub handing_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Options {
@@ -177,6 +181,7 @@ impl Default for Options {
             max_inflight: 512,
             request_limits: crate::sql::RequestLimits::default(),
             memory: crate::sql::MemoryPool::new(crate::sql::limits::DEFAULT_NODE_MEMORY),
+            handing_off: Default::default(),
         }
     }
 }

@@ -196,6 +196,16 @@ impl Task {
             }
             return;
         };
+        if self.options.handing_off.load(std::sync::atomic::Ordering::SeqCst) {
+            for p in batch {
+                let _ = p.reply.send(Err(Error::Unavailable(
+                    "leadership is moving to another node (a transfer, or this node is shutting down); \
+                     retry: the new leader takes writes within moments"
+                        .into(),
+                )));
+            }
+            return;
+        }
         if let Err(e) = self.fence(term).await {
             for p in batch {
                 let _ = p.reply.send(Err(clone_error(&e)));

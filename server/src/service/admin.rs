@@ -484,4 +484,19 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(|e| status_from(Error::Timeout(format!("snapshot not built: {e}"))))?;
         Ok(tonic::Response::new(pb::SnapshotResponse { snapshot_index: m.snapshot.map_or(0, |l| l.index) }))
     }
+
+    async fn transfer_leader(
+        &self,
+        request: tonic::Request<pb::TransferLeaderRequest>,
+    ) -> Result<tonic::Response<pb::TransferLeaderResponse>, tonic::Status> {
+        let caller = self.auth.caller(&request).await?;
+        caller.require(Permission::AdminMembership, "move leadership")?;
+        let target = (request.get_ref().target != 0).then_some(request.get_ref().target);
+        let (leader_id, term) =
+            crate::raft::handoff::transfer(&self.core, target, TRANSFER_BUDGET).await.map_err(status_from)?;
+        Ok(tonic::Response::new(pb::TransferLeaderResponse { leader_id, term }))
+    }
 }
+
+/// How long Admin.TransferLeader may take before the leader gives up and goes on leading.
+const TRANSFER_BUDGET: Duration = Duration::from_secs(5);

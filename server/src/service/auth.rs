@@ -79,7 +79,7 @@ pub enum Permission {
     Ddl,
     /// Admin.Status.
     AdminStatus,
-    /// Admin.Join, Admin.Remove (and leadership transfer, once it exists).
+    /// Admin.Join, Admin.Remove, Admin.TransferLeader.
     AdminMembership,
     /// Admin.Snapshot (and backup and restore, once they exist).
     Backup,

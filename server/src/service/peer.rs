@@ -351,4 +351,17 @@ impl pb::raft_server::Raft for PeerService {
         use pb::admin_server::Admin;
         self.on_client_runtime(request, |h, r| async move { h.admin.remove(r).await }).await
     }
+
+    async fn timeout_now(
+        &self,
+        request: tonic::Request<pb::TimeoutNowRequest>,
+    ) -> Result<tonic::Response<pb::TimeoutNowResponse>, tonic::Status> {
+        // With peer TLS, the certificate must name the leader the request claims to come from.
+        let from = request.get_ref().from;
+        check_peer(&self.0.core, &request, Some(from))?;
+        crate::raft::handoff::on_timeout_now(&self.0.core, request.get_ref())
+            .await
+            .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
+        Ok(tonic::Response::new(pb::TimeoutNowResponse {}))
+    }
 }

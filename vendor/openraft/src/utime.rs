@@ -90,6 +90,12 @@ impl<T, I: Instant> UTime<T, I> {
         self.utime = Some(now);
     }
 
+    /// raftsql patch: set the last updated time to `t`, which may be earlier than the current
+    /// one (to end a lease that is measured from it).
+    pub(crate) fn backdate(&mut self, t: I) {
+        self.utime = Some(t);
+    }
+
     /// Update the last updated time.
     pub(crate) fn touch(&mut self, now: I) {
         debug_assert!(

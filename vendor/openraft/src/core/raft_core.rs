@@ -1229,6 +1229,16 @@ where
                     ExternalCommand::PurgeLog { upto } => {
                         self.engine.trigger_purge_log(upto);
                     }
+                    ExternalCommand::ExpireLeaderLease => {
+                        // The lease is measured from the vote's last update: moving that back by
+                        // the lease ends it now, while the election timer (lease + election
+                        // timeout from the same time) still gives the new leader an election
+                        // timeout to be heard before this node campaigns itself.
+                        let lease = self.engine.config.timer_config.leader_lease;
+                        let now = C::now();
+                        self.engine.state.vote.backdate(now - lease - Duration::from_millis(1));
+                        tracing::info!("ExternalCommand: leader lease expired for a leadership transfer");
+                    }
                 }
             }
         };

@@ -46,6 +46,14 @@ where C: RaftTypeConfig
         self.raft_inner.send_external_command(ExternalCommand::Elect, "trigger_elect").await
     }
 
+    /// raftsql patch: end the leader lease this node grants now, so that a candidate of a
+    /// higher term (the target of a leadership transfer) can win its vote at once instead of
+    /// after the lease. Call it only while the leader has stopped sending heartbeats and
+    /// appends, or the next one renews the lease.
+    pub async fn expire_leader_lease(&self) -> Result<(), Fatal<C::NodeId>> {
+        self.raft_inner.send_external_command(ExternalCommand::ExpireLeaderLease, "expire_leader_lease").await
+    }
+
     /// Trigger a heartbeat at once and return at once.
     ///
     /// Returns error when RaftCore has [`Fatal`] error, e.g. shut down or having storage error.

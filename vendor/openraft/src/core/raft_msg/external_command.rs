@@ -25,6 +25,10 @@ pub(crate) enum ExternalCommand<C: RaftTypeConfig> {
     /// Get a snapshot from the state machine, send back via a oneshot::Sender.
     GetSnapshot { tx: ResultSender<C, Option<Snapshot<C>>> },
 
+    /// raftsql patch: end the leader lease this node grants its leader now, so that it grants a
+    /// vote to a candidate of a higher term at once (a leadership transfer).
+    ExpireLeaderLease,
+
     /// Purge logs covered by a snapshot up to a specified index.
     ///
     /// Openraft respects the [`max_in_snapshot_log_to_keep`] config when purging.
@@ -60,6 +64,9 @@ where C: RaftTypeConfig
             }
             ExternalCommand::PurgeLog { upto } => {
                 write!(f, "PurgeLog[..={}]", upto)
+            }
+            ExternalCommand::ExpireLeaderLease => {
+                write!(f, "ExpireLeaderLease")
             }
         }
     }

@@ -1,0 +1,155 @@
+//! Leadership transfer (issue 19): the leader hands its role to a caught-up voter in about one
+//! round trip, for `Admin.TransferLeader` and for a leader that got SIGTERM, instead of leaving
+//! the cluster leaderless for an election timeout.
+//!
+//! openraft 0.9 has no transfer, and its leader lease is what stops a naive one: a follower
+//! that heard from its leader within the lease refuses every vote, so a target told to
+//! campaign loses. The steps, on the leader:
+//!
+//! 1. Stop taking writes: the sequencer refuses new batches with UNAVAILABLE (clients retry,
+//!    and find the new leader), and stop the heartbeats, so nothing renews the lease.
+//! 2. Wait until the target holds the leader's whole log (the entries in flight when writes
+//!    stopped included), so it can win and nothing acknowledged is at risk.
+//! 3. `TimeoutNow { elect: false }` to every other voter and to itself: each ends the lease it
+//!    grants (a vendored openraft patch, `Trigger::expire_leader_lease`), acting only on its
+//!    current leader's request in its current term. Their election timers still give the
+//!    target an election timeout before they would campaign themselves.
+//! 4. `TimeoutNow { elect: true }` to the target: it ends its lease and campaigns in the next
+//!    term; the others grant it, the old leader steps down on the higher term.
+//!
+//! Whatever the outcome, heartbeats and writes resume here afterwards (a failed transfer leaves
+//! this node leading). The whole is bounded by the caller's budget. Safety never depends on it:
+//! it is an ordinary election that the target wins because its log is complete and the leases
+//! ended; STRONG reads are confirmed by a quorum round, never by a lease.
+
+use super::{Core, Error};
+use crate::typ::NodeId;
+use raftsql_proto::v1 as pb;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// How long one TimeoutNow call may take.
+const CALL: Duration = Duration::from_millis(500);
+
+/// Moves leadership from this node (the leader) to `target`, or to the voter holding most of
+/// its log; returns the new leader and its term. Bounded by `budget`.
+pub async fn transfer(
+    core: &Arc<Core>,
+    target: Option<NodeId>,
+    budget: Duration,
+) -> Result<(NodeId, u64), Error> {
+    let deadline = Instant::now() + budget;
+    let m = core.metrics();
+    if m.current_leader != Some(core.id) {
+        return Err(core.not_leader());
+    }
+    let term = m.current_term;
+    let membership = m.membership_config.membership().clone();
+    let others: Vec<NodeId> = membership.voter_ids().filter(|v| *v != core.id).collect();
+    let matched = |m: &crate::typ::RaftMetrics, id: NodeId| {
+        m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map_or(0, |l| l.index)
+    };
+    let target = match target {
+        Some(t) if t == core.id => return Ok((core.id, term)),
+        Some(t) if others.contains(&t) => t,
+        Some(t) => {
+            return Err(Error::Precondition(format!(
+                "node {t} is not a voter of this cluster (voters: {:?}): only a voter can lead",
+                membership.voter_ids().collect::<Vec<_>>()
+            )))
+        }
+        None => *others.iter().max_by_key(|id| matched(&m, **id)).ok_or_else(|| {
+            Error::Precondition("this node is the only voter: there is nobody to hand leadership to".into())
+        })?,
+    };
+    let peer_addr = |id: NodeId| membership.get_node(&id).map(|n| n.peer_addr.clone());
+    info!(target, term, "handing leadership over: writes paused, heartbeats stopped");
+    core.options.handing_off.store(true, Ordering::SeqCst);
+    core.raft.runtime_config().heartbeat(false);
+    let result = async {
+        // 2. The target holds everything the leader has.
+        loop {
+            let m = core.metrics();
+            if m.current_leader != Some(core.id) || m.current_term != term {
+                return Err(core.not_leader());
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            if matched(&m, target) >= last {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "node {target} did not catch up with the leader's log (index {last}) in time; leadership stays here"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // 3. Leases end everywhere but at the target.
+        let calls = others.iter().filter(|v| **v != target).filter_map(|v| peer_addr(*v)).map(|addr| {
+            let core = core.clone();
+            async move { timeout_now(&core, &addr, term, false).await }
+        });
+        for r in futures::future::join_all(calls).await {
+            if let Err(e) = r {
+                // A voter that did not hear it may refuse the target its vote for the rest of
+                // its lease; the others can still make a majority.
+                warn!(error = %e, "a voter did not end its leader lease");
+            }
+        }
+        core.raft.trigger().expire_leader_lease().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        // 4. The target campaigns.
+        let addr = peer_addr(target).ok_or_else(|| Error::Unavailable(format!("node {target} has no address")))?;
+        timeout_now(core, &addr, term, true).await?;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let moved = core
+            .raft
+            .wait(Some(left))
+            .metrics(|m| m.current_term > term, "a newer term")
+            .await
+            .map_err(|_| Error::Timeout(format!("node {target} did not take over in time; leadership stays here")))?;
+        Ok((moved.current_leader.unwrap_or(target), moved.current_term))
+    }
+    .await;
+    core.raft.runtime_config().heartbeat(true);
+    core.options.handing_off.store(false, Ordering::SeqCst);
+    match &result {
+        Ok((leader, new_term)) => info!(leader, term = new_term, "handed leadership over"),
+        Err(e) => warn!(error = %e, "leadership transfer failed"),
+    }
+    result
+}
+
+/// Asks the node at `addr` to end its leader lease (and, with `elect`, to campaign).
+async fn timeout_now(core: &Core, addr: &str, term: u64, elect: bool) -> Result<(), Error> {
+    let channel = core.peer_channel(addr).map_err(|e| Error::Unavailable(format!("{addr}: {e}")))?;
+    let mut client = pb::raft_client::RaftClient::new(channel);
+    let mut req = tonic::Request::new(pb::TimeoutNowRequest { from: core.id, term, elect });
+    req.set_timeout(CALL);
+    match tokio::time::timeout(CALL, client.timeout_now(req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(Error::Unavailable(format!("{addr}: {}", super::network::status_text(&s)))),
+        Err(_) => Err(Error::Unavailable(format!("{addr} did not answer TimeoutNow within {CALL:?}"))),
+    }
+}
+
+/// A node's side of TimeoutNow: only its current leader, in its current term, may end its
+/// lease or have it campaign.
+pub async fn on_timeout_now(core: &Core, req: &pb::TimeoutNowRequest) -> Result<(), Error> {
+    let m = core.metrics();
+    if m.current_leader != Some(req.from) || m.current_term != req.term || req.from == core.id {
+        return Err(Error::Precondition(format!(
+            "TimeoutNow from node {} in term {}, but this node follows {:?} in term {}: ignored",
+            req.from, req.term, m.current_leader, m.current_term
+        )));
+    }
+    let fatal = |e: openraft::error::Fatal<NodeId>| Error::Unavailable(e.to_string());
+    core.raft.trigger().expire_leader_lease().await.map_err(fatal)?;
+    if req.elect {
+        info!(from = req.from, term = req.term, "campaigning at the leader's request (leadership transfer)");
+        core.raft.trigger().elect().await.map_err(fatal)?;
+    }
+    Ok(())
+}

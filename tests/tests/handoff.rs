@@ -1,0 +1,151 @@
+//! Issue 19: leadership transfer (`Admin.TransferLeader`) and the hand-off a leader makes on
+//! SIGTERM, through real server processes, with a client writing all along.
+
+use raftsql_client::{Client, Error, Value};
+use raftsql_tests::{Cluster, ClusterOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The leader every running node names, once they agree.
+async fn agreed_leader(c: &Cluster) -> (u64, u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut seen = Vec::new();
+        for id in c.running() {
+            if let Ok(s) = c.status(id).await {
+                seen.push((s.leader_id, s.term));
+            }
+        }
+        if !seen.is_empty()
+            && seen[0].0 != 0
+            && seen.iter().all(|s| *s == seen[0])
+            && seen.len() == c.running().len()
+        {
+            return seen[0];
+        }
+        assert!(Instant::now() < deadline, "the nodes did not agree on a leader: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client writing rows `from..` of `t` one after another, each retried under its request id
+/// until acknowledged (at most WAIT), until stopped; reports the rows acknowledged and the
+/// longest time between two acknowledgements.
+fn steady_writer(
+    client: Client,
+    from: i64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<i64>, Duration)> {
+    tokio::spawn(async move {
+        let client_id = format!("handoff-{from}");
+        let (mut acked, mut longest, mut last) = (Vec::new(), Duration::ZERO, Instant::now());
+        for (seq, k) in (from..from + 20_000).enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let statement = vec![("INSERT INTO t VALUES (?)".to_string(), vec![Value::Integer(k)])];
+            let deadline = Instant::now() + WAIT;
+            loop {
+                match client.execute_as(&client_id, seq as u64 + 1, statement.clone(), false).await {
+                    Ok(r) => {
+                        assert!(r.results[0].is_ok(), "row {k}: {:?}", r.results[0]);
+                        break;
+                    }
+                    Err(e) if Instant::now() > deadline => {
+                        panic!("row {k} not acknowledged within {WAIT:?}: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            acked.push(k);
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (acked, longest)
+    })
+}
+
+/// Writes all along while `leader` is SIGTERMed; returns the longest pause the writer saw.
+async fn sigterm_under_writes(c: &mut Cluster, leader: u64, from: i64) -> (Duration, Vec<i64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = steady_writer(c.client().await, from, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = c.terminate(leader, WAIT).await.expect("the leader exits after SIGTERM");
+    assert!(status.success(), "the leader exited with {status}");
+    // Writes go on with the others for a while after.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, longest) = writer.await.expect("the writer");
+    (longest, acked)
+}
+
+/// Every acknowledged row is on every running node, and nothing else.
+async fn all_there(c: &Cluster, acked: &[i64]) {
+    let (rows, _) = c.assert_converged("t").await.expect("the replicas converge");
+    assert_eq!(rows, acked.len(), "rows lost or written twice");
+}
+
+/// SIGTERM on the leader under steady writes: leadership moves before the process exits (its
+/// log says so, and the new leader's term is the next one), no acknowledged write is lost, and
+/// the longest pause is printed — beside the same with the hand-off turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigtermed_leader_hands_leadership_over_before_it_exits() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).await.expect("cluster");
+    c.client().await.execute("CREATE TABLE t (k INTEGER)", &[]).await.expect("create");
+    let (leader, term) = agreed_leader(&c).await;
+    let (with, mut acked) = sigterm_under_writes(&mut c, leader, 0).await;
+    let log = std::fs::read_to_string(c.log_path(leader)).unwrap();
+    let handed = log
+        .find("leadership handed over before shutdown")
+        .unwrap_or_else(|| panic!("no hand-off:\n{}", c.log_tail(leader)));
+    let stopped = log.find("shutting down").expect("the shutdown line");
+    assert!(handed < stopped, "leadership moved after the node began shutting down");
+    let (next, next_term) = agreed_leader(&c).await;
+    assert_ne!(next, leader);
+    assert_eq!(next_term, term + 1, "the target won the first election after the hand-off");
+    all_there(&c, &acked).await;
+
+    // The same without the hand-off: the old leader comes back with it turned off and is made
+    // the leader again (a transfer), then SIGTERMed.
+    c.start_with(leader, &["--handoff-timeout-ms", "0"]).await.expect("restart");
+    agreed_leader(&c).await;
+    c.client().await.transfer_leader(Some(leader)).await.expect("a transfer back");
+    assert_eq!(agreed_leader(&c).await.0, leader);
+    let (without, more) = sigterm_under_writes(&mut c, leader, 100_000).await;
+    acked.extend(more);
+    all_there(&c, &acked).await;
+    eprintln!(
+        "longest write pause when the leader is SIGTERMed: {} ms with hand-off, {} ms without",
+        with.as_millis(),
+        without.as_millis()
+    );
+}
+
+/// `Admin.TransferLeader` moves leadership to the voter named, or to the most caught-up one,
+/// and refuses a target that is not a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_moves_leadership_where_asked() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.expect("cluster");
+    let client = c.client().await;
+    client.execute("CREATE TABLE t (k INTEGER)", &[]).await.expect("create");
+    let (leader, term) = agreed_leader(&c).await;
+    let target = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let (new_leader, new_term) = client.transfer_leader(Some(target)).await.expect("transfer");
+    assert_eq!((new_leader, new_term), (target, term + 1));
+    assert_eq!(agreed_leader(&c).await, (target, term + 1));
+    client.execute("INSERT INTO t VALUES (1)", &[]).await.expect("the new leader takes writes");
+
+    let (any, _) = client.transfer_leader(None).await.expect("transfer to the most caught-up");
+    assert_ne!(any, target);
+    assert_eq!(agreed_leader(&c).await.0, any);
+    match client.transfer_leader(Some(9)).await {
+        Err(Error::InvalidArgument { message }) => assert!(message.contains("not a voter"), "{message}"),
+        other => panic!("a transfer to node 9 must be refused: {other:?}"),
+    }
+    all_there(&c, &[1]).await;
+}
