@@ -51,6 +51,7 @@ schedules! {
     slow_follower => "slow-follower",
     lost_response => "lost-response",
     clock_skew => "clock-skew",
+    rolling_restart => "rolling-restart",
     byzantine_client => "byzantine-client",
 }
 

@@ -65,6 +65,8 @@ pub const SCHEDULES: &[Schedule] = &[
         "the leader's replies to clients are dropped: a committed write must come back indeterminate, and its retry under the same request id must not apply it twice"),
     Schedule { skewed_clock: true, ..schedule("clock-skew", 3, (4_500, 7_000),
         "one node's wall clock runs two hours ahead (--clock-offset-ms) and leads part of the run: NOW() values in rows, some from the shifted clock, are identical on every replica") },
+    schedule("rolling-restart", 3, (1_000, 2_000),
+        "a rolling upgrade: SIGTERM every node in turn (a leader hands leadership over first) and start it again, the next only once it has caught up; nothing acknowledged is lost, nothing applies twice"),
     schedule("byzantine-client", 3, (3_000, 5_000),
         "a client sends forged and malformed peer messages (terms near 2^64, wrong incarnations or cluster, garbage payloads and snapshots) and pathological SQL (huge expressions, backtracking LIKE, cross joins, 40,000 parameters, reused request ids) to every node: each is refused with a typed error and nothing else changes"),
 ];

@@ -586,6 +586,28 @@ async fn nemesis(
                     make_leader(cluster, skewed, leader, until, f).await;
                 }
             }
+            "rolling-restart" => {
+                let mut order = ids.clone();
+                order.shuffle(rng);
+                for id in order {
+                    if Instant::now() > until {
+                        break;
+                    }
+                    let led = cluster.leader_now(&[]).await == Some(id);
+                    let status = cluster.terminate(id, Duration::from_secs(30)).await?;
+                    if !status.success() {
+                        return Err(format!("node {id} exited with {status} after SIGTERM"));
+                    }
+                    f.log("sigterm", json!({"node": id, "was_leader": led}));
+                    cluster.start_with(id, &[]).await?;
+                    let leader = cluster.wait_for_quorum_leader(Duration::from_secs(30)).await?;
+                    let applied = cluster.status(leader).await?.applied_index;
+                    cluster.wait_applied(id, applied, Duration::from_secs(30)).await?;
+                    f.log("restarted", json!({"node": id, "caught_up_to": applied}));
+                }
+                hold(rng, 1_000..2_000, until).await;
+                continue;
+            }
             "byzantine-client" => {
                 let d = Duration::from_millis(rng.gen_range(schedule.fault_ms.0..schedule.fault_ms.1));
                 f.log("byzantine", json!({"ms": d.as_millis() as u64}));
