@@ -611,6 +611,7 @@ impl SteadyWriter {
         let task = tokio::spawn(async move {
             let client_id = format!("steady-{:08x}", rand_u32());
             let (mut acked, mut longest, mut last) = (Vec::new(), Duration::ZERO, Instant::now());
+            let began = last;
             for k in 0..MAX_STEADY_ROWS {
                 if stopped.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
@@ -632,6 +633,14 @@ impl SteadyWriter {
                     }
                 }
                 acked.push(k);
+                if last.elapsed() > Duration::from_millis(500) {
+                    // A long pause, with when it ended, to set beside the test's own timeline.
+                    eprintln!(
+                        "writer: {} ms without an acknowledgement, ending at +{} ms",
+                        last.elapsed().as_millis(),
+                        began.elapsed().as_millis()
+                    );
+                }
                 longest = longest.max(last.elapsed());
                 last = Instant::now();
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -713,12 +722,17 @@ async fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
         return;
     }
     let c = Cluster::up().await;
+    let began = Instant::now();
     let writer = c.with_writer(&[0, 1, 2]).await;
+    let at = || began.elapsed().as_millis();
     for o in 0..3 {
         let pod = format!("raftsql-{o}");
+        eprintln!("rolling restart: stop {pod} at +{} ms", at());
         c.compose(&["stop", "-t", "30", &pod]).expect("compose stop");
+        eprintln!("rolling restart: start {pod} at +{} ms", at());
         c.compose(&["start", &pod]).expect("compose start");
         c.wait_healthy(o).await;
+        eprintln!("rolling restart: {pod} healthy at +{} ms", at());
     }
     let (acked, longest) = writer.finish().await;
     eprintln!(
