@@ -167,10 +167,21 @@ where
 /// Aborts the process if one case runs longer than [`HANG`]: a hang is a finding too, and a
 /// stuck run would report nothing.
 fn watch(name: &str, epoch: Instant, done: &AtomicU64) {
+    let mut woke = Instant::now();
     while done.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(200));
         let started = STARTED_MS.load(Ordering::Relaxed);
+        let slept = std::mem::replace(&mut woke, Instant::now()).elapsed();
         if started == 0 {
+            continue;
+        }
+        if slept > Duration::from_secs(5) {
+            // The whole process was stopped (SIGSTOP, a suspended machine) or starved: that
+            // time was not the case's. Its clock starts again (a case that finished meanwhile
+            // has moved STARTED_MS on, and keeps its own value). Seen: a lane paused for a CI
+            // run reported a 24-minute "hang".
+            let now = epoch.elapsed().as_millis() as u64 + 1;
+            let _ = STARTED_MS.compare_exchange(started, now, Ordering::Relaxed, Ordering::Relaxed);
             continue;
         }
         let running = epoch.elapsed().saturating_sub(Duration::from_millis(started - 1));
