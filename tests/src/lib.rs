@@ -199,6 +199,78 @@ async fn connect(
     }
 }
 
+/// A client writing rows `first..` of a one-column integer table one after another, each
+/// retried under its request id until acknowledged (or `patience` passes: a panic, the cluster
+/// lost its quorum), pausing `pace` between rows, until [`SteadyWriter::finish`]; at most
+/// 20,000 rows whatever happens. It reports the rows acknowledged and the longest time between
+/// two acknowledgements (what a client saw of a fault), and prints each pause over 500 ms.
+pub struct SteadyWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<i64>, Duration)>,
+}
+
+impl SteadyWriter {
+    pub fn start(
+        client: Client,
+        table: &str,
+        first: i64,
+        pace: Duration,
+        patience: Duration,
+    ) -> SteadyWriter {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        static WRITERS: AtomicU64 = AtomicU64::new(0);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let client_id = format!("steady-{}-{}", std::process::id(), WRITERS.fetch_add(1, Ordering::Relaxed));
+        let sql = format!("INSERT INTO {table} VALUES (?)");
+        let task = tokio::spawn(async move {
+            let (mut acked, mut longest, mut last) = (Vec::new(), Duration::ZERO, Instant::now());
+            let began = last;
+            for (seq, k) in (first..first + 20_000).enumerate() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let statement = vec![(sql.clone(), vec![Value::Integer(k)])];
+                let deadline = Instant::now() + patience;
+                loop {
+                    match client.execute_as(&client_id, seq as u64 + 1, statement.clone(), false).await {
+                        Ok(r) => {
+                            if let Some(Err(e)) = r.results.first() {
+                                panic!("row {k} failed: {e}");
+                            }
+                            break;
+                        }
+                        Err(e) if Instant::now() > deadline => {
+                            panic!("row {k} was not acknowledged within {patience:?}: {e}")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                acked.push(k);
+                if last.elapsed() > Duration::from_millis(500) {
+                    eprintln!(
+                        "writer: {} ms without an acknowledgement, ending at +{} ms",
+                        last.elapsed().as_millis(),
+                        began.elapsed().as_millis()
+                    );
+                }
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+                tokio::time::sleep(pace).await;
+            }
+            (acked, longest)
+        });
+        SteadyWriter { stop, task }
+    }
+
+    /// Stops after the row in flight is acknowledged; the rows acknowledged and the longest
+    /// pause.
+    pub async fn finish(self) -> (Vec<i64>, Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the steady writer")
+    }
+}
+
 /// A running set of nodes.
 pub struct Cluster {
     dir: Option<tempfile::TempDir>,

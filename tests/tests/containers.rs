@@ -13,7 +13,7 @@
 //! when `CI` is set and are skipped, with the reason printed, elsewhere.
 
 use raftsql_client::{Client, Consistency, QueryOptions, Value};
-use raftsql_tests::{bin_dir, free_port};
+use raftsql_tests::{bin_dir, free_port, SteadyWriter};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -593,74 +593,11 @@ fn both_dockerfiles_build_the_same_final_image() {
     assert_eq!(final_stage("deploy/Dockerfile"), final_stage("deploy/image/Dockerfile.scratch"));
 }
 
-/// A client writing rows `0..` of table `u` (no key, so a duplicate would show) one after
-/// another, each retried under its request id until acknowledged, until told to stop; it
-/// reports the rows acknowledged and the longest time between two acknowledgements.
-struct SteadyWriter {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<(Vec<i64>, Duration)>,
-}
-
-/// At most this many rows, whatever happens: the loop ends by itself.
-const MAX_STEADY_ROWS: i64 = 20_000;
-
-impl SteadyWriter {
-    fn start(client: Client) -> SteadyWriter {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let client_id = format!("steady-{:08x}", rand_u32());
-            let (mut acked, mut longest, mut last) = (Vec::new(), Duration::ZERO, Instant::now());
-            let began = last;
-            for k in 0..MAX_STEADY_ROWS {
-                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let statement = vec![("INSERT INTO u VALUES (?)".to_string(), vec![Value::Integer(k)])];
-                let deadline = Instant::now() + WAIT;
-                loop {
-                    match client.execute_as(&client_id, k as u64 + 1, statement.clone(), false).await {
-                        Ok(r) => {
-                            if let Some(Err(e)) = r.results.first() {
-                                panic!("row {k} failed: {e}");
-                            }
-                            break;
-                        }
-                        Err(e) if Instant::now() > deadline => {
-                            panic!("row {k} was not acknowledged within {WAIT:?}: {e}")
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-                acked.push(k);
-                if last.elapsed() > Duration::from_millis(500) {
-                    // A long pause, with when it ended, to set beside the test's own timeline.
-                    eprintln!(
-                        "writer: {} ms without an acknowledgement, ending at +{} ms",
-                        last.elapsed().as_millis(),
-                        began.elapsed().as_millis()
-                    );
-                }
-                longest = longest.max(last.elapsed());
-                last = Instant::now();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (acked, longest)
-        });
-        SteadyWriter { stop, task }
-    }
-
-    async fn finish(self) -> (Vec<i64>, Duration) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.task.await.expect("the writer")
-    }
-}
-
 impl Cluster {
     /// A cluster with an empty table `u` and a steady writer on it through `ordinals`.
     async fn with_writer(&self, ordinals: &[usize]) -> SteadyWriter {
         self.client(&[0, 1, 2]).await.execute("CREATE TABLE u (k INTEGER)", &[]).await.expect("create u");
-        SteadyWriter::start(self.client(ordinals).await)
+        SteadyWriter::start(self.client(ordinals).await, "u", 0, Duration::from_millis(20), WAIT)
     }
 
     /// Every node in `ordinals` holds exactly `acked` in `u`: nothing lost, nothing twice.

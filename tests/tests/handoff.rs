@@ -1,10 +1,8 @@
 //! Issue 19: leadership transfer (`Admin.TransferLeader`) and the hand-off a leader makes on
 //! SIGTERM, through real server processes, with a client writing all along.
 
-use raftsql_client::{Client, Error, Value};
-use raftsql_tests::{Cluster, ClusterOptions};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use raftsql_client::Error;
+use raftsql_tests::{Cluster, ClusterOptions, SteadyWriter};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -32,55 +30,15 @@ async fn agreed_leader(c: &Cluster) -> (u64, u64) {
     }
 }
 
-/// A client writing rows `from..` of `t` one after another, each retried under its request id
-/// until acknowledged (at most WAIT), until stopped; reports the rows acknowledged and the
-/// longest time between two acknowledgements.
-fn steady_writer(
-    client: Client,
-    from: i64,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<i64>, Duration)> {
-    tokio::spawn(async move {
-        let client_id = format!("handoff-{from}");
-        let (mut acked, mut longest, mut last) = (Vec::new(), Duration::ZERO, Instant::now());
-        for (seq, k) in (from..from + 20_000).enumerate() {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let statement = vec![("INSERT INTO t VALUES (?)".to_string(), vec![Value::Integer(k)])];
-            let deadline = Instant::now() + WAIT;
-            loop {
-                match client.execute_as(&client_id, seq as u64 + 1, statement.clone(), false).await {
-                    Ok(r) => {
-                        assert!(r.results[0].is_ok(), "row {k}: {:?}", r.results[0]);
-                        break;
-                    }
-                    Err(e) if Instant::now() > deadline => {
-                        panic!("row {k} not acknowledged within {WAIT:?}: {e}")
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-            acked.push(k);
-            longest = longest.max(last.elapsed());
-            last = Instant::now();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (acked, longest)
-    })
-}
-
 /// Writes all along while `leader` is SIGTERMed; returns the longest pause the writer saw.
 async fn sigterm_under_writes(c: &mut Cluster, leader: u64, from: i64) -> (Duration, Vec<i64>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = steady_writer(c.client().await, from, stop.clone());
+    let writer = SteadyWriter::start(c.client().await, "t", from, Duration::from_millis(5), WAIT);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = c.terminate(leader, WAIT).await.expect("the leader exits after SIGTERM");
     assert!(status.success(), "the leader exited with {status}");
     // Writes go on with the others for a while after.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (acked, longest) = writer.await.expect("the writer");
+    let (acked, longest) = writer.finish().await;
     (longest, acked)
 }
 
@@ -147,5 +105,14 @@ async fn transfer_leader_moves_leadership_where_asked() {
         Err(Error::InvalidArgument { message }) => assert!(message.contains("not a voter"), "{message}"),
         other => panic!("a transfer to node 9 must be refused: {other:?}"),
     }
+    // The shell's `.transfer ID`.
+    let back = target;
+    let out = std::process::Command::new(raftsql_tests::bin_dir().join("raftsql"))
+        .args(["--addr", &c.addrs().join(","), "-e", &format!(".transfer {back}")])
+        .output()
+        .expect("run the shell");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&format!("node {back} leads now")), "{text}");
+    assert_eq!(agreed_leader(&c).await.0, back);
     all_there(&c, &[1]).await;
 }
