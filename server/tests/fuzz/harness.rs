@@ -36,6 +36,16 @@ fn seed() -> u64 {
     }
 }
 
+/// Times the watchdog found the whole process stopped or starved (it slept over 5 s): time
+/// that passed then was no case's, so wall-clock checks spanning it prove nothing.
+static PAUSES: AtomicU64 = AtomicU64::new(0);
+
+/// How many pauses the watchdog has seen: a check that measures wall time compares this before
+/// and after ([`crate::sql_case`]'s deadline check).
+pub fn pauses() -> u64 {
+    PAUSES.load(Ordering::SeqCst)
+}
+
 /// What the case running now is, for the watchdog's message (set by the checks).
 static CURRENT: Mutex<String> = Mutex::new(String::new());
 /// When the case running now started, in milliseconds since the run started (0: none).
@@ -176,10 +186,11 @@ fn watch(name: &str, epoch: Instant, done: &AtomicU64) {
             continue;
         }
         if slept > Duration::from_secs(5) {
+            PAUSES.fetch_add(1, Ordering::SeqCst);
             // The whole process was stopped (SIGSTOP, a suspended machine) or starved: that
             // time was not the case's. Its clock starts again (a case that finished meanwhile
             // has moved STARTED_MS on, and keeps its own value). Seen: a lane paused for a CI
-            // run reported a 24-minute "hang".
+            // run reported a 24-minute "hang", and another a query that "ran" 26 minutes.
             let now = epoch.elapsed().as_millis() as u64 + 1;
             let _ = STARTED_MS.compare_exchange(started, now, Ordering::Relaxed, Ordering::Relaxed);
             continue;
