@@ -49,6 +49,7 @@
 //! deadline (10 s by default). Each attempt is bounded by the time left, including the time to
 //! connect (TCP 1 s, a TLS handshake 2 s): a network that swallows replies cannot hold a call. Statement errors are returned, never retried.
 
+pub mod backup;
 pub mod bench;
 pub mod demo;
 pub mod meta;
@@ -246,6 +247,10 @@ pub enum Error {
     Transport { addr: String, message: String },
     #[error("no server address given")]
     NoAddress,
+    /// A backup file that cannot be written, read or trusted, or a restore that cannot go on
+    /// (the message says what happened to the cluster).
+    #[error("{message}")]
+    Backup { message: String },
 }
 
 impl Error {
@@ -269,6 +274,7 @@ impl Error {
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::Transport { .. } => "TRANSPORT",
             Error::NoAddress => "INVALID_ARGUMENT",
+            Error::Backup { .. } => "BACKUP",
         }
     }
 

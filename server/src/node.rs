@@ -629,7 +629,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
 
         let signalled = Arc::new(tokio::sync::Notify::new());
         let sql_service = Arc::new(SqlService { core: core.clone(), auth: auth.clone(), metrics: metrics.clone() });
-        let admin_service = Arc::new(AdminService { core: core.clone(), auth: auth.clone() });
+        let admin_service = Arc::new(AdminService::new(core.clone(), auth.clone()));
         let raft_service = || {
             pb::raft_server::RaftServer::new(PeerService::new(core.clone(), sql_service.clone(), admin_service.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)

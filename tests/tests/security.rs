@@ -103,10 +103,11 @@ enum Call {
     Remove,
     Join,
     Snapshot,
+    Backup,
 }
 
 impl Call {
-    const ALL: [Call; 8] = [
+    const ALL: [Call; 9] = [
         Call::Query,
         Call::SelectThroughExecute,
         Call::Insert,
@@ -115,6 +116,7 @@ impl Call {
         Call::Remove,
         Call::Join,
         Call::Snapshot,
+        Call::Backup,
     ];
 
     /// The one permission that allows the call.
@@ -125,7 +127,7 @@ impl Call {
             Call::CreateTable => "ddl",
             Call::Status => "admin-status",
             Call::Remove | Call::Join => "admin-membership",
-            Call::Snapshot => "backup",
+            Call::Snapshot | Call::Backup => "backup",
         }
     }
 }
@@ -151,6 +153,10 @@ async fn make(cluster: &Cluster, who: &Credentials, call: Call, n: usize) -> Res
         }
         Call::Status => client.status(cluster.addr(1)).await.map(drop).map_err(code),
         Call::Remove => client.remove_member(99).await.map(drop).map_err(code),
+        Call::Backup => {
+            let file = cluster.dir().join(format!("backup-{n}.rsqlbak"));
+            client.backup(&file, Some(cluster.addr(1)), |_| {}).await.map(drop).map_err(code)
+        }
         Call::Join | Call::Snapshot => {
             let channel = raw_channel(cluster.addr(1)).await;
             let mut admin = pb::admin_client::AdminClient::new(channel);
@@ -214,7 +220,7 @@ async fn each_permission_allows_exactly_its_calls() {
                     true,
                     Call::Query | Call::SelectThroughExecute | Call::Insert | Call::CreateTable,
                 ) => true,
-                (Ok(()), true, Call::Status | Call::Snapshot) => true,
+                (Ok(()), true, Call::Status | Call::Snapshot | Call::Backup) => true,
                 (Err(c), true, Call::Remove) => c == "NOT_FOUND",
                 (Err(c), true, Call::Join) => c == "UNAVAILABLE",
                 (Err(c), false, _) => c == "PERMISSION_DENIED",

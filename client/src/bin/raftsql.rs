@@ -85,6 +85,103 @@ async fn bench(client: Client, b: &raftsql_client::bench::BenchArgs) -> ExitCode
     }
 }
 
+/// Shows progress on standard error when it is a terminal, at most five times a second.
+struct Meter {
+    on: bool,
+    last: std::time::Instant,
+    shown: bool,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter { on: std::io::stderr().is_terminal(), last: std::time::Instant::now(), shown: false }
+    }
+
+    fn show(&mut self, line: impl FnOnce() -> String) {
+        if self.on && self.last.elapsed() >= std::time::Duration::from_millis(200) {
+            self.last = std::time::Instant::now();
+            self.shown = true;
+            eprint!("\r{}\x1b[K", line());
+        }
+    }
+
+    fn done(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// `raftsql backup FILE`.
+async fn backup(client: Client, file: &std::path::Path, from: Option<&str>) -> ExitCode {
+    let mut meter = Meter::new();
+    let started = std::time::Instant::now();
+    let r = client
+        .backup(file, from, |p| {
+            meter.show(|| format!("backup: {} tables, {} rows, {}", p.tables, p.rows, mib(p.bytes)))
+        })
+        .await;
+    meter.done();
+    match r {
+        Ok(s) => {
+            println!(
+                "backup: {} tables, {} rows at applied index {} (term {}) of node {} -> {} ({}, {:.1} s)",
+                s.tables,
+                s.rows,
+                s.applied_index,
+                s.applied_term,
+                s.node_id,
+                file.display(),
+                mib(s.bytes),
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raftsql backup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `raftsql restore FILE`.
+async fn restore(client: Client, file: &std::path::Path, force: bool) -> ExitCode {
+    let mut meter = Meter::new();
+    let started = std::time::Instant::now();
+    let r = client
+        .restore(file, force, |p| {
+            meter.show(|| {
+                let pct = if p.rows_total == 0 { 100.0 } else { p.rows as f64 * 100.0 / p.rows_total as f64 };
+                format!("restore: {} tables, {} of {} rows ({pct:.0}%)", p.tables, p.rows, p.rows_total)
+            })
+        })
+        .await;
+    meter.done();
+    match r {
+        Ok(s) => {
+            println!(
+                "restore: {} tables, {} rows from {} (applied index {} of node {} in cluster {}) ({:.1} s)",
+                s.tables,
+                s.rows,
+                file.display(),
+                s.applied_index,
+                s.node_id,
+                if s.cluster_id.is_empty() { "?" } else { &s.cluster_id },
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raftsql restore: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The TLS the flags ask for, if any.
 fn tls(args: &Args) -> Result<Option<raftsql_client::Tls>, raftsql_client::Error> {
     if args.ca.is_none() && args.cert.is_none() && args.server_name.is_none() {
@@ -131,6 +228,22 @@ fn credentials(args: &Args) -> Result<Option<raftsql_client::Credentials>, Strin
 enum Cmd {
     /// Measure throughput and latency of a workload (docs/benchmarks.md).
     Bench(raftsql_client::bench::BenchArgs),
+    /// Save a consistent copy of the cluster (one applied index) to FILE, writes going on
+    /// meanwhile. The copy is the leader's unless --from names a node.
+    Backup {
+        file: std::path::PathBuf,
+        /// Take the copy from this node (HOST:PORT) instead of the leader.
+        #[arg(long, value_name = "HOST:PORT")]
+        from: Option<String>,
+    },
+    /// Load a backup FILE into an empty cluster through the log (every replica gets it). The
+    /// whole file is checked before anything is sent.
+    Restore {
+        file: std::path::PathBuf,
+        /// Drop every table the cluster holds first.
+        #[arg(long)]
+        force: bool,
+    },
     /// Start a local cluster of real server processes and the shell connected to it.
     Demo {
         /// How many nodes (1 to 9).
@@ -181,8 +294,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Cmd::Bench(b)) = &args.command {
-        return bench(client, b).await;
+    match &args.command {
+        Some(Cmd::Bench(b)) => return bench(client, b).await,
+        Some(Cmd::Backup { file, from }) => return backup(client, file, from.as_deref()).await,
+        Some(Cmd::Restore { file, force }) => return restore(client, file, *force).await,
+        _ => {}
     }
     let mut shell = Shell::new(client.clone(), args.format);
     shell.consistency = args.consistency;

@@ -65,6 +65,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct AdminService {
     pub core: Arc<Core>,
     pub auth: Arc<Auth>,
+    /// One backup at a time on this node ([`super::backup`]).
+    pub backups: Arc<tokio::sync::Semaphore>,
+}
+
+impl AdminService {
+    pub fn new(core: Arc<Core>, auth: Arc<Auth>) -> Self {
+        AdminService { core, auth, backups: Arc::new(tokio::sync::Semaphore::new(1)) }
+    }
 }
 
 /// This node's status as the protocol reports it.
@@ -495,6 +503,23 @@ impl pb::admin_server::Admin for AdminService {
         let (leader_id, term) =
             crate::raft::handoff::transfer(&self.core, target, TRANSFER_BUDGET).await.map_err(status_from)?;
         Ok(tonic::Response::new(pb::TransferLeaderResponse { leader_id, term }))
+    }
+
+    type BackupStream = super::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        request: tonic::Request<pb::BackupRequest>,
+    ) -> Result<tonic::Response<Self::BackupStream>, tonic::Status> {
+        let caller = self.auth.caller(&request).await?;
+        caller.require(Permission::Backup, "take backups")?;
+        let slot = self.backups.clone().try_acquire_owned().map_err(|_| {
+            status_from(Error::Overloaded(
+                "a backup is already running on this node: wait for it to finish, or back up from another node"
+                    .into(),
+            ))
+        })?;
+        super::backup::start(&self.core, slot).await.map(tonic::Response::new)
     }
 }
 

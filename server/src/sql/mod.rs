@@ -45,7 +45,7 @@
 //! the [`Executor`] undoes all of it and returns `Err`, and the sequencer answers it directly
 //! without recording an outcome, so an exactly-once record never replays a timeout.
 
-mod catalog;
+pub mod catalog;
 mod eval;
 mod exec;
 pub mod limits;

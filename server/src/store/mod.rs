@@ -103,7 +103,7 @@ mod versions;
 mod watermark;
 
 pub use log::{CommittedIndex, LogStore};
-pub use snapshot::{verify as verify_snapshot, SnapshotBuilder, MAX_RECORD_BYTES};
+pub use snapshot::{verify as verify_snapshot, Export, ExportItem, SnapshotBuilder, MAX_RECORD_BYTES};
 pub use state_machine::StateMachine;
 
 use crate::typ::NodeId;

@@ -305,10 +305,15 @@ impl SnapshotBuilder {
         self.build_with(|| {})
     }
 
-    /// Copies the records `view` shows into a new `build-<id>.part` file: header, records,
+    /// Copies the records `view` shows into a new `<prefix>-<id>.part` file: header, records,
     /// checksum; returns its path, the record count and the (unsynced) file.
-    fn copy(&self, meta: &SnapshotMeta, view: &View<'_>) -> Result<(PathBuf, u64, File), Error> {
-        let part = self.sm.shared.snapshots.dir.join(format!("build-{}.part", meta.snapshot_id));
+    fn copy(
+        &self,
+        prefix: &str,
+        meta: &SnapshotMeta,
+        view: &View<'_>,
+    ) -> Result<(PathBuf, u64, File), Error> {
+        let part = self.sm.shared.snapshots.dir.join(format!("{prefix}-{}.part", meta.snapshot_id));
         let file = File::create(&part).map_err(Error::io(format!("create {part:?}")))?;
         let mut w = Crc::new(BufWriter::new(file));
         write_header(&mut w, meta)?;
@@ -322,17 +327,21 @@ impl SnapshotBuilder {
         Ok((part, records, file))
     }
 
-    /// [`build_blocking`](Self::build_blocking), running `after_pin` once the state to copy is
-    /// pinned (tests apply entries there).
-    pub(crate) fn build_with(&self, after_pin: impl FnOnce()) -> Result<(Snapshot, Duration), Error> {
+    /// Copies the applied state into a new file of the snapshot format, `<prefix>-<id>.part`
+    /// in the snapshot dir: header, records, checksum. The records are copied from a pinned
+    /// state (`versions`): apply goes on meanwhile and keeps, for this copy, what it
+    /// overwrites. If it had to keep too much (a write storm during a long copy), the copy is
+    /// stopped; it is then made again with apply waiting, as a bounded fallback, rather than
+    /// failing (a failed build would stop Raft). Returns the file's meta, path, record count,
+    /// the (unsynced) file and how long apply waited.
+    #[allow(clippy::type_complexity)]
+    fn copy_applied(
+        &self,
+        prefix: &str,
+        after_pin: impl FnOnce(),
+    ) -> Result<(SnapshotMeta, PathBuf, u64, File, Duration), Error> {
         let shared = &self.sm.shared;
         let dir = &shared.snapshots;
-        let started = Instant::now();
-        let _busy = crate::watchdog::SNAPSHOT_BUILD.enter(self.sm.applied_index().unwrap_or(0));
-        // The records are copied from a pinned state (`versions`): apply goes on meanwhile and
-        // keeps, for this copy, what it overwrites. If it had to keep too much (a write storm
-        // during a long copy), the copy is stopped; it is then made again with apply waiting,
-        // as a bounded fallback, rather than failing (a failed build would stop Raft).
         let (pin, tree, meta) = {
             let current = shared.read_state();
             let meta = SnapshotMeta {
@@ -344,12 +353,11 @@ impl SnapshotBuilder {
             (current.versions.pin(pos), current.tree.clone(), meta)
         };
         after_pin();
-        let copied = self.copy(&meta, &View { tree: &tree, pin: Some(&pin) });
-        let (meta, part, records, file, paused) = match copied {
-            Ok((part, records, file)) => (meta, part, records, file, Duration::ZERO),
+        match self.copy(prefix, &meta, &View { tree: &tree, pin: Some(&pin) }) {
+            Ok((part, records, file)) => Ok((meta, part, records, file, Duration::ZERO)),
             Err(e) if pin.stopped() => {
                 drop(pin);
-                tracing::warn!(error = %e, "snapshot copy stopped; copying again with apply waiting");
+                tracing::warn!(error = %e, "a copy of the applied state stopped; copying again with apply waiting");
                 let locked = Instant::now();
                 let current = shared.read_state();
                 let meta = SnapshotMeta {
@@ -357,11 +365,22 @@ impl SnapshotBuilder {
                     last_membership: current.membership.clone(),
                     snapshot_id: dir.next_id(current.last_applied),
                 };
-                let (part, records, file) = self.copy(&meta, &View { tree: &current.tree, pin: None })?;
-                (meta, part, records, file, locked.elapsed())
+                let (part, records, file) =
+                    self.copy(prefix, &meta, &View { tree: &current.tree, pin: None })?;
+                Ok((meta, part, records, file, locked.elapsed()))
             }
-            Err(e) => return Err(e),
-        };
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`build_blocking`](Self::build_blocking), running `after_pin` once the state to copy is
+    /// pinned (tests apply entries there).
+    pub(crate) fn build_with(&self, after_pin: impl FnOnce()) -> Result<(Snapshot, Duration), Error> {
+        let shared = &self.sm.shared;
+        let dir = &shared.snapshots;
+        let started = Instant::now();
+        let _busy = crate::watchdog::SNAPSHOT_BUILD.enter(self.sm.applied_index().unwrap_or(0));
+        let (meta, part, records, file, paused) = self.copy_applied("build", after_pin)?;
         file.sync_all().map_err(Error::io(format!("fsync {part:?}")))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         // Durability choice (b): the state machine must be durable up to the snapshot before
@@ -398,6 +417,64 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await;
         flatten(r).map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)).into())
+    }
+}
+
+/// A consistent copy of the applied state for a backup ([`StateMachine::export`]): a file of
+/// the snapshot format in the snapshot dir, `backup-<id>.part`, removed when this is dropped
+/// (and by `SnapshotDir::open` after a crash). Copying to a file first means a slow reader of
+/// the backup holds a file, not a pin that apply must keep old values for.
+pub struct Export {
+    path: PathBuf,
+    /// The applied log id (and membership) the copy shows.
+    pub meta: SnapshotMeta,
+    /// Records in the copy (tables, rows, and what a backup leaves out).
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// What a backup carries of the state: schemas and row images, table by table. The cluster id
+/// and the exactly-once records belong to the cluster they were made in and stay out; hidden
+/// row ids are not part of a row image.
+#[derive(Debug)]
+pub enum ExportItem {
+    Table(TableSchema),
+    Row(crate::changeset::Row),
+}
+
+impl Export {
+    /// Reads the copy back, checking it as an install would (count, checksum), and hands each
+    /// table and row to `each`, rows after their table. Stops at the first error of `each`.
+    pub fn read(&self, mut each: impl FnMut(ExportItem) -> Result<(), Error>) -> Result<(), Error> {
+        let f = File::open(&self.path).map_err(Error::io(format!("open {:?}", self.path)))?;
+        let mut r = Crc::new(BufReader::new(f));
+        read_header(&mut r, &self.path)?;
+        read_records(&mut r, &self.path, |record, _| match record {
+            Record::Table(schema) => each(ExportItem::Table(schema)),
+            Record::Row(stored) => each(ExportItem::Row(stored.row)),
+            Record::ClusterId(_) | Record::Request { .. } | Record::End { .. } => Ok(()),
+        })
+        .map(drop)
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = ?self.path, error = %e, "could not remove a backup's copy of the state");
+        }
+    }
+}
+
+impl StateMachine {
+    /// Copies the applied state for a backup, apply going on meanwhile. Blocking (it copies
+    /// every row): run it off the async runtime.
+    pub fn export(&self) -> Result<Export, Error> {
+        let b = SnapshotBuilder { sm: self.clone() };
+        let (meta, path, records, file, _) = b.copy_applied("backup", || {})?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        drop(file);
+        Ok(Export { path, meta, records, bytes })
     }
 }
 
