@@ -14,11 +14,13 @@
 //! and the sequencer.
 
 pub mod handoff;
+pub mod membership;
 pub mod network;
 pub mod peer_check;
 pub mod read;
 pub mod read_index;
 pub mod sequencer;
+mod status;
 
 use crate::changeset::StatementOutcome;
 use crate::store::StateMachine;
@@ -317,6 +319,14 @@ impl Core {
     /// Where other nodes reach member `id` (its peer address), if it is a member.
     pub fn peer_addr_of(&self, id: NodeId) -> Option<String> {
         self.metrics().membership_config.membership().get_node(&id).map(|n| n.peer_addr.clone())
+    }
+
+    /// Whether this node leads now, by its server state: the one test of it for everything
+    /// that must run on the leader (membership changes, forwarding). Not `current_leader ==
+    /// self`: a leader that removed itself keeps its vote, and so names itself leader, after
+    /// it stepped down.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == openraft::ServerState::Leader
     }
 
     /// The NotLeader error as this node knows it now.

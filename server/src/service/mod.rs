@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backup;
+mod forward;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -152,13 +153,7 @@ pub fn row_to_pb(row: &[Value]) -> pb::Row {
 }
 
 pub fn role_to_pb(r: Role) -> pb::Role {
-    match r {
-        Role::Leader => pb::Role::Leader,
-        Role::Follower => pb::Role::Follower,
-        Role::Candidate => pb::Role::Candidate,
-        Role::Learner => pb::Role::Learner,
-        Role::Shutdown => pb::Role::Shutdown,
-    }
+    r.to_pb()
 }
 
 pub fn level_to_pb(c: Consistency) -> pb::Consistency {

@@ -37,23 +37,6 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
-/// Sends a write on to the leader's peer service, with the caller's credentials, and relays
-/// its answer.
-async fn forward(
-    core: &Core,
-    addr: &str,
-    req: pb::ExecuteRequest,
-    metadata: &tonic::metadata::MetadataMap,
-    caller: &Caller,
-) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
-    let channel =
-        core.peer_channel(addr).map_err(|e| tonic::Status::unavailable(format!("leader {addr}: {e}")))?;
-    let mut client = pb::raft_client::RaftClient::new(channel)
-        .max_decoding_message_size(MAX_CLIENT_MESSAGE)
-        .max_encoding_message_size(MAX_CLIENT_MESSAGE);
-    client.forward_execute(forwarded(req, metadata, Some(caller))).await
-}
-
 /// PERMISSION_DENIED unless `caller` may run every statement of the request: reading
 /// statements need `read`, writing ones `write`, schema changes `ddl` (judged from the tokens,
 /// before anything is evaluated: [`crate::sql::effects`]). A request of only BEGIN/COMMIT still
@@ -207,13 +190,14 @@ impl SqlService {
         let write = WriteRequest { statements, transaction: req.transaction, request_id };
         let reply = match self.core.sequencer.write(write).instrument(span.clone()).await {
             Ok(r) => r,
-            Err(crate::raft::Error::NotLeader {
-                leader_id: Some(leader), leader_addr: Some(addr), ..
-            }) if original.is_some() => {
-                let addr = self.core.peer_addr_of(leader).unwrap_or(addr);
+            Err(crate::raft::Error::NotLeader { leader_id: Some(_), .. }) if original.is_some() => {
+                let addr = super::forward::leader_target(&self.core, was_forwarded)?;
                 tracing::debug!(parent: &span, leader = %addr, "forwarding the write to the leader");
-                return forward(&self.core, &addr, original.expect("checked above"), &metadata, &caller)
-                    .await;
+                let request = forwarded(original.expect("checked above"), &metadata, Some(&caller));
+                return super::forward::client(&self.core, &addr)?
+                    .forward_execute(request)
+                    .await
+                    .map_err(|s| super::forward::failed(&addr, s));
             }
             Err(e) => {
                 tracing::debug!(parent: &span, error = %e, "execute failed");
