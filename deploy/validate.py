@@ -50,10 +50,13 @@ PINS = [
 # (persistentVolumeClaimRetentionPolicy needs 1.27 or later.)
 KUBERNETES_VERSION = "1.37.0"
 LABEL = ("app.kubernetes.io/name", "raftsql")
-# The server's drain on SIGTERM (server/src/node.rs, DRAIN). The grace period must cover it
-# plus shutting Raft down and flushing sled.
+# What the server does on SIGTERM (server/src/node.rs): ask the API whether it is scaled away
+# (KUBE_TIMEOUT, 3 s), hand leadership over (--handoff-timeout-ms, 3 s), leave the cluster
+# (LEAVE_BUDGET, 12 s), drain (DRAIN, 10 s). The grace period must cover them plus shutting Raft
+# down and flushing sled.
 DRAIN_SECONDS = 10
-MIN_GRACE_SECONDS = 20
+SIGTERM_SECONDS = 3 + 3 + 12 + DRAIN_SECONDS
+MIN_GRACE_SECONDS = SIGTERM_SECONDS + 5
 # Share of the memory limit the server's own budgets (sled cache + query memory) may take:
 # the rest is for everything they do not count (buffers, gRPC, the runtime).
 MEMORY_BUDGET_SHARE = 0.75
@@ -486,9 +489,10 @@ def check_invariants(objs, variant, c):
     # Shutdown and resources.
     grace = pod.get("terminationGracePeriodSeconds", 30)
     c.check(grace >= MIN_GRACE_SECONDS,
-            f"{p} terminationGracePeriodSeconds ({grace}) covers the {DRAIN_SECONDS} s drain and the shutdown after it",
+            f"{p} terminationGracePeriodSeconds ({grace}) covers the {SIGTERM_SECONDS} s of scale-down check, "
+            f"hand-off, leave and drain, and the shutdown after them",
             f"{p} terminationGracePeriodSeconds ({grace}) is under {MIN_GRACE_SECONDS}: the pod would be killed during "
-            f"its {DRAIN_SECONDS} s drain or its final flush")
+            f"its hand-off, its leave, its {DRAIN_SECONDS} s drain or its final flush")
     limit = ((ctr.get("resources") or {}).get("limits") or {}).get("memory")
     budgets = [env.get("RAFTSQL_CACHE_BYTES"), env.get("RAFTSQL_MAX_NODE_MEMORY")]
     if c.check(limit is not None and all(b is not None for b in budgets),
@@ -518,11 +522,25 @@ def check_invariants(objs, variant, c):
             f"{p} set enableServiceLinks: false: the Service raftsql would inject RAFTSQL_SERVICE_HOST, RAFTSQL_PORT, "
             f"... into the prefix the server reads its flags from")
     accounts = {a["metadata"]["name"]: a for a in by_kind.get("ServiceAccount", [])}
-    sa = accounts.get(pod.get("serviceAccountName"))
+    sa_name = pod.get("serviceAccountName")
+    sa = accounts.get(sa_name)
     c.check(sa is not None and sa.get("automountServiceAccountToken") is False,
-            f"{p} ServiceAccount {pod.get('serviceAccountName')} mounts no API token",
-            f"{p} serviceAccountName {pod.get('serviceAccountName')!r} must name a ServiceAccount of the manifests "
-            f"with automountServiceAccountToken: false (the server never calls the Kubernetes API)")
+            f"{p} ServiceAccount {sa_name} mounts its token into no pod by default",
+            f"{p} serviceAccountName {sa_name!r} must name a ServiceAccount of the manifests with "
+            f"automountServiceAccountToken: false (only raftsql's pods, which ask for it, get the token)")
+    # The token the pods do mount may read this one StatefulSet and nothing else.
+    roles = {r["metadata"]["name"]: r for r in by_kind.get("Role", [])}
+    bound = [roles.get((b.get("roleRef") or {}).get("name")) for b in by_kind.get("RoleBinding", [])
+             if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa_name for s in b.get("subjects") or [])
+             and (b.get("roleRef") or {}).get("kind") == "Role"]
+    rules = [r for role in bound if role for r in role.get("rules") or []]
+    only_get = rules == [{"apiGroups": ["apps"], "resources": ["statefulsets"], "resourceNames": [sts_name],
+                          "verbs": ["get"]}]
+    c.check(pod.get("automountServiceAccountToken") is True and only_get
+            and not by_kind.get("ClusterRoleBinding"),
+            f"{p} the pods' token may only get StatefulSet {sts_name} (to tell a scale-down from a restart)",
+            f"{p} the pod must mount its ServiceAccount token (automountServiceAccountToken: true) bound by a "
+            f"RoleBinding to a Role whose one rule is get on statefulsets/{sts_name}; found rules {rules}")
 
     return {"env": env, "mounts": mounts, "volumes": volumes, "sts_name": sts_name, "replicas": replicas}
 

@@ -60,6 +60,7 @@ use std::time::Duration;
 use tracing::{error, info, warn, Instrument};
 
 pub mod config_file;
+pub mod kube;
 mod statefulset;
 pub use statefulset::parse_hostname;
 
@@ -251,6 +252,17 @@ pub struct Config {
     /// milliseconds; 0 = exit without handing over.
     #[arg(long, env = "RAFTSQL_HANDOFF_TIMEOUT_MS", default_value_t = 3_000)]
     pub handoff_timeout_ms: u64,
+    /// With --statefulset-replicas: the Kubernetes API a pod asks, on SIGTERM, how many
+    /// replicas its StatefulSet wants; when this pod's ordinal is no longer among them (a
+    /// scale-down), the node leaves the cluster before it exits. Default:
+    /// https://KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT; without it, or without a
+    /// ServiceAccount token, a scale-down needs `.remove ID` by hand.
+    #[arg(long, env = "RAFTSQL_KUBE_API", value_name = "https://HOST:PORT")]
+    pub kube_api: Option<String>,
+    /// With --statefulset-replicas: the directory holding the ServiceAccount `token`, `ca.crt`
+    /// and `namespace` used for --kube-api.
+    #[arg(long, env = "RAFTSQL_KUBE_SA_DIR", default_value = kube::DEFAULT_SA_DIR)]
+    pub kube_sa_dir: PathBuf,
     /// Readiness (gRPC health "readiness", `/readyz`) needs the applied index within this many
     /// entries of the committed index, besides a known leader.
     #[arg(long, env = "RAFTSQL_READY_MAX_LAG", default_value_t = 1_000)]
@@ -365,6 +377,10 @@ fn lower_this_threads_priority() {
 /// Runs the node on the current (Raft) runtime; client work goes to `client`.
 async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> {
     let (cfg, plan) = statefulset::apply(cfg)?;
+    let scale_down = match &plan {
+        Some(p) => ScaleDown::new(&p.name, &cfg)?,
+        None => None,
+    };
     let id = cfg.id.context("--id is missing")?;
     if id == 0 {
         bail!("--id must be at least 1");
@@ -661,7 +677,8 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             // Client TLS handshakes run on the client runtime, with the rest of client work.
             let _on_the_client_runtime = client.enter();
             let handoff = Duration::from_millis(cfg.handoff_timeout_ms);
-            serve(router, listener, client_tls.clone(), signal_then_drain(signalled.clone(), core.clone(), handoff))
+            let on_signal = signal_then_drain(signalled.clone(), core.clone(), handoff, scale_down);
+            serve(router, listener, client_tls.clone(), on_signal)
         };
         let mut server = client.spawn(server.in_current_span());
         // After the signal the server answers what it has and sends GOAWAY; requests still
@@ -783,16 +800,129 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 /// Resolves at SIGTERM or SIGINT, after telling `signalled` and, on a leader, handing
 /// leadership over (bounded by `handoff`; zero: not at all). The client port keeps serving
 /// meanwhile: writes are refused UNAVAILABLE and retried by clients, and reach the new leader.
-async fn signal_then_drain(signalled: Arc<tokio::sync::Notify>, core: Arc<Core>, handoff: Duration) {
+async fn signal_then_drain(
+    signalled: Arc<tokio::sync::Notify>,
+    core: Arc<Core>,
+    handoff: Duration,
+    scale_down: Option<ScaleDown>,
+) {
     shutdown_signal().await;
     signalled.notify_one();
+    let leaving = match &scale_down {
+        Some(s) => s.scaled_away().await,
+        None => false,
+    };
+    hand_off(&core, handoff).await;
+    if leaving {
+        leave(&core).await;
+    }
+}
+
+/// What a StatefulSet pod needs to tell a scale-down from a restart at SIGTERM (`node::kube`).
+struct ScaleDown {
+    set: String,
+    ordinal: u64,
+    api: kube::Api,
+}
+
+/// How long the StatefulSet's replica count is waited for at SIGTERM.
+const KUBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node leaving at SIGTERM keeps asking the leader to remove it.
+const LEAVE_BUDGET: Duration = Duration::from_secs(12);
+
+impl ScaleDown {
+    fn new(pod: &str, cfg: &Config) -> anyhow::Result<Option<ScaleDown>> {
+        let (set, ordinal) = parse_hostname(pod)?;
+        match kube::Api::from_env(cfg.kube_api.as_deref(), &cfg.kube_sa_dir) {
+            Ok(Some(api)) => {
+                info!(statefulset = %set, ?api, "a scale-down past this pod removes this node from the cluster at SIGTERM");
+                Ok(Some(ScaleDown { set, ordinal, api }))
+            }
+            Ok(None) => {
+                info!(
+                    sa_dir = %cfg.kube_sa_dir.display(),
+                    "no Kubernetes API or ServiceAccount token: a scale-down past this pod leaves it a member; \
+                     remove it by hand (`.remove ID`, deploy/README.md)"
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot use the Kubernetes API: a scale-down past this pod leaves it a member; remove it by hand");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether the StatefulSet now wants fewer replicas than this pod's ordinal needs. When
+    /// that cannot be told, the answer is no: staying a member is always safe, a wrong removal
+    /// is not.
+    async fn scaled_away(&self) -> bool {
+        match self.api.statefulset_replicas(&self.set, KUBE_TIMEOUT).await {
+            Ok(replicas) if replicas <= self.ordinal => {
+                info!(
+                    statefulset = %self.set, replicas, ordinal = self.ordinal,
+                    "the StatefulSet was scaled down past this pod: leaving the cluster before exiting"
+                );
+                true
+            }
+            Ok(replicas) => {
+                info!(statefulset = %self.set, replicas, ordinal = self.ordinal, "a restart, not a scale-down: staying a member");
+                false
+            }
+            Err(e) => {
+                warn!(
+                    error = %format!("{e:#}"),
+                    "cannot tell a scale-down from a restart: staying a member (if the StatefulSet was scaled \
+                     down, remove this node by hand)"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Asks the leader (after a hand-off, the new one) to remove this node, until it does or
+/// [`LEAVE_BUDGET`] passes.
+async fn leave(core: &Arc<Core>) {
+    let deadline = tokio::time::Instant::now() + LEAVE_BUDGET;
+    let req = raftsql_proto::v1::LeaveRequest { node_id: core.id, incarnation: core.sm.incarnation() };
+    loop {
+        match crate::service::admin::leave(core, req, false).await {
+            Ok(_) => {
+                info!("left the cluster: this node is no longer a member");
+                return;
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                info!("this node is no longer a member");
+                return;
+            }
+            Err(s) if tokio::time::Instant::now() >= deadline => {
+                warn!(
+                    error = %s.message(),
+                    "could not leave the cluster within {LEAVE_BUDGET:?}: remove node {} by hand (`.remove {}`)",
+                    core.id,
+                    core.id
+                );
+                return;
+            }
+            Err(s) => {
+                tracing::debug!(error = %s.message(), "leaving: retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A leader's hand-off at SIGTERM (`raft::handoff`), unless turned off or there is nobody to
+/// hand over to.
+async fn hand_off(core: &Arc<Core>, handoff: Duration) {
     let m = core.metrics();
     let voters = m.membership_config.membership().voter_ids().count();
     if handoff.is_zero() || m.current_leader != Some(core.id) || voters < 2 {
         return;
     }
     let started = std::time::Instant::now();
-    match crate::raft::handoff::transfer(&core, None, handoff).await {
+    match crate::raft::handoff::transfer(core, None, handoff).await {
         Ok((leader, term)) => {
             info!(
                 leader,

@@ -82,11 +82,11 @@ struct Loaded {
 /// 0.23.48 marks ring's provider deprecated because it has no post-quantum key exchange; the
 /// classical X25519/P-256 exchanges it has are what etcd and rqlite use today.
 #[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f =
         std::fs::File::open(path).map_err(|e| format!("cannot open the {what} {}: {e}", path.display()))?;
@@ -110,7 +110,7 @@ fn certs(pem: &[u8], what: &str, path: &Path) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-fn roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, String> {
+pub(crate) fn roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, String> {
     let mut roots = RootCertStore::empty();
     for cert in certs(pem, "CA file", path)? {
         roots

@@ -130,6 +130,18 @@ fn validate_fails_on_manifests_that_break_an_invariant() {
             "FAIL [base] StatefulSet/raftsql does not validate against Kubernetes",
         ),
         (
+            "base/rbac.yaml",
+            "verbs: [\"get\"]",
+            "verbs: [\"get\", \"delete\"]",
+            "FAIL [base] the pod must mount its ServiceAccount token",
+        ),
+        (
+            "base/statefulset.yaml",
+            "terminationGracePeriodSeconds: 45",
+            "terminationGracePeriodSeconds: 30",
+            "FAIL [base] terminationGracePeriodSeconds (30) is under 33",
+        ),
+        (
             "tls/statefulset-patch.yaml",
             "/tls/node-{id}-peer.key",
             "/tls/node-{id}-peer-key.pem",

@@ -6,6 +6,7 @@
 //! lost is brought back by the documented procedure.
 
 use raftsql_client::{Client, Consistency, QueryOptions, Value};
+use raftsql_tests::kube::FakeKube;
 use raftsql_tests::{bin_dir, free_port};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ struct StatefulSet {
     /// Client, peer and HTTP address of every ordinal that may run.
     addrs: BTreeMap<u64, (String, String, String)>,
     pods: BTreeMap<u64, Child>,
+    /// The Kubernetes API the pods ask at SIGTERM whether they are being scaled away.
+    kube: Option<FakeKube>,
 }
 
 impl StatefulSet {
@@ -31,7 +34,7 @@ impl StatefulSet {
         let dir = tempfile::Builder::new().prefix("raftsql-test-").tempdir().expect("a temp dir");
         let port = || format!("127.0.0.1:{}", free_port());
         let addrs = (0..max).map(|o| (o, (port(), port(), port()))).collect();
-        StatefulSet { dir: Some(dir), replicas, addrs, pods: BTreeMap::new() }
+        StatefulSet { dir: Some(dir), replicas, addrs, pods: BTreeMap::new(), kube: None }
     }
 
     fn dir(&self) -> &Path {
@@ -56,8 +59,12 @@ impl StatefulSet {
             self.addrs.iter().map(|(o, (c, p, _))| format!("raftsql-{o}={c}/{p}")).collect();
         let (client, peer, http) = &self.addrs[&ordinal];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(ordinal)).expect("log");
-        let child = Command::new(bin_dir().join("raftsql-server"))
-            .env_clear()
+        let mut cmd = Command::new(bin_dir().join("raftsql-server"));
+        cmd.env_clear();
+        if let Some(k) = &self.kube {
+            cmd.env("RAFTSQL_KUBE_API", &k.url).env("RAFTSQL_KUBE_SA_DIR", &k.sa_dir);
+        }
+        let child = cmd
             .env("RAFTSQL_STATEFULSET_REPLICAS", self.replicas.to_string())
             .env("RAFTSQL_HOSTNAME", format!("raftsql-{ordinal}"))
             .env("RAFTSQL_STATEFULSET_TEST_ADDRS", map.join(","))
@@ -221,11 +228,14 @@ async fn write(client: &Client, from: i64, to: i64) {
 }
 
 /// Three pods started with the same environment form a cluster by their names alone; a fourth
-/// ordinal joins and is promoted; scaling down removes it; a pod that lost its volume is
-/// refused as its old self, says what to do, and joins by itself once that is done.
+/// ordinal joins and is promoted; scaling down (the API's replica count lowered, then SIGTERM,
+/// as the StatefulSet controller does) makes it leave the cluster by itself, while a restart
+/// does not; a pod that lost its volume is refused as its old self, says what to do, and joins
+/// by itself once that is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_volume() {
     let mut set = StatefulSet::new(3, 4);
+    set.kube = Some(FakeKube::start(set.dir(), "raftsql", 3).await);
     // Parallel pod management: all three at once.
     for o in 0..3 {
         set.start(o);
@@ -239,6 +249,7 @@ async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_v
     }
 
     // Scale to 4: ordinal 3 is not a founder, so it joins, is caught up and promoted.
+    set.kube.as_ref().unwrap().set_replicas(4);
     set.start(3);
     set.wait_members(&[1, 2, 3, 4]).await;
     assert!(set.log_text(3).contains("joined the cluster"), "{}", tail(&set.log_text(3)));
@@ -246,9 +257,12 @@ async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_v
     set.wait_members(&[1, 2, 3, 4]).await;
     assert_eq!(set.rows(3).await.len(), 30, "the scaled-up pod holds every row");
 
-    // Scale back to 3, highest ordinal first: remove node 4, stop its pod, delete its volume.
-    client.remove_member(4).await.expect("remove node 4");
+    // Scale back to 3: the controller lowers the count, then SIGTERMs the highest ordinal,
+    // which asks the API, sees it is being scaled away and leaves before it exits.
+    set.kube.as_ref().unwrap().set_replicas(3);
     set.stop(3).await;
+    let log = set.log_text(3);
+    assert!(log.contains("scaled down past this pod") && log.contains("left the cluster"), "{}", tail(&log));
     std::fs::remove_dir_all(set.volume(3)).expect("delete raftsql-3's volume");
     set.wait_members(&[1, 2, 3]).await;
 
@@ -275,11 +289,26 @@ async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_v
         assert_eq!(set.rows(o).await, want, "raftsql-{o} after the recovery");
     }
 
-    // A restart keeps its identity and data: nothing is founded or joined again.
+    // A restart keeps its identity and data: nothing is founded or joined again, and the pod
+    // stays a member (the API still wants 3).
     set.stop(2).await;
+    assert!(set.log_text(2).contains("a restart, not a scale-down"), "{}", tail(&set.log_text(2)));
     set.start(2);
     set.wait_members(&[1, 2, 3]).await;
     assert_eq!(set.rows(2).await, want, "raftsql-2 after a restart");
+
+    // When the API cannot say (here: 403, a missing RBAC rule), a pod stays a member even if
+    // it was being scaled away: a wrong removal is worse than a manual one.
+    set.kube.as_ref().unwrap().set_replicas(2);
+    set.kube.as_ref().unwrap().set_forbidden(true);
+    set.stop(2).await;
+    assert!(
+        set.log_text(2).contains("cannot tell a scale-down from a restart"),
+        "{}",
+        tail(&set.log_text(2))
+    );
+    set.start(2);
+    set.wait_members(&[1, 2, 3]).await;
 }
 
 /// The entrypoint's mistakes are refused at start with the reason: a hostname without an

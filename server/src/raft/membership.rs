@@ -220,6 +220,26 @@ impl Members<'_> {
         Ok(())
     }
 
+    /// Removes node `id` at its own request: only the incarnation the membership records for it
+    /// may ask (a node whose data dir was replaced is someone else), and never by force.
+    pub async fn leave_on_leader(&self, id: NodeId, incarnation: u64) -> Result<(), Error> {
+        let m = self.core.metrics();
+        let recorded = m.membership_config.membership().get_node(&id).map(|n| n.incarnation);
+        match recorded {
+            None => Err(Error::NotFound(format!("node {id} is not a member of this cluster (it may have left already)"))),
+            Some(r) if r != incarnation => Err(Error::InvalidArgument(format!(
+                "node {id} asks to leave as incarnation {}, but the member is incarnation {}: only the member \
+                 itself may ask",
+                Incarnation(incarnation),
+                Incarnation(r)
+            ))),
+            Some(_) => {
+                info!(node = id, "the node asks to leave the cluster (its StatefulSet was scaled down)");
+                self.remove_on_leader(id, false).await
+            }
+        }
+    }
+
     /// Removes a member; a voter only if the voters left could commit, unless `force`.
     pub async fn remove_on_leader(&self, id: NodeId, force: bool) -> Result<(), Error> {
         let m = self.core.metrics();

@@ -30,6 +30,26 @@ pub fn status(core: &Core) -> pb::StatusResponse {
     pb::StatusResponse { auth_failures: super::auth::total_failures(), ..core.status() }
 }
 
+/// A node's request to leave (`Raft.Leave`), from the node itself: forwarded to the leader by
+/// a node that does not lead, carried out there by [`Members::leave_on_leader`].
+pub async fn leave(
+    core: &Arc<Core>,
+    req: pb::LeaveRequest,
+    was_forwarded: bool,
+) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
+    if req.node_id == 0 {
+        return Err(super::invalid("node ids start at 1"));
+    }
+    if !core.is_leader() {
+        let addr = forward::leader_target(core, was_forwarded)?;
+        let mut request = forwarded(req, &tonic::metadata::MetadataMap::new(), None);
+        request.set_timeout(REMOVE_TIMEOUT + Duration::from_secs(5));
+        return forward::client(core, &addr)?.leave(request).await.map_err(|s| forward::failed(&addr, s));
+    }
+    Members { core }.leave_on_leader(req.node_id, req.incarnation).await.map_err(status_from)?;
+    Ok(tonic::Response::new(pb::RemoveResponse { leader: Some(status(core)) }))
+}
+
 /// A join, as both services take it: any member accepts it and forwards it to the leader over
 /// the peer service (a joining node holds no client credentials).
 pub(super) async fn join(

@@ -323,6 +323,17 @@ impl pb::raft_server::Raft for PeerService {
         Ok(tonic::Response::new(super::admin::status(&self.0.core)))
     }
 
+    async fn leave(
+        &self,
+        request: tonic::Request<pb::LeaveRequest>,
+    ) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
+        // A node leaves only as itself, also when it forwards its own request to the leader:
+        // with peer TLS, the certificate must name the node that leaves.
+        let was_forwarded = request.metadata().contains_key(super::FORWARDED);
+        check_peer(&self.0.core, &request, Some(request.get_ref().node_id))?;
+        super::admin::leave(&self.0.core, request.into_inner(), was_forwarded).await
+    }
+
     async fn join(
         &self,
         request: tonic::Request<pb::JoinRequest>,
