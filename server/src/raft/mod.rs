@@ -439,6 +439,58 @@ impl Core {
         futures::future::join_all(probes).await.into_iter().flatten().collect()
     }
 
+    /// openraft's metrics as they change (readiness, `/metrics`).
+    pub fn metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics> {
+        self.raft.metrics()
+    }
+
+    /// Hands a peer's AppendEntries (checked by `peer_check`) to openraft; an accepted one
+    /// counts as contact with the leader (BOUNDED reads).
+    pub async fn append_entries(
+        &self,
+        rpc: openraft::raft::AppendEntriesRequest<crate::typ::TypeConfig>,
+    ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, openraft::error::RaftError<NodeId>> {
+        let reply = self.raft.append_entries(rpc).await;
+        if let Ok(openraft::raft::AppendEntriesResponse::Success) = reply {
+            self.touch_leader_contact();
+        }
+        reply
+    }
+
+    /// Hands a peer's vote request (checked by `peer_check`) to openraft.
+    pub async fn vote(
+        &self,
+        rpc: openraft::raft::VoteRequest<NodeId>,
+    ) -> Result<openraft::raft::VoteResponse<NodeId>, openraft::error::RaftError<NodeId>> {
+        self.raft.vote(rpc).await
+    }
+
+    /// Hands a snapshot chunk (checked by `peer_check`, and verified whole before the last one
+    /// passes) to openraft.
+    pub async fn install_snapshot(
+        &self,
+        rpc: openraft::raft::InstallSnapshotRequest<crate::typ::TypeConfig>,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<NodeId>,
+        openraft::error::RaftError<NodeId, openraft::error::InstallSnapshotError>,
+    > {
+        self.raft.install_snapshot(rpc).await
+    }
+
+    /// Builds a snapshot now (which purges the log behind it) and returns its index, waiting at
+    /// most `timeout` for it.
+    pub async fn snapshot_now(&self, timeout: Duration) -> Result<u64, Error> {
+        let applied = self.metrics().last_applied.map(|l| l.index);
+        self.raft.trigger().snapshot().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.snapshot.map(|s| s.index) >= applied, "snapshot built")
+            .await
+            .map_err(|e| Error::Timeout(format!("snapshot not built: {e}")))?;
+        Ok(m.snapshot.map_or(0, |l| l.index))
+    }
+
     /// Records that a leader's AppendEntries was accepted just now.
     pub fn touch_leader_contact(&self) {
         self.last_leader_contact.store(monotonic_millis(), Ordering::Relaxed);

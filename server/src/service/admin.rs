@@ -124,16 +124,8 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<tonic::Response<pb::SnapshotResponse>, tonic::Status> {
         let caller = self.auth.caller(&request).await?;
         caller.require(Permission::Backup, "build snapshots")?;
-        let applied = self.core.metrics().last_applied.map(|l| l.index);
-        self.core.raft.trigger().snapshot().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let m = self
-            .core
-            .raft
-            .wait(Some(Duration::from_secs(60)))
-            .metrics(|m| m.snapshot.map(|s| s.index) >= applied, "snapshot built")
-            .await
-            .map_err(|e| status_from(Error::Timeout(format!("snapshot not built: {e}"))))?;
-        Ok(tonic::Response::new(pb::SnapshotResponse { snapshot_index: m.snapshot.map_or(0, |l| l.index) }))
+        let snapshot_index = self.core.snapshot_now(Duration::from_secs(60)).await.map_err(status_from)?;
+        Ok(tonic::Response::new(pb::SnapshotResponse { snapshot_index }))
     }
 
     async fn transfer_leader(

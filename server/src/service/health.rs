@@ -62,7 +62,7 @@ pub fn ready(m: &RaftMetrics, committed: u64, max_lag: u64, require_leader: bool
 
 /// [`ready`] for `core` as it is now.
 pub fn readiness(core: &Core, max_lag: u64, require_leader: bool) -> Result<(), String> {
-    let rx = core.raft.metrics();
+    let rx = core.metrics_watch();
     let m = rx.borrow();
     ready(&m, core.committed.get(), max_lag, require_leader)
 }
@@ -72,7 +72,7 @@ pub fn readiness(core: &Core, max_lag: u64, require_leader: bool) -> Result<(), 
 pub async fn watch(core: Arc<Core>, reporter: HealthReporter, max_lag: u64, metrics: Arc<Metrics>) {
     reporter.set_service_status("", ServingStatus::Serving).await;
     reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
-    let mut rx = core.raft.metrics();
+    let mut rx = core.metrics_watch();
     let mut last: Option<ServingStatus> = None;
     loop {
         let verdict = {

@@ -280,24 +280,20 @@ impl Handler {
     async fn append_entries(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         let (env, rpc) = decode(&self.core, request, "AppendEntries")?;
         Local::of(&self.core).append_entries(&env, &rpc).map_err(refused)?;
-        let reply = self.core.raft.append_entries(rpc).await;
-        if let Ok(openraft::raft::AppendEntriesResponse::Success) = reply {
-            self.core.touch_leader_contact();
-        }
-        encode(&reply)
+        encode(&self.core.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         let (env, rpc) = decode(&self.core, request, "Vote")?;
         Local::of(&self.core).vote(&env, &rpc).map_err(refused)?;
-        encode(&self.core.raft.vote(rpc).await)
+        encode(&self.core.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         let (env, rpc) = decode(&self.core, request, "InstallSnapshot")?;
         Local::of(&self.core).install_snapshot(&env, &rpc).map_err(refused)?;
         self.verify_chunk(&env, &rpc).await.map_err(refused)?;
-        encode(&self.core.raft.install_snapshot(rpc).await)
+        encode(&self.core.install_snapshot(rpc).await)
     }
 }
 
