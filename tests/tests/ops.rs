@@ -247,6 +247,19 @@ async fn readiness_follows_a_cut_and_liveness_does_not() {
     for id in cluster.ids() {
         wait_ready(&cluster, id, true).await;
     }
+
+    // The leader cut off from both followers keeps its role (openraft 0.9 does not step down)
+    // but can commit nothing: it turns not ready, while the other two elect a leader.
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    net.isolate(leader);
+    wait_ready(&cluster, leader, false).await;
+    let (_, body, _) = readiness(&cluster, leader).await;
+    eprintln!("the isolated leader's /readyz: {body}");
+    assert!(body.contains("has not heard from a quorum") || body.contains("no leader is known"), "{body}");
+    net.heal_all();
+    for id in cluster.ids() {
+        wait_ready(&cluster, id, true).await;
+    }
 }
 
 /// With `--users-file`, health (HTTP and gRPC) and reflection answer callers without

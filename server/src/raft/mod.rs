@@ -439,6 +439,12 @@ impl Core {
         futures::future::join_all(probes).await.into_iter().flatten().collect()
     }
 
+    /// The longest a leader may go without hearing from a quorum and still count as ready:
+    /// two maximal election timeouts (by then the followers have elected another leader).
+    pub fn quorum_ack_limit_ms(&self) -> u64 {
+        2 * self.raft.config().election_timeout_max
+    }
+
     /// openraft's metrics as they change (readiness, `/metrics`).
     pub fn metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics> {
         self.raft.metrics()

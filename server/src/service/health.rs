@@ -8,8 +8,11 @@
 //!   bad outage worse.
 //! - [`READINESS`]: SERVING only while this node is ready ([`ready`]): it is the leader or knows
 //!   one, its Raft core runs, and its applied index is within `--ready-max-lag` entries of its
-//!   committed index. A node cut off from the leader, or far behind on apply, stops receiving
-//!   client traffic from a load balancer, and a Kubernetes rollout waits for it.
+//!   committed index; a leader must also have heard from a quorum within two maximal election
+//!   timeouts (openraft 0.9 keeps a leader cut off from its followers in its role, and it can
+//!   then answer nothing). A node cut off from the leader or the leader cut off from the others,
+//!   or a node far behind on apply, stops receiving client traffic from a load balancer, and a
+//!   Kubernetes rollout waits for it.
 //!
 //! [`watch`] keeps the readiness status current from openraft's metrics watch
 //! (`Raft::metrics`), re-checking at least every [`RECHECK`], and logs every change of it.
@@ -37,9 +40,16 @@ pub const READINESS: &str = "readiness";
 pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// Whether a node with metrics `m` and committed index `committed` is ready to serve clients:
-/// `Ok`, or why not in one line. `require_leader: false` skips the leader condition (the HTTP
+/// `Ok`, or why not in one line. `require_leader: false` skips the leader conditions (the HTTP
 /// port's `/readyz?noleader`: "caught up with what it knows", for a node expected to be alone).
-pub fn ready(m: &RaftMetrics, committed: u64, max_lag: u64, require_leader: bool) -> Result<(), String> {
+/// `quorum_ms`: the longest a leader may go without hearing from a quorum.
+pub fn ready(
+    m: &RaftMetrics,
+    committed: u64,
+    max_lag: u64,
+    require_leader: bool,
+    quorum_ms: u64,
+) -> Result<(), String> {
     if let Err(fatal) = &m.running_state {
         return Err(format!("the Raft core has stopped: {fatal}"));
     }
@@ -48,6 +58,15 @@ pub fn ready(m: &RaftMetrics, committed: u64, max_lag: u64, require_leader: bool
     }
     if require_leader && m.current_leader.is_none() {
         return Err(format!("no leader is known in term {} (this node is a {:?})", m.current_term, m.state));
+    }
+    let quorum_age = m.millis_since_quorum_ack;
+    if require_leader && m.state == ServerState::Leader && quorum_age.is_none_or(|ms| ms > quorum_ms) {
+        let age = quorum_age.map_or("ever".to_string(), |ms| format!("{ms} ms"));
+        return Err(format!(
+            "this node leads term {} but has not heard from a quorum for {age} (more than {quorum_ms} ms): it \
+             cannot commit or confirm a read",
+            m.current_term
+        ));
     }
     let applied = m.last_applied.map_or(0, |l| l.index);
     let lag = committed.saturating_sub(applied);
@@ -64,7 +83,7 @@ pub fn ready(m: &RaftMetrics, committed: u64, max_lag: u64, require_leader: bool
 pub fn readiness(core: &Core, max_lag: u64, require_leader: bool) -> Result<(), String> {
     let rx = core.metrics_watch();
     let m = rx.borrow();
-    ready(&m, core.committed.get(), max_lag, require_leader)
+    ready(&m, core.committed.get(), max_lag, require_leader, core.quorum_ack_limit_ms())
 }
 
 /// Marks `""` and [`LIVENESS`] SERVING, then keeps [`READINESS`] current for as long as Raft
@@ -78,7 +97,7 @@ pub async fn watch(core: Arc<Core>, reporter: HealthReporter, max_lag: u64, metr
         let verdict = {
             let m = rx.borrow_and_update();
             metrics.saw_raft(&m);
-            ready(&m, core.committed.get(), max_lag, true)
+            ready(&m, core.committed.get(), max_lag, true, core.quorum_ack_limit_ms())
         };
         let status = if verdict.is_ok() { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
@@ -110,19 +129,29 @@ mod tests {
         m.current_leader = leader;
         m.current_term = 3;
         m.last_applied = Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), applied));
+        m.millis_since_quorum_ack = (state == ServerState::Leader).then_some(40);
         m
     }
 
     #[test]
     fn ready_needs_a_leader_and_a_short_apply_lag() {
-        assert_eq!(ready(&metrics(ServerState::Leader, Some(1), 10), 10, 5, true), Ok(()));
-        assert_eq!(ready(&metrics(ServerState::Follower, Some(2), 10), 15, 5, true), Ok(()));
-        assert_eq!(ready(&metrics(ServerState::Learner, Some(2), 10), 12, 5, true), Ok(()));
-        let e = ready(&metrics(ServerState::Candidate, None, 10), 10, 5, true).unwrap_err();
+        assert_eq!(ready(&metrics(ServerState::Leader, Some(1), 10), 10, 5, true, 1000), Ok(()));
+        assert_eq!(ready(&metrics(ServerState::Follower, Some(2), 10), 15, 5, true, 1000), Ok(()));
+        assert_eq!(ready(&metrics(ServerState::Learner, Some(2), 10), 12, 5, true, 1000), Ok(()));
+        let e = ready(&metrics(ServerState::Candidate, None, 10), 10, 5, true, 1000).unwrap_err();
         assert!(e.contains("no leader is known in term 3"), "{e}");
-        assert_eq!(ready(&metrics(ServerState::Candidate, None, 10), 10, 5, false), Ok(()));
-        let e = ready(&metrics(ServerState::Follower, Some(2), 10), 16, 5, true).unwrap_err();
+        assert_eq!(ready(&metrics(ServerState::Candidate, None, 10), 10, 5, false, 1000), Ok(()));
+        let e = ready(&metrics(ServerState::Follower, Some(2), 10), 16, 5, true, 1000).unwrap_err();
         assert!(e.contains("trails the committed index 16 by 6 entries"), "{e}");
-        assert!(ready(&metrics(ServerState::Shutdown, Some(2), 10), 10, 5, false).is_err());
+        assert!(ready(&metrics(ServerState::Shutdown, Some(2), 10), 10, 5, false, 1000).is_err());
+        // A leader that has not heard from a quorum for too long is not ready (but is when the
+        // leader conditions are dropped).
+        let mut cut = metrics(ServerState::Leader, Some(1), 10);
+        cut.millis_since_quorum_ack = Some(5_000);
+        let e = ready(&cut, 10, 5, true, 1000).unwrap_err();
+        assert!(e.contains("has not heard from a quorum for 5000 ms"), "{e}");
+        assert_eq!(ready(&cut, 10, 5, false, 1000), Ok(()));
+        cut.millis_since_quorum_ack = None;
+        assert!(ready(&cut, 10, 5, true, 1000).unwrap_err().contains("for ever"));
     }
 }
