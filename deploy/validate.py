@@ -5,7 +5,8 @@
                                [--secrets SECRETS_YAML]
 
 1. Reads each kustomization as kustomize would (resources, labels, JSON 6902 patches) for the
-   base (deploy/) and the TLS overlay (deploy/tls/); every listed resource must exist. Where
+   base (deploy/base/) and the TLS overlay (deploy/tls/), and checks that deploy/ itself, what
+   `kubectl apply -k deploy/` applies, is the TLS overlay; every listed resource must exist. Where
    kubectl is installed, `kubectl kustomize` must render the same objects, which proves this
    reading matches kustomize's.
 2. Validates every object against the Kubernetes JSON schemas, strictly (unknown fields are
@@ -599,10 +600,15 @@ def main():
         if args.secrets:
             secrets = {d["metadata"]["name"]: d for d in load_yaml_docs(args.secrets) if d.get("kind") == "Secret"}
         seen = set()
-        base = build(root, c, rel, seen)
-        compare_with_kustomize(root, base, rel(root), c)
+        base = build(root / "base", c, rel, seen)
+        compare_with_kustomize(root / "base", base, rel(root / "base"), c)
         tls = build(root / "tls", c, rel, seen)
         compare_with_kustomize(root / "tls", tls, rel(root / "tls"), c)
+        default = build(root, c, rel, seen)
+        c.check(default == tls,
+                "the top kustomization.yaml (`kubectl apply -k deploy/`) applies the TLS overlay",
+                "the top kustomization.yaml must apply the TLS overlay (resources: [tls]): the manifests "
+                "use TLS and a users Secret by default; the plain base is deploy/base/")
 
         if args.kubernetes_version not in kv.all_versions():
             raise Fatal(f"kubernetes-validate has no schemas for Kubernetes {args.kubernetes_version}")

@@ -14,8 +14,9 @@
 //!   `node-<id>-client.{pem,key}` for ids 1..=replicas (pod ordinal + 1): the `<name>-tls`
 //!   Secret.
 //! - `users/<user>.{pem,key}` for each `--user`.
-//! - `users.toml` (user `admin` with a bearer token and every permission, and each `--user`
-//!   with `read` and `write`) and `admin.token`; `users.toml` is the `<name>-users` Secret.
+//! - `users.toml` (user `admin` with a bearer token, a password and every permission, and each
+//!   `--user` with `read` and `write`), `admin.token` and `admin.password`; `users.toml` is the
+//!   `<name>-users` Secret.
 //! - `secrets.yaml`: both Secrets, for `kubectl apply -f`.
 
 use rcgen::{
@@ -283,17 +284,26 @@ pub fn make(a: &MakeCerts) -> Result<String, String> {
         write(&a.out.join("users").join(format!("{u}.key")), &c.key_pem, true)?;
     }
     let (token, token_line) = crate::service::auth::new_token();
+    // A password too, for a shell inside a pod (`kubectl exec -it ... --user admin` asks for
+    // it): kubectl exec passes no environment variable, so the token cannot reach it there.
+    let password = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>())
+    };
+    let hash = crate::service::auth::hash_password(&password)?;
     let mut users = String::from(
-        "# raftsql users (docs/security.md). admin's bearer token is in admin.token; users listed\n\
-         # without a password or token log in with their client certificate (users/NAME.pem).\n\
+        "# raftsql users (docs/security.md). admin's bearer token is in admin.token, its password in\n\
+         # admin.password; users listed without a password or token log in with their client\n\
+         # certificate (users/NAME.pem).\n\
          [[user]]\nname = \"admin\"\n",
     );
-    let _ = writeln!(users, "tokens = [\"{token_line}\"]\npermissions = [\"all\"]");
+    let _ = writeln!(users, "password = \"{hash}\"\ntokens = [\"{token_line}\"]\npermissions = [\"all\"]");
     for u in &a.users {
         let _ = writeln!(users, "\n[[user]]\nname = \"{u}\"\npermissions = [\"read\", \"write\"]");
     }
     write(&a.out.join("users.toml"), &users, true)?;
     write(&a.out.join("admin.token"), &format!("{token}\n"), true)?;
+    write(&a.out.join("admin.password"), &format!("{password}\n"), true)?;
 
     let mut yaml = String::new();
     let secret = |yaml: &mut String, name: &str, files: &[(String, String)]| {
@@ -315,7 +325,7 @@ pub fn make(a: &MakeCerts) -> Result<String, String> {
     Ok(format!(
         "wrote to {out}:\n  ca/        the peer and client CAs (keep the .key files offline; --renew re-issues from them)\n  \
          tls/       node certificates for ids 1..={r} and both CA certificates (Secret {n}-tls)\n  \
-         users.toml admin (token in admin.token){u} (Secret {n}-users)\n  \
+         users.toml admin (token in admin.token, password in admin.password){u} (Secret {n}-users)\n  \
          secrets.yaml  both Secrets: kubectl apply -f {out}/secrets.yaml\n\
          Node N runs with --tls-cert tls/node-N-client.pem --tls-key tls/node-N-client.key --tls-ca tls/client-ca.pem\n  \
          --peer-tls-cert tls/node-N-peer.pem --peer-tls-key tls/node-N-peer.key --peer-tls-ca tls/peer-ca.pem\n  \

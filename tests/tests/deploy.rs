@@ -130,6 +130,12 @@ fn validate_fails_on_manifests_that_break_an_invariant() {
             "FAIL [base] StatefulSet/raftsql does not validate against Kubernetes",
         ),
         (
+            "kustomization.yaml",
+            "  - tls\n",
+            "  - base\n",
+            "FAIL the top kustomization.yaml must apply the TLS overlay",
+        ),
+        (
             "base/rbac.yaml",
             "verbs: [\"get\"]",
             "verbs: [\"get\", \"delete\"]",

@@ -505,7 +505,14 @@ async fn make_certs_output_runs_a_cluster() {
     assert_eq!(std::fs::read(out.join("ca/peer-ca.pem")).unwrap(), ca_before);
     assert_ne!(std::fs::read(out.join("tls/node-1-peer.pem")).unwrap(), cert_before);
     use std::os::unix::fs::PermissionsExt;
-    for secret in ["ca/peer-ca.key", "tls/node-1-peer.key", "users.toml", "admin.token", "users/alice.key"] {
+    for secret in [
+        "ca/peer-ca.key",
+        "tls/node-1-peer.key",
+        "users.toml",
+        "admin.token",
+        "admin.password",
+        "users/alice.key",
+    ] {
         let mode = std::fs::metadata(out.join(secret)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{secret} is readable by others");
     }
@@ -559,6 +566,15 @@ async fn make_certs_output_runs_a_cluster() {
     alice.execute("INSERT INTO t VALUES (1, 'alice')", &[]).await.expect("alice writes with her certificate");
     let e = try_exec(&alice, "DROP TABLE t").await.expect_err("alice has read and write, not ddl");
     assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    // admin logs in with its password too (a shell inside a pod, where no token can reach).
+    let password = std::fs::read_to_string(out.join("admin.password")).unwrap().trim().to_string();
+    let by_password = Client::connect(cluster.addrs())
+        .await
+        .unwrap()
+        .with_tls(&Tls { ca: Some(std::fs::read(tls.join("client-ca.pem")).unwrap()), ..Default::default() })
+        .with_credentials(&Credentials::Basic { user: "admin".into(), password })
+        .unwrap();
+    exec(&by_password, "CREATE TABLE by_password (id INTEGER PRIMARY KEY)").await;
     cluster.assert_converged("t").await.unwrap();
     for id in cluster.ids() {
         cluster.wait_log(id, "peer port: mutual TLS", WAIT).await.unwrap();
