@@ -12,7 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED:-$root/../shared}
 bin=$root/target/release
 [ -x "$bin/raftsql-server" ] && [ -x "$bin/raftsql" ] ||
-  (cd "$root" && cargo build --release -p raftsql-server -p raftsql-client >&2)
+  (cd "$root" && cargo build --release -p raftsql-server -p raftsql-shell >&2)
 which=${*:-postgres etcd}
 work=$(mktemp -d "${TMPDIR:-/tmp}/raftsql-compare-XXXXXX")
 pids=()

@@ -50,11 +50,6 @@
 //! connect (TCP 1 s, a TLS handshake 2 s): a network that swallows replies cannot hold a call. Statement errors are returned, never retried.
 
 pub mod backup;
-pub mod bench;
-pub mod demo;
-pub mod meta;
-pub mod repl;
-pub mod shell;
 
 pub use raftsql_proto::v1 as pb;
 use std::collections::HashMap;

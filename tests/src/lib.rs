@@ -80,7 +80,7 @@ pub fn bin_dir() -> &'static Path {
             "-p",
             "raftsql-server",
             "-p",
-            "raftsql-client",
+            "raftsql-shell",
             "--bins",
             "--manifest-path",
         ])
@@ -96,7 +96,7 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-pub use raftsql_client::demo::free_port;
+pub use raftsql_shell::demo::free_port;
 
 /// `GET path` on `addr` over plain HTTP/1.1 (the nodes' `--http` port): the status code and
 /// the body, or why nothing usable answered within 5 s.

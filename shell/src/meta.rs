@@ -4,7 +4,7 @@
 //! and, in `raftsql demo`, `.demo`.
 
 use crate::shell::{parse_consistency, quote_ident, sql_literal, Flow, Format, Shell};
-use crate::{pb, Consistency, QueryOptions};
+use raftsql_client::{pb, Consistency, QueryOptions};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -196,8 +196,8 @@ impl Shell {
             .query("SELECT type, name, tbl_name, sql FROM sqlite_schema", &[], opts)
             .await
             .map_err(|e| format!("reading the catalog: {e}"))?;
-        let text = |v: &crate::Value| match v {
-            crate::Value::Text(s) => Some(s.clone()),
+        let text = |v: &raftsql_client::Value| match v {
+            raftsql_client::Value::Text(s) => Some(s.clone()),
             _ => None,
         };
         Ok(r.rows

@@ -6,7 +6,7 @@
 //! `{"columns":[..],"rows":[[..]],"rows_affected":N,"receipt":{"node":N,"term":N,"index":N,"token":".."}}`,
 //! or `{"error":{"code":"CONSTRAINT","message":".."}}` for a failed statement.
 
-use crate::{Client, Consistency, Error, QueryOptions, Receipt, Session, Value};
+use raftsql_client::{Client, Consistency, Error, QueryOptions, Receipt, Session, Value};
 use serde_json::json;
 use std::io::Write;
 
@@ -354,8 +354,8 @@ fn receipt_json(r: &Receipt) -> serde_json::Value {
 
 /// Parses `strong`, `ryw` (or `read_your_writes`), `bounded:DURATION` (e.g. `bounded:500ms`,
 /// `bounded:2s`) and `any`.
-pub fn parse_consistency(s: &str) -> Result<crate::Consistency, String> {
-    use crate::Consistency;
+pub fn parse_consistency(s: &str) -> Result<raftsql_client::Consistency, String> {
+    use raftsql_client::Consistency;
     let lower = s.trim().to_ascii_lowercase();
     match lower.as_str() {
         "strong" => Ok(Consistency::Strong),

@@ -3,8 +3,8 @@
 //! or SQL on standard input. `raftsql demo` starts a local cluster and opens the shell on it.
 
 use clap::{Parser, Subcommand};
-use raftsql_client::shell::{Flow, Format, Shell};
 use raftsql_client::Client;
+use raftsql_shell::shell::{Flow, Format, Shell};
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Read consistency: strong, ryw, bounded:DURATION (e.g. bounded:500ms) or any.
-    #[arg(long, default_value = "strong", value_parser = raftsql_client::shell::parse_consistency)]
+    #[arg(long, default_value = "strong", value_parser = raftsql_shell::shell::parse_consistency)]
     consistency: raftsql_client::Consistency,
     /// Session token to read at least as new as (from an earlier `--format json` receipt).
     #[arg(long)]
@@ -52,10 +52,10 @@ struct Args {
 }
 
 /// `raftsql bench`: against `client`'s cluster, or a throwaway local one.
-async fn bench(client: Client, b: &raftsql_client::bench::BenchArgs) -> ExitCode {
-    use raftsql_client::bench::{self, BenchFormat};
+async fn bench(client: Client, b: &raftsql_shell::bench::BenchArgs) -> ExitCode {
+    use raftsql_shell::bench::{self, BenchFormat};
     let local = if b.local {
-        match raftsql_client::demo::start_local(3, b.tls).await {
+        match raftsql_shell::demo::start_local(3, b.tls).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("raftsql bench: cannot start the local cluster: {e:#}");
@@ -227,7 +227,7 @@ fn credentials(args: &Args) -> Result<Option<raftsql_client::Credentials>, Strin
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Measure throughput and latency of a workload (docs/benchmarks.md).
-    Bench(raftsql_client::bench::BenchArgs),
+    Bench(raftsql_shell::bench::BenchArgs),
     /// Save a consistent copy of the cluster (one applied index) to FILE, writes going on
     /// meanwhile. The copy is the leader's unless --from names a node.
     Backup {
@@ -256,7 +256,7 @@ enum Cmd {
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(&Cmd::Demo { nodes }) = args.command.as_ref() {
-        return match raftsql_client::demo::run(nodes, args.format).await {
+        return match raftsql_shell::demo::run(nodes, args.format).await {
             Ok(0) => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
             Err(e) => {
@@ -329,7 +329,7 @@ async fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION"),
             args.addr.join(",")
         );
-        if let Err(e) = raftsql_client::repl::run(&mut shell).await {
+        if let Err(e) = raftsql_shell::repl::run(&mut shell).await {
             eprintln!("raftsql: {e}");
             return ExitCode::from(2);
         }

@@ -21,8 +21,8 @@
 //! - `--local` starts a throwaway 3-node cluster on loopback (as `raftsql demo` does; with
 //!   `--tls`, TLS on both ports), runs, and removes it.
 
-use crate::{Client, Consistency, QueryOptions, Value};
 use hdrhistogram::Histogram;
+use raftsql_client::{Client, Consistency, QueryOptions, Value};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -319,7 +319,7 @@ async fn measure(client: &Client, a: &BenchArgs, table: &'static str) -> anyhow:
                         failed.fetch_add(1, Ordering::Relaxed);
                         // A shedding node asked for a pause: honour it (within the run), as a
                         // well-behaved client would, rather than hammer it.
-                        if let crate::Error::ResourceExhausted { retry_after: Some(pause), .. } = e {
+                        if let raftsql_client::Error::ResourceExhausted { retry_after: Some(pause), .. } = e {
                             let left = deadline.saturating_duration_since(Instant::now());
                             tokio::time::sleep(pause.min(left)).await;
                         }

@@ -5,15 +5,15 @@
 //! statement (see [`crate::repl::run`]).
 //!
 //! The server binary is looked up next to this executable; when running from a source checkout
-//! (`cargo run -p raftsql-client --bin raftsql -- demo`) and it is missing, it is built first
+//! (`cargo run -p raftsql-shell --bin raftsql -- demo`) and it is missing, it is built first
 //! with the same profile.
 //!
 //! Demo-only commands: `.demo kill N`, `.demo restart N`, `.demo pause N`, `.demo resume N`,
 //! `.demo add`.
 
 use crate::shell::{Format, Shell};
-use crate::{pb, Client};
 use anyhow::{bail, Context};
+use raftsql_client::{pb, Client};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -369,7 +369,7 @@ pub async fn start_local(n: u64, tls: bool) -> anyhow::Result<(Handle, Client)> 
     let mut client = Client::connect(&addrs).await?;
     if tls {
         let ca = std::fs::read(certs.join("tls").join("client-ca.pem")).context("reading the local CA")?;
-        client = client.with_tls(&crate::Tls { ca: Some(ca), ..Default::default() });
+        client = client.with_tls(&raftsql_client::Tls { ca: Some(ca), ..Default::default() });
     }
     wait_for_leader(&client, &addrs).await?;
     Ok((handle, client))
