@@ -2,7 +2,8 @@
 //! the server decodes them, then checked the way the service checks a decoded request.
 //!
 //! - Client messages (`ExecuteRequest`, `QueryRequest`, `JoinRequest`, `RemoveRequest`,
-//!   `StatusRequest`, `SnapshotRequest`, `RaftMessage`) through `prost::Message::decode`; a
+//!   `StatusRequest`, `SnapshotRequest`, `BackupRequest`, `LeaveRequest`,
+//!   `TransferLeaderRequest`, `RaftMessage`) through `prost::Message::decode`; a
 //!   decoded ExecuteRequest goes through `request_id_from_pb`, the empty-request check,
 //!   `sql::check_request`, and when those pass, the whole SQL case (`sql_case::check`); a
 //!   QueryRequest through `check_request`, `consistency_from_pb`, `SessionToken::parse` and
@@ -103,7 +104,18 @@ fn mutate(mut b: Vec<u8>, ops: &[ByteOp]) -> Vec<u8> {
 }
 
 /// Which client message the bytes are fed to.
-const CLIENT_KINDS: &[&str] = &["Execute", "Query", "Join", "Remove", "Status", "Snapshot", "RaftMessage"];
+const CLIENT_KINDS: &[&str] = &[
+    "Execute",
+    "Query",
+    "Join",
+    "Remove",
+    "Status",
+    "Snapshot",
+    "RaftMessage",
+    "Backup",
+    "Leave",
+    "TransferLeader",
+];
 
 #[derive(Clone, Debug)]
 pub struct ClientInput {
@@ -158,6 +170,8 @@ fn valid_client_message() -> impl Strategy<Value = (usize, Vec<u8>)> {
         1 => (any::<u64>(), ".{0,20}", any::<bool>())
             .prop_map(|(node_id, addr, as_learner)| (2, pb::JoinRequest { node_id, addr, as_learner, incarnation: node_id ^ 7, peer_addr: String::new() }.encode_to_vec())),
         1 => any::<(u64, bool)>().prop_map(|(node_id, force)| (3, pb::RemoveRequest { node_id, force }.encode_to_vec())),
+        1 => any::<(u64, u64)>().prop_map(|(node_id, incarnation)| (8, pb::LeaveRequest { node_id, incarnation }.encode_to_vec())),
+        1 => any::<u64>().prop_map(|target| (9, pb::TransferLeaderRequest { target }.encode_to_vec())),
         1 => (vec(any::<u8>(), 0..64), ".{0,8}", any::<u64>(), any::<u64>())
             .prop_map(|(payload, cluster_id, from, to)| {
                 let msg = pb::RaftMessage { payload, cluster_id, from, to, from_incarnation: from, to_incarnation: to };
@@ -237,6 +251,9 @@ pub fn check_client(input: ClientInput) -> Result<(), TestCaseError> {
         "Remove" => decodes::<pb::RemoveRequest>(b),
         "Status" => decodes::<pb::StatusRequest>(b),
         "Snapshot" => decodes::<pb::SnapshotRequest>(b),
+        "Backup" => decodes::<pb::BackupRequest>(b),
+        "Leave" => decodes::<pb::LeaveRequest>(b),
+        "TransferLeader" => decodes::<pb::TransferLeaderRequest>(b),
         _ => {
             let Ok(m) = pb::RaftMessage::decode(b) else { return Ok(()) };
             check_peer(PeerInput {
