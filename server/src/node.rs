@@ -896,6 +896,14 @@ async fn leave(core: &Arc<Core>) {
                 info!("this node is no longer a member");
                 return;
             }
+            Err(s) if !worth_retrying(&s) => {
+                warn!(
+                    error = %s.message(),
+                    "the cluster refuses to remove this node: remove node {} by hand once that is resolved",
+                    core.id
+                );
+                return;
+            }
             Err(s) if tokio::time::Instant::now() >= deadline => {
                 warn!(
                     error = %s.message(),
@@ -910,6 +918,20 @@ async fn leave(core: &Arc<Core>) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// Whether a refused leave may succeed on a retry: no leader yet, leadership moving, a
+/// timeout. Not a refusal by the rules (the last voter, too few voters left, another
+/// incarnation).
+fn worth_retrying(s: &tonic::Status) -> bool {
+    use prost::Message;
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::ResourceExhausted => true,
+        Code::FailedPrecondition => raftsql_proto::v1::Error::decode(s.details())
+            .is_ok_and(|e| e.code() == raftsql_proto::v1::ErrorCode::NotLeader),
+        _ => false,
     }
 }
 
@@ -1084,6 +1106,20 @@ async fn join(core: Arc<Core>, seeds: Vec<String>, as_learner: bool, keep_asking
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leave_is_retried_only_when_a_retry_may_succeed() {
+        use crate::raft::Error;
+        use crate::service::status_from;
+        let not_leader = Error::NotLeader { leader_id: None, leader_addr: None, term: 3 };
+        assert!(worth_retrying(&status_from(not_leader)));
+        assert!(worth_retrying(&status_from(Error::Unavailable("no leader".into()))));
+        assert!(worth_retrying(&status_from(Error::Timeout("slow".into()))));
+        // The rules' refusals are final: the last voter, too few voters left, another incarnation.
+        assert!(!worth_retrying(&status_from(Error::InvalidArgument("the only voter".into()))));
+        assert!(!worth_retrying(&status_from(Error::Precondition("too few answer".into()))));
+        assert!(!worth_retrying(&status_from(Error::NotFound("gone".into()))));
+    }
 
     #[test]
     fn bootstrap_members_parse_and_reject_bad_input() {
