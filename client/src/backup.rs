@@ -419,7 +419,7 @@ impl Client {
         }
         if !names.is_empty() {
             let drops = names.iter().map(|n| (format!("DROP TABLE {}", quote(n)), vec![])).collect();
-            self.execute_batch(drops, true)
+            self.execute_restoring(drops, true)
                 .await
                 .and_then(|r| first_error(r, "dropping the existing tables"))?;
         }
@@ -463,7 +463,7 @@ impl Client {
                     }
                     let mut statements = vec![(t.create_sql.clone(), vec![])];
                     statements.extend(t.index_sql.iter().map(|s| (s.clone(), vec![])));
-                    let created = self.execute_batch(statements, true).await;
+                    let created = self.execute_restoring(statements, true).await;
                     created
                         .and_then(|r| first_error(r, "creating the table"))
                         .map_err(|e| stopped(&Some(t.clone()), &p, e))?;
@@ -537,7 +537,9 @@ impl Client {
             format!("INSERT INTO {} ({cols}) VALUES {}", quote(&t.name), vec![one; rows.len()].join(", "));
         let n = rows.len() as u64;
         let params: Vec<Value> = rows.drain(..).flatten().collect();
-        self.execute_batch(vec![(sql, params)], true).await.and_then(|r| first_error(r, "loading rows"))?;
+        self.execute_restoring(vec![(sql, params)], true)
+            .await
+            .and_then(|r| first_error(r, "loading rows"))?;
         p.rows += n;
         p.bytes += *bytes as u64;
         *bytes = 0;

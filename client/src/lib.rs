@@ -52,6 +52,10 @@
 pub mod backup;
 
 pub use raftsql_proto::v1 as pb;
+
+/// The metadata that marks a write as part of a restore ([`Client::restore`]): the server then
+/// requires the `backup` permission besides what the statements need.
+pub const RESTORE_HEADER: &str = "x-raftsql-restore";
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -707,6 +711,32 @@ impl Client {
         statements: Vec<(String, Vec<Value>)>,
         transaction: bool,
     ) -> Result<ExecuteResult, Error> {
+        self.execute_marked(client_id, seq, statements, transaction, false).await
+    }
+
+    /// [`Client::execute_batch`] marked as part of a restore (`x-raftsql-restore`): the server
+    /// then also requires the `backup` permission.
+    pub(crate) async fn execute_restoring(
+        &self,
+        statements: Vec<(String, Vec<Value>)>,
+        transaction: bool,
+    ) -> Result<ExecuteResult, Error> {
+        let (lane, seq) = self.take_lane();
+        let seq = seq + 1;
+        let client_id = format!("{}-{lane}", self.inner.client_id);
+        let result = self.execute_marked(&client_id, seq, statements, transaction, true).await;
+        self.release_lane((lane, seq));
+        result
+    }
+
+    async fn execute_marked(
+        &self,
+        client_id: &str,
+        seq: u64,
+        statements: Vec<(String, Vec<Value>)>,
+        transaction: bool,
+        restoring: bool,
+    ) -> Result<ExecuteResult, Error> {
         let request = pb::ExecuteRequest {
             statements: statements
                 .into_iter()
@@ -720,6 +750,10 @@ impl Client {
             .retrying(None, Route::Leader, |addr, channel, timeout| {
                 let mut req = self.request(request.clone());
                 req.set_timeout(timeout);
+                if restoring {
+                    req.metadata_mut()
+                        .insert(RESTORE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+                }
                 async move {
                     let mut client =
                         pb::sql_client::SqlClient::new(channel).max_decoding_message_size(MAX_MESSAGE);

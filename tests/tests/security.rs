@@ -46,6 +46,8 @@ fn write_users(dir: &Path) -> Users {
         text.push_str(&user_entry(p, &format!("pw-{p}"), &[p]));
     }
     text.push_str(&user_entry("admin", "pw-admin", &["all"]));
+    // Every permission a restore's statements need, but not `backup`.
+    text.push_str(&user_entry("loader", "pw-loader", &["read", "write", "ddl"]));
     let (bot_token, bot_hash) = token();
     text.push_str(&format!(
         "[[user]]\nname = \"bot\"\ntokens = [{bot_hash:?}]\npermissions = [\"read\", \"write\"]\n"
@@ -104,10 +106,11 @@ enum Call {
     Join,
     Snapshot,
     Backup,
+    Restore,
 }
 
 impl Call {
-    const ALL: [Call; 9] = [
+    const ALL: [Call; 10] = [
         Call::Query,
         Call::SelectThroughExecute,
         Call::Insert,
@@ -117,6 +120,7 @@ impl Call {
         Call::Join,
         Call::Snapshot,
         Call::Backup,
+        Call::Restore,
     ];
 
     /// The one permission that allows the call.
@@ -128,6 +132,8 @@ impl Call {
             Call::Status => "admin-status",
             Call::Remove | Call::Join => "admin-membership",
             Call::Snapshot | Call::Backup => "backup",
+            // And `read`, `ddl` and `write`: no single permission is enough.
+            Call::Restore => "backup+read+ddl+write",
         }
     }
 }
@@ -156,6 +162,13 @@ async fn make(cluster: &Cluster, who: &Credentials, call: Call, n: usize) -> Res
         Call::Backup => {
             let file = cluster.dir().join(format!("backup-{n}.rsqlbak"));
             client.backup(&file, Some(cluster.addr(1)), |_| {}).await.map(drop).map_err(code)
+        }
+        Call::Restore => {
+            // A backup of the cluster as it is, restored over it (`--force`): the tables come back.
+            let file = cluster.dir().join(format!("restore-{n}.rsqlbak"));
+            let admin = client_as(cluster, Some(&admin())).await;
+            admin.backup(&file, Some(cluster.addr(1)), |_| {}).await.expect("a backup to restore");
+            client.restore(&file, true, |_| {}).await.map(drop).map_err(code)
         }
         Call::Join | Call::Snapshot => {
             let channel = raw_channel(cluster.addr(1)).await;
@@ -220,7 +233,7 @@ async fn each_permission_allows_exactly_its_calls() {
                     true,
                     Call::Query | Call::SelectThroughExecute | Call::Insert | Call::CreateTable,
                 ) => true,
-                (Ok(()), true, Call::Status | Call::Snapshot | Call::Backup) => true,
+                (Ok(()), true, Call::Status | Call::Snapshot | Call::Backup | Call::Restore) => true,
                 (Err(c), true, Call::Remove) => c == "NOT_FOUND",
                 (Err(c), true, Call::Join) => c == "UNAVAILABLE",
                 (Err(c), false, _) => c == "PERMISSION_DENIED",
@@ -231,6 +244,19 @@ async fn each_permission_allows_exactly_its_calls() {
         }
     }
     assert_eq!(table.len(), Call::ALL.len() * 7);
+
+    // A restore needs `backup` besides what its statements need: without it its first write
+    // (the DROP of --force) is refused and nothing changes.
+    let file = cluster.dir().join("loader.rsqlbak");
+    admin_client.backup(&file, None, |_| {}).await.expect("a backup");
+    let before =
+        admin_client.query("SELECT count(*) FROM sqlite_schema", &[], QueryOptions::default()).await.unwrap();
+    let loader = client_as(&cluster, Some(&basic("loader", "pw-loader"))).await;
+    let e = loader.restore(&file, true, |_| {}).await.expect_err("loader lacks backup");
+    assert!(matches!(e, Error::PermissionDenied { .. }) && e.to_string().contains("backup"), "{e:?}");
+    let after =
+        admin_client.query("SELECT count(*) FROM sqlite_schema", &[], QueryOptions::default()).await.unwrap();
+    assert_eq!(before.rows, after.rows, "a refused restore changed the catalog");
 
     // The token user: read and write, nothing else.
     let bot = Credentials::Bearer(users.bot_token.clone());

@@ -79,6 +79,10 @@ pub fn status_from(err: Error) -> tonic::Status {
 /// forwarded twice. A client that sets it only stops its own request from being forwarded.
 pub(crate) const FORWARDED: &str = "x-raftsql-forwarded";
 
+/// Marks a write that is part of a restore (`raftsql restore`, the client library's
+/// `RESTORE_HEADER`): it also needs the `backup` permission. Kept when forwarded.
+pub(crate) const RESTORE: &str = "x-raftsql-restore";
+
 /// `message` as a request forwarded to the leader: marked [`FORWARDED`], and carrying the
 /// original caller's credentials, so the leader authenticates and authorizes the caller (and
 /// scopes its request ids) itself.
@@ -92,6 +96,9 @@ pub(crate) fn forwarded<T>(
 ) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(marker) = original.get(RESTORE) {
+        request.metadata_mut().insert(RESTORE, marker.clone());
+    }
     if let Some(credentials) = original.get("authorization") {
         request.metadata_mut().insert("authorization", credentials.clone());
     } else if let Some(user) = caller.filter(|c| c.by_certificate).and_then(|c| c.user.as_deref()) {

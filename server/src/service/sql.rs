@@ -170,6 +170,9 @@ impl SqlService {
         )
         .map_err(|e| status_from(e.into()))?;
         authorize_execute(&caller, req.statements.iter().map(|s| s.sql.as_str()))?;
+        if metadata.contains_key(super::RESTORE) {
+            caller.require(Permission::Backup, "restore a backup")?;
+        }
         let span = tracing::info_span!(
             "execute",
             node_id = self.core.id,
