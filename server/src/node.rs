@@ -42,7 +42,7 @@
 
 use crate::raft::network::{Network, MAX_PEER_MESSAGE};
 use crate::raft::sequencer::Sequencer;
-use crate::raft::{Core, Options};
+use crate::raft::{Core, CoreParts, Options};
 use crate::service::health;
 use crate::service::http::Http;
 use crate::service::metrics::Metrics;
@@ -550,7 +550,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             let _on_the_client_runtime = client.enter();
             Sequencer::spawn(id, raft.clone(), sm.clone(), read_index.clone(), options.clone())
         };
-        let core = Arc::new(Core {
+        let core = Core::new(CoreParts {
             id,
             addr: addr.clone(),
             peer_addr: peer_addr.clone(),
@@ -560,15 +560,11 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             sequencer,
             read_index,
             options,
-            last_leader_contact: Default::default(),
-            append_times: Default::default(),
             peer_source: cfg.peer_source_addr,
             peer_tls: peer_tls.clone(),
-            inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_requests.max(1))),
             raft_runtime: tokio::runtime::Handle::current(),
             client_runtime: client.clone(),
         });
-        core.append_times.follow(raft.clone());
         crate::watchdog::spawn_probes(raft.clone());
         let _watchdog =
             crate::watchdog::Watchdog::start(Duration::from_secs(1), tokio::runtime::Handle::current())
@@ -737,7 +733,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         if let Err(e) = raft.shutdown().await {
             warn!(error = %e, "Raft did not shut down cleanly");
         }
-        core.sm.flush().context("flushing the store on shutdown")?;
+        core.sm().flush().context("flushing the store on shutdown")?;
         if let Some(cause) = fatal {
             bail!("the Raft core stopped: {cause}");
         }
@@ -885,7 +881,7 @@ impl ScaleDown {
 /// [`LEAVE_BUDGET`] passes.
 async fn leave(core: &Arc<Core>) {
     let deadline = tokio::time::Instant::now() + LEAVE_BUDGET;
-    let req = raftsql_proto::v1::LeaveRequest { node_id: core.id, incarnation: core.sm.incarnation() };
+    let req = raftsql_proto::v1::LeaveRequest { node_id: core.id(), incarnation: core.sm().incarnation() };
     loop {
         match crate::service::admin::leave(core, req, false).await {
             Ok(_) => {
@@ -900,7 +896,7 @@ async fn leave(core: &Arc<Core>) {
                 warn!(
                     error = %s.message(),
                     "the cluster refuses to remove this node: remove node {} by hand once that is resolved",
-                    core.id
+                    core.id()
                 );
                 return;
             }
@@ -908,8 +904,8 @@ async fn leave(core: &Arc<Core>) {
                 warn!(
                     error = %s.message(),
                     "could not leave the cluster within {LEAVE_BUDGET:?}: remove node {} by hand (`.remove {}`)",
-                    core.id,
-                    core.id
+                    core.id(),
+                    core.id()
                 );
                 return;
             }
@@ -940,7 +936,7 @@ fn worth_retrying(s: &tonic::Status) -> bool {
 async fn hand_off(core: &Arc<Core>, handoff: Duration) {
     let m = core.metrics();
     let voters = m.membership_config.membership().voter_ids().count();
-    if handoff.is_zero() || m.current_leader != Some(core.id) || voters < 2 {
+    if handoff.is_zero() || m.current_leader != Some(core.id()) || voters < 2 {
         return;
     }
     let started = std::time::Instant::now();
@@ -972,7 +968,7 @@ async fn shutdown_signal() {
 /// member's incarnation as it reports it. A member that already belongs to a cluster means this
 /// node lost its data dir (or the list is wrong): it refuses to found a second cluster.
 async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, Listed>) {
-    let id = core.id;
+    let id = core.id();
     let first = *members.keys().next().expect("parse_members rejects an empty list");
     if id != first {
         info!(initializer = first, "waiting for node {first} to initialize the cluster");
@@ -983,7 +979,7 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, Listed>) {
         let mut missing = Vec::new();
         let mut nodes = BTreeMap::from([(
             id,
-            Member::with_peer(core.addr.clone(), core.peer_addr.clone(), core.sm.incarnation()),
+            Member::with_peer(core.addr().to_string(), core.peer_addr().to_string(), core.sm().incarnation()),
         )]);
         for (&m, listed) in members.iter().filter(|(&m, _)| m != id) {
             let addr = &listed.peer_addr;
@@ -1025,7 +1021,7 @@ async fn bootstrap(core: Arc<Core>, members: BTreeMap<NodeId, Listed>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    match core.raft.initialize(nodes).await {
+    match core.initialize(nodes).await {
         Ok(()) => info!("cluster initialized"),
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
             info!("cluster was already initialized")
@@ -1046,11 +1042,11 @@ async fn join_once(core: &Core, seed: &str, as_learner: bool) -> Result<(), toni
     let mut client = pb::raft_client::RaftClient::new(channel);
     client
         .join(pb::JoinRequest {
-            node_id: core.id,
-            addr: core.addr.clone(),
+            node_id: core.id(),
+            addr: core.addr().to_string(),
             as_learner,
-            incarnation: core.sm.incarnation(),
-            peer_addr: core.peer_addr.clone(),
+            incarnation: core.sm().incarnation(),
+            peer_addr: core.peer_addr().to_string(),
         })
         .await
         .map(|_| ())
@@ -1065,8 +1061,8 @@ async fn join(core: Arc<Core>, seeds: Vec<String>, as_learner: bool, keep_asking
     for turn in 0usize.. {
         let m = core.metrics();
         let membership = m.membership_config.membership();
-        if membership.voter_ids().any(|v| v == core.id)
-            || (as_learner && membership.get_node(&core.id).is_some())
+        if membership.voter_ids().any(|v| v == core.id())
+            || (as_learner && membership.get_node(&core.id()).is_some())
         {
             // Admitted while an answer was lost, or contacted by the founder. (A learner still
             // to be promoted asks again: joining again resumes the wait.)
@@ -1089,7 +1085,7 @@ async fn join(core: Arc<Core>, seeds: Vec<String>, as_learner: bool, keep_asking
                     "the cluster refused this node. If this pod lost its volume, remove its old self \
                      through any member (`raftsql -e \".remove {}\"`): this node then joins by itself. \
                      Asking again in 10 s",
-                    core.id
+                    core.id()
                 );
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }

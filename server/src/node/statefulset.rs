@@ -207,7 +207,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// On a node with no Raft state: found the cluster with the other founders, or join it
 /// (module doc).
 pub(super) async fn start(core: Arc<Core>, plan: Plan, as_learner: bool) {
-    let id = core.id;
+    let id = core.id();
     if !plan.founders.contains_key(&id) {
         let seeds = plan.founders.values().map(|l| l.peer_addr.clone()).collect();
         return super::join(core, seeds, as_learner, true).await;
@@ -223,7 +223,7 @@ pub(super) async fn start(core: Arc<Core>, plan: Plan, as_learner: bool) {
         let mut existing = None;
         let mut nodes = BTreeMap::from([(
             id,
-            Member::with_peer(core.addr.clone(), core.peer_addr.clone(), core.sm.incarnation()),
+            Member::with_peer(core.addr().to_string(), core.peer_addr().to_string(), core.sm().incarnation()),
         )]);
         for (&m, listed) in plan.founders.iter().filter(|(&m, _)| m != id) {
             match status_of(&core, &listed.peer_addr).await {
@@ -264,7 +264,7 @@ pub(super) async fn start(core: Arc<Core>, plan: Plan, as_learner: bool) {
                     "every founder answered; waiting for node {lowest} to initialize the cluster"
                 );
             } else {
-                match core.raft.initialize(nodes).await {
+                match core.initialize(nodes).await {
                     Ok(()) => {
                         info!(members = ?plan.founders.keys().collect::<Vec<_>>(), "cluster initialized")
                     }

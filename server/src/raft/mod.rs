@@ -188,40 +188,159 @@ impl Default for Options {
     }
 }
 
-/// Everything a running node's services need.
+/// Everything a running node's services need: the raft layer's one facade. Its fields are
+/// private to `raft/`; `service/` and `node/` use its methods (`Core::new` builds it).
 pub struct Core {
-    pub id: NodeId,
+    id: NodeId,
     /// The address clients reach this node at.
-    pub addr: String,
+    addr: String,
     /// The address other nodes reach this node at (`--peer-advertise`; `addr` in single-port
     /// mode).
+    peer_addr: String,
+    raft: Raft,
+    sm: StateMachine,
+    /// The committed index openraft last told the log store (its metrics do not publish it).
+    committed: crate::store::CommittedIndex,
+    sequencer: sequencer::Sequencer,
+    /// Batched leadership confirmation for STRONG reads and read-only writes.
+    read_index: read_index::ReadIndex,
+    options: Options,
+    /// When this node last accepted an AppendEntries from a leader, for BOUNDED reads
+    /// (milliseconds on this process's monotonic clock, `monotonic_millis`; 0 = never).
+    last_leader_contact: Arc<AtomicU64>,
+    /// When this node saw its last log index reach each value, for replication lag in time.
+    append_times: AppendTimes,
+    /// The local IP every connection to another node is bound to (`--peer-source-addr`).
+    peer_source: Option<std::net::IpAddr>,
+    /// Peer TLS (`--peer-tls-*`), if on: every connection to another node presents this node's
+    /// certificate, and every peer message must come with a certificate naming its sender.
+    peer_tls: Option<Arc<crate::tls::Tls>>,
+    /// Client requests being served now, bounded by `Options::max_inflight` ([`Core::admit`]).
+    inflight: Arc<tokio::sync::Semaphore>,
+    /// The runtime client work runs on (see [`crate::node::Runtimes`]): the peer service moves
+    /// the client requests other members forward to this node there.
+    client_runtime: tokio::runtime::Handle,
+    /// The runtime openraft's core, replication and apply run on, apart from client work (see
+    /// [`crate::node::Runtimes`]); the peer service handles messages there too.
+    raft_runtime: tokio::runtime::Handle,
+}
+
+/// What a node's [`Core`] is built from (`node::run` assembles them).
+pub struct CoreParts {
+    pub id: NodeId,
+    pub addr: String,
     pub peer_addr: String,
     pub raft: Raft,
     pub sm: StateMachine,
-    /// The committed index openraft last told the log store (its metrics do not publish it).
     pub committed: crate::store::CommittedIndex,
     pub sequencer: sequencer::Sequencer,
-    /// Batched leadership confirmation for STRONG reads and read-only writes.
     pub read_index: read_index::ReadIndex,
     pub options: Options,
-    /// When this node last accepted an AppendEntries from a leader, for BOUNDED reads
-    /// (milliseconds on this process's monotonic clock, `monotonic_millis`; 0 = never).
-    pub last_leader_contact: Arc<AtomicU64>,
-    /// When this node saw its last log index reach each value, for replication lag in time.
-    pub append_times: AppendTimes,
-    /// The local IP every connection to another node is bound to (`--peer-source-addr`).
     pub peer_source: Option<std::net::IpAddr>,
-    /// Peer TLS (`--peer-tls-*`), if on: every connection to another node presents this node's
-    /// certificate, and every peer message must come with a certificate naming its sender.
     pub peer_tls: Option<Arc<crate::tls::Tls>>,
-    /// Client requests being served now, bounded by `Options::max_inflight` ([`Core::admit`]).
-    pub inflight: Arc<tokio::sync::Semaphore>,
-    /// The runtime client work runs on (see [`crate::node::Runtimes`]): the peer service moves
-    /// the client requests other members forward to this node there.
     pub client_runtime: tokio::runtime::Handle,
-    /// The runtime openraft's core, replication and apply run on, apart from client work (see
-    /// [`crate::node::Runtimes`]); the peer service handles messages there too.
     pub raft_runtime: tokio::runtime::Handle,
+}
+
+impl Core {
+    /// Builds the facade and starts following the log's growth (replication lag in time).
+    pub fn new(p: CoreParts) -> Arc<Core> {
+        let max_inflight = p.options.max_inflight.max(1);
+        let core = Arc::new(Core {
+            id: p.id,
+            addr: p.addr,
+            peer_addr: p.peer_addr,
+            raft: p.raft,
+            sm: p.sm,
+            committed: p.committed,
+            sequencer: p.sequencer,
+            read_index: p.read_index,
+            options: p.options,
+            last_leader_contact: Default::default(),
+            append_times: Default::default(),
+            peer_source: p.peer_source,
+            peer_tls: p.peer_tls,
+            inflight: Arc::new(tokio::sync::Semaphore::new(max_inflight)),
+            client_runtime: p.client_runtime,
+            raft_runtime: p.raft_runtime,
+        });
+        core.append_times.follow(core.raft.clone());
+        core
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address clients reach this node at.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The address other nodes reach this node at.
+    pub fn peer_addr(&self) -> &str {
+        &self.peer_addr
+    }
+
+    pub fn sm(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The committed index openraft last told the log store (its metrics do not publish it).
+    pub fn committed_index(&self) -> u64 {
+        self.committed.get()
+    }
+
+    /// STRONG reads served by batched confirmation, and the confirmation rounds they took.
+    pub fn read_index_stats(&self) -> (u64, u64) {
+        (self.read_index.reads(), self.read_index.rounds())
+    }
+
+    /// Milliseconds since the log reached `matched + 1`, while it is at `last`: a follower's lag
+    /// in time.
+    pub fn lag_millis(&self, matched: u64, last: u64) -> u64 {
+        self.append_times.lag_millis(matched, last)
+    }
+
+    /// Submits a write to the sequencer and waits for its outcome.
+    pub async fn write(&self, request: sequencer::WriteRequest) -> Result<WriteReply, Error> {
+        self.sequencer.write(request).await
+    }
+
+    /// Client requests being served now.
+    pub fn inflight_now(&self) -> usize {
+        self.options.max_inflight.saturating_sub(self.inflight.available_permits())
+    }
+
+    /// Peer TLS, if on.
+    pub fn peer_tls(&self) -> Option<&Arc<crate::tls::Tls>> {
+        self.peer_tls.as_ref()
+    }
+
+    /// The runtime client work runs on ([`crate::node::Runtimes`]).
+    pub fn client_runtime(&self) -> &tokio::runtime::Handle {
+        &self.client_runtime
+    }
+
+    /// The runtime openraft and peer messages run on ([`crate::node::Runtimes`]).
+    pub fn raft_runtime(&self) -> &tokio::runtime::Handle {
+        &self.raft_runtime
+    }
+
+    /// Founds the cluster with `members` (openraft's `initialize`).
+    pub async fn initialize(
+        &self,
+        members: std::collections::BTreeMap<NodeId, crate::typ::Member>,
+    ) -> Result<
+        (),
+        openraft::error::RaftError<NodeId, openraft::error::InitializeError<NodeId, crate::typ::Member>>,
+    > {
+        self.raft.initialize(members).await
+    }
 }
 
 /// The pause suggested to a client whose request was shed (`retry-after-ms` in the reply).

@@ -56,7 +56,7 @@ pub async fn start(
     core: &Arc<Core>,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<BackupStream, tonic::Status> {
-    let sm = core.sm.clone();
+    let sm = core.sm().clone();
     let started = std::time::Instant::now();
     let export = tokio::task::spawn_blocking(move || sm.export())
         .await
@@ -64,18 +64,18 @@ pub async fn start(
         .map_err(|e| status_from(Error::Unavailable(format!("the backup copy failed: {e}"))))?;
     let applied = export.meta.last_log_id;
     tracing::info!(
-        node_id = core.id, applied = ?applied, records = export.records, bytes = export.bytes,
+        node_id = core.id(), applied = ?applied, records = export.records, bytes = export.bytes,
         copy_ms = started.elapsed().as_millis() as u64, "backup: state copied; streaming it"
     );
     let header = pb::BackupHeader {
         applied_index: applied.map_or(0, |l| l.index),
         applied_term: applied.map_or(0, |l| l.leader_id.term),
-        cluster_id: core.sm.cluster_id().map_err(|e| status_from(e.into()))?.unwrap_or_default(),
-        node_id: core.id,
+        cluster_id: core.sm().cluster_id().map_err(|e| status_from(e.into()))?.unwrap_or_default(),
+        node_id: core.id(),
         taken_at_unix_ms: crate::raft::wall_clock_millis(0),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let idle = core.options.query_timeout;
+    let idle = core.options().query_timeout;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::BackupChunk, tonic::Status>>(2);
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 pub(super) fn leader_target(core: &Core, was_forwarded: bool) -> Result<String, tonic::Status> {
     match core.not_leader() {
         Error::NotLeader { leader_id: Some(l), leader_addr: Some(addr), .. }
-            if l != core.id && !was_forwarded =>
+            if l != core.id() && !was_forwarded =>
         {
             Ok(core.peer_addr_of(l).unwrap_or(addr))
         }

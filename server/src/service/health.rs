@@ -83,7 +83,7 @@ pub fn ready(
 pub fn readiness(core: &Core, max_lag: u64, require_leader: bool) -> Result<(), String> {
     let rx = core.metrics_watch();
     let m = rx.borrow();
-    ready(&m, core.committed.get(), max_lag, require_leader, core.quorum_ack_limit_ms())
+    ready(&m, core.committed_index(), max_lag, require_leader, core.quorum_ack_limit_ms())
 }
 
 /// Marks `""` and [`LIVENESS`] SERVING, then keeps [`READINESS`] current for as long as Raft
@@ -97,7 +97,7 @@ pub async fn watch(core: Arc<Core>, reporter: HealthReporter, max_lag: u64, metr
         let verdict = {
             let m = rx.borrow_and_update();
             metrics.saw_raft(&m);
-            ready(&m, core.committed.get(), max_lag, true, core.quorum_ack_limit_ms())
+            ready(&m, core.committed_index(), max_lag, true, core.quorum_ack_limit_ms())
         };
         let status = if verdict.is_ok() { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {

@@ -297,7 +297,7 @@ struct NodeCollector {
 
 impl std::fmt::Debug for NodeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCollector").field("node", &self.core.id).finish()
+        f.debug_struct("NodeCollector").field("node", &self.core.id()).finish()
     }
 }
 
@@ -335,12 +335,12 @@ impl Collector for NodeCollector {
                 v.encode(role.encode_family(&[("role", name)])?)?;
             }
         }
-        gauge(&mut e, "node_id", "This node's id", core.id as i64)?;
+        gauge(&mut e, "node_id", "This node's id", core.id() as i64)?;
         gauge(&mut e, "current_term", "The Raft term this node is in", m.current_term as i64)?;
         gauge(&mut e, "leader_id", "The leader this node knows of (0: none)", index(m.current_leader))?;
         let applied = m.last_applied.map(|l| l.index);
         gauge(&mut e, "last_log_index", "The last index in this node's log", index(m.last_log_index))?;
-        let committed = core.committed.get().max(applied.unwrap_or(0));
+        let committed = core.committed_index().max(applied.unwrap_or(0));
         gauge(&mut e, "committed_index", "The highest index this node knows committed", committed as i64)?;
         gauge(
             &mut e,
@@ -374,7 +374,7 @@ impl Collector for NodeCollector {
             let last = m.last_log_index.unwrap_or(0);
             let followers: Vec<(String, u64)> = replication
                 .iter()
-                .filter(|(id, _)| **id != core.id)
+                .filter(|(id, _)| **id != core.id())
                 .map(|(id, matched)| (id.to_string(), matched.map_or(0, |l| l.index)))
                 .collect();
             let mut matched_e = e.encode_descriptor(
@@ -404,7 +404,7 @@ impl Collector for NodeCollector {
                 MetricType::Gauge,
             )?;
             for (id, matched) in &followers {
-                let seconds = core.append_times.lag_millis(*matched, last) as f64 / 1000.0;
+                let seconds = core.lag_millis(*matched, last) as f64 / 1000.0;
                 ConstGauge::new(seconds).encode(lag_s.encode_family(&[("follower", id.as_str())])?)?;
             }
         }
@@ -417,7 +417,7 @@ impl Collector for NodeCollector {
                 MetricType::Gauge,
             )?)?;
         }
-        let inflight = core.options.max_inflight.saturating_sub(core.inflight.available_permits());
+        let inflight = core.inflight_now();
         gauge(
             &mut e,
             "inflight_requests",
@@ -428,7 +428,7 @@ impl Collector for NodeCollector {
             &mut e,
             "inflight_requests_limit",
             "Client requests this node serves at once (--max-inflight-requests)",
-            core.options.max_inflight as i64,
+            core.options().max_inflight as i64,
         )?;
         gauge(
             &mut e,
@@ -453,13 +453,13 @@ impl Collector for NodeCollector {
             &mut e,
             "read_index_rounds",
             "Leadership confirmation rounds run for STRONG reads",
-            core.read_index.rounds(),
+            core.read_index_stats().1,
         )?;
         counter(
             &mut e,
             "read_index_reads",
             "STRONG reads served through those rounds",
-            core.read_index.reads(),
+            core.read_index_stats().0,
         )?;
         Ok(())
     }

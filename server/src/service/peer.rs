@@ -71,13 +71,13 @@ impl PeerService {
             request.extensions_mut().insert(info.get_ref().clone());
         }
         let vouched = request.metadata_mut().remove(super::auth::CERT_USER_HEADER);
-        if let Some(user) = vouched.filter(|_| self.0.core.peer_tls.is_some()) {
+        if let Some(user) = vouched.filter(|_| self.0.core.peer_tls().is_some()) {
             if let Ok(user) = user.to_str() {
                 request.extensions_mut().insert(super::auth::CertUser(user.to_string()));
             }
         }
         let task = handle(self.0.clone(), request);
-        match self.0.core.client_runtime.spawn(task).await {
+        match self.0.core.client_runtime().spawn(task).await {
             Ok(reply) => reply,
             Err(e) => Err(tonic::Status::unavailable(format!("this node is shutting down ({e}): retry"))),
         }
@@ -89,7 +89,7 @@ impl PeerService {
         Fut: std::future::Future<Output = Reply> + Send + 'static,
     {
         let task = handle(self.0.clone());
-        match self.0.core.raft_runtime.spawn(task).await {
+        match self.0.core.raft_runtime().spawn(task).await {
             Ok(reply) => reply,
             Err(e) => Err(tonic::Status::unavailable(format!("this node is shutting down ({e}): retry"))),
         }
@@ -104,7 +104,7 @@ impl Handler {
         env: &Envelope,
         rpc: &InstallSnapshotRequest<TypeConfig>,
     ) -> Result<(), Refused> {
-        let refuse = |reason: String| Refused { me: self.core.id, reason };
+        let refuse = |reason: String| Refused { me: self.core.id(), reason };
         let id = &rpc.meta.snapshot_id;
         let mut incoming = self.incoming.lock().await;
         if rpc.offset == 0 {
@@ -204,7 +204,7 @@ impl std::io::Read for ChunkReader {
 /// must name node `claimed`, or, when `None`, some node: a certificate of node 2 cannot speak
 /// as node 3, and a client certificate from the same CA speaks for no node.
 fn check_peer<T>(core: &Core, req: &tonic::Request<T>, claimed: Option<NodeId>) -> Result<(), tonic::Status> {
-    let Some(tls) = &core.peer_tls else { return Ok(()) };
+    let Some(tls) = &core.peer_tls() else { return Ok(()) };
     let certs = req.peer_certs().unwrap_or_default();
     let ok = match claimed {
         Some(id) => tls.peer_is(&certs, id),
@@ -223,7 +223,7 @@ fn check_peer<T>(core: &Core, req: &tonic::Request<T>, claimed: Option<NodeId>) 
         None => "call the peer service".to_string(),
     };
     Err(refused(Refused {
-        me: core.id,
+        me: core.id(),
         reason: format!(
             "{who} (from {}) may not {what}",
             req.remote_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string())

@@ -155,7 +155,7 @@ impl SqlService {
         let caller_timeout = grpc_timeout(request.metadata());
         let was_forwarded = request.metadata().contains_key(super::FORWARDED);
         let (metadata, _, req) = request.into_parts();
-        let original = (self.core.options.forward_writes && !was_forwarded).then(|| req.clone());
+        let original = (self.core.options().forward_writes && !was_forwarded).then(|| req.clone());
         // Stored under the caller's name: one user cannot replay or lock out another's ids.
         let request_id =
             request_id_from_pb(req.request_id.clone())?.map(|(c, seq)| (caller.scoped_client_id(&c), seq));
@@ -166,7 +166,7 @@ impl SqlService {
         // may do, against what the caller may.
         crate::sql::check_request(
             req.statements.iter().map(|s| (s.sql.as_str(), s.params.len())),
-            &self.core.options.request_limits,
+            &self.core.options().request_limits,
         )
         .map_err(|e| status_from(e.into()))?;
         authorize_execute(&caller, req.statements.iter().map(|s| s.sql.as_str()))?;
@@ -175,7 +175,7 @@ impl SqlService {
         }
         let span = tracing::info_span!(
             "execute",
-            node_id = self.core.id,
+            node_id = self.core.id(),
             term = term_now(&self.core),
             user = caller.user.as_deref().unwrap_or(""),
             client_id = request_id.as_ref().map(|r| r.0.as_str()).unwrap_or(""),
@@ -191,7 +191,7 @@ impl SqlService {
         }
         let request_id = request_id.map(|(c, seq)| RequestId::new(c, seq, &statements, req.transaction));
         let write = WriteRequest { statements, transaction: req.transaction, request_id };
-        let reply = match self.core.sequencer.write(write).instrument(span.clone()).await {
+        let reply = match self.core.write(write).instrument(span.clone()).await {
             Ok(r) => r,
             Err(crate::raft::Error::NotLeader { leader_id: Some(_), .. }) if original.is_some() => {
                 let addr = super::forward::leader_target(&self.core, was_forwarded)?;
@@ -210,8 +210,8 @@ impl SqlService {
         if req.min_replicas > 1 {
             // Answer within the caller's deadline (with a margin), so a shortfall arrives as a
             // TIMEOUT that says how many nodes applied the write, not as a cut connection.
-            let budget = caller_timeout.map_or(self.core.options.write_timeout, |t| {
-                t.mul_f64(0.8).min(self.core.options.write_timeout)
+            let budget = caller_timeout.map_or(self.core.options().write_timeout, |t| {
+                t.mul_f64(0.8).min(self.core.options().write_timeout)
             });
             let timeout = budget.saturating_sub(started.elapsed());
             self.core
@@ -249,12 +249,15 @@ impl SqlService {
         let admitted = self.core.admit().map_err(overloaded)?;
         let caller_timeout = grpc_timeout(request.metadata());
         let req = request.into_inner();
-        crate::sql::check_request([(req.sql.as_str(), req.params.len())], &self.core.options.request_limits)
-            .map_err(|e| status_from(e.into()))?;
+        crate::sql::check_request(
+            [(req.sql.as_str(), req.params.len())],
+            &self.core.options().request_limits,
+        )
+        .map_err(|e| status_from(e.into()))?;
         let level = consistency_from_pb(req.consistency, req.max_staleness_ms)?;
         let span = tracing::info_span!(
             "query",
-            node_id = self.core.id,
+            node_id = self.core.id(),
             term = term_now(&self.core),
             level = ?level,
             user = caller.user.as_deref().unwrap_or("")
@@ -280,7 +283,7 @@ impl SqlService {
         // node's memory (--max-node-memory), so slow readers cannot pile results up unbounded.
         let held = self
             .core
-            .options
+            .options()
             .memory
             .hold(crate::raft::read::estimate_size(&result))
             .map_err(|e| status_from(e.into()))?;
@@ -302,7 +305,7 @@ impl SqlService {
         // neither closes nor resets its stream) would otherwise keep its in-flight slot and its
         // result forever. Past it, the rest of the result and both holds are dropped, and the
         // reader gets DEADLINE_EXCEEDED after the pages already on their way.
-        let idle = self.core.options.query_timeout;
+        let idle = self.core.options().query_timeout;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = finished.clone();
