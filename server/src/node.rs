@@ -165,6 +165,14 @@ pub struct Config {
     /// A read past it (or whose caller went away) is stopped with DEADLINE_EXCEEDED.
     #[arg(long, env = "RAFTSQL_QUERY_TIMEOUT_MS", default_value_t = 30_000)]
     pub query_timeout_ms: u64,
+    /// Log entries the leader may have proposed and not yet applied. Above 1, the next batch
+    /// of writes is evaluated over the entries in flight while they replicate (a pipelined
+    /// write path); the bytes in flight are also bounded, by --max-entry-bytes. 1 (the
+    /// default) evaluates a batch once the previous entry has applied, which gathers more
+    /// requests per entry: openraft replicates one AppendEntries at a time per follower, so
+    /// more entries only pay where evaluating a batch takes long (docs/performance.md).
+    #[arg(long, env = "RAFTSQL_WRITE_PIPELINE_DEPTH", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub write_pipeline_depth: u64,
     /// How long the leader may evaluate one write request, milliseconds. A request past it is
     /// answered with DEADLINE_EXCEEDED and nothing of it is proposed.
     #[arg(long, env = "RAFTSQL_WRITE_EVAL_TIMEOUT_MS", default_value_t = 5_000)]
@@ -530,6 +538,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             max_rows_per_request: cfg.max_rows_per_request,
             max_entry_bytes: cfg.max_entry_bytes,
             max_entry_rows: cfg.max_entry_rows,
+            write_pipeline_depth: cfg.write_pipeline_depth as usize,
             max_inflight: cfg.max_inflight_requests.max(1),
             memory: crate::sql::MemoryPool::new(cfg.max_node_memory),
             request_limits: crate::sql::RequestLimits {

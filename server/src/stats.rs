@@ -24,6 +24,10 @@ pub static SNAPSHOT_INSTALL_SECONDS: LazyLock<Histogram> =
 /// Write requests the leader's sequencer took in one batch: 1 to 1,024.
 pub static BATCH_REQUESTS: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::new(exponential_buckets(1.0, 2.0, 11)));
+/// Entries the leader had in flight when it proposed one more, that one included: 1 to 64
+/// (`--write-pipeline-depth`).
+pub static PIPELINE_ENTRIES: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::new(exponential_buckets(1.0, 2.0, 7)));
 
 /// Records the seconds since `started` in `h`.
 pub fn since(h: &Histogram, started: Instant) {

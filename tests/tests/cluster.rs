@@ -39,6 +39,38 @@ async fn count(client: &Client) -> i64 {
     r.rows.len() as i64
 }
 
+/// `writers` tasks, each inserting `per_writer` rows into `t` one request at a time (ids
+/// `base + writer * 1000 + i`), for at most 60 s; each returns the ids it saw acknowledged.
+fn spawn_inserters(
+    client: &Client,
+    writers: i64,
+    per_writer: i64,
+    base: i64,
+) -> Vec<tokio::task::JoinHandle<Vec<i64>>> {
+    let stop_after = tokio::time::Instant::now() + Duration::from_secs(60);
+    (0..writers)
+        .map(|w| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..per_writer {
+                    if tokio::time::Instant::now() > stop_after {
+                        break;
+                    }
+                    let id = base + w * 1000 + i;
+                    let sql = format!("INSERT INTO t VALUES ({id}, 'w{w}', {i}.0)");
+                    if let Ok(res) = client.execute(&sql, &[]).await {
+                        if matches!(res.results.first(), Some(Ok(_))) {
+                            acked.push(id);
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_1000_rows_identically() {
     let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
@@ -256,29 +288,7 @@ async fn acknowledged_writes_survive_kill_9_of_the_leader_under_load() {
     let client = cluster.client().await;
     create_table(&client).await;
 
-    const WRITERS: i64 = 8;
-    const PER_WRITER: i64 = 60;
-    let stop_after = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..PER_WRITER {
-                if tokio::time::Instant::now() > stop_after {
-                    break;
-                }
-                let id = w * 1000 + i;
-                let sql = format!("INSERT INTO t VALUES ({id}, 'w{w}', {i}.0)");
-                if let Ok(res) = client.execute(&sql, &[]).await {
-                    if matches!(res.results.first(), Some(Ok(_))) {
-                        acked.push(id);
-                    }
-                }
-            }
-            acked
-        }));
-    }
+    let tasks = spawn_inserters(&client, 8, 60, 0);
     // Kill the leader once some writes are through.
     let deadline = tokio::time::Instant::now() + WAIT;
     while count(&client).await < 40 {
@@ -292,6 +302,11 @@ async fn acknowledged_writes_survive_kill_9_of_the_leader_under_load() {
     }
     assert!(acked.len() > 40, "most writes succeed across the failover ({} acked)", acked.len());
     cluster.restart(leader).await.expect("restart the old leader");
+    assert_every_acked_row_once(&cluster, &client, &acked, "").await;
+}
+
+/// Every node holds the same rows of `t`, among them every id in `acked`, and no id twice.
+async fn assert_every_acked_row_once(cluster: &Cluster, client: &Client, acked: &[i64], when: &str) {
     let (rows, _) = cluster.assert_converged("t").await.expect("replicas converge");
     let r = client.query("SELECT id FROM t", &[], QueryOptions::default()).await.expect("read");
     let present: std::collections::HashSet<i64> = r
@@ -303,7 +318,7 @@ async fn acknowledged_writes_survive_kill_9_of_the_leader_under_load() {
         })
         .collect();
     let lost: Vec<_> = acked.iter().filter(|id| !present.contains(id)).collect();
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(lost.is_empty(), "{when}acknowledged writes lost: {lost:?}");
     assert_eq!(present.len(), rows, "no row twice");
 }
 
@@ -708,4 +723,124 @@ async fn a_joining_node_is_promoted_only_once_it_holds_the_log() {
     let r =
         client.query("SELECT count(*), sum(length(b)) FROM big", &[], pinned).await.expect("read on node 4");
     assert_eq!(r.rows, vec![vec![Value::Integer(12), Value::Integer(12 << 22)]]);
+}
+
+/// The pipelined write path (issue 18): the leader evaluates a batch over the entries it has
+/// proposed and not yet applied. Concurrent read-modify-write transactions on one row must
+/// each see every write before them: each increments a counter and inserts the value it read
+/// as a primary key, so two evaluated over the same state would collide and fail. The leader's
+/// metrics must show entries proposed while others were in flight, or this proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_modify_writes_evaluated_over_entries_in_flight_lose_no_update() {
+    let options = ClusterOptions {
+        http: true,
+        extra_args: vec!["--write-pipeline-depth=4".into()],
+        ..Default::default()
+    };
+    let cluster = Cluster::start(3, options).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    let client = cluster.client().await;
+    for sql in [
+        "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
+        "CREATE TABLE seen (v INTEGER PRIMARY KEY, w INTEGER NOT NULL)",
+        "CREATE INDEX seen_w ON seen (w)",
+        "INSERT INTO counter VALUES (1, 0)",
+    ] {
+        let res = client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        res.results.into_iter().next().unwrap().unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    const WRITERS: i64 = 32;
+    const PER_WRITER: i64 = 25;
+    let stop_after = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = 0i64;
+            for _ in 0..PER_WRITER {
+                if tokio::time::Instant::now() > stop_after {
+                    break;
+                }
+                let statements = vec![
+                    ("UPDATE counter SET n = n + 1 WHERE id = 1".to_string(), vec![]),
+                    (format!("INSERT INTO seen (v, w) SELECT n, {w} FROM counter WHERE id = 1"), vec![]),
+                ];
+                let res = client
+                    .execute_batch(statements, true)
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {w}: {e}"));
+                for r in res.results {
+                    r.unwrap_or_else(|e| panic!("writer {w}: a statement failed: {e} (a stale evaluation?)"));
+                }
+                acked += 1;
+            }
+            acked
+        }));
+    }
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.expect("writer task");
+    }
+    assert!(acked > 0);
+
+    let r = client.query("SELECT n FROM counter", &[], QueryOptions::default()).await.expect("read");
+    assert_eq!(r.rows, vec![vec![Value::Integer(acked)]], "one increment per acknowledged write");
+    let r = client
+        .query("SELECT count(*), min(v), max(v) FROM seen", &[], QueryOptions::default())
+        .await
+        .expect("read");
+    assert_eq!(r.rows, vec![vec![Value::Integer(acked), Value::Integer(1), Value::Integer(acked)]]);
+    cluster.assert_converged("seen").await.expect("replicas converge");
+    cluster.assert_converged("counter").await.expect("replicas converge");
+
+    // Entries were proposed while others were in flight.
+    let addr = cluster.http_addr(leader).expect("http port");
+    let (code, body) = raftsql_tests::http_get(addr, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200);
+    let sample = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing from /metrics"))
+    };
+    let alone = sample("raftsql_sequencer_entries_in_flight_bucket{le=\"1\"}");
+    let all = sample("raftsql_sequencer_entries_in_flight_count");
+    assert!(all > alone, "no entry was proposed while another was in flight ({all} entries)");
+}
+
+/// Apply does not fsync (store's durability choice (b)): after `kill -9` a node's state machine
+/// may be behind what it had applied, and recovery re-applies from the log, which is purged
+/// only below a snapshot taken after a flush. Here sled never flushes on its own
+/// (`--flush-every-ms=0`), snapshots and purges come every 20 entries, and every node is
+/// killed at once under concurrent writes, twice: every acknowledged write must be there
+/// after each restart, once, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_kill_9_of_all_nodes_with_unflushed_applies() {
+    let options = ClusterOptions {
+        snapshot_threshold: Some(20),
+        extra_args: vec!["--flush-every-ms=0".into(), "--snapshot-keep-logs=5".into()],
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start(3, options).await.expect("cluster starts");
+    cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    let mut acked: Vec<i64> = Vec::new();
+    for round in 0..2i64 {
+        let tasks = spawn_inserters(&client, 8, 40, round * 100_000);
+        for t in tasks {
+            acked.extend(t.await.expect("writer task"));
+        }
+        assert!(acked.len() as i64 >= (round + 1) * 300, "most writes succeed ({} acked)", acked.len());
+        for id in cluster.ids() {
+            cluster.kill(id);
+        }
+        for id in cluster.ids() {
+            cluster.restart(id).await.expect("restart");
+        }
+        cluster.wait_for_leader(WAIT).await.expect("a leader after the restart");
+        assert_every_acked_row_once(&cluster, &client, &acked, &format!("round {round}: ")).await;
+    }
 }

@@ -198,6 +198,56 @@ async fn a_retried_write_applies_once_across_a_leader_change() {
     );
 }
 
+/// Copies of one request sent at once, while other writers keep entries in flight (the
+/// pipelined write path evaluates over them): one copy is evaluated and applied, the others
+/// wait for it and share its answer; an older sequence number of the same client sent
+/// meanwhile is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_request_sent_at_once_apply_once_while_entries_are_in_flight() {
+    let options =
+        ClusterOptions { extra_args: vec!["--write-pipeline-depth=4".into()], ..Default::default() };
+    let cluster = Cluster::start(3, options).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    client.execute("INSERT INTO kv VALUES (1, 0), (2, 0)", &[]).await.unwrap().results.remove(0).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let (client, stop) = (client.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            for _ in 0..2_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                client.execute("UPDATE kv SET v = v + 1 WHERE k = 2", &[]).await.expect("load write");
+            }
+        }));
+    }
+    let bump = || vec![("UPDATE kv SET v = v + 1 WHERE k = 1".to_string(), vec![])];
+    for seq in 1..=20u64 {
+        let copies: Vec<_> = (0..6)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.execute_as("twin", seq, bump(), false).await })
+            })
+            .collect();
+        for c in copies {
+            let r = c.await.unwrap().unwrap_or_else(|e| panic!("copy of request {seq}: {e}"));
+            assert_eq!(r.results[0].as_ref().expect("the update succeeds").rows_affected, 1);
+        }
+        if seq > 1 {
+            let old = client.execute_as("twin", seq - 1, bump(), false).await;
+            assert_eq!(old.expect_err("an older request").code(), "INVALID_ARGUMENT");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let r = client.query("SELECT v FROM kv WHERE k = 1", &[], QueryOptions::default()).await.unwrap();
+    assert_eq!(int(&r), Some(20), "each request applied once, however many copies");
+    cluster.assert_converged("kv").await.expect("replicas converge");
+}
+
 /// Bad session tokens get typed TOKEN errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_session_tokens_are_typed_errors() {

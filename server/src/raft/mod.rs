@@ -135,6 +135,10 @@ pub struct Options {
     pub max_result_bytes: usize,
     /// The largest batch the sequencer evaluates into one entry (requests).
     pub max_batch_requests: usize,
+    /// Entries the leader may have proposed and not yet applied (`--write-pipeline-depth`):
+    /// the next batch is evaluated over them while they replicate. 1 evaluates a batch only
+    /// once the previous entry has applied.
+    pub write_pipeline_depth: usize,
     /// A follower forwards writes to the leader instead of answering NOT_LEADER.
     pub forward_writes: bool,
     /// Added to this node's wall clock wherever raftsql reads it (`NOW()`, `CURRENT_TIMESTAMP`):
@@ -172,6 +176,7 @@ impl Default for Options {
             ryw_wait: Duration::from_millis(200),
             max_result_bytes: 64 << 20,
             max_batch_requests: 512,
+            write_pipeline_depth: 1,
             forward_writes: false,
             clock_offset_ms: 0,
             query_timeout: Duration::from_secs(30),

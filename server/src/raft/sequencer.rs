@@ -1,46 +1,62 @@
 //! The write sequencer (design.md §3): a single task on every node that, while the node leads,
 //! turns batches of write requests into one `ChangeSet` log entry each.
 //!
-//! # One batch in flight
-//! The task takes every request queued since the last batch (up to `Options::max_batch_requests`),
-//! evaluates them in order with one `sql::Executor` over the applied state (each statement sees
-//! the effects of the statements before it), proposes the batch's `ChangeSet` as one entry and
-//! waits until openraft reports it applied on this node. Only then does it evaluate the next
-//! batch, so evaluation always sees exactly the state the entry will be applied on. Group commit
-//! comes for free: while one batch replicates and fsyncs, the next one queues.
+//! # Batches and the pipeline
+//! The task takes a request, waits until the pipeline has room, then takes every request queued
+//! behind it (up to `Options::max_batch_requests`) and evaluates them in order with one
+//! `sql::Executor` over the applied state plus the changes of every entry it has proposed and
+//! not yet seen applied (`Executor::assume`). It hands the batch's `ChangeSet` to openraft
+//! (`client_write_ff`, from this one task, so the log holds entries in evaluation order) and
+//! leaves the answers to the entry's completion task (`Completion::run`), which waits until
+//! the entry is applied here. Row images are whole, so a batch sees the state its entry will
+//! be applied on whether or not apply has already taken some of the entries in flight.
+//!
+//! The pipeline holds `--write-pipeline-depth` entries and, beyond the first, at most
+//! `--max-entry-bytes` of them. At depth 1 (the default) a batch is evaluated only once the
+//! previous entry has applied, and everything that queued meanwhile joins it (group commit).
+//! Deeper pipelines evaluate while entries replicate; openraft 0.9 sends one AppendEntries at
+//! a time per follower, so they pay only when evaluation takes long against a replication
+//! round (measured in docs/performance.md).
 //!
 //! # Terms fence
 //! - The task evaluates nothing in a term before the leader's blank entry of that term is
 //!   applied locally (`last_applied.term == current_term`): by then every entry of earlier
-//!   terms that will ever commit is applied, so the exactly-once records are complete.
+//!   terms that will ever commit is applied, so the exactly-once records are complete, and
+//!   entries in flight from an earlier term of this node are dropped from the pipeline (each
+//!   is applied or never will be).
 //! - A proposal that does not come back applied (leadership or term changed, or the write
 //!   timeout passed) fails as `Indeterminate`: its entry may still commit under another leader.
 //!   The client retries with the same request id and the exactly-once record decides.
-//! - A proposal abandoned by timeout stays "in flight": the next batch of the same term is not
-//!   evaluated until it resolves (it would be evaluated on a state missing that entry); requests
-//!   meanwhile fail as `Unavailable` with nothing proposed.
+//! - Every entry in flight after a failed one was evaluated over it, so after a failure the
+//!   task evaluates nothing more in the term until every entry of the term in flight has
+//!   resolved. An entry abandoned by timeout stays in flight until it resolves; requests that
+//!   cannot get room in the pipeline within the write timeout fail as `Unavailable` with
+//!   nothing proposed.
 //!
 //! # Exactly once
 //! Before evaluating, a request whose id is already recorded (same client id, same seq, same
 //! digest of its statements) is answered from the record; the same id with another digest, an
 //! older seq, or a seq more than [`MAX_SEQ_GAP`] past the record is refused; a second copy inside
-//! one batch shares the first one's answer. Apply checks again (`Applied::duplicates`), which covers a retry that
-//! raced its original through a leader change.
+//! one batch shares the first one's answer. A copy of a request that is in an entry in flight
+//! is held until that entry resolves and then answered from the record, and a seq older than
+//! one of the same client in flight or earlier in the batch is refused: apply skips such a
+//! request (`Applied::duplicates`), and the batches after it would have been evaluated as if
+//! it had applied. Apply checks again, which covers a retry that raced its original through a
+//! leader change.
 //!
 //! # Reads inside Execute
-//! A batch that changes nothing (only SELECTs or only failed statements) proposes no entry; it
-//! confirms leadership with `ensure_linearizable` before answering, so its reads are
-//! linearizable too.
+//! A batch that changes nothing (only SELECTs or only failed statements) proposes no entry. Its
+//! reads saw the entries in flight, so it waits until they have applied, then confirms
+//! leadership with the `ReadIndex` before answering, so its reads are linearizable too.
 
 use super::read_index::{Confirmed, ReadIndex};
 use super::{Consistency, Error, Options, Receipt, Role, WriteReply};
 use crate::changeset::{ChangeSet, EncodedChangeSet, RequestEffects, RequestId, StatementOutcome, Value};
 use crate::store::StateMachine;
-use crate::typ::{NodeId, Raft};
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::ClientWriteResponse;
+use crate::typ::{NodeId, Raft, TypeConfig};
+use openraft::raft::ClientWriteResult;
 use openraft::ServerState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -88,7 +104,17 @@ impl Sequencer {
         options: Options,
     ) -> Sequencer {
         let (tx, rx) = mpsc::channel(options.max_batch_requests * 4);
-        let task = Task { id, raft, sm, read_index, options, rx, ready_term: None, in_flight: None };
+        let task = Task {
+            id,
+            raft,
+            sm,
+            read_index,
+            options,
+            rx,
+            ready_term: None,
+            in_flight: VecDeque::new(),
+            held: Vec::new(),
+        };
         tokio::spawn(task.run().instrument(tracing::info_span!("sequencer", node_id = id)));
         Sequencer { tx }
     }
@@ -105,15 +131,17 @@ impl Sequencer {
     }
 }
 
-type ProposalResult = Result<
-    ClientWriteResponse<crate::typ::TypeConfig>,
-    RaftError<NodeId, ClientWriteError<NodeId, crate::typ::Member>>,
->;
-
-/// A proposal whose outcome was not awaited to the end.
-struct InFlight {
+/// An entry this leader proposed whose fate on this node is not known yet. Every batch
+/// evaluated after it assumes its changes (`sql::Executor::assume`).
+struct Flight {
     term: u64,
-    done: oneshot::Receiver<ProposalResult>,
+    entry: Arc<ChangeSet>,
+    /// Encoded size (the bytes in flight are bounded by `--max-entry-bytes`).
+    bytes: u64,
+    /// `true` once the entry is applied here; `false` if its proposal failed or leadership of
+    /// its term ended (the entry may still commit under another leader). Resolved by the
+    /// entry's completion task (`complete`).
+    done: oneshot::Receiver<bool>,
 }
 
 struct Task {
@@ -123,9 +151,14 @@ struct Task {
     read_index: ReadIndex,
     options: Options,
     rx: mpsc::Receiver<Pending>,
-    /// The term whose blank entry this node has seen applied while leading it.
+    /// The term in which this node may evaluate over `in_flight`: its blank entry is applied,
+    /// and no entry of it has failed since. `None` makes the next batch wait (`fence`).
     ready_term: Option<u64>,
-    in_flight: Option<InFlight>,
+    /// Proposed entries, oldest first; they apply in this order.
+    in_flight: VecDeque<Flight>,
+    /// Retries of requests that are in an entry in flight: taken up again when it resolves,
+    /// and then answered from the exactly-once record.
+    held: Vec<Pending>,
 }
 
 /// A request to evaluate, with every reply channel waiting on it (duplicates share one).
@@ -136,50 +169,73 @@ struct Work {
     cancel: Arc<AtomicBool>,
 }
 
+/// Resolves with the oldest entry in flight's fate; never, if none is.
+async fn oldest(in_flight: &mut VecDeque<Flight>) -> bool {
+    match in_flight.front_mut() {
+        Some(f) => (&mut f.done).await.unwrap_or(false),
+        None => std::future::pending().await,
+    }
+}
+
 impl Task {
     async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < self.options.max_batch_requests {
-                match self.rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+        loop {
+            tokio::select! {
+                biased;
+                applied = oldest(&mut self.in_flight) => self.settled(applied),
+                next = self.rx.recv() => {
+                    let Some(first) = next else { break };
+                    self.process(vec![first]).await;
                 }
             }
-            crate::stats::BATCH_REQUESTS.observe(batch.len() as f64);
-            self.process(batch).await;
+            if !self.held.is_empty() && !self.holds_back(&self.held) {
+                let held = std::mem::take(&mut self.held);
+                self.process(held).await;
+            }
         }
         debug!("sequencer stopped");
     }
 
-    fn not_leader(&self) -> Error {
-        let m = self.raft.metrics().borrow().clone();
-        let leader_addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
-    }
-
-    fn indeterminate(&self, reason: String) -> Error {
-        match self.not_leader() {
-            Error::NotLeader { leader_id, leader_addr, term } => {
-                Error::Indeterminate { reason, leader_id, leader_addr, term }
+    /// The oldest entry in flight resolved.
+    fn settled(&mut self, applied: bool) {
+        if let Some(f) = self.in_flight.pop_front() {
+            if !applied && self.ready_term == Some(f.term) {
+                // Every later entry of the term was evaluated over this one: evaluate nothing
+                // more until they have all resolved and the state shows what happened.
+                info!(
+                    term = f.term,
+                    "an entry in flight failed; draining the pipeline before evaluating again"
+                );
+                self.ready_term = None;
             }
-            _ => unreachable!("not_leader always returns NotLeader"),
         }
     }
 
-    fn receipt(&self, term: u64, index: u64) -> Receipt {
-        let applied = self.sm.applied_index().unwrap_or(0).max(index);
-        Receipt {
-            node_id: self.id,
-            role: Role::Leader,
-            term,
-            index,
-            level: Consistency::Strong,
-            applied_index: applied,
-            session_token: super::session_token(&self.sm, index),
-        }
+    /// Whether any of `requests` retries a request of an entry still in flight.
+    fn holds_back(&self, requests: &[Pending]) -> bool {
+        requests
+            .iter()
+            .filter_map(|p| p.request.request_id.as_ref())
+            .any(|rid| self.in_flight_seq(&rid.client_id).is_some_and(|(seq, _)| seq == rid.seq))
+    }
+
+    /// The newest sequence number (and digest) of `client_id` in an entry in flight.
+    fn in_flight_seq(&self, client_id: &str) -> Option<(u64, [u8; 16])> {
+        self.in_flight
+            .iter()
+            .flat_map(|f| f.entry.requests.iter())
+            .filter_map(|r| r.request_id.as_ref())
+            .filter(|rid| rid.client_id == client_id)
+            .map(|rid| (rid.seq, rid.digest))
+            .max_by_key(|(seq, _)| *seq)
+    }
+
+    fn bytes_in_flight(&self) -> u64 {
+        self.in_flight.iter().map(|f| f.bytes).sum()
+    }
+
+    fn not_leader(&self) -> Error {
+        not_leader(&self.raft)
     }
 
     /// The current term if this node leads it, else None.
@@ -188,8 +244,22 @@ impl Task {
         (m.state == ServerState::Leader && m.current_leader == Some(self.id)).then_some(m.current_term)
     }
 
-    async fn process(&mut self, batch: Vec<Pending>) {
+    /// Takes every request queued behind `batch`, up to `--max-batch-requests` in all.
+    fn gather(&mut self, batch: &mut Vec<Pending>) {
+        while batch.len() < self.options.max_batch_requests {
+            match self.rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Evaluates and proposes `batch` and the requests queued behind it. They are gathered
+    /// only once the pipeline has room, so that requests arriving while it is full join one
+    /// entry instead of each starting their own.
+    async fn process(&mut self, mut batch: Vec<Pending>) {
         let Some(term) = self.leading_term() else {
+            self.gather(&mut batch);
             self.ready_term = None;
             for p in batch {
                 let _ = p.reply.send(Err(self.not_leader()));
@@ -197,6 +267,7 @@ impl Task {
             return;
         };
         if self.options.handing_off.load(std::sync::atomic::Ordering::SeqCst) {
+            self.gather(&mut batch);
             for p in batch {
                 let _ = p.reply.send(Err(Error::Unavailable(
                     "leadership is moving to another node (a transfer, or this node is shutting down); \
@@ -206,7 +277,10 @@ impl Task {
             }
             return;
         }
-        if let Err(e) = self.fence(term).await {
+        let fenced = self.fence(term).await;
+        self.gather(&mut batch);
+        crate::stats::BATCH_REQUESTS.observe(batch.len() as f64);
+        if let Err(e) = fenced {
             for p in batch {
                 let _ = p.reply.send(Err(clone_error(&e)));
             }
@@ -225,73 +299,109 @@ impl Task {
         self.evaluate_and_propose(work, term).await;
     }
 
-    /// Waits until this node may evaluate in `term`: the previous proposal of the term has
-    /// resolved and the term's blank entry is applied. Also records the cluster id once.
+    /// Waits until this node may evaluate in `term` over the entries in flight: the term's
+    /// blank entry is applied, no entry of the term has failed since (else every entry of the
+    /// term resolves first), and the pipeline has room (`--write-pipeline-depth` entries and
+    /// `--max-entry-bytes` in flight). Also records the cluster id once.
     async fn fence(&mut self, term: u64) -> Result<(), Error> {
-        if let Some(flight) = self.in_flight.take() {
-            if flight.term == term {
-                let mut done = flight.done;
-                match tokio::time::timeout(self.options.write_timeout, &mut done).await {
-                    Ok(_) => {}
-                    Err(_) => {
-                        self.in_flight = Some(InFlight { term, done });
-                        return Err(Error::Unavailable(format!(
-                            "an earlier write of term {term} has not committed within {:?}: is a \
-                             majority of nodes reachable?",
-                            self.options.write_timeout
-                        )));
-                    }
+        loop {
+            if self.ready_term == Some(term) {
+                let deadline = tokio::time::Instant::now() + self.options.write_timeout;
+                self.make_room(term, deadline).await?;
+                if self.ready_term == Some(term) {
+                    return Ok(());
+                }
+                continue;
+            }
+            // Entries of earlier terms: once this term's blank entry is applied (below), each
+            // of them is applied or never will be, so the state shows them as they are.
+            self.in_flight.retain(|f| f.term == term);
+            let deadline = tokio::time::Instant::now() + self.options.write_timeout;
+            self.drain(term, deadline).await?;
+            let id = self.id;
+            let waited = self
+                .raft
+                .wait(Some(self.options.write_timeout))
+                .metrics(
+                    |m| {
+                        m.current_term != term
+                            || m.current_leader != Some(id)
+                            || m.last_applied.is_some_and(|l| l.leader_id.term == term)
+                    },
+                    "blank entry of the term applied",
+                )
+                .await;
+            match waited {
+                Ok(m) if m.current_term == term && m.current_leader == Some(id) => {}
+                Ok(_) => return Err(self.not_leader()),
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "leader of term {term} could not commit its first entry within {:?}: is a \
+                         majority of nodes reachable?",
+                        self.options.write_timeout
+                    )))
                 }
             }
-        }
-        if self.ready_term == Some(term) {
-            return Ok(());
-        }
-        let id = self.id;
-        let waited = self
-            .raft
-            .wait(Some(self.options.write_timeout))
-            .metrics(
-                |m| {
-                    m.current_term != term
-                        || m.current_leader != Some(id)
-                        || m.last_applied.is_some_and(|l| l.leader_id.term == term)
-                },
-                "blank entry of the term applied",
-            )
-            .await;
-        match waited {
-            Ok(m) if m.current_term == term && m.current_leader == Some(id) => {}
-            Ok(_) => return Err(self.not_leader()),
-            Err(_) => {
-                return Err(Error::Unavailable(format!(
-                    "leader of term {term} could not commit its first entry within {:?}: is a majority \
-                     of nodes reachable?",
-                    self.options.write_timeout
-                )))
+            if self.sm.cluster_id()?.is_none() {
+                let cluster_id = new_cluster_id();
+                info!(%cluster_id, term, "recording the cluster id");
+                let mut cs = ChangeSet::new(vec![]);
+                cs.init_cluster_id = Some(cluster_id);
+                let done = Completion::new(self, term, vec![], vec![], vec![]);
+                self.submit(cs, term, done).await?;
+                self.drain(term, tokio::time::Instant::now() + self.options.write_timeout).await?;
+                if self.sm.cluster_id()?.is_none() {
+                    return Err(Error::Unavailable(format!(
+                        "leader of term {term} could not record the cluster id; retry"
+                    )));
+                }
             }
+            info!(term, "leader ready: the term's first entry is applied; accepting writes");
+            self.ready_term = Some(term);
         }
-        if self.sm.cluster_id()?.is_none() {
-            let cluster_id = new_cluster_id();
-            info!(%cluster_id, term, "recording the cluster id");
-            let mut cs = ChangeSet::new(vec![]);
-            cs.init_cluster_id = Some(cluster_id);
-            match self.propose(EncodedChangeSet::encode(&cs), term).await {
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
+    }
+
+    /// Waits until the pipeline has room for one more entry, or `deadline`.
+    async fn make_room(&mut self, term: u64, deadline: tokio::time::Instant) -> Result<(), Error> {
+        while self.in_flight.len() >= self.options.write_pipeline_depth.max(1)
+            || (!self.in_flight.is_empty() && self.bytes_in_flight() >= self.options.max_entry_bytes)
+        {
+            self.wait_oldest(term, deadline).await?;
         }
-        info!(term, "leader ready: the term's first entry is applied; accepting writes");
-        self.ready_term = Some(term);
         Ok(())
     }
 
+    /// Waits until every entry in flight has resolved, or `deadline`.
+    async fn drain(&mut self, term: u64, deadline: tokio::time::Instant) -> Result<(), Error> {
+        while !self.in_flight.is_empty() {
+            self.wait_oldest(term, deadline).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self, term: u64, deadline: tokio::time::Instant) -> Result<(), Error> {
+        match tokio::time::timeout_at(deadline, oldest(&mut self.in_flight)).await {
+            Ok(applied) => {
+                self.settled(applied);
+                Ok(())
+            }
+            Err(_) => Err(Error::Unavailable(format!(
+                "an earlier write of term {term} has not committed within {:?}: is a majority of \
+                 nodes reachable?",
+                self.options.write_timeout
+            ))),
+        }
+    }
+
     /// Answers recorded requests from their records and merges duplicates within the batch;
-    /// refuses a request id reused for other statements, and sequence numbers that jump so far
-    /// that the client id could never be used again.
-    fn dedup(&self, batch: Vec<Pending>, term: u64) -> Result<Vec<Work>, Error> {
+    /// holds back retries of requests in flight; refuses a request id reused for other
+    /// statements, a sequence number older than one already taken for its client, and sequence
+    /// numbers that jump so far that the client id could never be used again.
+    fn dedup(&mut self, batch: Vec<Pending>, term: u64) -> Result<Vec<Work>, Error> {
         let mut work: Vec<Work> = Vec::with_capacity(batch.len());
         let mut seen: HashMap<(String, u64), usize> = HashMap::new();
+        // The newest sequence number per client taken in this batch.
+        let mut newest: HashMap<String, u64> = HashMap::new();
         for p in batch {
             let Some(rid) = p.request.request_id.clone() else {
                 work.push(Work { request: p.request, replies: vec![(p.reply, p.span)], cancel: p.cancel });
@@ -304,6 +414,26 @@ impl Task {
                 } else {
                     work[i].replies.push((p.reply, p.span));
                 }
+                continue;
+            }
+            let taken = match (self.in_flight_seq(&rid.client_id), newest.get(&rid.client_id)) {
+                (Some((seq, digest)), _) if seq == rid.seq => {
+                    if digest == rid.digest {
+                        debug!(parent: &p.span, client_id = %rid.client_id, seq = rid.seq, "a retry of a request in flight: held until it resolves");
+                        self.held.push(p);
+                    } else {
+                        let _ = p.reply.send(Err(Error::InvalidArgument(rid.reused())));
+                    }
+                    continue;
+                }
+                (a, b) => a.map(|(seq, _)| seq).into_iter().chain(b.copied()).max(),
+            };
+            if let Some(taken) = taken.filter(|&t| t > rid.seq) {
+                let _ = p.reply.send(Err(Error::InvalidArgument(format!(
+                    "request {} of client {:?} is older than its request {taken}, which is being \
+                     committed: a client id sends one request at a time, with rising sequence numbers",
+                    rid.seq, rid.client_id
+                ))));
                 continue;
             }
             let record = match self.sm.request_record(&rid.client_id) {
@@ -323,7 +453,7 @@ impl Task {
                     let applied = self.sm.applied_index().unwrap_or(0);
                     let _ = p.reply.send(Ok(WriteReply {
                         outcomes: rec.outcomes,
-                        receipt: self.receipt(term, applied),
+                        receipt: receipt(self.id, &self.sm, term, applied),
                     }));
                 }
                 Some(rec) if rec.seq > rid.seq => {
@@ -343,6 +473,7 @@ impl Task {
                 }
                 _ => {
                     seen.insert((rid.client_id.clone(), rid.seq), work.len());
+                    newest.insert(rid.client_id.clone(), rid.seq);
                     work.push(Work {
                         request: p.request,
                         replies: vec![(p.reply, p.span)],
@@ -361,14 +492,17 @@ impl Task {
         let (max_memory, max_rows) = (self.options.max_query_memory, self.options.max_rows_per_request);
         let pool = self.options.memory.clone();
         let sm = self.sm.clone();
+        let assumed: Vec<Arc<ChangeSet>> = self.in_flight.iter().map(|f| f.entry.clone()).collect();
         let ctx = crate::sql::Context {
             now_millis: super::wall_clock_millis(self.options.clock_offset_ms),
             seed: rand::random(),
         };
         let evaluated = tokio::task::spawn_blocking(move || {
             let _busy = crate::watchdog::EVALUATE.enter(requests.len() as u64);
-            sm.read(|view| {
+            let evaluate = |view: &dyn crate::changeset::ReadView| {
                 let mut executor = crate::sql::Executor::new(view, ctx);
+                executor
+                    .assume(assumed.iter().flat_map(|e| e.requests.iter()).flat_map(|r| r.changes.iter()));
                 requests
                     .iter()
                     .map(|(r, cancel)| {
@@ -386,7 +520,15 @@ impl Task {
                         executor.execute(&r.statements, r.transaction)
                     })
                     .collect::<Vec<_>>()
-            })
+            };
+            if assumed.is_empty() {
+                // Nothing of this leader's is waiting to apply: hold apply for the evaluation
+                // (the cheapest consistent view).
+                sm.read(evaluate)
+            } else {
+                // Pinned: the entries in flight go on applying while this batch evaluates.
+                sm.read_pinned(evaluate).0
+            }
         })
         .await;
         let evaluated = match evaluated {
@@ -445,104 +587,115 @@ impl Task {
             outcomes.push(outs);
         }
 
-        // Bounded entries (--max-entry-bytes, --max-entry-rows): a batch over a bound is split and
-        // each half evaluated again (nothing was proposed yet, and each half then sees the state
-        // the other left); a single request over it is refused. The entry is encoded here, once:
-        // the log, the peers and apply all take these bytes.
-        let proposal = if effects.is_empty() {
-            None
-        } else {
-            let rows: u64 = effects.iter().map(|e| (e.changes.len() + e.outcomes.len()) as u64).sum();
-            let cs = ChangeSet::new(effects);
-            let encoded = EncodedChangeSet::encode(&cs);
-            let size = encoded.len() as u64;
-            let (max, max_rows) = (self.options.max_entry_bytes, self.options.max_entry_rows);
-            if size > max || rows > max_rows {
-                let mut work = work;
-                if work.len() > 1 {
-                    debug!(size, rows, requests = work.len(), "batch over the entry bounds: splitting it");
-                    let second = work.split_off(work.len() / 2);
-                    Box::pin(self.evaluate_and_propose(work, term)).await;
-                    Box::pin(self.evaluate_and_propose(second, term)).await;
-                    return;
-                }
-                let over = if size > max {
-                    format!("take {size} bytes in the log, over --max-entry-bytes ({max})")
-                } else {
-                    format!("are {rows} row changes and results, over --max-entry-rows ({max_rows})")
-                };
-                let e = crate::sql::Error::RequestTooLarge(format!(
-                    "the write's changes {over}: nothing was applied; split it into smaller requests"
-                ));
-                for w in work {
-                    for (reply, _) in w.replies {
-                        let _ = reply.send(Err(Error::Sql(e.clone())));
-                    }
-                }
-                return;
-            }
-            debug!(entry = %cs, size, "proposing");
-            Some(encoded)
-        };
-
-        // The batch was evaluated on the state this node had applied as leader of `term`. If
-        // it lost that term meanwhile (an evaluation may take seconds) and leads again in a
-        // later one, the entries committed in between are missing from what it evaluated:
-        // proposing now would write row images computed from a stale state (a lost update).
-        // Nothing was proposed, so NOT_LEADER is exact and the client retries at the leader.
-        // (The remaining window, from here until openraft's core takes the proposal, is far
-        // shorter than the two elections it would take.)
-        if proposal.is_some() && self.leading_term() != Some(term) {
-            info!(term, "leadership of the term ended during evaluation; the batch is not proposed");
-            self.ready_term = None;
-            for w in work {
-                for (reply, _) in w.replies {
-                    let _ = reply.send(Err(self.not_leader()));
-                }
-            }
+        if effects.is_empty() {
+            self.answer_reads(work, outcomes, term).await;
             return;
         }
-        let index = match proposal {
-            None => match self.confirm_leadership().await {
-                Ok(index) => index,
-                Err(e) => {
-                    for w in work {
-                        for (reply, _) in w.replies {
-                            let _ = reply.send(Err(clone_error(&e)));
-                        }
-                    }
+
+        // Bounded entries (--max-entry-bytes, --max-entry-rows): a batch over a bound is split and
+        // each half evaluated again (nothing was proposed yet, and the second half then sees the
+        // state the first left); a single request over it is refused. The entry is encoded here,
+        // once: the log, the peers and apply all take these bytes.
+        let rows: u64 = effects.iter().map(|e| (e.changes.len() + e.outcomes.len()) as u64).sum();
+        let cs = ChangeSet::new(effects);
+        let encoded_len = EncodedChangeSet::encode(&cs).len() as u64;
+        let (max, max_rows) = (self.options.max_entry_bytes, self.options.max_entry_rows);
+        if encoded_len > max || rows > max_rows {
+            let mut work = work;
+            if work.len() > 1 {
+                debug!(
+                    size = encoded_len,
+                    rows,
+                    requests = work.len(),
+                    "batch over the entry bounds: splitting it"
+                );
+                let second = work.split_off(work.len() / 2);
+                Box::pin(self.evaluate_and_propose(work, term)).await;
+                if let Err(e) = self.fence(term).await {
+                    answer_all(second, &e);
                     return;
                 }
-            },
-            Some(encoded) => match self.propose(encoded, term).await {
-                Ok(resp) => {
-                    for (pos, recorded) in resp.data.duplicates {
-                        if let Some(i) = position.iter().position(|p| *p == Some(pos)) {
-                            outcomes[i] = recorded;
-                        }
-                    }
-                    resp.log_id.index
-                }
-                Err(e) => {
-                    for (w, pos) in work.into_iter().zip(position) {
-                        for (reply, _) in w.replies {
-                            // Requests that proposed nothing had no effect: their answer stands.
-                            let _ = match pos {
-                                Some(_) => reply.send(Err(clone_error(&e))),
-                                None => reply.send(Err(self.not_leader())),
-                            };
-                        }
-                    }
-                    return;
-                }
-            },
-        };
-        let receipt = self.receipt(term, index);
-        for (w, outs) in work.into_iter().zip(outcomes) {
-            for (reply, span) in w.replies {
-                debug!(parent: &span, index, "write answered");
-                let _ = reply.send(Ok(WriteReply { outcomes: outs.clone(), receipt: receipt.clone() }));
+                Box::pin(self.evaluate_and_propose(second, term)).await;
+                return;
             }
+            let over = if encoded_len > max {
+                format!("take {encoded_len} bytes in the log, over --max-entry-bytes ({max})")
+            } else {
+                format!("are {rows} row changes and results, over --max-entry-rows ({max_rows})")
+            };
+            let e = crate::sql::Error::RequestTooLarge(format!(
+                "the write's changes {over}: nothing was applied; split it into smaller requests"
+            ));
+            answer_all(work, &Error::Sql(e));
+            return;
+        }
+        debug!(entry = %cs, size = encoded_len, in_flight = self.in_flight.len(), "proposing");
+
+        // The batch was evaluated on the state this node had applied as leader of `term`, plus
+        // its entries in flight. If it lost that term meanwhile (an evaluation may take
+        // seconds) and leads again in a later one, the entries committed in between are missing
+        // from what it evaluated: proposing now would write row images computed from a stale
+        // state (a lost update). Nothing was proposed, so NOT_LEADER is exact and the client
+        // retries at the leader. (The remaining window, from here until openraft's core takes
+        // the proposal, is far shorter than the two elections it would take.)
+        if self.leading_term() != Some(term) || self.ready_term != Some(term) {
+            info!(term, "leadership of the term ended during evaluation; the batch is not proposed");
+            self.ready_term = None;
+            let e = self.not_leader();
+            answer_all(work, &e);
+            return;
+        }
+        let done = Completion::new(self, term, work, position, outcomes);
+        if let Err(e) = self.submit(cs, term, done).await {
+            warn!(term, error = %e, "the proposal was not taken");
+        }
+    }
+
+    /// Hands the entry to openraft, in order, and leaves its answers to its completion task.
+    async fn submit(&mut self, cs: ChangeSet, term: u64, done: Completion) -> Result<(), Error> {
+        let encoded = EncodedChangeSet::encode(&cs);
+        let bytes = encoded.len() as u64;
+        let rx = match self.raft.client_write_ff(encoded).await {
+            Ok(rx) => rx,
+            Err(fatal) => {
+                self.ready_term = None;
+                let e = Error::Unavailable(format!("the Raft core stopped ({fatal}); nothing was proposed"));
+                answer_all(done.work, &e);
+                return Err(e);
+            }
+        };
+        let (end, flight_done) = oneshot::channel();
+        self.in_flight.push_back(Flight { term, entry: Arc::new(cs), bytes, done: flight_done });
+        crate::stats::PIPELINE_ENTRIES.observe(self.in_flight.len() as f64);
+        tokio::spawn(done.run(rx, end).instrument(tracing::Span::current()));
+        Ok(())
+    }
+
+    /// A batch that changed nothing proposes no entry. Its reads saw the entries in flight, so
+    /// it is answered once they have applied, and after a leadership confirmation, so its reads
+    /// are linearizable.
+    async fn answer_reads(&mut self, work: Vec<Work>, outcomes: Vec<Vec<StatementOutcome>>, term: u64) {
+        let deadline = tokio::time::Instant::now() + self.options.write_timeout;
+        let drained = self.drain(term, deadline).await;
+        let result = match drained {
+            Err(e) => Err(e),
+            Ok(()) if self.ready_term != Some(term) => Err(Error::Unavailable(
+                "a write this request's reads saw did not commit; nothing was changed: retry".into(),
+            )),
+            Ok(()) => self.confirm_leadership().await,
+        };
+        match result {
+            Ok(index) => {
+                let receipt = receipt(self.id, &self.sm, term, index);
+                for (w, outs) in work.into_iter().zip(outcomes) {
+                    for (reply, span) in w.replies {
+                        debug!(parent: &span, index, "read-only write request answered");
+                        let _ =
+                            reply.send(Ok(WriteReply { outcomes: outs.clone(), receipt: receipt.clone() }));
+                    }
+                }
+            }
+            Err(e) => answer_all(work, &e),
         }
     }
 
@@ -556,22 +709,49 @@ impl Task {
             ))),
         }
     }
+}
 
-    /// Proposes one entry and waits until it is applied here, leadership or the term changes,
-    /// or the write timeout passes. Every failure after the proposal is `Indeterminate`.
-    async fn propose(
-        &mut self,
-        cs: EncodedChangeSet,
+/// What answering one proposed entry needs: its requests' reply channels and outcomes. Runs
+/// as its own task, so the sequencer evaluates the next batch meanwhile.
+struct Completion {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachine,
+    term: u64,
+    write_timeout: std::time::Duration,
+    work: Vec<Work>,
+    /// Work index → the request's position in the entry (None: it changed nothing).
+    position: Vec<Option<usize>>,
+    outcomes: Vec<Vec<StatementOutcome>>,
+}
+
+impl Completion {
+    fn new(
+        task: &Task,
         term: u64,
-    ) -> Result<ClientWriteResponse<crate::typ::TypeConfig>, Error> {
-        let raft = self.raft.clone();
-        let (tx, mut done) = oneshot::channel();
-        tokio::spawn(async move {
-            let _ = tx.send(raft.client_write(cs).await);
-        });
-        let id = self.id;
+        work: Vec<Work>,
+        position: Vec<Option<usize>>,
+        outcomes: Vec<Vec<StatementOutcome>>,
+    ) -> Completion {
+        Completion {
+            id: task.id,
+            raft: task.raft.clone(),
+            sm: task.sm.clone(),
+            term,
+            write_timeout: task.options.write_timeout,
+            work,
+            position,
+            outcomes,
+        }
+    }
+
+    /// Waits until the entry is applied here, leadership or the term changes, or the write
+    /// timeout passes, and answers; every failure after the proposal is `Indeterminate`. Then
+    /// tells the sequencer the entry's fate (`end`), which after a timeout means waiting on.
+    async fn run(mut self, rx: oneshot::Receiver<ClientWriteResult<TypeConfig>>, end: oneshot::Sender<bool>) {
+        let (id, term) = (self.id, self.term);
         let mut metrics = self.raft.metrics();
-        let deposed = async {
+        let deposed = async move {
             loop {
                 {
                     let m = metrics.borrow_and_update();
@@ -584,25 +764,111 @@ impl Task {
                 }
             }
         };
-        let result = tokio::select! {
-            r = &mut done => r.map_err(|_| "the Raft core stopped".to_string()),
-            _ = deposed => Err(format!("leadership of term {term} was lost before the write was applied")),
-            _ = tokio::time::sleep(self.options.write_timeout) => {
-                Err(format!("the write did not commit within {:?}", self.options.write_timeout))
+        tokio::pin!(deposed, rx);
+        let first = tokio::select! {
+            r = &mut rx => Some(r),
+            _ = &mut deposed => None,
+            _ = tokio::time::sleep(self.write_timeout) => None,
+        };
+        let applied = match first {
+            Some(Ok(Ok(resp))) => {
+                for (pos, recorded) in resp.data.duplicates {
+                    if let Some(i) = self.position.iter().position(|p| *p == Some(pos)) {
+                        self.outcomes[i] = recorded;
+                    }
+                }
+                let index = resp.log_id.index;
+                let receipt = receipt(self.id, &self.sm, term, index);
+                for (w, outs) in
+                    std::mem::take(&mut self.work).into_iter().zip(std::mem::take(&mut self.outcomes))
+                {
+                    for (reply, span) in w.replies {
+                        debug!(parent: &span, index, "write answered");
+                        let _ =
+                            reply.send(Ok(WriteReply { outcomes: outs.clone(), receipt: receipt.clone() }));
+                    }
+                }
+                true
+            }
+            Some(Ok(Err(e))) => {
+                self.fail(format!("the proposal failed: {e}"));
+                false
+            }
+            Some(Err(_)) => {
+                self.fail("the Raft core stopped".into());
+                false
+            }
+            None => {
+                let reason = if leads(&self.raft, id, term) {
+                    format!("the write did not commit within {:?}", self.write_timeout)
+                } else {
+                    format!("leadership of term {term} was lost before the write was applied")
+                };
+                warn!(term, %reason, "write outcome unknown");
+                self.fail(reason);
+                // The entry may still apply in this term: the sequencer must know before it
+                // evaluates anything over it again.
+                tokio::select! {
+                    r = &mut rx => matches!(r, Ok(Ok(_))),
+                    _ = &mut deposed => false,
+                }
             }
         };
-        match result {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                self.ready_term = None;
-                Err(self.indeterminate(format!("the proposal failed: {e}")))
+        let _ = end.send(applied);
+    }
+
+    /// Answers `Indeterminate` to every request that proposed something; the others had no
+    /// effect, and are told to retry at the leader.
+    fn fail(&mut self, reason: String) {
+        for (w, pos) in std::mem::take(&mut self.work).into_iter().zip(&self.position) {
+            for (reply, _) in w.replies {
+                let _ = match pos {
+                    Some(_) => reply.send(Err(indeterminate(&self.raft, reason.clone()))),
+                    None => reply.send(Err(not_leader(&self.raft))),
+                };
             }
-            Err(reason) => {
-                warn!(term, %reason, "write outcome unknown");
-                self.ready_term = None;
-                self.in_flight = Some(InFlight { term, done });
-                Err(self.indeterminate(reason))
-            }
+        }
+    }
+}
+
+fn leads(raft: &Raft, id: NodeId, term: u64) -> bool {
+    let m = raft.metrics().borrow().clone();
+    m.current_term == term && m.current_leader == Some(id)
+}
+
+fn not_leader(raft: &Raft) -> Error {
+    let m = raft.metrics().borrow().clone();
+    let leader_addr =
+        m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+    Error::NotLeader { leader_id: m.current_leader, leader_addr, term: m.current_term }
+}
+
+fn indeterminate(raft: &Raft, reason: String) -> Error {
+    match not_leader(raft) {
+        Error::NotLeader { leader_id, leader_addr, term } => {
+            Error::Indeterminate { reason, leader_id, leader_addr, term }
+        }
+        _ => unreachable!("not_leader always returns NotLeader"),
+    }
+}
+
+fn receipt(id: NodeId, sm: &StateMachine, term: u64, index: u64) -> Receipt {
+    let applied = sm.applied_index().unwrap_or(0).max(index);
+    Receipt {
+        node_id: id,
+        role: Role::Leader,
+        term,
+        index,
+        level: Consistency::Strong,
+        applied_index: applied,
+        session_token: super::session_token(sm, index),
+    }
+}
+
+fn answer_all(work: Vec<Work>, e: &Error) {
+    for w in work {
+        for (reply, _) in w.replies {
+            let _ = reply.send(Err(clone_error(e)));
         }
     }
 }

@@ -145,6 +145,11 @@ impl Metrics {
             "Write requests the leader's sequencer took together in one batch",
             crate::stats::BATCH_REQUESTS.clone(),
         );
+        registry.register(
+            "sequencer_entries_in_flight",
+            "Log entries the leader had proposed and not yet applied when it proposed one more, that one included",
+            crate::stats::PIPELINE_ENTRIES.clone(),
+        );
         registry.register_collector(Box::new(NodeCollector { core, data_dir }));
         let writes_ok = writes.get_or_create_owned(&[("code", OK)]);
         let reads_ok = LEVELS.map(|level| reads.get_or_create_owned(&[("code", OK), ("level", level)]));

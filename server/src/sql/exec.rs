@@ -33,6 +33,17 @@ impl<'a> Executor<'a> {
         Executor { overlay: Overlay::new(view), ctx, meter: Meter::default() }
     }
 
+    /// Takes `changes` as already made, before any request is evaluated: the sequencer passes
+    /// the entries it has proposed and not yet seen applied, so a batch is evaluated over the
+    /// state its entry will be applied on. Row images are whole, so the result is the same
+    /// whether or not the view already holds some of them.
+    pub fn assume<'c>(&mut self, changes: impl IntoIterator<Item = &'c Change>) {
+        for change in changes {
+            self.overlay.apply(change);
+        }
+        self.overlay.commit();
+    }
+
     /// Evaluates the following requests under `budget` (the sequencer gives each request its
     /// own deadline).
     pub fn set_budget(&mut self, budget: Budget) {
