@@ -29,6 +29,7 @@ use crate::{pb, Client, Error, QueryOptions, Value};
 use prost::Message;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const MAGIC: &[u8; 8] = b"RSQLBKUP";
 /// The backup file format this build writes and reads.
@@ -286,10 +287,19 @@ fn value_bytes(v: &Value) -> usize {
     }
 }
 
+/// How long a backup may take to start streaming, in multiples of the client's deadline (10 min
+/// at the default 10 s): the node copies its whole applied state before the first chunk.
+const OPEN_DEADLINES: u32 = 60;
+/// How long the stream may then go without a chunk, in multiples of the client's deadline (60 s
+/// at the default): the node sends chunks of about 1 MiB as fast as it reads them.
+const IDLE_DEADLINES: u32 = 6;
+
 impl Client {
     /// Saves a consistent copy of the cluster's state to `path`: the leader's applied state
     /// (found with a STRONG read first), or `from`'s if given. Writes go on meanwhile. The file
     /// appears only once complete (see the module doc); `progress` is called after each chunk.
+    /// A node that does not start streaming within 60 of the client's deadlines, or then sends
+    /// nothing for 6 of them, fails the backup with UNAVAILABLE (no file is left).
     pub async fn backup(
         &self,
         path: &Path,
@@ -307,11 +317,18 @@ impl Client {
         };
         let mut client = pb::admin_client::AdminClient::new(self.channel(&addr)?)
             .max_decoding_message_size(MAX_FRAME as usize);
-        let mut stream = client
-            .backup(self.request(pb::BackupRequest {}))
+        let stalled = |what: &str, bound: Duration| {
+            Error::Unavailable {
+            message: format!("the backup from {addr} {what} within {bound:?}: is the node overloaded or cut off? no file was written"),
+        }
+        };
+        let open = self.deadline() * OPEN_DEADLINES;
+        let mut stream = tokio::time::timeout(open, client.backup(self.request(pb::BackupRequest {})))
             .await
+            .map_err(|_| stalled("did not start", open))?
             .map_err(|s| Error::from_status(&addr, s))?
             .into_inner();
+        let idle = self.deadline() * IDLE_DEADLINES;
         let part = PathBuf::from(format!("{}.part", path.display()));
         let file = std::fs::File::create(&part).map_err(|e| io_error("create", &part, e))?;
         let mut w = Writer { w: BufWriter::new(file), crc: crc32fast::Hasher::new(), bytes: 0 };
@@ -322,7 +339,11 @@ impl Client {
             let mut p = Progress::default();
             let mut summary = None;
             let mut header = None;
-            while let Some(chunk) = stream.message().await.map_err(|s| Error::from_status(&addr, s))? {
+            while let Some(chunk) = tokio::time::timeout(idle, stream.message())
+                .await
+                .map_err(|_| stalled("sent nothing", idle))?
+                .map_err(|s| Error::from_status(&addr, s))?
+            {
                 w.frame(&chunk).map_err(|e| io_error("write", &part, e))?;
                 use pb::backup_chunk::Item as I;
                 match chunk.item {
@@ -590,6 +611,30 @@ mod tests {
         let sum = crc32fast::hash(&out);
         out.extend_from_slice(&sum.to_le_bytes());
         out
+    }
+
+    /// A node that accepts the connection and never answers cannot hold a backup: it fails
+    /// within its bound (60 deadlines of 50 ms here) and leaves no file.
+    #[tokio::test]
+    async fn a_backup_from_a_node_that_never_answers_fails_in_bounded_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let client = Client::connect([addr.as_str()]).await.unwrap().with_deadline(Duration::from_millis(50));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.rsqlbak");
+        let started = std::time::Instant::now();
+        let e = client.backup(&path, Some(&addr), |_| {}).await.expect_err("nobody answers");
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+        assert!(e.to_string().contains("did not start"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file, no .part");
+        hold.abort();
     }
 
     fn verify_bytes(bytes: &[u8]) -> Result<Summary, Error> {

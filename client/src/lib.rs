@@ -624,6 +624,11 @@ impl Client {
         req
     }
 
+    /// How long one call may take (`with_deadline`; 10 s by default).
+    pub fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
     /// The address the client currently sends writes to first (diagnostics).
     pub fn cached_leader(&self) -> Option<String> {
         self.inner.leader.lock().expect("leader lock").clone()
@@ -691,10 +696,21 @@ impl Client {
         statements: Vec<(String, Vec<Value>)>,
         transaction: bool,
     ) -> Result<ExecuteResult, Error> {
+        self.execute_on_lane(statements, transaction, false).await
+    }
+
+    /// One request under the next sequence number of a free lane (a client id of this client's
+    /// that has no request in flight).
+    async fn execute_on_lane(
+        &self,
+        statements: Vec<(String, Vec<Value>)>,
+        transaction: bool,
+        restoring: bool,
+    ) -> Result<ExecuteResult, Error> {
         let (lane, seq) = self.take_lane();
         let seq = seq + 1;
         let client_id = format!("{}-{lane}", self.inner.client_id);
-        let result = self.execute_as(&client_id, seq, statements, transaction).await;
+        let result = self.execute_marked(&client_id, seq, statements, transaction, restoring).await;
         self.release_lane((lane, seq));
         result
     }
@@ -721,12 +737,7 @@ impl Client {
         statements: Vec<(String, Vec<Value>)>,
         transaction: bool,
     ) -> Result<ExecuteResult, Error> {
-        let (lane, seq) = self.take_lane();
-        let seq = seq + 1;
-        let client_id = format!("{}-{lane}", self.inner.client_id);
-        let result = self.execute_marked(&client_id, seq, statements, transaction, true).await;
-        self.release_lane((lane, seq));
-        result
+        self.execute_on_lane(statements, transaction, true).await
     }
 
     async fn execute_marked(
