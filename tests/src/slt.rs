@@ -629,13 +629,25 @@ pub struct FileReport {
     pub created_tables: Vec<String>,
     /// Set when the file could not be run to its end (no cluster, or it stopped answering).
     pub error: Option<String>,
+    /// [`Target::InProcess`]: statements, queries and tables on which the engine's two backends
+    /// disagreed (see [`crate::engine`]), each listed in `failures` (at line 0 when found by
+    /// the comparison at the file's end). Counted apart from `run`, `passed` and `failed` (the
+    /// record got the in-memory answer and was judged on it), and never tolerated.
+    pub differences: usize,
     pub elapsed: Duration,
 }
 
 impl FileReport {
-    /// `<name>: N passed, N failed, N skipped`
+    /// `<name>: N passed, N failed, N skipped` (and `, N backend differences` when there are any)
     pub fn line(&self) -> String {
-        format!("{}: {} passed, {} failed, {} skipped", self.name, self.passed, self.failed, self.skipped)
+        let mut s = format!(
+            "{}: {} passed, {} failed, {} skipped",
+            self.name, self.passed, self.failed, self.skipped
+        );
+        if self.differences > 0 {
+            s.push_str(&format!(", {} backend differences", self.differences));
+        }
+        s
     }
 
     fn fail(&mut self, opts: &RunOptions, record: &Record, expected: &str, got: &str) {
@@ -905,6 +917,10 @@ pub enum Target {
     FreshCluster,
     /// A running cluster at these addresses; tables a file created are dropped after it.
     Addrs(Vec<String>),
+    /// The SQL engine in this process over two storage backends at once, a fresh pair per
+    /// file ([`crate::engine::EngineDb`]): no cluster, and any disagreement between the
+    /// backends is a [`FileReport::differences`].
+    InProcess,
 }
 
 /// Several files' outcome.
@@ -930,6 +946,10 @@ impl Summary {
     pub fn known(&self) -> usize {
         self.files.iter().map(|f| f.known).sum()
     }
+    /// Disagreements between the engine's two backends ([`Target::InProcess`]).
+    pub fn differences(&self) -> usize {
+        self.files.iter().map(|f| f.differences).sum()
+    }
 
     /// Passed records in percent of those run (100 when none ran).
     pub fn pass_rate(&self) -> f64 {
@@ -945,9 +965,11 @@ impl Summary {
     pub fn totals(&self) -> String {
         format!(
             "skipped: {} records (skipif/onlyif and after halt)\n\
+             differences between the in-process backends: {}\n\
              pass rate: {:.2}% of {} records run in {} files ({} failed by the skip list), {:.1} s\n\
              {} passed, {} failed",
             self.skipped(),
+            self.differences(),
             self.pass_rate(),
             self.run(),
             self.files.len(),
@@ -1030,6 +1052,24 @@ pub async fn run_file(path: &Path, target: &Target, opts: &RunOptions) -> FileRe
                 for id in cluster.ids() {
                     e.push_str(&format!("\n--- node {id} log ends:\n{}", cluster.log_tail(id)));
                 }
+            }
+            report
+        }
+        Target::InProcess => {
+            let db = match crate::engine::EngineDb::start(opts.record_timeout) {
+                Ok(db) => db,
+                Err(e) => return run_records(&NoDb, &name, &records, opts, Some(e)).await,
+            };
+            let mut report = run_records(&db, &name, &records, opts, None).await;
+            db.finish().await;
+            for d in db.differences() {
+                report.differences += 1;
+                report.failures.push(Failure {
+                    line: records.iter().find(|r| r.is_test() && r.sql() == d.what).map_or(0, |r| r.line),
+                    sql: truncate(&format!("the backends differ on: {}", d.what), opts.truncate),
+                    expected: truncate(&format!("in memory: {}", d.memory), opts.truncate),
+                    got: truncate(&format!("in sled: {}", d.store), opts.truncate),
+                });
             }
             report
         }

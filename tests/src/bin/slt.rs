@@ -3,9 +3,12 @@
 //!
 //!     cargo run --release -p raftsql-tests --bin slt -- ../shared/sqllogictest
 //!     cargo run --release -p raftsql-tests --bin slt -- --addr 127.0.0.1:7001,127.0.0.1:7002 tests/slt
+//!     cargo run --release -p raftsql-tests --bin slt -- --in-process ../shared/sqllogictest
 //!
 //! Without `--addr`, every file runs on a fresh local 3-node cluster of real `raftsql-server`
-//! processes (built next to this binary first; `RAFTSQL_BIN_DIR` names other binaries).
+//! processes (built next to this binary first; `RAFTSQL_BIN_DIR` names other binaries). With
+//! `--in-process`, on the SQL engine in this process over two storage backends at once
+//! (`raftsql_tests::engine`); a disagreement between them fails the run.
 
 use clap::Parser;
 use raftsql_tests::slt::{self, RunOptions, Target};
@@ -19,8 +22,12 @@ struct Args {
     /// A running cluster ("host:port,host:port,..."); without it, a fresh local cluster per
     /// file. On a shared cluster, files run one at a time and the tables a file created are
     /// dropped after it.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "in_process")]
     addr: Vec<String>,
+    /// Run on the SQL engine in this process, over an in-memory and a sled backend at once,
+    /// instead of a cluster.
+    #[arg(long)]
+    in_process: bool,
     /// Show every failure (not only the first few per file).
     #[arg(long, short)]
     verbose: bool,
@@ -66,7 +73,13 @@ async fn main() -> ExitCode {
         truncate: if args.verbose { 4000 } else { 400 },
         ..RunOptions::default()
     };
-    let target = if args.addr.is_empty() { Target::FreshCluster } else { Target::Addrs(args.addr.clone()) };
+    let target = if args.in_process {
+        Target::InProcess
+    } else if args.addr.is_empty() {
+        Target::FreshCluster
+    } else {
+        Target::Addrs(args.addr.clone())
+    };
     let run = slt::run_files(&files, &target, &opts, args.jobs, |report| {
         println!("{}", slt::describe(report, shown));
         if args.verbose {
@@ -82,7 +95,8 @@ async fn main() -> ExitCode {
         }
     };
     println!("{}", summary.totals());
-    let ok = summary.failed() == 0 || args.min_pass.is_some_and(|p| summary.pass_rate() >= p);
+    let ok = summary.differences() == 0
+        && (summary.failed() == 0 || args.min_pass.is_some_and(|p| summary.pass_rate() >= p));
     if ok {
         ExitCode::SUCCESS
     } else {
