@@ -79,40 +79,31 @@ impl EngineDb {
     /// each statement's and query's evaluation, as `--write-eval-timeout-ms` and
     /// `--query-timeout-ms` do on a node.
     pub fn start(timeout: Duration) -> Result<EngineDb, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("raftsql-engine-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temp dir for the sled backend: {e}"))?;
-        let opts = store::Options {
-            data_dir: dir.path().join("data"),
-            node_id: 1,
-            flush_every: None,
-            cache_bytes: 64 << 20,
-        };
-        let (log, sm) = store::open(&opts).map_err(|e| format!("cannot open the sled backend: {e}"))?;
         let differences = Arc::new(Mutex::new(Vec::new()));
         let (jobs, rx) = mpsc::channel();
+        let (ready, opened) = mpsc::channel();
         let worker = {
             let differences = differences.clone();
             std::thread::Builder::new()
                 .name("engine".into())
                 // The server evaluates SQL on threads of this stack size.
                 .stack_size(sql::STACK_BYTES)
-                .spawn(move || {
-                    let backends = Backends {
-                        memory: MemoryView::new(),
-                        store: sm,
-                        _log: log,
-                        next_index: 1,
-                        timeout,
-                        differences,
-                    };
-                    backends.serve(rx);
-                    drop(dir);
+                .spawn(move || match Backends::open(timeout, differences) {
+                    Ok(backends) => {
+                        let _ = ready.send(Ok(()));
+                        backends.serve(rx)
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
                 })
                 .map_err(|e| format!("cannot start the engine thread: {e}"))?
         };
-        Ok(EngineDb { jobs, differences, worker: Some(worker) })
+        match opened.recv() {
+            Ok(Ok(())) => Ok(EngineDb { jobs, differences, worker: Some(worker) }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the engine thread ended before opening its backends".into()),
+        }
     }
 
     /// Compares the whole state of the two backends (every table in scan order, and the
@@ -158,42 +149,152 @@ impl crate::slt::Database for EngineDb {
     }
 }
 
-/// The two backends, on the worker thread.
+/// Runs a golden script (see `tests/golden/README.md`) on both backends and returns its
+/// transcript: comments as they are, then per request its SQL after `>`, the change set it
+/// produced (one `change:` line per [`Change`], as the log entry carries it) and each
+/// statement's outcome, or a read's columns and rows. A disagreement between the backends shows
+/// as a `!! the backends differ` line. Blocks: call it from a plain thread, not a runtime.
+pub fn run_script(script: &str) -> Result<String, String> {
+    let differences = Arc::new(Mutex::new(Vec::new()));
+    let mut b = Backends::open(Duration::from_secs(30), differences.clone())?;
+    let mut out = String::new();
+    let mut seen = 0;
+    for paragraph in script.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let (comments, sql): (Vec<&str>, Vec<&str>) = paragraph.lines().partition(|l| l.starts_with("--"));
+        comments.iter().for_each(|c| out.push_str(&format!("{c}\n")));
+        let sql = sql.join("\n");
+        if sql.trim().is_empty() {
+            out.push('\n');
+            continue;
+        }
+        for (i, line) in sql.lines().enumerate() {
+            out.push_str(&format!("{} {line}\n", if i == 0 { ">" } else { " " }));
+        }
+        let explain = sql.trim_start().get(..7).is_some_and(|w| w.eq_ignore_ascii_case("EXPLAIN"));
+        if crate::slt::is_read_query(&sql) || explain {
+            match b.read(&sql) {
+                Ok(r) => transcribe_rows(&mut out, r.columns.unwrap_or(0), &r.rows),
+                Err(e) => out.push_str(&format!("error: {}\n", e.message)),
+            }
+        } else {
+            match b.execute(&sql) {
+                Ok((changes, outcomes)) => {
+                    changes.iter().for_each(|c| out.push_str(&format!("change: {c:?}\n")));
+                    for o in outcomes {
+                        match o {
+                            Err(e) => out.push_str(&format!("error: {:?}: {}\n", e.kind, e.message)),
+                            Ok(r) => {
+                                let id = r
+                                    .last_insert_id
+                                    .map(|i| format!(", last insert id {i}"))
+                                    .unwrap_or_default();
+                                out.push_str(&format!("ok: rows affected {}{id}\n", r.rows_affected));
+                                if !r.columns.is_empty() {
+                                    let rows: Vec<Vec<ClientValue>> = r
+                                        .rows
+                                        .into_iter()
+                                        .map(|row| row.into_iter().map(client_value).collect())
+                                        .collect();
+                                    transcribe_rows(&mut out, r.columns.len(), &rows);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => out.push_str(&format!("request error: {}\n", e.message)),
+            }
+        }
+        let d = differences.lock().map(|d| d.clone()).unwrap_or_default();
+        for d in &d[seen..] {
+            out.push_str(&format!("!! the backends differ: in memory {}, in sled {}\n", d.memory, d.store));
+        }
+        seen = d.len();
+        out.push('\n');
+    }
+    b.compare_all();
+    let d = differences.lock().map(|d| d.clone()).unwrap_or_default();
+    for d in &d[seen..] {
+        out.push_str(&format!(
+            "!! the backends differ on {}: in memory {}, in sled {}\n",
+            d.what, d.memory, d.store
+        ));
+    }
+    Ok(out)
+}
+
+fn transcribe_rows(out: &mut String, columns: usize, rows: &[Vec<ClientValue>]) {
+    out.push_str(&format!("{columns} columns, {} rows\n", rows.len()));
+    for row in rows {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:?}")).collect();
+        out.push_str(&format!("  {}\n", cells.join(" | ")));
+    }
+}
+
+/// The two backends, used from one thread (a `MemoryView` stays on the thread it was made on).
 struct Backends {
     memory: MemoryView,
     store: StateMachine,
     /// Kept open beside the state machine, as on a node.
     _log: LogStore,
+    /// Runs the state machine's async `apply` (which hands the work to a blocking thread).
+    rt: tokio::runtime::Runtime,
     next_index: u64,
     timeout: Duration,
     differences: Arc<Mutex<Vec<Difference>>>,
+    /// The sled database's dir; removed when the backends are dropped (after the store).
+    _dir: tempfile::TempDir,
 }
 
 impl Backends {
-    fn serve(mut self, jobs: mpsc::Receiver<Job>) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                self.differ("starting the engine thread's runtime", e.to_string(), String::new());
-                return;
-            }
+    /// A fresh sled store in a temp dir and an empty in-memory view. Not for use inside an
+    /// async context: the store is written through a runtime of its own.
+    fn open(timeout: Duration, differences: Arc<Mutex<Vec<Difference>>>) -> Result<Backends, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("raftsql-engine-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temp dir for the sled backend: {e}"))?;
+        let opts = store::Options {
+            data_dir: dir.path().join("data"),
+            node_id: 1,
+            flush_every: None,
+            cache_bytes: 64 << 20,
         };
+        let (log, sm) = store::open(&opts).map_err(|e| format!("cannot open the sled backend: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the engine's runtime: {e}"))?;
+        Ok(Backends {
+            memory: MemoryView::new(),
+            store: sm,
+            _log: log,
+            rt,
+            next_index: 1,
+            timeout,
+            differences,
+            _dir: dir,
+        })
+    }
+
+    fn serve(mut self, jobs: mpsc::Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
             match job {
                 Job::Statement(sql, reply) => {
-                    let r = self.execute(&rt, &sql).and_then(|outcomes| {
-                        match outcomes.into_iter().find_map(|o| o.err()) {
+                    let r =
+                        self.execute(&sql).map(|(_, outcomes)| outcomes).and_then(|outcomes| match outcomes
+                            .into_iter()
+                            .find_map(|o| o.err())
+                        {
                             Some(e) => Err(DbError::sql(format!("{:?}: {}", e.kind, e.message))),
                             None => Ok(()),
-                        }
-                    });
+                        });
                     let _ = reply.send(r);
                 }
                 Job::Query(sql, reply) => {
                     let r = if crate::slt::is_read_query(&sql) {
                         self.read(&sql)
                     } else {
-                        self.execute(&rt, &sql).and_then(|outcomes| match outcomes.into_iter().next() {
+                        self.execute(&sql).and_then(|(_, outcomes)| match outcomes.into_iter().next() {
                             None => Ok(QueryOutput::default()),
                             Some(Err(e)) => Err(DbError::sql(format!("{:?}: {}", e.kind, e.message))),
                             Some(Ok(r)) => Ok(output(r)),
@@ -222,8 +323,8 @@ impl Backends {
     }
 
     /// Evaluates a request of one text over both backends, compares, and applies the changes
-    /// to both.
-    fn execute(&mut self, rt: &tokio::runtime::Runtime, sql: &str) -> Result<Vec<StatementOutcome>, DbError> {
+    /// to both; returns them with the outcomes.
+    fn execute(&mut self, sql: &str) -> Result<(Vec<Change>, Vec<StatementOutcome>), DbError> {
         sql::check_request([(sql, 0)], &RequestLimits::default()).map_err(error)?;
         let texts = [(sql.to_string(), Vec::new())];
         let evaluate = |view: &dyn ReadView| {
@@ -239,20 +340,24 @@ impl Backends {
         }
         let (changes, outcomes) = on_memory.map_err(error)?;
         if !changes.is_empty() {
-            self.apply(rt, sql, changes);
+            self.apply(sql, &changes);
         }
-        Ok(outcomes)
+        Ok((changes, outcomes))
     }
 
-    fn apply(&mut self, rt: &tokio::runtime::Runtime, sql: &str, changes: Vec<Change>) {
+    fn apply(&mut self, sql: &str, changes: &[Change]) {
         changes.iter().for_each(|c| self.memory.apply(c));
-        let cs = ChangeSet::new(vec![RequestEffects { request_id: None, changes, outcomes: vec![] }]);
+        let cs = ChangeSet::new(vec![RequestEffects {
+            request_id: None,
+            changes: changes.to_vec(),
+            outcomes: vec![],
+        }]);
         let entry = Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index),
             payload: EntryPayload::Normal(EncodedChangeSet::encode(&cs)),
         };
         self.next_index += 1;
-        if let Err(e) = rt.block_on(RaftStateMachine::apply(&mut self.store, [entry])) {
+        if let Err(e) = self.rt.block_on(RaftStateMachine::apply(&mut self.store, [entry])) {
             self.differ(sql, "applied".into(), format!("the store refused the entry: {e}"));
         }
     }
@@ -387,6 +492,55 @@ mod tests {
             d[1].what.starts_with("table t: 2 rows in memory, 1 in sled, first difference at row 1"),
             "{d:?}"
         );
+    }
+
+    /// Each `tests/golden/*.sql` script's transcript must equal its `.out` file;
+    /// `RAFTSQL_BLESS=1` writes the transcripts instead (then review the diff).
+    #[test]
+    fn golden_scripts_match_their_transcripts() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+        let bless = std::env::var_os("RAFTSQL_BLESS").is_some();
+        let mut scripts: Vec<_> = std::fs::read_dir(&dir)
+            .expect("tests/golden")
+            .map(|e| e.expect("a dir entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        scripts.sort();
+        assert!(!scripts.is_empty(), "no scripts in {}", dir.display());
+        let mut wrong = Vec::new();
+        for script in scripts {
+            let text = std::fs::read_to_string(&script).expect("read the script");
+            let got = run_script(&text).expect("run the script");
+            assert!(!got.contains("!! the backends differ"), "{}:\n{got}", script.display());
+            let golden = script.with_extension("out");
+            if bless {
+                std::fs::write(&golden, &got).expect("write the transcript");
+                continue;
+            }
+            let want = std::fs::read_to_string(&golden).unwrap_or_default();
+            if want != got {
+                let line = want.lines().zip(got.lines()).position(|(a, b)| a != b).unwrap_or(0) + 1;
+                wrong.push(format!(
+                    "{} differs from its transcript from line {line}:\n  want: {}\n  got:  {}",
+                    golden.display(),
+                    want.lines().nth(line - 1).unwrap_or("(end)"),
+                    got.lines().nth(line - 1).unwrap_or("(end)")
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{}\n(if the change is intended: RAFTSQL_BLESS=1, then review the diff)",
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn a_golden_transcript_shows_the_change_set_and_the_outcome() {
+        let t =
+            run_script("CREATE TABLE t (k INTEGER PRIMARY KEY)\n\nINSERT INTO t VALUES (1)").expect("run");
+        assert!(t.contains("> INSERT INTO t VALUES (1)\nchange: Insert { table: \"t\", key: [Integer(1)], row: [Integer(1)] }\nok: rows affected 1, last insert id 1\n"), "{t}");
+        assert!(!t.contains("!!"), "{t}");
     }
 
     #[tokio::test]
