@@ -268,15 +268,20 @@ pub fn real_text(r: f64) -> String {
     if r.is_infinite() {
         return if r > 0.0 { "Inf".into() } else { "-Inf".into() };
     }
+    if r == 0.0 {
+        // SQLite prints -0.0 as 0.0 (its printf tests `r < 0.0` for the sign).
+        return "0.0".into();
+    }
     if r == r.trunc() && r.abs() < 1e15 {
         return format!("{r:.1}");
     }
-    let s = format!("{:.15e}", r);
+    // 15 significant digits: one before the point, 14 after.
+    let s = format!("{:.14e}", r);
     // Shortest of 15 significant digits.
     let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
-    if (-5..15).contains(&exp) {
+    if (-4..15).contains(&exp) {
         let v: f64 = format!("{mantissa}e{exp}").parse().unwrap_or(r);
         let mut t = format!("{v}");
         if !t.contains('.') && !t.contains('e') {
@@ -515,6 +520,26 @@ pub fn timestamp(millis: i64) -> String {
 mod tests {
     use super::*;
     use crate::sql::MAX_LIKE_PATTERN_BYTES;
+
+    /// As SQLite's `CAST(r AS TEXT)` prints them (each checked against SQLite 3.40 and 3.50).
+    #[test]
+    fn reals_print_as_sqlite_with_15_significant_digits() {
+        for (r, want) in [
+            (1e10 / -41.0, "-243902439.02439"),
+            (0.1 + 0.2, "0.3"),
+            (123456789012345678.0, "1.23456789012346e+17"),
+            (1e15, "1.0e+15"),
+            (1e-5, "1.0e-05"),
+            (0.0001, "0.0001"),
+            (2.0, "2.0"),
+            (-0.0, "0.0"),
+            (0.0, "0.0"),
+            (1.0 / 3.0, "0.333333333333333"),
+            (-7.5, "-7.5"),
+        ] {
+            assert_eq!(real_text(r), want, "{r:?}");
+        }
+    }
 
     #[test]
     fn values_order_as_sqlite() {

@@ -886,32 +886,39 @@ impl<'a> Binder<'a> {
                     offset: None,
                 })
             }
-            SetExpr::SetOperation { left, op, set_quantifier, right } => {
-                let op = match op {
-                    ast::SetOperator::Union => SetOp::Union,
-                    ast::SetOperator::Intersect => SetOp::Intersect,
-                    ast::SetOperator::Except | ast::SetOperator::Minus => SetOp::Except,
-                };
-                let all = match set_quantifier {
-                    ast::SetQuantifier::All => true,
-                    ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
-                    other => return Err(Error::Unsupported(format!("set quantifier {other}"))),
-                };
-                let left = self.set_expr(left, outer)?;
-                let right = self.set_expr(right, outer)?;
-                if left.columns.len() != right.columns.len() {
-                    return Err(Error::Invalid(format!(
-                        "SELECTs to the left and right of {op:?} do not have the same number of result columns"
-                    )));
+            SetExpr::SetOperation { .. } => {
+                // SQLite gives UNION, UNION ALL, INTERSECT and EXCEPT one precedence and runs
+                // them left to right; sqlparser binds INTERSECT tighter (standard SQL). The
+                // operands and operators are taken in text order and folded from the left.
+                let (terms, ops) = compound_chain(body);
+                let mut acc = self.set_expr(terms[0], outer)?;
+                for (term, (op, quantifier)) in terms[1..].iter().zip(ops) {
+                    let op = match op {
+                        ast::SetOperator::Union => SetOp::Union,
+                        ast::SetOperator::Intersect => SetOp::Intersect,
+                        ast::SetOperator::Except | ast::SetOperator::Minus => SetOp::Except,
+                    };
+                    let all = match quantifier {
+                        ast::SetQuantifier::All => true,
+                        ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
+                        other => return Err(Error::Unsupported(format!("set quantifier {other}"))),
+                    };
+                    let right = self.set_expr(term, outer)?;
+                    if acc.columns.len() != right.columns.len() {
+                        return Err(Error::Invalid(format!(
+                            "SELECTs to the left and right of {op:?} do not have the same number of result columns"
+                        )));
+                    }
+                    let columns = acc.columns.clone();
+                    acc = Query {
+                        body: Body::Compound { op, all, left: Box::new(acc), right: Box::new(right) },
+                        columns,
+                        order_by: vec![],
+                        limit: None,
+                        offset: None,
+                    };
                 }
-                let columns = left.columns.clone();
-                Ok(Query {
-                    body: Body::Compound { op, all, left: Box::new(left), right: Box::new(right) },
-                    columns,
-                    order_by: vec![],
-                    limit: None,
-                    offset: None,
-                })
+                Ok(acc)
             }
             other => Err(Error::Unsupported(format!("query {}", short_set(other)))),
         }
@@ -1573,6 +1580,30 @@ fn position(e: &Expr, width: usize) -> Result<Option<usize>, Error> {
         }
     }
     Ok(None)
+}
+
+/// The operands of a compound select in text order, and the operators between them: the
+/// `SetOperation` nodes of `body` flattened in order, without entering a parenthesized query.
+/// Iterative, so a long chain does not deepen the stack.
+fn compound_chain(body: &SetExpr) -> (Vec<&SetExpr>, Vec<(ast::SetOperator, ast::SetQuantifier)>) {
+    enum Item<'a> {
+        Node(&'a SetExpr),
+        Op(ast::SetOperator, ast::SetQuantifier),
+    }
+    let (mut terms, mut ops) = (Vec::new(), Vec::new());
+    let mut stack = vec![Item::Node(body)];
+    while let Some(item) = stack.pop() {
+        match item {
+            Item::Node(SetExpr::SetOperation { left, op, set_quantifier, right }) => {
+                stack.push(Item::Node(right));
+                stack.push(Item::Op(*op, *set_quantifier));
+                stack.push(Item::Node(left));
+            }
+            Item::Node(term) => terms.push(term),
+            Item::Op(op, quantifier) => ops.push((op, quantifier)),
+        }
+    }
+    (terms, ops)
 }
 
 fn first_select(body: &SetExpr) -> Option<&ast::Select> {

@@ -90,7 +90,9 @@ impl<'v> Runner<'v> {
             BExpr::Agg(i) => env.aggs.get(*i).cloned().unwrap_or(Value::Null),
             BExpr::Neg(a) => match numeric(&self.eval(a, env)?) {
                 Value::Integer(i) => i.checked_neg().map_or(Value::Real(-(i as f64)), Value::Integer),
-                Value::Real(r) => Value::Real(-r),
+                // SQLite negates a value as `0 - x`: -(0.0) at run time is 0.0, not -0.0
+                // (a negative literal such as -0.0 is folded when planned, and keeps its sign).
+                Value::Real(r) => Value::Real(0.0 - r),
                 other => other,
             },
             BExpr::Not(a) => bool_value(truth(&self.eval(a, env)?).map(|b| !b)),
@@ -337,10 +339,11 @@ impl<'v> Runner<'v> {
             },
             Func::Upper | Func::Lower if null(0) => Value::Null,
             Func::Upper | Func::Lower => {
+                // ASCII letters only, as SQLite without ICU (and as LIKE's case folding here):
+                // upper('é') is 'é'.
                 let s = text_of(&v[0]);
-                // Case mapping may grow a character up to three times.
-                self.text(s.len() * 3)?;
-                Value::Text(if f == Func::Upper { s.to_uppercase() } else { s.to_lowercase() })
+                self.text(s.len())?;
+                Value::Text(if f == Func::Upper { s.to_ascii_uppercase() } else { s.to_ascii_lowercase() })
             }
             Func::Substr => {
                 if v.iter().any(|x| matches!(x, Value::Null)) {
@@ -384,18 +387,22 @@ impl<'v> Runner<'v> {
                 })
             }
             Func::Replace => {
-                if v.iter().any(|x| matches!(x, Value::Null)) {
+                // In SQLite's order: an empty pattern gives the first argument back as it is,
+                // even when the replacement is NULL.
+                if null(0) || null(1) {
+                    return Ok(Value::Null);
+                }
+                if text_of(&v[1]).is_empty() {
+                    return Ok(v[0].clone());
+                }
+                if null(2) {
                     return Ok(Value::Null);
                 }
                 let (s, from, to) = (text_of(&v[0]), text_of(&v[1]), text_of(&v[2]));
-                if from.is_empty() {
-                    Value::Text(s)
-                } else {
-                    // At most every occurrence replaced: reserve for that before building it.
-                    let most = s.len() + (s.len() / from.len()) * to.len().saturating_sub(from.len());
-                    self.text(most)?;
-                    Value::Text(s.replace(&from, &to))
-                }
+                // At most every occurrence replaced: reserve for that before building it.
+                let most = s.len() + (s.len() / from.len()) * to.len().saturating_sub(from.len());
+                self.text(most)?;
+                Value::Text(s.replace(&from, &to))
             }
             Func::Round => {
                 if null(0) || null(1) {
@@ -412,10 +419,13 @@ impl<'v> Runner<'v> {
                 if v.iter().any(|x| matches!(x, Value::Null)) {
                     return Ok(Value::Null);
                 }
+                // Among equal values (2 and 2.0), SQLite's min() takes the last, max() the first.
                 let mut best = v[0].clone();
                 for x in &v[1..] {
                     let o = compare(x, &best);
-                    if (f == Func::Min && o == Ordering::Less) || (f == Func::Max && o == Ordering::Greater) {
+                    if (f == Func::Min && o != Ordering::Greater)
+                        || (f == Func::Max && o == Ordering::Greater)
+                    {
                         best = x.clone();
                     }
                 }
