@@ -88,7 +88,7 @@ impl EngineDb {
                 .name("engine".into())
                 // The server evaluates SQL on threads of this stack size.
                 .stack_size(sql::STACK_BYTES)
-                .spawn(move || match Backends::open(timeout, differences) {
+                .spawn(move || match Engine::open_with(timeout, differences) {
                     Ok(backends) => {
                         let _ = ready.send(Ok(()));
                         backends.serve(rx)
@@ -156,7 +156,7 @@ impl crate::slt::Database for EngineDb {
 /// as a `!! the backends differ` line. Blocks: call it from a plain thread, not a runtime.
 pub fn run_script(script: &str) -> Result<String, String> {
     let differences = Arc::new(Mutex::new(Vec::new()));
-    let mut b = Backends::open(Duration::from_secs(30), differences.clone())?;
+    let mut b = Engine::open_with(Duration::from_secs(30), differences.clone())?;
     let mut out = String::new();
     let mut seen = 0;
     for paragraph in script.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
@@ -230,8 +230,10 @@ fn transcribe_rows(out: &mut String, columns: usize, rows: &[Vec<ClientValue>]) 
     }
 }
 
-/// The two backends, used from one thread (a `MemoryView` stays on the thread it was made on).
-struct Backends {
+/// The engine over its two backends, used from one thread (a `MemoryView` stays on the thread
+/// it was made on): what [`EngineDb`] runs on its worker thread, and what synchronous callers
+/// (golden scripts, the differential tests) use directly.
+pub struct Engine {
     memory: MemoryView,
     store: StateMachine,
     /// Kept open beside the state machine, as on a node.
@@ -245,10 +247,20 @@ struct Backends {
     _dir: tempfile::TempDir,
 }
 
-impl Backends {
-    /// A fresh sled store in a temp dir and an empty in-memory view. Not for use inside an
-    /// async context: the store is written through a runtime of its own.
-    fn open(timeout: Duration, differences: Arc<Mutex<Vec<Difference>>>) -> Result<Backends, String> {
+impl Engine {
+    /// A fresh sled store in a temp dir and an empty in-memory view; `timeout` bounds each
+    /// evaluation. Not for use inside an async context: the store is written through a runtime
+    /// of its own.
+    pub fn open(timeout: Duration) -> Result<Engine, String> {
+        Engine::open_with(timeout, Arc::new(Mutex::new(Vec::new())))
+    }
+
+    /// Every disagreement between the backends so far.
+    pub fn differences(&self) -> Vec<Difference> {
+        self.differences.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    fn open_with(timeout: Duration, differences: Arc<Mutex<Vec<Difference>>>) -> Result<Engine, String> {
         let dir = tempfile::Builder::new()
             .prefix("raftsql-engine-")
             .tempdir()
@@ -264,7 +276,7 @@ impl Backends {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the engine's runtime: {e}"))?;
-        Ok(Backends {
+        Ok(Engine {
             memory: MemoryView::new(),
             store: sm,
             _log: log,
@@ -324,7 +336,7 @@ impl Backends {
 
     /// Evaluates a request of one text over both backends, compares, and applies the changes
     /// to both; returns them with the outcomes.
-    fn execute(&mut self, sql: &str) -> Result<(Vec<Change>, Vec<StatementOutcome>), DbError> {
+    pub fn execute(&mut self, sql: &str) -> Result<(Vec<Change>, Vec<StatementOutcome>), DbError> {
         sql::check_request([(sql, 0)], &RequestLimits::default()).map_err(error)?;
         let texts = [(sql.to_string(), Vec::new())];
         let evaluate = |view: &dyn ReadView| {
@@ -362,7 +374,8 @@ impl Backends {
         }
     }
 
-    fn read(&mut self, sql: &str) -> Result<QueryOutput, DbError> {
+    /// Runs a read query over both backends, compares, and returns the in-memory answer.
+    pub fn read(&mut self, sql: &str) -> Result<QueryOutput, DbError> {
         sql::check_request([(sql, 0)], &RequestLimits::default()).map_err(error)?;
         let on_memory = sql::query_with(&self.memory, sql, &[], CTX, self.budget());
         let on_store = self.store.read(|v| sql::query_with(v, sql, &[], CTX, self.budget()));
@@ -373,8 +386,9 @@ impl Backends {
         on_memory.map(output).map_err(error)
     }
 
-    /// Every table of either backend, row for row in scan order, and the catalog.
-    fn compare_all(&mut self) {
+    /// Compares every table of either backend, row for row in scan order, and the catalog,
+    /// recording any difference.
+    pub fn compare_all(&mut self) {
         let catalog = |v: &dyn ReadView| v.tables().map(|t| format!("{t:?}")).map_err(|e| e.to_string());
         let (m, s) = (catalog(&self.memory), self.store.read(catalog));
         if m != s {

@@ -7,6 +7,7 @@
 //! set). Every wait polls a condition with a
 //! deadline; nothing sleeps to synchronize.
 
+pub mod differential;
 pub mod engine;
 pub mod kube;
 pub mod nemesis;
