@@ -17,7 +17,9 @@
 //! comparisons, AND/OR/NOT, `IS [NOT] NULL`, BETWEEN, IN lists, LIKE, scalar and IN and EXISTS
 //! subqueries; joins (inner, cross, LEFT); DISTINCT; GROUP BY with HAVING over count, sum,
 //! total, avg, min, max and count(DISTINCT); ORDER BY all columns with LIMIT/OFFSET; compound
-//! selects (UNION, UNION ALL, INTERSECT, EXCEPT).
+//! selects (UNION, UNION ALL, INTERSECT, EXCEPT). Between queries, writes: an UPDATE of a
+//! non-key column, a DELETE, an INSERT of one row; their rows affected (or an error on both)
+//! and then the table's rows must be the same on both.
 //!
 //! Expressions are typed: numbers meet numbers and text meets text. raftsql's one intended
 //! difference (a value that does not fit its column's type is an error; docs/sql.md) lies
@@ -74,6 +76,9 @@ pub struct Report {
     pub agreed: u64,
     /// Of those: an error on both.
     pub both_failed: u64,
+    /// INSERT, UPDATE and DELETE statements compared with SQLite (rows affected, then the
+    /// table's rows).
+    pub writes: u64,
     /// Refused by raftsql as unsupported, by message (not findings).
     pub unsupported: BTreeMap<String, u64>,
     /// TLP and NoREC checks made on raftsql alone.
@@ -91,12 +96,13 @@ impl Report {
     pub fn line(&self) -> String {
         format!(
             "{} worlds, {} queries compared with SQLite ({} agreed, {} failed on both, {} unsupported by raftsql), \
-             {} TLP/NoREC checks, {} findings, {} backend differences, {:.1} s",
+             {} writes compared, {} TLP/NoREC checks, {} findings, {} backend differences, {:.1} s",
             self.worlds,
             self.compared,
             self.agreed,
             self.both_failed,
             self.unsupported.values().sum::<u64>(),
+            self.writes,
             self.oracle_checks,
             self.finding_count,
             self.backend_differences,
@@ -139,7 +145,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 break;
             }
             let mut g = Gen { rng: &mut rng, world: &world, depth: 0 };
-            match g.rng.gen_range(0..10) {
+            match g.rng.gen_range(0..12) {
+                10 | 11 => {
+                    let (sql, table) = g.write();
+                    if !w.write(&sql, &table, &mut report, opts) {
+                        // The two databases no longer hold the same rows: a new world.
+                        break;
+                    }
+                }
                 0 => {
                     let from = g.from();
                     let p = g.bool_expr(&from);
@@ -190,6 +203,8 @@ impl Ty {
 struct Table {
     name: String,
     columns: Vec<Ty>,
+    /// Leading key columns: 1 (INTEGER PRIMARY KEY), 2 (a composite key) or 0.
+    keyed: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -285,7 +300,14 @@ impl World {
             if !rows.is_empty() {
                 setup.push(format!("INSERT INTO {name} VALUES {}", rows.join(", ")));
             }
-            tables.push(Table { name, columns });
+            let keyed = if !key.is_empty() {
+                1
+            } else if composite {
+                2
+            } else {
+                0
+            };
+            tables.push(Table { name, columns, keyed });
         }
         World { tables, setup }
     }
@@ -316,6 +338,49 @@ impl Gen<'_> {
         let t = self.table().clone();
         let scope = t.columns.iter().enumerate().map(|(i, &ty)| (format!("{alias}.c{i}"), ty)).collect();
         (format!("{} AS {alias}", t.name), scope)
+    }
+
+    /// An UPDATE of a non-key column, a DELETE, or an INSERT of one row, with values of the
+    /// column's type; and the table it writes.
+    fn write(&mut self) -> (String, String) {
+        let t = self.table().clone();
+        let scope = t.columns.iter().enumerate().map(|(i, &ty)| (format!("{}.c{i}", t.name), ty)).collect();
+        let from = From { sql: t.name.clone(), scope };
+        let filter = |g: &mut Self| {
+            if g.rng.gen_bool(0.85) {
+                format!(" WHERE {}", g.bool_expr(&from))
+            } else {
+                String::new()
+            }
+        };
+        let sql = match self.rng.gen_range(0..3) {
+            0 if t.columns.len() > t.keyed => {
+                let c = self.rng.gen_range(t.keyed..t.columns.len());
+                let value = match t.columns[c] {
+                    Ty::Int => format!("CAST({} AS INTEGER)", self.num_expr(&from)),
+                    Ty::Real => format!("CAST({} AS REAL)", self.num_expr(&from)),
+                    Ty::Text => self.text_expr(&from),
+                };
+                format!("UPDATE {} SET c{c} = {value}{}", t.name, filter(self))
+            }
+            1 => format!("DELETE FROM {}{}", t.name, filter(self)),
+            _ => {
+                let row: Vec<String> = t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &ty)| {
+                        if i >= t.keyed && self.rng.gen_bool(0.2) {
+                            "NULL".to_string()
+                        } else {
+                            literal(self.rng, ty)
+                        }
+                    })
+                    .collect();
+                format!("INSERT INTO {} VALUES ({})", t.name, row.join(", "))
+            }
+        };
+        (sql, t.name)
     }
 
     fn from(&mut self) -> From {
@@ -693,10 +758,11 @@ struct Query {
 // ---------------------------------------------------------------------------------------------
 // Running and comparing
 
-struct Running<'w> {
-    world: &'w World,
+struct Running {
     engine: Engine,
     sqlite: rusqlite::Connection,
+    /// The world's setup and the writes made since, to replay a finding.
+    history: Vec<String>,
 }
 
 /// A value as compared: numbers by value, booleans as integers.
@@ -796,8 +862,8 @@ fn show(r: &Result<Rows, String>) -> String {
     crate::slt::truncate(&s, 600)
 }
 
-impl<'w> Running<'w> {
-    fn open(world: &'w World) -> Result<Running<'w>, String> {
+impl Running {
+    fn open(world: &World) -> Result<Running, String> {
         let mut engine = Engine::open(Duration::from_secs(10))?;
         let sqlite = rusqlite::Connection::open_in_memory().map_err(|e| format!("SQLite: {e}"))?;
         for s in &world.setup {
@@ -806,7 +872,7 @@ impl<'w> Running<'w> {
             )?;
             sqlite.execute_batch(s).map_err(|e| format!("SQLite refused the world's {s}: {e}"))?;
         }
-        Ok(Running { world, engine, sqlite })
+        Ok(Running { engine, sqlite, history: world.setup.clone() })
     }
 
     fn raftsql(&mut self, sql: &str) -> Result<Rows, String> {
@@ -843,7 +909,7 @@ impl<'w> Running<'w> {
         if report.findings.len() < opts.keep {
             report.findings.push(Finding {
                 oracle,
-                setup: self.world.setup.clone(),
+                setup: self.history.clone(),
                 query: query.to_string(),
                 raftsql: got,
                 expected: want,
@@ -862,6 +928,53 @@ impl<'w> Running<'w> {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Runs a write on both and compares its outcome (rows affected, or an error on both),
+    /// then the table's rows. Returns whether the two still hold the same rows.
+    fn write(&mut self, sql: &str, table: &str, report: &mut Report, opts: &Options) -> bool {
+        let ours: Result<u64, String> = match self.engine.execute(sql) {
+            Err(e) => Err(e.message),
+            Ok((_, outcomes)) => match outcomes.into_iter().next() {
+                Some(Ok(r)) => Ok(r.rows_affected),
+                Some(Err(e)) => Err(format!("{:?}: {}", e.kind, e.message)),
+                None => Err("no outcome".into()),
+            },
+        };
+        if let Err(e) = &ours {
+            if Self::unsupported(report, &Err(e.clone())) {
+                // Nothing was applied on our side; keep SQLite in step by not running it.
+                return true;
+            }
+        }
+        let theirs = self.sqlite.execute(sql, []).map(|n| n as u64).map_err(|e| e.to_string());
+        report.writes += 1;
+        let same = match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(_), Err(_)) => true,
+            _ => false,
+        };
+        self.history.push(sql.to_string());
+        if !same {
+            self.finding(report, opts, "sqlite", sql, format!("{ours:?}"), format!("{theirs:?}"));
+            return false;
+        }
+        let dump = format!("SELECT * FROM {table}");
+        let (a, b) = (self.raftsql(&dump), self.sqlite(&dump));
+        match (&a, &b) {
+            (Ok(x), Ok(y)) if same_rows(x, y, false) => true,
+            _ => {
+                self.finding(
+                    report,
+                    opts,
+                    "sqlite",
+                    &format!("{dump} (after the last write)"),
+                    show(&a),
+                    show(&b),
+                );
+                false
+            }
         }
     }
 
