@@ -294,6 +294,60 @@ pub fn real_text(r: f64) -> String {
     }
 }
 
+/// Bytes [`round_real`] builds at most: a real's exact decimal expansion to 1,100 places.
+pub const ROUND_TEXT_BYTES: usize = 1_500;
+
+/// `round(x, digits)` as SQLite 3.43 and later compute it: with no digits, `(i64)(|x| + 0.5)`
+/// (for |x| below 2^63); else the exact decimal value of the double, cut after `digits`
+/// decimals and rounded half away from zero on its digits. So `round(0.35, 1)` is 0.3 (0.35 is
+/// 0.34999999999999997… as a double) and `round(0.125, 2)` is 0.13 (an exact tie).
+pub fn round_real(x: f64, digits: usize) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    let neg = x < 0.0;
+    let a = x.abs();
+    let r = if digits == 0 && a < i64::MAX as f64 {
+        (a + 0.5).trunc()
+    } else {
+        // A double has at most 1,074 decimal places: this expansion is exact.
+        let exact = format!("{a:.1100}");
+        let point = exact.find('.').unwrap_or(exact.len());
+        let cut = (point + 1 + digits).min(exact.len());
+        let up = exact.as_bytes().get(cut).is_some_and(|&d| d >= b'5');
+        let mut kept: Vec<u8> = exact.as_bytes()[..cut].iter().copied().filter(|&c| c != b'.').collect();
+        if up {
+            // Add one in the last kept place, carrying leftwards.
+            let mut i = kept.len();
+            loop {
+                if i == 0 {
+                    kept.insert(0, b'1');
+                    break;
+                }
+                i -= 1;
+                if kept[i] == b'9' {
+                    kept[i] = b'0';
+                } else {
+                    kept[i] += 1;
+                    break;
+                }
+            }
+        }
+        let int_len = kept.len() - digits;
+        let text = format!(
+            "{}.{}",
+            std::str::from_utf8(&kept[..int_len]).unwrap_or("0"),
+            std::str::from_utf8(&kept[int_len..]).unwrap_or("0")
+        );
+        text.parse().unwrap_or(a)
+    };
+    if neg {
+        -r
+    } else {
+        r
+    }
+}
+
 /// CAST targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CastTo {
@@ -520,6 +574,32 @@ pub fn timestamp(millis: i64) -> String {
 mod tests {
     use super::*;
     use crate::sql::MAX_LIKE_PATTERN_BYTES;
+
+    /// Each checked against SQLite 3.51.
+    #[test]
+    fn round_is_sqlites_on_the_exact_value() {
+        for (x, digits, want) in [
+            (0.125, 2, 0.13),
+            (0.375, 2, 0.38),
+            (-0.125, 2, -0.13),
+            (2.5, 0, 3.0),
+            (-2.5, 0, -3.0),
+            (0.49999999999999994, 0, 1.0),
+            (-0.35, 1, -0.3),
+            (0.35, 1, 0.3),
+            (2.675, 2, 2.67),
+            (1.005, 2, 1.0),
+            (0.45, 1, 0.5),
+            (5.55, 1, 5.5),
+            (9.99, 1, 10.0),
+            (99.96, 1, 100.0),
+            (1e300, 2, 1e300),
+            (123.456, 0, 123.0),
+            (f64::INFINITY, 2, f64::INFINITY),
+        ] {
+            assert_eq!(round_real(x, digits), want, "round({x}, {digits})");
+        }
+    }
 
     /// As SQLite's `CAST(r AS TEXT)` prints them (each checked against SQLite 3.40 and 3.50).
     #[test]

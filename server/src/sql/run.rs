@@ -1,8 +1,8 @@
 //! Runs bound plans: expressions over rows, joins, grouping, sorting, set operations.
 
 use super::eval::{
-    arith, bool_value, cast, compare, int_of, is_true, like, numeric, real_of, text_of, timestamp, truth,
-    type_name,
+    arith, bool_value, cast, compare, int_of, is_true, like, numeric, real_of, round_real, text_of,
+    timestamp, truth, type_name, ROUND_TEXT_BYTES,
 };
 use super::limits::{row_bytes, value_bytes, Meter};
 use super::overlay::OrdKey;
@@ -410,9 +410,9 @@ impl<'v> Runner<'v> {
                 }
                 let x = real_of(&numeric(&v[0]));
                 let digits = v.get(1).map_or(0, |d| int_or_trunc(&numeric(d))).clamp(0, 30);
-                let m = 10f64.powi(digits as i32);
-                let r = (x * m).abs().round() / m;
-                Value::Real(if x < 0.0 { -r } else { r })
+                // The exact decimal expansion it reads is at most ~1,100 characters.
+                self.text(ROUND_TEXT_BYTES)?;
+                Value::Real(round_real(x, digits as usize))
             }
             Func::TypeOf => Value::Text(type_name(&v[0]).to_ascii_lowercase()),
             Func::Min | Func::Max => {
@@ -1130,8 +1130,8 @@ struct Group {
 
 enum Acc {
     Count(i64),
-    Sum { int: i64, real: f64, is_real: bool, any: bool, overflow: bool },
-    Avg { sum: f64, n: i64 },
+    /// sum(), total() and avg() (`n` values seen), summed as SQLite 3.43+ sums them.
+    Sum(Sum),
     Extreme(Option<Value>),
     Concat(Option<String>),
 }
@@ -1143,10 +1143,7 @@ impl Group {
             .map(|s| {
                 let acc = match s.func {
                     AggFunc::CountStar | AggFunc::Count => Acc::Count(0),
-                    AggFunc::Sum | AggFunc::Total => {
-                        Acc::Sum { int: 0, real: 0.0, is_real: false, any: false, overflow: false }
-                    }
-                    AggFunc::Avg => Acc::Avg { sum: 0.0, n: 0 },
+                    AggFunc::Sum | AggFunc::Total | AggFunc::Avg => Acc::Sum(Sum::default()),
                     AggFunc::Min | AggFunc::Max => Acc::Extreme(None),
                     AggFunc::GroupConcat => Acc::Concat(None),
                 };
@@ -1185,30 +1182,7 @@ impl Group {
             }
             match (spec.func, acc) {
                 (AggFunc::Count, Acc::Count(n)) => *n += 1,
-                (AggFunc::Sum | AggFunc::Total, Acc::Sum { int, real, is_real, any, overflow }) => {
-                    *any = true;
-                    match numeric(&v) {
-                        Value::Integer(i) if !*is_real => match int.checked_add(i) {
-                            Some(s) => *int = s,
-                            None => {
-                                *overflow = true;
-                                *is_real = true;
-                                *real = *int as f64 + i as f64;
-                            }
-                        },
-                        x => {
-                            if !*is_real {
-                                *is_real = true;
-                                *real = *int as f64;
-                            }
-                            *real += real_of(&x);
-                        }
-                    }
-                }
-                (AggFunc::Avg, Acc::Avg { sum, n }) => {
-                    *sum += real_of(&numeric(&v));
-                    *n += 1;
-                }
+                (AggFunc::Sum | AggFunc::Total | AggFunc::Avg, Acc::Sum(sum)) => sum.add(&numeric(&v)),
                 (AggFunc::Min, Acc::Extreme(best)) => {
                     if best.as_ref().is_none_or(|b| compare(&v, b) == Ordering::Less) {
                         *best = Some(v);
@@ -1249,29 +1223,98 @@ impl Group {
             .map(|(spec, (acc, _))| {
                 Ok(match (spec.func, acc) {
                     (_, Acc::Count(n)) => Value::Integer(*n),
-                    (AggFunc::Total, Acc::Sum { int, real, is_real, .. }) => {
-                        Value::Real(if *is_real { *real } else { *int as f64 })
-                    }
-                    (_, Acc::Sum { any: false, .. }) => Value::Null,
-                    (_, Acc::Sum { overflow: true, .. }) => {
+                    (AggFunc::Total, Acc::Sum(sum)) => Value::Real(sum.real()),
+                    (AggFunc::Avg, Acc::Sum(sum)) if sum.n == 0 => Value::Null,
+                    (AggFunc::Avg, Acc::Sum(sum)) => Value::Real(sum.real() / sum.n as f64),
+                    (_, Acc::Sum(sum)) if sum.n == 0 => Value::Null,
+                    (_, Acc::Sum(sum)) if sum.overflow => {
                         return Err(Error::Invalid(
                             "integer overflow in SUM(): use TOTAL() for a real sum".into(),
                         ))
                     }
-                    (_, Acc::Sum { int, real, is_real, .. }) => {
-                        if *is_real {
-                            Value::Real(*real)
-                        } else {
-                            Value::Integer(*int)
-                        }
-                    }
-                    (_, Acc::Avg { n: 0, .. }) => Value::Null,
-                    (_, Acc::Avg { sum, n }) => Value::Real(sum / *n as f64),
+                    (_, Acc::Sum(sum)) => match sum.compensated {
+                        Some(_) => Value::Real(sum.real()),
+                        None => Value::Integer(sum.int),
+                    },
                     (_, Acc::Extreme(v)) => v.clone().unwrap_or(Value::Null),
                     (_, Acc::Concat(s)) => s.clone().map_or(Value::Null, Value::Text),
                 })
             })
             .collect()
+    }
+}
+
+/// A running sum as SQLite (3.43 and later) keeps it: exact in integers while every value is an
+/// integer and the sum fits, else a Kahan–Babuška–Neumaier compensated sum of reals, so the
+/// order of the rows and the size of the terms change the last bits as little as they can.
+#[derive(Clone, Debug, Default)]
+struct Sum {
+    int: i64,
+    /// The sum and its running error, once a real was added or the integers overflowed.
+    compensated: Option<(f64, f64)>,
+    /// The integers overflowed: an error for sum(), not for total() or avg().
+    overflow: bool,
+    /// Values added (NULLs are not).
+    n: i64,
+}
+
+impl Sum {
+    fn add(&mut self, v: &Value) {
+        self.n += 1;
+        match (v, self.compensated.as_mut()) {
+            (Value::Integer(i), None) => match self.int.checked_add(*i) {
+                Some(s) => self.int = s,
+                None => {
+                    self.overflow = true;
+                    let mut c = Sum::split(self.int);
+                    Sum::step_int(&mut c, *i);
+                    self.compensated = Some(c);
+                }
+            },
+            (Value::Integer(i), Some(c)) => Sum::step_int(c, *i),
+            (x, c) => {
+                let c = match c {
+                    Some(c) => c,
+                    None => self.compensated.insert(Sum::split(self.int)),
+                };
+                Sum::step(c, real_of(x));
+            }
+        }
+    }
+
+    /// The sum as a real.
+    fn real(&self) -> f64 {
+        match self.compensated {
+            None => self.int as f64,
+            Some((sum, err)) if err.is_finite() => sum + err,
+            Some((sum, _)) => sum,
+        }
+    }
+
+    /// An integer as a compensated sum: above 2^52 in size, its low 14 bits go in the error
+    /// term so that none is lost.
+    fn split(i: i64) -> (f64, f64) {
+        if i <= -4_503_599_627_370_496 || i >= 4_503_599_627_370_496 {
+            let small = i % 16_384;
+            ((i - small) as f64, small as f64)
+        } else {
+            (i as f64, 0.0)
+        }
+    }
+
+    fn step_int(c: &mut (f64, f64), i: i64) {
+        let (big, small) = Sum::split(i);
+        Sum::step(c, big);
+        if small != 0.0 {
+            Sum::step(c, small);
+        }
+    }
+
+    fn step(c: &mut (f64, f64), r: f64) {
+        let (s, err) = *c;
+        let t = s + r;
+        let err = if s.abs() > r.abs() { err + ((s - t) + r) } else { err + ((r - t) + s) };
+        *c = (t, err);
     }
 }
 
