@@ -1584,3 +1584,110 @@ mod fuzz_findings {
         assert_eq!(one("SELECT substr('abcdef', -2, 9223372036854775807)").unwrap(), [[text("ef")]]);
     }
 }
+
+/// A storage read that fails is not a SQL answer (issue 21): it stops the whole request with
+/// [`Error::Read`], which [`Error::aborts_request`] says is not deterministic, so it is never
+/// recorded as a statement's outcome; the sequencer answers such a request with the error and
+/// proposes nothing of it (see `raft::sequencer`), and a read answers INTERNAL.
+#[cfg(test)]
+mod read_errors {
+    use super::*;
+    use crate::changeset::{IndexIter, Key, ReadError, ReadView, Row, RowIter, TableSchema};
+    use crate::sql::MemoryView;
+    use std::ops::Bound;
+
+    const CTX: Context = Context { now_millis: 1_700_000_000_000, seed: 7 };
+
+    /// The catalog reads; every read of table `t`'s rows or indexes fails, as a damaged page
+    /// or a failing disk would.
+    struct Failing(MemoryView);
+
+    fn injected() -> ReadError {
+        ReadError("injected: an I/O error reading the database".into())
+    }
+
+    impl ReadView for Failing {
+        fn table(&self, name: &str) -> Result<Option<TableSchema>, ReadError> {
+            self.0.table(name)
+        }
+        fn tables(&self) -> Result<Vec<TableSchema>, ReadError> {
+            self.0.tables()
+        }
+        fn get(&self, table: &str, key: &[Value]) -> Result<Option<Row>, ReadError> {
+            if table.eq_ignore_ascii_case("t") {
+                return Err(injected());
+            }
+            self.0.get(table, key)
+        }
+        fn scan(&self, table: &str, lower: Bound<Key>, upper: Bound<Key>) -> RowIter<'_> {
+            if table.eq_ignore_ascii_case("t") {
+                return Box::new(std::iter::once(Err(injected())));
+            }
+            self.0.scan(table, lower, upper)
+        }
+        fn scan_index(
+            &self,
+            table: &str,
+            index: &str,
+            lower: Bound<Vec<Value>>,
+            upper: Bound<Vec<Value>>,
+        ) -> IndexIter<'_> {
+            if table.eq_ignore_ascii_case("t") {
+                return Box::new(std::iter::once(Err(injected())));
+            }
+            self.0.scan_index(table, index, lower, upper)
+        }
+        fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError> {
+            if table.eq_ignore_ascii_case("t") {
+                return Err(injected());
+            }
+            self.0.last_key(table)
+        }
+    }
+
+    fn failing() -> Failing {
+        let mut v = MemoryView::new();
+        for sql in [
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT UNIQUE)",
+            "CREATE INDEX t_s ON t (s)",
+            "CREATE TABLE u (id INTEGER PRIMARY KEY)",
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+        ] {
+            let (c, o) = Executor::new(&v.clone(), CTX).execute(&[(sql.to_string(), vec![])], false).unwrap();
+            assert!(o.iter().all(|o| o.is_ok()), "{sql}: {o:?}");
+            c.iter().for_each(|c| v.apply(c));
+        }
+        Failing(v)
+    }
+
+    #[test]
+    fn a_failed_read_stops_the_request_and_is_never_an_outcome() {
+        let view = failing();
+        for (texts, transaction) in [
+            (vec!["SELECT * FROM t"], false),
+            (vec!["SELECT s FROM t WHERE s = 'a'"], false),
+            (vec!["INSERT INTO t VALUES (3, 'c')"], false),
+            (vec!["INSERT INTO t (s) VALUES ('c')"], false),
+            (vec!["UPDATE t SET s = 'z' WHERE id = 1"], false),
+            (vec!["DELETE FROM t"], false),
+            (vec!["CREATE UNIQUE INDEX t_s2 ON t (s)"], false),
+            // The statements before it succeeded; the request still ends with the error alone.
+            (vec!["INSERT INTO u VALUES (1)", "SELECT count(*) FROM t"], false),
+            (vec!["INSERT INTO u VALUES (1); SELECT count(*) FROM t"], false),
+            (vec!["INSERT INTO u VALUES (1)", "DELETE FROM t WHERE id = 2"], true),
+        ] {
+            let texts: Vec<(String, Vec<Value>)> = texts.iter().map(|s| (s.to_string(), vec![])).collect();
+            match Executor::new(&view, CTX).execute(&texts, transaction) {
+                Err(e @ Error::Read(_)) => {
+                    assert!(e.aborts_request(), "{e:?}");
+                    assert!(e.to_string().contains("injected"), "{e}");
+                }
+                other => panic!("{texts:?}: a read error must stop the request, got {other:?}"),
+            }
+        }
+        let e = query(&view, "SELECT count(*) FROM t", &[], CTX).unwrap_err();
+        assert!(matches!(e, Error::Read(_)) && e.aborts_request(), "{e:?}");
+        // The other tables still answer.
+        assert!(query(&view, "SELECT count(*) FROM u", &[], CTX).is_ok());
+    }
+}
