@@ -180,10 +180,23 @@ impl StatefulSet {
     }
 
     /// Every row of `t` as pod `ordinal` holds it (a read at ANY pinned to it).
-    async fn rows(&self, ordinal: u64) -> Vec<Vec<Value>> {
-        let client = Client::connect([self.client_addr(ordinal)]).await.expect("a client");
+    /// The rows of `t` on one pod (at ANY), once it holds `n` of them: a follower applies an
+    /// acknowledged write up to a heartbeat after the leader, so a read right after the write
+    /// may not see it yet. At the deadline, what it holds then (the caller's assert says more).
+    async fn rows(&self, ordinal: u64, n: usize) -> Vec<Vec<Value>> {
+        let deadline = Instant::now() + WAIT;
         let opts = QueryOptions { consistency: Consistency::Any, ..Default::default() };
-        client.query("SELECT k, v FROM t ORDER BY k", &[], opts).await.expect("read t").rows
+        loop {
+            let read = match Client::connect([self.client_addr(ordinal)]).await {
+                Ok(client) => client.query("SELECT k, v FROM t ORDER BY k", &[], opts.clone()).await,
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(r) if r.rows.len() == n || Instant::now() >= deadline => return r.rows,
+                Err(e) if Instant::now() >= deadline => panic!("raftsql-{ordinal}: read t: {e}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     async fn wait_log(&self, ordinal: u64, needle: &str) {
@@ -245,7 +258,7 @@ async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_v
     client.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", &[]).await.expect("create");
     write(&client, 0, 20).await;
     for o in 0..3 {
-        assert_eq!(set.rows(o).await.len(), 20, "raftsql-{o} after the first writes");
+        assert_eq!(set.rows(o, 20).await.len(), 20, "raftsql-{o} after the first writes");
     }
 
     // Scale to 4: ordinal 3 is not a founder, so it joins, is caught up and promoted.
@@ -255,7 +268,7 @@ async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_v
     assert!(set.log_text(3).contains("joined the cluster"), "{}", tail(&set.log_text(3)));
     write(&client, 20, 30).await;
     set.wait_members(&[1, 2, 3, 4]).await;
-    assert_eq!(set.rows(3).await.len(), 30, "the scaled-up pod holds every row");
+    assert_eq!(set.rows(3, 30).await.len(), 30, "the scaled-up pod holds every row");
 
     // Scale back to 3: the controller lowers the count, then SIGTERMs the highest ordinal,
     // which asks the API, sees it is being scaled away and leaves before it exits.
@@ -283,10 +296,10 @@ async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_v
     set.wait_members(&[1, 2, 3]).await;
     write(&client, 40, 45).await;
     set.wait_members(&[1, 2, 3]).await;
-    let want = set.rows(0).await;
+    let want = set.rows(0, 45).await;
     assert_eq!(want.len(), 45);
     for o in [1, 2] {
-        assert_eq!(set.rows(o).await, want, "raftsql-{o} after the recovery");
+        assert_eq!(set.rows(o, 45).await, want, "raftsql-{o} after the recovery");
     }
 
     // A restart keeps its identity and data: nothing is founded or joined again, and the pod
@@ -295,7 +308,7 @@ async fn a_statefulset_forms_by_name_scales_and_takes_back_a_pod_that_lost_its_v
     assert!(set.log_text(2).contains("a restart, not a scale-down"), "{}", tail(&set.log_text(2)));
     set.start(2);
     set.wait_members(&[1, 2, 3]).await;
-    assert_eq!(set.rows(2).await, want, "raftsql-2 after a restart");
+    assert_eq!(set.rows(2, 45).await, want, "raftsql-2 after a restart");
 
     // When the API cannot say (here: 403, a missing RBAC rule), a pod stays a member even if
     // it was being scaled away: a wrong removal is worse than a manual one.
