@@ -365,17 +365,21 @@ pub fn cast(v: &Value, to: CastTo) -> Value {
         return Value::Null;
     }
     match to {
-        CastTo::Integer => match numeric(v) {
-            Value::Real(r) => Value::Integer(if r.is_nan() {
-                0
-            } else if r >= 9.223_372_036_854_776e18 {
-                i64::MAX
-            } else if r <= -9.223_372_036_854_776e18 {
-                i64::MIN
-            } else {
-                r as i64
-            }),
-            other => other,
+        CastTo::Integer => match v {
+            Value::Text(s) => Value::Integer(integer_prefix(s.as_bytes())),
+            Value::Blob(b) => Value::Integer(integer_prefix(b)),
+            other => match numeric(other) {
+                Value::Real(r) => Value::Integer(if r.is_nan() {
+                    0
+                } else if r >= 9.223_372_036_854_776e18 {
+                    i64::MAX
+                } else if r <= -9.223_372_036_854_776e18 {
+                    i64::MIN
+                } else {
+                    r as i64
+                }),
+                other => other,
+            },
         },
         CastTo::Real => Value::Real(real_of(&numeric(v))),
         CastTo::Text => Value::Text(text_of(v)),
@@ -392,6 +396,31 @@ pub fn cast(v: &Value, to: CastTo) -> Value {
         },
         CastTo::Boolean => bool_value(truth(v)),
     }
+}
+
+/// `CAST(text AS INTEGER)` as SQLite does it: the longest integer prefix after ASCII
+/// whitespace (so `'2.5e3'` is 2 and `'1e5'` is 1, not 2500 and 100000), 0 when there is
+/// none, clamped to the i64 range when the digits overflow it.
+pub fn integer_prefix(b: &[u8]) -> i64 {
+    let mut i = 0;
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r') {
+        i += 1;
+    }
+    let negative = b.get(i) == Some(&b'-');
+    if matches!(b.get(i), Some(b'-' | b'+')) {
+        i += 1;
+    }
+    // Accumulated toward the sign, so i64::MIN is reachable and overflow clamps.
+    let mut n: i64 = 0;
+    for &d in b[i..].iter().take_while(|d| d.is_ascii_digit()) {
+        let d = i64::from(d - b'0');
+        let next = n.checked_mul(10).and_then(|n| if negative { n.checked_sub(d) } else { n.checked_add(d) });
+        match next {
+            Some(x) => n = x,
+            None => return if negative { i64::MIN } else { i64::MAX },
+        }
+    }
+    n
 }
 
 /// One element of a compiled LIKE or GLOB pattern.
@@ -574,6 +603,44 @@ pub fn timestamp(millis: i64) -> String {
 mod tests {
     use super::*;
     use crate::sql::MAX_LIKE_PATTERN_BYTES;
+
+    /// Each checked against SQLite 3.51.
+    #[test]
+    fn cast_to_integer_takes_the_integer_prefix() {
+        for (text, want) in [
+            ("1.0e-11", 1),
+            ("2.5e3", 2),
+            ("-0.5e1", 0),
+            (" \t\n\x0b\x0c\r-12x", -12),
+            ("+7", 7),
+            ("00012", 12),
+            ("9223372036854775807", i64::MAX),
+            ("9223372036854775808", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+            ("-9223372036854775809", i64::MIN),
+            ("99999999999999999999999999.5", i64::MAX),
+            ("", 0),
+            ("-", 0),
+            ("+-3", 0),
+            (".5", 0),
+            ("0x10", 0),
+            ("\u{a0}5", 0),
+        ] {
+            assert_eq!(cast(&Value::Text(text.into()), CastTo::Integer), Value::Integer(want), "{text:?}");
+            assert_eq!(cast(&Value::Blob(text.into()), CastTo::Integer), Value::Integer(want), "{text:?}");
+        }
+        assert_eq!(cast(&Value::Real(-1.9), CastTo::Integer), Value::Integer(-1));
+        assert_eq!(cast(&Value::Real(1e300), CastTo::Integer), Value::Integer(i64::MAX));
+    }
+
+    proptest::proptest! {
+        /// On every integer's own text, the prefix is the integer.
+        #[test]
+        fn integer_prefix_reads_back_every_integer(n: i64, tail in "[.eE0-9a-z ]{0,4}") {
+            let text = format!("{n}{}", if tail.starts_with(|c: char| c.is_ascii_digit()) { "" } else { &tail });
+            proptest::prop_assert_eq!(integer_prefix(text.as_bytes()), n);
+        }
+    }
 
     /// Each checked against SQLite 3.51.
     #[test]
