@@ -11,15 +11,24 @@
 //! Demo-only commands: `.demo kill N`, `.demo restart N`, `.demo pause N`, `.demo resume N`,
 //! `.demo add`.
 
-use crate::shell::{Format, Shell};
+use crate::shell::{DemoCommands, Format, Shell};
 use anyhow::{bail, Context};
 use raftsql_client::{pb, Client};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+const DEMO_HELP: &str = "\
+Demo commands:
+  .demo kill N               SIGKILL node N
+  .demo restart N            start node N again on its data dir
+  .demo pause N / resume N   SIGSTOP / SIGCONT node N
+  .demo add                  start a new node that joins the cluster (catches up by snapshot)";
 
 /// Demo nodes snapshot often, so a node added with `.demo add` catches up by snapshot.
 const SNAPSHOT_ARGS: [&str; 4] = ["--snapshot-threshold", "100", "--snapshot-keep-logs", "10"];
@@ -211,9 +220,26 @@ async fn wait_for_leader(client: &Client, addrs: &[String]) -> anyhow::Result<(u
     }
 }
 
+impl DemoCommands for Handle {
+    fn help(&self) -> &'static str {
+        DEMO_HELP
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        Handle::addrs(self)
+    }
+
+    fn run<'a>(
+        &'a self,
+        shell: &'a mut Shell,
+        args: &'a [&'a str],
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>> {
+        Box::pin(command(self, shell, args))
+    }
+}
+
 /// Runs a `.demo` command for the shell.
-pub(crate) async fn command(shell: &mut Shell, args: &[&str]) -> Result<(), String> {
-    let handle = shell.demo.clone().ok_or("not in a demo")?;
+async fn command(handle: &Handle, shell: &mut Shell, args: &[&str]) -> Result<(), String> {
     let id = || -> Result<u64, String> {
         args.get(1).and_then(|a| a.parse().ok()).ok_or_else(|| format!("usage: .demo {} N", args[0]))
     };
@@ -238,8 +264,8 @@ pub(crate) async fn command(shell: &mut Shell, args: &[&str]) -> Result<(), Stri
             handle.lock().signal(id, false).map_err(|e| e.to_string())?;
             format!("node {id} resumed (SIGCONT)")
         }
-        Some("add") => add(shell, &handle).await?,
-        _ => return Err(format!("usage:\n{}", crate::meta::DEMO_HELP)),
+        Some("add") => add(shell, handle).await?,
+        _ => return Err(format!("usage:\n{DEMO_HELP}")),
     };
     let _ = writeln!(shell.out, "{msg}");
     Ok(())
@@ -460,7 +486,7 @@ async fn run_cluster(
     out.flush()?;
 
     let mut shell = Shell::new(client, format);
-    shell.demo = Some(handle.clone());
+    shell.demo = Some(Arc::new(handle.clone()));
     if interactive {
         crate::repl::run(&mut shell).await?;
     } else {

@@ -32,13 +32,6 @@ SQL statements end with ';' (they may span lines). Meta commands:
   .help                      this text
   .quit                      exit (also Ctrl-D)";
 
-pub const DEMO_HELP: &str = "\
-Demo commands:
-  .demo kill N               SIGKILL node N
-  .demo restart N            start node N again on its data dir
-  .demo pause N / resume N   SIGSTOP / SIGCONT node N
-  .demo add                  start a new node that joins the cluster (catches up by snapshot)";
-
 /// One row of `sqlite_schema`.
 #[derive(Debug, Clone)]
 pub struct CatalogEntry {
@@ -87,8 +80,8 @@ impl Shell {
             ".quit" | ".exit" | ".q" => return Flow::Quit,
             ".help" | ".h" => {
                 let _ = writeln!(self.out, "{HELP}");
-                if self.demo.is_some() {
-                    let _ = writeln!(self.out, "{DEMO_HELP}");
+                if let Some(demo) = &self.demo {
+                    let _ = writeln!(self.out, "{}", demo.help());
                 }
                 Ok(())
             }
@@ -175,9 +168,9 @@ impl Shell {
                     }
                 }
             },
-            ".demo" => match self.demo.is_some() {
-                true => crate::demo::command(self, args).await,
-                false => Err(".demo commands work in `raftsql demo` only".into()),
+            ".demo" => match self.demo.clone() {
+                Some(demo) => demo.run(self, args).await,
+                None => Err(".demo commands work in `raftsql demo` only".into()),
             },
             other => Err(format!("unknown command {other}: try .help")),
         };

@@ -1,6 +1,10 @@
 //! The `raftsql` shell's core: split SQL text into statements, send reads as queries and
 //! everything else as writes, print results as a table, CSV, `column = value` lines or JSON.
-//! Meta commands are in [`crate::meta`], the interactive prompt in [`crate::repl`].
+//!
+//! Layering (a `use` only points down): `shell` (this core: [`Shell`], [`Format`], statement
+//! splitting and printing) ← `meta` (the `.` commands) ← `repl` (the interactive prompt) ←
+//! `demo` (a local cluster); `bench` uses only this core. What the lower layers need of the demo
+//! is the [`DemoCommands`] trait, defined here and implemented by `demo`.
 //!
 //! The JSON contract (stable): one object per statement and line,
 //! `{"columns":[..],"rows":[[..]],"rows_affected":N,"receipt":{"node":N,"term":N,"index":N,"token":".."}}`,
@@ -8,7 +12,10 @@
 
 use raftsql_client::{Client, Consistency, Error, QueryOptions, Receipt, Session, Value};
 use serde_json::json;
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
 
 /// Output formats (`--format` and `.mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -498,6 +505,21 @@ pub enum Flow {
     Quit,
 }
 
+/// The `.demo` commands of `raftsql demo`. The `demo` module, above this one, implements it and
+/// sets [`Shell::demo`]; `meta` dispatches `.demo` and `.help` through it without naming `demo`.
+pub trait DemoCommands: Send + Sync {
+    /// The help text `.help` prints after the shell's own.
+    fn help(&self) -> &'static str;
+    /// Every node's address, in id order (`.status` and `.nodes` ask these too).
+    fn addrs(&self) -> Vec<String>;
+    /// Runs `.demo ARGS` (the words after `.demo`); an error is printed as `error: ...`.
+    fn run<'a>(
+        &'a self,
+        shell: &'a mut Shell,
+        args: &'a [&'a str],
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+}
+
 /// The shell's state: connection, session, output settings. Both the REPL and the
 /// non-interactive paths (`-e`, `-f`, stdin, `.read`) go through it.
 pub struct Shell {
@@ -512,7 +534,7 @@ pub struct Shell {
     /// Statements and commands that failed so far (the exit status is 1 when non-zero).
     pub failed: usize,
     /// Set by `raftsql demo`: the cluster behind `.demo` commands.
-    pub demo: Option<crate::demo::Handle>,
+    pub demo: Option<Arc<dyn DemoCommands>>,
     pub(crate) read_depth: usize,
 }
 
