@@ -31,6 +31,11 @@
 //! Every value in those trees is bincode followed by the CRC-32 of its bytes (`encode`); a
 //! value that fails it is [`Error::Damaged`] wherever it is read, never decoded into wrong data.
 //!
+//! A read of the state that sled fails (an I/O error) is recorded (`fault`,
+//! [`StateMachine::storage_fault`]), so the raft layer can tell this node's disk failing from a
+//! pinned read stopped on purpose, and stop the node (`raft::fail_stop`). `fault` also holds the
+//! test-only hook [`INJECT_ENV`] that makes such reads fail.
+//!
 //! Keeping the whole state machine in one tree makes applying an entry one atomic
 //! `apply_batch`, and replacing it (snapshot install) one pointer switch: fill `sm.<gen+1>`, flush,
 //! switch `sm_generation`, flush, drop the old tree. `open` drops any non-current `sm.*` tree a
@@ -92,6 +97,7 @@
 //!   in a debug build (~12 µs per row), so a table of millions of rows pauses apply for seconds.
 //! - Key encoding makes numerically equal keys equal (`1`, `1.0`, `true`), as SQLite compares them.
 
+mod fault;
 mod flusher;
 mod keys;
 mod log;
@@ -102,6 +108,7 @@ mod tests;
 mod versions;
 mod watermark;
 
+pub use fault::{injection_file, INJECT_ENV};
 pub use log::{CommittedIndex, LogStore};
 pub use snapshot::{verify as verify_snapshot, Export, ExportItem, SnapshotBuilder, MAX_RECORD_BYTES};
 pub use state_machine::StateMachine;

@@ -353,7 +353,7 @@ impl SnapshotBuilder {
             (current.versions.pin(pos), current.tree.clone(), meta)
         };
         after_pin();
-        match self.copy(prefix, &meta, &View { tree: &tree, pin: Some(&pin) }) {
+        match self.copy(prefix, &meta, &View { tree: &tree, pin: Some(&pin), fault: &shared.fault }) {
             Ok((part, records, file)) => Ok((meta, part, records, file, Duration::ZERO)),
             Err(e) if pin.stopped() => {
                 drop(pin);
@@ -366,7 +366,7 @@ impl SnapshotBuilder {
                     snapshot_id: dir.next_id(current.last_applied),
                 };
                 let (part, records, file) =
-                    self.copy(prefix, &meta, &View { tree: &current.tree, pin: None })?;
+                    self.copy(prefix, &meta, &View { tree: &current.tree, pin: None, fault: &shared.fault })?;
                 Ok((meta, part, records, file, locked.elapsed()))
             }
             Err(e) => Err(e),

@@ -4,6 +4,7 @@
 //! snapshot install take it for writing; [`StateMachine::read`] and snapshot building take it for
 //! reading, so a reader sees the state between two applied entries, never inside one.
 
+use super::fault::Fault;
 use super::flusher::Flusher;
 use super::keys;
 use super::snapshot::SnapshotDir;
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     cluster_id: std::sync::OnceLock<String>,
     /// This data dir's incarnation (see [`crate::typ::Member`]); fixed for its life.
     pub(crate) incarnation: u64,
+    /// The first storage failure a read of the state met (see `fault`).
+    pub(crate) fault: super::fault::Fault,
 }
 
 /// The current generation and the applied state, as in memory.
@@ -116,6 +119,7 @@ impl StateMachine {
             snapshots,
             cluster_id: std::sync::OnceLock::new(),
             incarnation,
+            fault: Default::default(),
         };
         Ok(StateMachine { shared: Arc::new(shared) })
     }
@@ -126,7 +130,7 @@ impl StateMachine {
     /// nested read deadlocks when an apply is waiting for it.
     pub fn read<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> R {
         let current = self.shared.read_state();
-        f(&View { tree: &current.tree, pin: None })
+        f(&View { tree: &current.tree, pin: None, fault: &self.shared.fault })
     }
 
     /// Runs `f` on a consistent view of the applied state without holding apply back: the
@@ -140,7 +144,7 @@ impl StateMachine {
             let applied = current.last_applied.map(|l| l.index);
             (current.tree.clone(), current.versions.pin(applied.map_or(0, |i| i + 1)), applied)
         };
-        (f(&View { tree: &tree, pin: Some(&pin) }), applied)
+        (f(&View { tree: &tree, pin: Some(&pin), fault: &self.shared.fault }), applied)
     }
 
     /// [`read`](StateMachine::read) if no apply holds or waits for the state now; `None`
@@ -153,12 +157,19 @@ impl StateMachine {
                 panic!("state-machine lock poisoned by a panic during apply")
             }
         };
-        Some(f(&View { tree: &current.tree, pin: None }))
+        Some(f(&View { tree: &current.tree, pin: None, fault: &self.shared.fault }))
     }
 
     /// This data dir's incarnation: a random id it got when it was created, never 0.
     pub fn incarnation(&self) -> u64 {
         self.shared.incarnation
+    }
+
+    /// The first storage failure (sled's, or the test hook's) a read of the state met since the
+    /// store was opened, if any: a read error is then this node's disk failing, not a pinned
+    /// read stopped on purpose (`fault`).
+    pub fn storage_fault(&self) -> Option<String> {
+        self.shared.fault.get()
     }
 
     /// The cluster id, once the first leader's entry set it.
@@ -499,6 +510,8 @@ fn apply_change(txn: &mut Txn<'_>, change: &Change, index: u64) -> Result<(), Ch
 pub(crate) struct View<'a> {
     pub tree: &'a sled::Tree,
     pub pin: Option<&'a Pin>,
+    /// Where a failure of sled itself is recorded (see `fault`).
+    pub fault: &'a Fault,
 }
 
 fn read_err(e: impl std::fmt::Display) -> ReadError {
@@ -509,19 +522,42 @@ fn read_err(e: impl std::fmt::Display) -> ReadError {
 pub(crate) type RawIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, sled::IVec), ReadError>> + 'a>;
 
 impl<'a> View<'a> {
+    /// A failure of sled itself (an I/O error, its own corruption report): recorded, so the
+    /// node stops rather than answer as if healthy (`fault`).
+    fn failed(fault: &Fault, e: impl std::fmt::Display) -> ReadError {
+        ReadError(fault.record(format!("sled: {e}")))
+    }
+
+    /// The failure the test hook injects, recorded as a real one would be (`fault`).
+    fn injected(&self) -> Option<ReadError> {
+        super::fault::injected().map(|cause| ReadError(self.fault.record(cause)))
+    }
+
     pub(crate) fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ReadError> {
+        if let Some(e) = self.injected() {
+            return Err(e);
+        }
+        let fault = self.fault;
         match self.pin {
-            None => self.tree.get(key).map_err(read_err),
-            Some(pin) => pin.access(|| Ok(pin.resolve(key, self.tree.get(key).map_err(read_err)?))),
+            None => self.tree.get(key).map_err(|e| Self::failed(fault, e)),
+            Some(pin) => {
+                pin.access(|| Ok(pin.resolve(key, self.tree.get(key).map_err(|e| Self::failed(fault, e))?)))
+            }
         }
     }
 
     pub(crate) fn raw_range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> RawIter<'a> {
+        if let Some(e) = self.injected() {
+            return Box::new(std::iter::once(Err(e)));
+        }
+        let fault = self.fault;
         let sled = self.tree.range::<Vec<u8>, _>((lo.clone(), hi.clone()));
         match self.pin {
-            None => Box::new(sled.map(|kv| kv.map(|(k, v)| (k.to_vec(), v)).map_err(read_err))),
+            None => Box::new(
+                sled.map(move |kv| kv.map(|(k, v)| (k.to_vec(), v)).map_err(|e| Self::failed(fault, e))),
+            ),
             Some(pin) => {
-                Box::new(PinnedRange { pin, sled, peeked: None, sled_done: false, lo, hi, pos: None })
+                Box::new(PinnedRange { pin, sled, peeked: None, sled_done: false, lo, hi, pos: None, fault })
             }
         }
     }
@@ -532,16 +568,24 @@ impl<'a> View<'a> {
 
     /// The last value of a range (at the pin, if any).
     fn raw_last(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Result<Option<sled::IVec>, ReadError> {
+        if let Some(e) = self.injected() {
+            return Err(e);
+        }
+        let fault = self.fault;
         let mut sled = self.tree.range::<Vec<u8>, _>((lo.clone(), hi.clone()));
         let Some(pin) = self.pin else {
-            return sled.next_back().transpose().map(|kv| kv.map(|(_, v)| v)).map_err(read_err);
+            return sled
+                .next_back()
+                .transpose()
+                .map(|kv| kv.map(|(_, v)| v))
+                .map_err(|e| Self::failed(fault, e));
         };
         pin.access(|| {
             // sled's last key that existed at the pin, then the last changed one, whichever is
             // later.
             let mut from_sled = None;
             while let Some(kv) = sled.next_back() {
-                let (k, v) = kv.map_err(read_err)?;
+                let (k, v) = kv.map_err(|e| Self::failed(fault, e))?;
                 if let Some(v) = pin.resolve(&k, Some(v)) {
                     from_sled = Some((k.to_vec(), v));
                     break;

@@ -266,6 +266,8 @@ pub(crate) struct PinnedRange<'a> {
     pub(crate) hi: Bound<Vec<u8>>,
     /// The last key returned (or skipped).
     pub(crate) pos: Option<Vec<u8>>,
+    /// Where a failure of sled itself is recorded (`store::fault`).
+    pub(crate) fault: &'a super::fault::Fault,
 }
 
 impl Iterator for PinnedRange<'_> {
@@ -277,7 +279,7 @@ impl Iterator for PinnedRange<'_> {
                 if self.peeked.is_none() && !self.sled_done {
                     match self.sled.next() {
                         Some(Ok(kv)) => self.peeked = Some(kv),
-                        Some(Err(e)) => return Err(ReadError(e.to_string())),
+                        Some(Err(e)) => return Err(ReadError(self.fault.record(format!("sled: {e}")))),
                         None => self.sled_done = true,
                     }
                 }
