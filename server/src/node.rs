@@ -554,10 +554,19 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                 "--clock-offset-ms is set: this node's NOW() is shifted on purpose (a test-only option)"
             );
         }
+        if let Some(file) = store::injection_file() {
+            warn!(
+                file = %file.display(),
+                "{} is set: while that file exists, every read of this node's state fails as an I/O \
+                 error would, and the node stops (a test-only hook)",
+                store::INJECT_ENV
+            );
+        }
+        let fail_stop = crate::raft::fail_stop::FailStop::new(id);
         let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout);
         let sequencer = {
             let _on_the_client_runtime = client.enter();
-            Sequencer::spawn(id, raft.clone(), sm.clone(), read_index.clone(), options.clone())
+            Sequencer::spawn(id, raft.clone(), sm.clone(), read_index.clone(), options.clone(), fail_stop.clone())
         };
         let core = Core::new(CoreParts {
             id,
@@ -573,6 +582,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             peer_tls: peer_tls.clone(),
             raft_runtime: tokio::runtime::Handle::current(),
             client_runtime: client.clone(),
+            fail_stop: fail_stop.clone(),
         });
         crate::watchdog::spawn_probes(raft.clone());
         let _watchdog =
@@ -715,6 +725,25 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         };
         let mut fatal = None;
         tokio::select! {
+            // This node's store failed a read (`raft::fail_stop`): Raft stops first, so a leader
+            // proposes and heartbeats no more and the others elect a leader; the answers already
+            // decided (UNAVAILABLE, saying why) get up to a second to reach their callers; then
+            // the node exits non-zero for its supervisor to restart it.
+            cause = fail_stop.tripped() => {
+                error!(%cause, "local storage failed: shutting down so that the node is restarted");
+                if let Err(e) = raft.shutdown().await {
+                    warn!(error = %e, "Raft did not shut down cleanly");
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while core.inflight_now() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                server.abort();
+                fatal = Some(format!(
+                    "local storage failed ({cause}): check the disk and the log above, then restart \
+                     the node; it recovers from its log and catches up from the others"
+                ));
+            }
             served = &mut server => served.context("the gRPC server task failed")?.context("gRPC server failed")?,
             stopped = core_stopped => {
                 error!(cause = %stopped, "the Raft core stopped: this node cannot go on");
@@ -742,10 +771,18 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         if let Err(e) = raft.shutdown().await {
             warn!(error = %e, "Raft did not shut down cleanly");
         }
-        core.sm().flush().context("flushing the store on shutdown")?;
+        let flushed = core.sm().flush().context("flushing the store on shutdown");
         if let Some(cause) = fatal {
+            // The store may be what failed: the cause is the line to end with.
+            if let Err(e) = flushed {
+                warn!(error = %e, "flushing the store on shutdown failed");
+            }
+            if fail_stop.cause().is_some() {
+                bail!("{cause}");
+            }
             bail!("the Raft core stopped: {cause}");
         }
+        flushed?;
         info!("stopped; data flushed");
         Ok(())
     }

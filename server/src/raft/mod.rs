@@ -9,10 +9,12 @@
 //!   `ChangeSet` each, one batch in flight (design.md §3).
 //! - [`read`]: serves a query at the level it names (design.md §4).
 //! - [`peer_check`]: what every peer message must satisfy before openraft sees it.
+//! - [`fail_stop`]: a node whose own store fails stops serving and exits (issue 21).
 //!
 //! [`Core`] bundles what a running node's services need: the `Raft` handle, the state machine
 //! and the sequencer.
 
+pub mod fail_stop;
 pub mod handoff;
 pub mod membership;
 pub mod network;
@@ -228,6 +230,8 @@ pub struct Core {
     /// The runtime openraft's core, replication and apply run on, apart from client work (see
     /// [`crate::node::Runtimes`]); the peer service handles messages there too.
     raft_runtime: tokio::runtime::Handle,
+    /// Tripped when this node's store fails a read: it then serves nothing and exits.
+    fail_stop: fail_stop::FailStop,
 }
 
 /// What a node's [`Core`] is built from (`node::run` assembles them).
@@ -245,6 +249,8 @@ pub struct CoreParts {
     pub peer_tls: Option<Arc<crate::tls::Tls>>,
     pub client_runtime: tokio::runtime::Handle,
     pub raft_runtime: tokio::runtime::Handle,
+    /// The same one the sequencer was given.
+    pub fail_stop: fail_stop::FailStop,
 }
 
 impl Core {
@@ -268,6 +274,7 @@ impl Core {
             inflight: Arc::new(tokio::sync::Semaphore::new(max_inflight)),
             client_runtime: p.client_runtime,
             raft_runtime: p.raft_runtime,
+            fail_stop: p.fail_stop,
         });
         core.append_times.follow(core.raft.clone());
         core
@@ -490,7 +497,11 @@ impl Core {
 
     /// A node whose Raft core has stopped (a storage failure shuts it down to prevent further
     /// damage) must not keep answering from its frozen state as if it were a replica.
+    /// A node whose store failed (`fail_stop`) serves nothing either, from the moment it knows.
     pub fn ensure_running(&self) -> Result<(), Error> {
+        if let Some(e) = self.fail_stop.error() {
+            return Err(e);
+        }
         match &self.raft.metrics().borrow().running_state {
             Ok(()) => Ok(()),
             Err(fatal) => Err(Error::Unavailable(format!(
@@ -499,6 +510,17 @@ impl Core {
                 self.id
             ))),
         }
+    }
+
+    /// `e`, unless it is this node's storage failing: then the node stops serving and exits
+    /// ([`fail_stop`]), and the caller is answered `UNAVAILABLE` saying so.
+    pub fn storage_checked(&self, e: Error) -> Error {
+        self.fail_stop.check(e, self.sm.storage_fault())
+    }
+
+    /// This node's fail-stop: why its store failed, once it has.
+    pub fn fail_stop(&self) -> &fail_stop::FailStop {
+        &self.fail_stop
     }
 
     /// Waits until `k` nodes (this one included) report `index` applied, polling the other

@@ -44,11 +44,19 @@
 //! it had applied. Apply checks again, which covers a retry that raced its original through a
 //! leader change.
 //!
+//! # A failing store
+//! A read of this node's store that fails because sled failed (not a pinned read stopped on
+//! purpose: `StateMachine::storage_fault` tells them apart), during evaluation or while reading
+//! the exactly-once records, stops the node (`fail_stop`): the batch is answered `UNAVAILABLE`
+//! and nothing of it is proposed, whatever its other requests evaluated to, and every later
+//! request is answered the same way until `node::run` has shut the node down.
+//!
 //! # Reads inside Execute
 //! A batch that changes nothing (only SELECTs or only failed statements) proposes no entry. Its
 //! reads saw the entries in flight, so it waits until they have applied, then confirms
 //! leadership with the `ReadIndex` before answering, so its reads are linearizable too.
 
+use super::fail_stop::FailStop;
 use super::read_index::{Confirmed, ReadIndex};
 use super::{Consistency, Error, Options, Receipt, Role, WriteReply};
 use crate::changeset::{ChangeSet, EncodedChangeSet, RequestEffects, RequestId, StatementOutcome, Value};
@@ -102,6 +110,7 @@ impl Sequencer {
         sm: StateMachine,
         read_index: ReadIndex,
         options: Options,
+        fail_stop: FailStop,
     ) -> Sequencer {
         let (tx, rx) = mpsc::channel(options.max_batch_requests * 4);
         let task = Task {
@@ -114,6 +123,7 @@ impl Sequencer {
             ready_term: None,
             in_flight: VecDeque::new(),
             held: Vec::new(),
+            fail_stop,
         };
         tokio::spawn(task.run().instrument(tracing::info_span!("sequencer", node_id = id)));
         Sequencer { tx }
@@ -159,6 +169,8 @@ struct Task {
     /// Retries of requests that are in an entry in flight: taken up again when it resolves,
     /// and then answered from the exactly-once record.
     held: Vec<Pending>,
+    /// Tripped when this node's store fails: nothing more is evaluated or proposed.
+    fail_stop: FailStop,
 }
 
 /// A request to evaluate, with every reply channel waiting on it (duplicates share one).
@@ -258,6 +270,13 @@ impl Task {
     /// only once the pipeline has room, so that requests arriving while it is full join one
     /// entry instead of each starting their own.
     async fn process(&mut self, mut batch: Vec<Pending>) {
+        if let Some(e) = self.fail_stop.error() {
+            self.gather(&mut batch);
+            for p in batch {
+                let _ = p.reply.send(Err(clone_error(&e)));
+            }
+            return;
+        }
         let Some(term) = self.leading_term() else {
             self.gather(&mut batch);
             self.ready_term = None;
@@ -281,6 +300,7 @@ impl Task {
         self.gather(&mut batch);
         crate::stats::BATCH_REQUESTS.observe(batch.len() as f64);
         if let Err(e) = fenced {
+            let e = self.checked(e);
             for p in batch {
                 let _ = p.reply.send(Err(clone_error(&e)));
             }
@@ -293,10 +313,20 @@ impl Task {
                 return;
             }
         };
+        if let Some(e) = self.fail_stop.error() {
+            // Reading an exactly-once record failed: nothing of the batch is proposed.
+            answer_all(work, &e);
+            return;
+        }
         if work.is_empty() {
             return;
         }
         self.evaluate_and_propose(work, term).await;
+    }
+
+    /// `e`, unless it is this node's store failing: then the node stops (`fail_stop`).
+    fn checked(&self, e: Error) -> Error {
+        self.fail_stop.check(e, self.sm.storage_fault())
     }
 
     /// Waits until this node may evaluate in `term` over the entries in flight: the term's
@@ -439,7 +469,7 @@ impl Task {
             let record = match self.sm.request_record(&rid.client_id) {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = p.reply.send(Err(e.into()));
+                    let _ = p.reply.send(Err(self.checked(e.into())));
                     continue;
                 }
             };
@@ -547,9 +577,18 @@ impl Task {
             }
         };
 
+        // This node's store failed during the evaluation (`Error::Read` of some request, with
+        // a storage fault recorded): the node stops, and nothing of the batch is proposed,
+        // whatever its other requests evaluated to.
+        if let Some(cause) = self.sm.storage_fault() {
+            let e = self.fail_stop.trip(&cause);
+            answer_all(work, &e);
+            return;
+        }
+
         // A request stopped by a non-deterministic error (deadline, cancellation, request
-        // limits, a local read error) is answered now and contributes nothing: neither changes
-        // nor an outcome that an exactly-once record would replay.
+        // limits, a pinned read stopped on purpose) is answered now and contributes nothing:
+        // neither changes nor an outcome that an exactly-once record would replay.
         let mut work_left = Vec::with_capacity(work.len());
         let mut evaluated_left = Vec::with_capacity(work.len());
         for (w, result) in work.into_iter().zip(evaluated) {
@@ -895,6 +934,7 @@ fn clone_error(e: &Error) -> Error {
         Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
         Error::NotFound(s) => Error::NotFound(s.clone()),
         Error::Sql(e) => Error::Sql(e.clone()),
+        Error::Unavailable(s) => Error::Unavailable(s.clone()),
         other => Error::Unavailable(other.to_string()),
     }
 }

@@ -10,7 +10,8 @@
 //!   one, its Raft core runs, and its applied index is within `--ready-max-lag` entries of its
 //!   committed index; a leader must also have heard from a quorum within two maximal election
 //!   timeouts (openraft 0.9 keeps a leader cut off from its followers in its role, and it can
-//!   then answer nothing). A node cut off from the leader or the leader cut off from the others,
+//!   then answer nothing); and its store has not failed (`raft::fail_stop`: such a node exits
+//!   within a second). A node cut off from the leader or the leader cut off from the others,
 //!   or a node far behind on apply, stops receiving client traffic from a load balancer, and a
 //!   Kubernetes rollout waits for it.
 //!
@@ -79,8 +80,11 @@ pub fn ready(
     Ok(())
 }
 
-/// [`ready`] for `core` as it is now.
+/// [`ready`] for `core` as it is now; not ready either once its store failed.
 pub fn readiness(core: &Core, max_lag: u64, require_leader: bool) -> Result<(), String> {
+    if let Some(cause) = core.fail_stop().cause() {
+        return Err(format!("the local storage failed ({cause}): the node is stopping"));
+    }
     let rx = core.metrics_watch();
     let m = rx.borrow();
     ready(&m, core.committed_index(), max_lag, require_leader, core.quorum_ack_limit_ms())
@@ -97,7 +101,10 @@ pub async fn watch(core: Arc<Core>, reporter: HealthReporter, max_lag: u64, metr
         let verdict = {
             let m = rx.borrow_and_update();
             metrics.saw_raft(&m);
-            ready(&m, core.committed_index(), max_lag, true, core.quorum_ack_limit_ms())
+            match core.fail_stop().cause() {
+                Some(cause) => Err(format!("the local storage failed ({cause}): the node is stopping")),
+                None => ready(&m, core.committed_index(), max_lag, true, core.quorum_ack_limit_ms()),
+            }
         };
         let status = if verdict.is_ok() { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
@@ -112,6 +119,7 @@ pub async fn watch(core: Arc<Core>, reporter: HealthReporter, max_lag: u64, metr
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { break },
+            _ = core.fail_stop().tripped(), if status == ServingStatus::Serving => {}
             () = tokio::time::sleep(RECHECK) => {}
         }
     }

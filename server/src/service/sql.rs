@@ -277,7 +277,8 @@ impl SqlService {
         let (result, receipt) =
             read::query(&self.core, read).instrument(span.clone()).await.map_err(|e| {
                 tracing::debug!(parent: &span, error = %e, "query failed");
-                status_from(e)
+                // This node's store failing is not the query's answer: the node stops.
+                status_from(self.core.storage_checked(e))
             })?;
         // The result stays in memory until the reader has taken it all: it is held against the
         // node's memory (--max-node-memory), so slow readers cannot pile results up unbounded.

@@ -1587,8 +1587,10 @@ mod fuzz_findings {
 
 /// A storage read that fails is not a SQL answer (issue 21): it stops the whole request with
 /// [`Error::Read`], which [`Error::aborts_request`] says is not deterministic, so it is never
-/// recorded as a statement's outcome; the sequencer answers such a request with the error and
-/// proposes nothing of it (see `raft::sequencer`), and a read answers INTERNAL.
+/// recorded as a statement's outcome; the sequencer proposes nothing of such a request (see
+/// `raft::sequencer`). When the store recorded the failure as its own (sled failed, not a
+/// pinned read stopped on purpose), the node answers UNAVAILABLE and stops (`raft::fail_stop`;
+/// tests/tests/storage_faults.rs).
 #[cfg(test)]
 mod read_errors {
     use super::*;
