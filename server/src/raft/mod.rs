@@ -497,8 +497,12 @@ impl Core {
 
     /// A node whose Raft core has stopped (a storage failure shuts it down to prevent further
     /// damage) must not keep answering from its frozen state as if it were a replica.
-    /// A node whose store failed (`fail_stop`) serves nothing either, from the moment it knows.
+    /// A node whose store failed (`fail_stop`) serves nothing either, from the moment it knows:
+    /// also when the failure was met where no request was waiting on it (a backup's copy).
     pub fn ensure_running(&self) -> Result<(), Error> {
+        if let Some(cause) = self.sm.storage_fault() {
+            return Err(self.fail_stop.trip(&cause));
+        }
         if let Some(e) = self.fail_stop.error() {
             return Err(e);
         }

@@ -270,6 +270,10 @@ impl Task {
     /// only once the pipeline has room, so that requests arriving while it is full join one
     /// entry instead of each starting their own.
     async fn process(&mut self, mut batch: Vec<Pending>) {
+        if let Some(cause) = self.sm.storage_fault() {
+            // Met elsewhere (a read, a backup's copy): this node proposes nothing more.
+            self.fail_stop.trip(&cause);
+        }
         if let Some(e) = self.fail_stop.error() {
             self.gather(&mut batch);
             for p in batch {
