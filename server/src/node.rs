@@ -725,12 +725,15 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         };
         let mut fatal = None;
         tokio::select! {
-            // This node's store failed a read (`raft::fail_stop`): Raft stops first, so a leader
-            // proposes and heartbeats no more and the others elect a leader; the answers already
-            // decided (UNAVAILABLE, saying why) get up to a second to reach their callers; then
-            // the node exits non-zero for its supervisor to restart it.
+            // This node's store failed a read (`raft::fail_stop`): a leader hands leadership to
+            // a caught-up voter (a round trip, at most a second; it proposes nothing meanwhile),
+            // else the others elect one after an election timeout; Raft stops, so the node
+            // proposes, heartbeats and votes no more; the answers already decided
+            // (UNAVAILABLE, saying why) get up to a second to reach their callers; then the
+            // node exits non-zero for its supervisor to restart it.
             cause = fail_stop.tripped() => {
                 error!(%cause, "local storage failed: shutting down so that the node is restarted");
+                hand_off(&core, Duration::from_millis(cfg.handoff_timeout_ms).min(Duration::from_secs(1))).await;
                 if let Err(e) = raft.shutdown().await {
                     warn!(error = %e, "Raft did not shut down cleanly");
                 }

@@ -12,10 +12,11 @@
 //!    says what happened and what to do, and nothing of it is proposed;
 //! 2. from then on every request is answered the same way (`Core::ensure_running`, the
 //!    sequencer's `Task::process`) and readiness is NOT_SERVING (`service::health`);
-//! 3. `node::run` sees [`FailStop::tripped`], shuts openraft down at once (a leader stops
-//!    proposing and heartbeating; the others elect a leader within an election timeout), lets
-//!    the answers already decided reach their callers for up to a second, and exits non-zero
-//!    with one line naming the cause, for systemd or Kubernetes to restart it.
+//! 3. `node::run` sees [`FailStop::tripped`]; a leader hands leadership to a caught-up voter
+//!    (`handoff`, at most a second; should that fail, the others elect a leader after an
+//!    election timeout); then it shuts openraft down (no more proposals, heartbeats or votes),
+//!    lets the answers already decided reach their callers for up to a second, and exits
+//!    non-zero with one line naming the cause, for systemd or Kubernetes to restart it.
 //!
 //! The restart recovers as after any crash: the log and vote are durable (fsynced before every
 //! acknowledgement), the state machine resumes from its last durable applied index, and the
