@@ -53,6 +53,10 @@ pub mod backup;
 
 pub use raftsql_proto::v1 as pb;
 
+/// Whether SQL text only reads, so that it may be sent with [`Client::query`]: the one decision
+/// the server, the shell and the test runners share (see [`raftsql_proto::sql`]).
+pub use raftsql_proto::sql::is_read_only;
+
 /// The metadata that marks a write as part of a restore ([`Client::restore`]): the server then
 /// requires the `backup` permission besides what the statements need.
 pub const RESTORE_HEADER: &str = "x-raftsql-restore";

@@ -1,5 +1,8 @@
-//! raftsql's gRPC protocol: the code tonic and prost generate from `raftsql/v1/*.proto`.
+//! raftsql's gRPC protocol: the code tonic and prost generate from `raftsql/v1/*.proto`, and
+//! the little that both ends of it share: [`sql::is_read_only`] (which SQL text is a read).
 #![allow(clippy::all)]
+
+pub mod sql;
 
 pub mod v1 {
     tonic::include_proto!("raftsql.v1");

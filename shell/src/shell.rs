@@ -10,7 +10,7 @@
 //! `{"columns":[..],"rows":[[..]],"rows_affected":N,"receipt":{"node":N,"term":N,"index":N,"token":".."}}`,
 //! or `{"error":{"code":"CONSTRAINT","message":".."}}` for a failed statement.
 
-use raftsql_client::{Client, Consistency, Error, QueryOptions, Receipt, Session, Value};
+use raftsql_client::{is_read_only, Client, Consistency, Error, QueryOptions, Receipt, Session, Value};
 use serde_json::json;
 use std::future::Future;
 use std::io::Write;
@@ -174,11 +174,6 @@ fn first_keyword(stmt: &str) -> String {
         .to_ascii_uppercase()
 }
 
-/// True when the statement is read-only and goes out as a query.
-pub fn is_query(stmt: &str) -> bool {
-    matches!(first_keyword(stmt).as_str(), "SELECT" | "WITH" | "VALUES" | "EXPLAIN")
-}
-
 /// One unit of work: a query, or a write request of one or more statements.
 #[derive(Debug, PartialEq)]
 pub enum Unit {
@@ -186,7 +181,8 @@ pub enum Unit {
     Write { statements: Vec<String>, transaction: bool },
 }
 
-/// Groups statements: queries alone, each write alone, BEGIN ... COMMIT as one transaction.
+/// Groups statements: queries alone, each write alone, BEGIN ... COMMIT as one transaction. A
+/// statement is a query when [`is_read_only`] says so, as the server judges it.
 pub fn plan(statements: Vec<String>) -> Vec<Unit> {
     let mut units = Vec::new();
     let mut txn: Option<Vec<String>> = None;
@@ -199,7 +195,7 @@ pub fn plan(statements: Vec<String>) -> Vec<Unit> {
                 txn = None;
             }
             (Some(body), _) => body.push(s),
-            (None, _) if is_query(&s) => units.push(Unit::Query(s)),
+            (None, _) if is_read_only(&s) => units.push(Unit::Query(s)),
             (None, _) => units.push(Unit::Write { statements: vec![s], transaction: false }),
         }
     }
@@ -716,12 +712,14 @@ mod tests {
 
     #[test]
     fn statements_are_planned_into_queries_writes_and_transactions() {
-        let units = plan(split_statements("SELECT 1; INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2); DELETE FROM t; COMMIT; with x as (select 1) select * from x"));
-        assert_eq!(units.len(), 4);
+        let units = plan(split_statements("SELECT 1; INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2); DELETE FROM t; COMMIT; with x as (select 1) select * from x; WITH x AS (SELECT 1) DELETE FROM t; (EXPLAIN SELECT 1)"));
+        assert_eq!(units.len(), 6);
         assert_eq!(units[0], Unit::Query("SELECT 1".into()));
         assert!(matches!(&units[1], Unit::Write { statements, transaction: false } if statements.len() == 1));
         assert!(matches!(&units[2], Unit::Write { statements, transaction: true } if statements.len() == 2));
         assert!(matches!(&units[3], Unit::Query(_)));
+        assert!(matches!(&units[4], Unit::Write { statements, transaction: false } if statements.len() == 1));
+        assert!(matches!(&units[5], Unit::Query(_)));
     }
 
     #[test]

@@ -170,8 +170,7 @@ pub fn run_script(script: &str) -> Result<String, String> {
         for (i, line) in sql.lines().enumerate() {
             out.push_str(&format!("{} {line}\n", if i == 0 { ">" } else { " " }));
         }
-        let explain = sql.trim_start().get(..7).is_some_and(|w| w.eq_ignore_ascii_case("EXPLAIN"));
-        if crate::slt::is_read_query(&sql) || explain {
+        if raftsql_client::is_read_only(&sql) {
             match b.read(&sql) {
                 Ok(r) => transcribe_rows(&mut out, r.columns.unwrap_or(0), &r.rows),
                 Err(e) => out.push_str(&format!("error: {}\n", e.message)),
@@ -303,7 +302,7 @@ impl Engine {
                     let _ = reply.send(r);
                 }
                 Job::Query(sql, reply) => {
-                    let r = if crate::slt::is_read_query(&sql) {
+                    let r = if raftsql_client::is_read_only(&sql) {
                         self.read(&sql)
                     } else {
                         self.execute(&sql).and_then(|(_, outcomes)| match outcomes.into_iter().next() {

@@ -278,6 +278,17 @@ async fn each_permission_allows_exactly_its_calls() {
         .await
         .unwrap();
     assert_eq!(r.rows, vec![vec![Value::Integer(0)]]);
+
+    // Statements are judged as the executor splits them: neither a bracketed identifier that
+    // another tokenizer would read past the `;` (`]]`) nor a later statement that does not
+    // tokenize hides a DROP.
+    let reader = client_as(&cluster, Some(&basic("read", "pw-read"))).await;
+    for (client, sql) in [(&reader, "SELECT [a]]; DROP TABLE t; --]"), (&writer, "DROP TABLE t; SELECT 'x")] {
+        let e = client.execute(sql, &[]).await.unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied { .. }) && e.to_string().contains("ddl"), "{sql}: {e:?}");
+    }
+    let r = admin_client.query("SELECT count(*) FROM t", &[], QueryOptions::default()).await;
+    assert!(r.is_ok(), "table t was dropped: {r:?}");
 }
 
 /// Missing, malformed and wrong credentials: UNAUTHENTICATED, typed in the client and plainly

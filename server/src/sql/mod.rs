@@ -157,86 +157,14 @@ impl From<Error> for StatementError {
     }
 }
 
-/// What the statements of one text do, as far as permissions go (docs/security.md): read rows,
-/// change rows, change the schema. Judged from the tokens, before anything is parsed or
-/// evaluated, and on the safe side: a statement is counted for everything it might do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Effects {
-    /// SELECT, VALUES, EXPLAIN, a WITH query; also what INSERT ... SELECT and UPDATE or DELETE
-    /// with WHERE read, which the write permission covers (documented).
-    pub reads: bool,
-    /// INSERT, UPDATE, DELETE, REPLACE, and anything not recognized.
-    pub writes: bool,
-    /// CREATE, DROP, ALTER.
-    pub ddl: bool,
-}
+pub use raftsql_proto::sql::Effects;
 
-impl Effects {
-    pub fn union(self, o: Effects) -> Effects {
-        Effects { reads: self.reads || o.reads, writes: self.writes || o.writes, ddl: self.ddl || o.ddl }
-    }
-}
-
-/// The [`Effects`] of every statement in `sql`. Statements are split at top-level `;` tokens
-/// (so semicolons in strings and comments do not count) and judged by their first keyword; a
-/// WITH statement that holds INSERT, UPDATE, DELETE or REPLACE also writes. Text that does not
-/// tokenize counts as a write (evaluation then rejects it with its syntax error).
+/// The [`Effects`] of every statement in `sql`, judged by the one scanner shared with the shell
+/// and the client ([`raftsql_proto::sql::effects`]), piece by piece as [`limits::pieces`]
+/// splits the text for evaluation: whatever a piece the executor runs may do is counted, even
+/// where the scanner alone would have read two pieces as one statement.
 pub fn effects(sql: &str) -> Effects {
-    use sqlparser::keywords::Keyword;
-    use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
-    let dialect = sqlparser::dialect::SQLiteDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
-        return Effects { writes: true, ..Default::default() };
-    };
-    let mut all = Effects::default();
-    let mut first: Option<Keyword> = None;
-    let mut dml_inside = false;
-    let mut finish = |first: Option<Keyword>, dml_inside: bool| {
-        let e = match first {
-            None => Effects::default(),
-            Some(Keyword::SELECT | Keyword::VALUES | Keyword::EXPLAIN) => {
-                Effects { reads: true, ..Default::default() }
-            }
-            Some(Keyword::WITH) => Effects { reads: true, writes: dml_inside, ddl: false },
-            Some(Keyword::CREATE | Keyword::DROP | Keyword::ALTER) => {
-                Effects { ddl: true, ..Default::default() }
-            }
-            Some(
-                Keyword::BEGIN
-                | Keyword::COMMIT
-                | Keyword::END
-                | Keyword::ROLLBACK
-                | Keyword::SAVEPOINT
-                | Keyword::RELEASE,
-            ) => Effects::default(),
-            Some(_) => Effects { writes: true, ..Default::default() },
-        };
-        all = all.union(e);
-    };
-    for t in &tokens {
-        match t {
-            Token::Whitespace(Whitespace::Space | Whitespace::Tab | Whitespace::Newline)
-            | Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) => {}
-            Token::SemiColon => {
-                finish(first.take(), dml_inside);
-                dml_inside = false;
-            }
-            Token::Word(w) if first.is_none() => first = Some(w.keyword),
-            Token::LParen if first.is_none() => first = Some(Keyword::SELECT), // "(SELECT ...)"
-            Token::Word(w)
-                if matches!(
-                    w.keyword,
-                    Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE
-                ) =>
-            {
-                dml_inside = true
-            }
-            _ if first.is_none() => first = Some(Keyword::NoKeyword),
-            _ => {}
-        }
-    }
-    finish(first, dml_inside);
-    all
+    limits::pieces(sql).map(|p| raftsql_proto::sql::effects(p.text)).fold(Effects::default(), Effects::union)
 }
 
 /// How deeply a statement may nest (parentheses, subqueries, operator chains) before it is
@@ -313,29 +241,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn effects_are_judged_per_statement_and_on_the_safe_side() {
+    fn effects_count_every_piece_the_executor_runs() {
         let e = |reads, writes, ddl| Effects { reads, writes, ddl };
-        for (sql, want) in [
-            ("SELECT 1", e(true, false, false)),
-            ("  -- note\n/* c */ select * from t;", e(true, false, false)),
-            ("(SELECT 1)", e(true, false, false)),
-            ("VALUES (1); EXPLAIN SELECT 1", e(true, false, false)),
-            ("WITH x AS (SELECT 1) SELECT * FROM x", e(true, false, false)),
-            ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", e(true, true, false)),
-            ("INSERT INTO t VALUES (';CREATE TABLE')", e(false, true, false)),
-            ("UPDATE t SET a = 1; DELETE FROM t", e(false, true, false)),
-            ("REPLACE INTO t VALUES (1)", e(false, true, false)),
-            ("CREATE TABLE t (a INT)", e(false, false, true)),
-            ("BEGIN; DROP TABLE t; COMMIT", e(false, false, true)),
-            ("ALTER TABLE t ADD COLUMN b", e(false, false, true)),
-            ("BEGIN; COMMIT;", e(false, false, false)),
-            ("", e(false, false, false)),
-            ("frobnicate the table", e(false, true, false)),
-            ("42", e(false, true, false)),
-            ("SELECT 'unterminated", e(false, true, false)),
-            ("SELECT 1; CREATE TABLE u (a); INSERT INTO u VALUES (1)", e(true, true, true)),
-        ] {
-            assert_eq!(effects(sql), want, "{sql:?}");
-        }
+        assert_eq!(effects("SELECT 1; INSERT INTO t VALUES ('a;b')"), e(true, true, false));
+        assert_eq!(effects(""), e(false, false, false));
+        // A text that stops scanning still counts what its earlier pieces do.
+        assert_eq!(effects("DROP TABLE t; SELECT 'unterminated"), e(false, true, true));
+        // `]]` closes a bracketed identifier and the `;` after it ends a piece, whatever a
+        // tokenizer that reads `]]` as an escaped `]` would say.
+        let pieces: Vec<&str> = limits::pieces("SELECT [a]]; DROP TABLE t; --]").map(|p| p.text).collect();
+        assert_eq!(pieces[1].trim(), "DROP TABLE t");
+        assert_eq!(effects("SELECT [a]]; DROP TABLE t; --]"), e(true, false, true));
     }
 }
