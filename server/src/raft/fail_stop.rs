@@ -97,9 +97,13 @@ impl FailStop {
     /// `e`, unless it is this node's storage failing: then the node is stopped (see the module
     /// doc) and the answer is `UNAVAILABLE`. `storage_fault` is what the store recorded
     /// (`StateMachine::storage_fault`); a read error without one is a pinned read stopped on
-    /// purpose, which stays as it is.
+    /// purpose or a damaged value, which stay as they are. So does a damaged exactly-once record
+    /// or cluster id: damage is persistent, a restart would not cure it, and it is answered
+    /// INTERNAL naming the recovery, as a damaged row is.
     pub fn check(&self, e: Error, storage_fault: Option<String>) -> Error {
+        use crate::store::Error as Store;
         match (&e, storage_fault) {
+            (Error::Storage(Store::Damaged { .. } | Store::Decode { .. }), _) => e,
             (Error::Storage(s), _) => self.trip(&s.to_string()),
             (Error::Sql(crate::sql::Error::Read(_)), Some(cause)) => self.trip(&cause),
             _ => e,
@@ -130,5 +134,17 @@ mod tests {
         // SQL errors pass.
         let sql = Error::Sql(crate::sql::Error::NoSuchTable("t".into()));
         assert!(matches!(stop.check(sql, None), Error::Sql(crate::sql::Error::NoSuchTable(_))));
+    }
+
+    #[test]
+    fn damage_is_not_a_fail_stop_but_a_failing_store_is() {
+        let stop = FailStop::new(1);
+        let damaged = crate::store::Error::Damaged { what: "request record".into(), reason: "crc".into() };
+        assert!(matches!(stop.check(Error::Storage(damaged), None), Error::Storage(_)));
+        assert!(stop.cause().is_none());
+        let io =
+            crate::store::Error::Io { context: "read a record".into(), source: std::io::Error::other("EIO") };
+        assert!(matches!(stop.check(Error::Storage(io), None), Error::Unavailable(_)));
+        assert!(stop.cause().is_some_and(|c| c.contains("EIO")), "{:?}", stop.cause());
     }
 }
