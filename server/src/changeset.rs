@@ -504,6 +504,39 @@ pub trait ReadView {
 mod tests {
     use super::*;
 
+    /// `Value`'s bytes are durable: in log entries (the compact form) and in request digests
+    /// (the fixed-width form of `request_digest`). Pinned, so that moving or changing the type
+    /// cannot change them unnoticed.
+    #[test]
+    fn value_encodings_are_pinned() {
+        use bincode::Options;
+        let values = [
+            Value::Null,
+            Value::Integer(-2),
+            Value::Integer(300),
+            Value::Real(1.5),
+            Value::Text("é".into()),
+            Value::Blob(vec![0, 255]),
+            Value::Boolean(true),
+        ];
+        let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let compact: Vec<String> =
+            values.iter().map(|v| hex(EncodedChangeSet::options().serialize(v).unwrap())).collect();
+        let fixed: Vec<String> = values.iter().map(|v| hex(bincode::serialize(v).unwrap())).collect();
+        let want_compact = ["00", "0103", "01fb5802", "02000000000000f83f", "0302c3a9", "040200ff", "0501"];
+        assert_eq!(compact, want_compact, "compact");
+        let want_fixed = [
+            "00000000",
+            "01000000feffffffffffffff",
+            "010000002c01000000000000",
+            "02000000000000000000f83f",
+            "030000000200000000000000c3a9",
+            "04000000020000000000000000ff",
+            "0500000001",
+        ];
+        assert_eq!(fixed, want_fixed, "fixed");
+    }
+
     fn sample() -> ChangeSet {
         let insert = |i: i64| Change::Insert {
             table: "t".into(),
