@@ -31,6 +31,14 @@ EXPLAIN SELECT t.a, u.y FROM t JOIN u ON u.x = t.a WHERE t.b = 'p'
 
 EXPLAIN SELECT * FROM t, u WHERE t.b = u.z
 
+-- Join order: a key lookup written last is read first; a chain written out of order is read
+-- along its equalities; a LEFT JOIN stays where it is written.
+EXPLAIN SELECT * FROM u, t WHERE u.y = t.a AND t.a = 2
+
+EXPLAIN SELECT t1.a FROM t t1, u, t t2, u u2 WHERE t2.a = u2.x AND t1.a = u.x AND u.y = t2.a
+
+EXPLAIN SELECT * FROM t LEFT JOIN u ON u.x = t.a, t t2 WHERE t2.a = 1
+
 -- Aggregation, ordering, limits, subqueries, compounds.
 EXPLAIN SELECT b, count(*), sum(c) FROM t GROUP BY b HAVING count(*) > 1 ORDER BY b
 
