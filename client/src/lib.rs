@@ -53,6 +53,10 @@ pub mod backup;
 
 pub use raftsql_proto::v1 as pb;
 
+/// A SQL value and a read's consistency level: the server's own types, shared through
+/// raftsql-proto (which also converts them to and from the messages: `to_pb`, `from_pb`).
+pub use raftsql_proto::{Consistency, Value};
+
 /// Whether SQL text only reads, so that it may be sent with [`Client::query`]: the one decision
 /// the server, the shell and the test runners share (see [`raftsql_proto::sql`]).
 pub use raftsql_proto::sql::is_read_only;
@@ -65,85 +69,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
-
-/// A SQL value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Null,
-    Integer(i64),
-    Real(f64),
-    Text(String),
-    Blob(Vec<u8>),
-    Boolean(bool),
-}
-
-impl From<i64> for Value {
-    fn from(v: i64) -> Self {
-        Value::Integer(v)
-    }
-}
-impl From<f64> for Value {
-    fn from(v: f64) -> Self {
-        Value::Real(v)
-    }
-}
-impl From<&str> for Value {
-    fn from(v: &str) -> Self {
-        Value::Text(v.to_string())
-    }
-}
-impl From<String> for Value {
-    fn from(v: String) -> Self {
-        Value::Text(v)
-    }
-}
-impl From<bool> for Value {
-    fn from(v: bool) -> Self {
-        Value::Boolean(v)
-    }
-}
-
-impl Value {
-    pub fn to_pb(&self) -> pb::Value {
-        use pb::value::Kind;
-        pb::Value {
-            kind: Some(match self {
-                Value::Null => Kind::Null(true),
-                Value::Integer(i) => Kind::Integer(*i),
-                Value::Real(r) => Kind::Real(*r),
-                Value::Text(s) => Kind::Text(s.clone()),
-                Value::Blob(b) => Kind::Blob(b.clone()),
-                Value::Boolean(b) => Kind::Boolean(*b),
-            }),
-        }
-    }
-
-    pub fn from_pb(v: pb::Value) -> Value {
-        use pb::value::Kind;
-        match v.kind {
-            None | Some(Kind::Null(_)) => Value::Null,
-            Some(Kind::Integer(i)) => Value::Integer(i),
-            Some(Kind::Real(r)) => Value::Real(r),
-            Some(Kind::Text(s)) => Value::Text(s),
-            Some(Kind::Blob(b)) => Value::Blob(b),
-            Some(Kind::Boolean(b)) => Value::Boolean(b),
-        }
-    }
-}
-
-/// The consistency level of a read.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum Consistency {
-    /// Linearizable: served by the leader after it confirms its leadership.
-    #[default]
-    Strong,
-    /// Sees at least the state of the session token.
-    ReadYourWrites,
-    /// Any node that heard from the leader within the duration.
-    Bounded(Duration),
-    /// The local replica, no promise.
-    Any,
-}
 
 /// Options of one query.
 #[derive(Clone, Debug, Default)]
@@ -802,12 +727,7 @@ impl Client {
 
     /// Runs a read-only query at the level the options name.
     pub async fn query(&self, sql: &str, params: &[Value], opts: QueryOptions) -> Result<QueryResult, Error> {
-        let (consistency, max_staleness_ms) = match opts.consistency {
-            Consistency::Strong => (pb::Consistency::Strong, 0),
-            Consistency::ReadYourWrites => (pb::Consistency::ReadYourWrites, 0),
-            Consistency::Bounded(d) => (pb::Consistency::Bounded, d.as_millis().max(1) as u64),
-            Consistency::Any => (pb::Consistency::Any, 0),
-        };
+        let (consistency, max_staleness_ms) = (opts.consistency.to_pb(), opts.consistency.max_staleness_ms());
         let request = pb::QueryRequest {
             sql: sql.to_string(),
             params: params.iter().map(Value::to_pb).collect(),
@@ -1175,20 +1095,6 @@ mod tests {
         assert_eq!(shed(Some("99999999999")), Some(Duration::from_secs(10)), "a hostile hint is capped");
         assert_eq!(shed(Some("soon")), None);
         assert_eq!(shed(None), None);
-    }
-
-    #[test]
-    fn values_round_trip_through_the_protocol() {
-        for v in [
-            Value::Null,
-            Value::Integer(-3),
-            Value::Real(0.25),
-            "x".into(),
-            Value::Blob(vec![1, 2]),
-            true.into(),
-        ] {
-            assert_eq!(Value::from_pb(v.to_pb()), v);
-        }
     }
 
     #[tokio::test]

@@ -1,8 +1,14 @@
 //! raftsql's gRPC protocol: the code tonic and prost generate from `raftsql/v1/*.proto`, and
-//! the little that both ends of it share: [`sql::is_read_only`] (which SQL text is a read).
+//! the little that both ends of it share: the vocabulary [`Value`] and [`Consistency`] (in
+//! `value`, converted to and from the messages in [`convert`] only) and [`sql::is_read_only`]
+//! (which SQL text is a read).
 #![allow(clippy::all)]
 
+pub mod convert;
 pub mod sql;
+mod value;
+
+pub use value::{Consistency, Value};
 
 pub mod v1 {
     tonic::include_proto!("raftsql.v1");

@@ -1,7 +1,8 @@
 //! The shared vocabulary of raftsql: values, rows, schemas, the replicated log entry
 //! ([`ChangeSet`]) and the [`ReadView`] through which SQL reads data.
 //!
-//! This module imports no other raftsql module. Everything here is either replicated (it travels
+//! This module imports no other raftsql module; [`Value`] is raftsql-proto's, shared with the
+//! client library (the variants' order is part of the log format). Everything here is either replicated (it travels
 //! inside Raft log entries and snapshots, so its serde form is a wire format) or a seam between
 //! layers.
 //!
@@ -25,16 +26,10 @@ use std::ops::Bound;
 /// separate: data dirs of an older one are refused at start-up (`store::Error::OldFormat`).
 pub const FORMAT_VERSION: u16 = 2;
 
-/// A single SQL value. `Integer` is 64-bit; `Real` is an IEEE double.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Value {
-    Null,
-    Integer(i64),
-    Real(f64),
-    Text(String),
-    Blob(Vec<u8>),
-    Boolean(bool),
-}
+/// A single SQL value, shared with the client library through raftsql-proto (which converts it
+/// to and from the protocol's messages). Its bincode bytes are durable, pinned by
+/// `tests::value_encodings_are_pinned`.
+pub use raftsql_proto::Value;
 
 /// A full row image: one value per column of the table, in column order.
 pub type Row = Vec<Value>;

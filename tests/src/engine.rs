@@ -32,7 +32,6 @@
 use crate::slt::{DbError, QueryOutput};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
-use raftsql_client::Value as ClientValue;
 use raftsql_server::changeset::{
     Change, ChangeSet, EncodedChangeSet, ReadView, RequestEffects, StatementOutcome, StatementResult, Value,
 };
@@ -189,12 +188,7 @@ pub fn run_script(script: &str) -> Result<String, String> {
                                     .unwrap_or_default();
                                 out.push_str(&format!("ok: rows affected {}{id}\n", r.rows_affected));
                                 if !r.columns.is_empty() {
-                                    let rows: Vec<Vec<ClientValue>> = r
-                                        .rows
-                                        .into_iter()
-                                        .map(|row| row.into_iter().map(client_value).collect())
-                                        .collect();
-                                    transcribe_rows(&mut out, r.columns.len(), &rows);
+                                    transcribe_rows(&mut out, r.columns.len(), &r.rows);
                                 }
                             }
                         }
@@ -221,7 +215,7 @@ pub fn run_script(script: &str) -> Result<String, String> {
     Ok(out)
 }
 
-fn transcribe_rows(out: &mut String, columns: usize, rows: &[Vec<ClientValue>]) {
+fn transcribe_rows(out: &mut String, columns: usize, rows: &[Vec<Value>]) {
     out.push_str(&format!("{columns} columns, {} rows\n", rows.len()));
     for row in rows {
         let cells: Vec<String> = row.iter().map(|v| format!("{v:?}")).collect();
@@ -433,23 +427,7 @@ fn error(e: sql::Error) -> DbError {
 
 fn output(r: StatementResult) -> QueryOutput {
     let columns = (!r.columns.is_empty()).then_some(r.columns.len());
-    QueryOutput {
-        columns,
-        rows: r.rows.into_iter().map(|row| row.into_iter().map(client_value).collect()).collect(),
-    }
-}
-
-/// The client library's value for the server's (the same variants; the cluster runs get it
-/// through the protocol).
-pub fn client_value(v: Value) -> ClientValue {
-    match v {
-        Value::Null => ClientValue::Null,
-        Value::Integer(i) => ClientValue::Integer(i),
-        Value::Real(r) => ClientValue::Real(r),
-        Value::Text(t) => ClientValue::Text(t),
-        Value::Blob(b) => ClientValue::Blob(b),
-        Value::Boolean(b) => ClientValue::Boolean(b),
-    }
+    QueryOutput { columns, rows: r.rows }
 }
 
 #[cfg(test)]
@@ -468,14 +446,11 @@ mod tests {
         assert_eq!(out.columns, Some(2));
         assert_eq!(
             out.rows,
-            vec![
-                vec![ClientValue::Null, ClientValue::Integer(2)],
-                vec![ClientValue::Text("a".into()), ClientValue::Integer(1)]
-            ]
+            vec![vec![Value::Null, Value::Integer(2)], vec![Value::Text("a".into()), Value::Integer(1)]]
         );
         // Not a read: evaluated as a statement, its RETURNING rows answered.
         let out = db.query("DELETE FROM t WHERE k = 1 RETURNING v").await.expect("delete");
-        assert_eq!(out.rows, vec![vec![ClientValue::Text("a".into())]]);
+        assert_eq!(out.rows, vec![vec![Value::Text("a".into())]]);
         db.finish().await;
         assert!(db.differences().is_empty(), "{:?}", db.differences());
     }
@@ -492,7 +467,7 @@ mod tests {
 
         // The answer is the in-memory one; the difference is recorded.
         let out = db.query("SELECT count(*) FROM t").await.expect("count");
-        assert_eq!(out.rows, vec![vec![ClientValue::Integer(2)]]);
+        assert_eq!(out.rows, vec![vec![Value::Integer(2)]]);
         let d = db.differences();
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].what, "SELECT count(*) FROM t");

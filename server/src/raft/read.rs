@@ -20,14 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The consistency level of a read.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Consistency {
-    Strong,
-    ReadYourWrites,
-    Bounded(Duration),
-    Any,
-}
+/// The consistency level of a read, shared with the client library through raftsql-proto.
+pub use raftsql_proto::Consistency;
 
 /// A parsed session token.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ pub mod peer;
 pub mod sql;
 
 use crate::changeset::{ErrorKind, StatementError, Value};
-use crate::raft::{Consistency, Error, Receipt, Role};
+use crate::raft::{Error, Receipt, Role};
 use prost::Message;
 use raftsql_proto::v1 as pb;
 
@@ -130,46 +130,12 @@ pub fn statement_error(e: &StatementError) -> pb::Error {
     pb::Error { code: code as i32, message: e.message.clone(), line, column, ..Default::default() }
 }
 
-pub fn value_to_pb(v: &Value) -> pb::Value {
-    use pb::value::Kind;
-    let kind = match v {
-        Value::Null => Kind::Null(true),
-        Value::Integer(i) => Kind::Integer(*i),
-        Value::Real(r) => Kind::Real(*r),
-        Value::Text(s) => Kind::Text(s.clone()),
-        Value::Blob(b) => Kind::Blob(b.clone()),
-        Value::Boolean(b) => Kind::Boolean(*b),
-    };
-    pb::Value { kind: Some(kind) }
-}
-
-pub fn value_from_pb(v: pb::Value) -> Value {
-    use pb::value::Kind;
-    match v.kind {
-        None | Some(Kind::Null(_)) => Value::Null,
-        Some(Kind::Integer(i)) => Value::Integer(i),
-        Some(Kind::Real(r)) => Value::Real(r),
-        Some(Kind::Text(s)) => Value::Text(s),
-        Some(Kind::Blob(b)) => Value::Blob(b),
-        Some(Kind::Boolean(b)) => Value::Boolean(b),
-    }
-}
-
 pub fn row_to_pb(row: &[Value]) -> pb::Row {
-    pb::Row { values: row.iter().map(value_to_pb).collect() }
+    pb::Row { values: row.iter().map(Value::to_pb).collect() }
 }
 
 pub fn role_to_pb(r: Role) -> pb::Role {
     r.to_pb()
-}
-
-pub fn level_to_pb(c: Consistency) -> pb::Consistency {
-    match c {
-        Consistency::Strong => pb::Consistency::Strong,
-        Consistency::ReadYourWrites => pb::Consistency::ReadYourWrites,
-        Consistency::Bounded(_) => pb::Consistency::Bounded,
-        Consistency::Any => pb::Consistency::Any,
-    }
 }
 
 pub fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
@@ -178,7 +144,7 @@ pub fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
         role: role_to_pb(r.role) as i32,
         term: r.term,
         index: r.index,
-        level: level_to_pb(r.level) as i32,
+        level: r.level.to_pb() as i32,
         applied_index: r.applied_index,
         session_token: r.session_token.clone(),
     }
@@ -268,20 +234,6 @@ mod tests {
         ] {
             let e = StatementError { kind, message: String::new(), position: None };
             assert_eq!(statement_error(&e).code(), code);
-        }
-    }
-
-    #[test]
-    fn values_round_trip() {
-        for v in [
-            Value::Null,
-            Value::Integer(-5),
-            Value::Real(1.5),
-            Value::Text("é".into()),
-            Value::Blob(vec![0, 255]),
-            Value::Boolean(true),
-        ] {
-            assert_eq!(value_from_pb(value_to_pb(&v)), v);
         }
     }
 }

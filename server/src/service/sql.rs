@@ -1,8 +1,8 @@
 //! The `Sql` service: Execute (writes through the sequencer) and Query (reads at a level).
 
 use super::auth::{Auth, Caller, Permission};
-use super::{forwarded, invalid, receipt_to_pb, row_to_pb, statement_error, status_from, value_from_pb};
-use crate::changeset::RequestId;
+use super::{forwarded, invalid, receipt_to_pb, row_to_pb, statement_error, status_from};
+use crate::changeset::{RequestId, Value};
 use crate::raft::read::{self, ReadRequest};
 use crate::raft::sequencer::WriteRequest;
 use crate::raft::{Consistency, Core};
@@ -77,20 +77,7 @@ pub fn request_id_from_pb(r: Option<pb::RequestId>) -> Result<Option<(String, u6
 
 /// A QueryRequest's consistency level, checked: a known level, BOUNDED with a staleness.
 pub fn consistency_from_pb(consistency: i32, max_staleness_ms: u64) -> Result<Consistency, tonic::Status> {
-    match pb::Consistency::try_from(consistency) {
-        Ok(pb::Consistency::Unspecified | pb::Consistency::Strong) => Ok(Consistency::Strong),
-        Ok(pb::Consistency::ReadYourWrites) => Ok(Consistency::ReadYourWrites),
-        Ok(pb::Consistency::Bounded) => {
-            if max_staleness_ms == 0 {
-                return Err(invalid("BOUNDED reads need max_staleness_ms > 0"));
-            }
-            Ok(Consistency::Bounded(Duration::from_millis(max_staleness_ms)))
-        }
-        Ok(pb::Consistency::Any) => Ok(Consistency::Any),
-        Err(_) => Err(invalid(format!(
-            "unknown consistency level {consistency}: use STRONG, READ_YOUR_WRITES, BOUNDED or ANY"
-        ))),
-    }
+    Consistency::from_pb(consistency, max_staleness_ms).map_err(invalid)
 }
 
 pub struct SqlService {
@@ -184,7 +171,7 @@ impl SqlService {
         let statements: Vec<(String, Vec<crate::changeset::Value>)> = req
             .statements
             .into_iter()
-            .map(|s| (s.sql, s.params.into_iter().map(value_from_pb).collect()))
+            .map(|s| (s.sql, s.params.into_iter().map(Value::from_pb).collect()))
             .collect();
         if req.min_replicas > 1 {
             self.core.check_min_replicas(req.min_replicas as usize).map_err(status_from)?;
@@ -268,7 +255,7 @@ impl SqlService {
         let _stop_when_dropped = crate::sql::CancelOnDrop(cancel.clone());
         let read = ReadRequest {
             sql: req.sql,
-            params: req.params.into_iter().map(value_from_pb).collect(),
+            params: req.params.into_iter().map(Value::from_pb).collect(),
             level,
             session_token: Some(req.session_token).filter(|t| !t.is_empty()),
             caller_timeout,

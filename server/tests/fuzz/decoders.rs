@@ -28,7 +28,7 @@ use raftsql_proto::v1 as pb;
 use raftsql_server::changeset::{Change, ChangeSet, EncodedChangeSet, RequestEffects, Value};
 use raftsql_server::raft::peer_check::{Envelope, Local};
 use raftsql_server::raft::read::SessionToken;
-use raftsql_server::service::{peer::decode_payload, sql as service, value_from_pb, value_to_pb};
+use raftsql_server::service::{peer::decode_payload, sql as service};
 use raftsql_server::sql::{self, RequestLimits};
 use raftsql_server::typ::{Entry, Member, Membership, NodeId, TypeConfig};
 use std::collections::BTreeSet;
@@ -136,7 +136,7 @@ fn execute_request() -> impl Strategy<Value = pb::ExecuteRequest> {
             statements: req
                 .texts
                 .into_iter()
-                .map(|(sql, params)| pb::Statement { sql, params: params.iter().map(value_to_pb).collect() })
+                .map(|(sql, params)| pb::Statement { sql, params: params.iter().map(Value::to_pb).collect() })
                 .collect(),
             transaction: req.transaction,
             request_id: id.map(|(client_id, seq)| pb::RequestId { client_id, seq }),
@@ -155,7 +155,7 @@ fn query_request() -> impl Strategy<Value = pb::QueryRequest> {
     )
         .prop_map(|(sql, params, consistency, staleness, token, page_rows)| pb::QueryRequest {
             sql,
-            params: params.iter().map(value_to_pb).collect(),
+            params: params.iter().map(Value::to_pb).collect(),
             consistency,
             max_staleness_ms: staleness,
             session_token: token,
@@ -229,7 +229,7 @@ pub fn check_client(input: ClientInput) -> Result<(), TestCaseError> {
             let texts = req
                 .statements
                 .into_iter()
-                .map(|s| (s.sql, s.params.into_iter().map(value_from_pb).collect::<Vec<Value>>()))
+                .map(|s| (s.sql, s.params.into_iter().map(Value::from_pb).collect::<Vec<Value>>()))
                 .collect();
             sql_case::check(&Request { texts, transaction: req.transaction })
         }
@@ -244,7 +244,7 @@ pub fn check_client(input: ClientInput) -> Result<(), TestCaseError> {
             if sql::check_request([(req.sql.as_str(), req.params.len())], &limits()).is_err() {
                 return Ok(());
             }
-            let params: Vec<Value> = req.params.into_iter().map(value_from_pb).collect();
+            let params: Vec<Value> = req.params.into_iter().map(Value::from_pb).collect();
             sql_case::check(&Request { texts: vec![(req.sql, params)], transaction: false })
         }
         "Join" => decodes::<pb::JoinRequest>(b),
