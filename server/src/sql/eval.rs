@@ -198,6 +198,17 @@ pub fn numeric(v: &Value) -> Value {
     }
 }
 
+/// An integer for bitwise operators and function arguments: reals truncate, text and blobs read
+/// their numeric prefix (0 without one).
+pub fn int_or_trunc(v: &Value) -> i64 {
+    match v {
+        Value::Integer(i) => *i,
+        Value::Real(r) => *r as i64,
+        Value::Boolean(b) => *b as i64,
+        _ => int_of(v).unwrap_or(0),
+    }
+}
+
 /// Text that is wholly a number (used for column affinity on comparisons).
 pub fn parse_number_exact(s: &str) -> Option<Value> {
     let t = s.trim();

@@ -48,6 +48,7 @@
 pub mod catalog;
 mod eval;
 mod exec;
+mod func;
 pub mod limits;
 mod overlay;
 mod plan;

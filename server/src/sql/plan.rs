@@ -20,6 +20,7 @@
 //! cut off after sorting, so sorting, DISTINCT and LIMIT work on output rows alone.
 
 use super::eval::{literal, parse_number_exact, Arith, CastTo};
+use super::func::{self, ScalarFn};
 use super::Error;
 use crate::changeset::{DataType, ReadView, TableSchema, Value};
 use sqlparser::ast::{self, BinaryOperator as B, Expr, SelectItem, SetExpr, TableFactor, UnaryOperator as U};
@@ -55,32 +56,6 @@ pub enum Bit {
     Or,
     Shl,
     Shr,
-}
-
-/// Scalar functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Func {
-    Abs,
-    Coalesce,
-    IfNull,
-    NullIf,
-    Length,
-    Upper,
-    Lower,
-    Substr,
-    Trim,
-    LTrim,
-    RTrim,
-    Replace,
-    Round,
-    TypeOf,
-    Min,
-    Max,
-    Instr,
-    Random,
-    Now,
-    Hex,
-    Sign,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +118,7 @@ pub enum BExpr {
         otherwise: Option<Box<BExpr>>,
     },
     Cast(Box<BExpr>, CastTo),
-    Func(Func, Vec<BExpr>),
+    Func(&'static ScalarFn, Vec<BExpr>),
 }
 
 impl BExpr {
@@ -623,7 +598,7 @@ impl<'a> Binder<'a> {
                 if let Some(f) = substring_for {
                     args.push(self.bind(f, scope, aggs)?);
                 }
-                BExpr::Func(Func::Substr, args)
+                BExpr::Func(builtin("substr")?, args)
             }
             Expr::Trim { expr, trim_where, trim_what, trim_characters } => {
                 let mut args = vec![self.bind(expr, scope, aggs)?];
@@ -635,9 +610,9 @@ impl<'a> Binder<'a> {
                     }
                 }
                 let f = match trim_where {
-                    Some(ast::TrimWhereField::Leading) => Func::LTrim,
-                    Some(ast::TrimWhereField::Trailing) => Func::RTrim,
-                    _ => Func::Trim,
+                    Some(ast::TrimWhereField::Leading) => builtin("ltrim")?,
+                    Some(ast::TrimWhereField::Trailing) => builtin("rtrim")?,
+                    _ => builtin("trim")?,
                 };
                 BExpr::Func(f, args)
             }
@@ -722,32 +697,10 @@ impl<'a> Binder<'a> {
             return Err(Error::Invalid(format!("DISTINCT or * in the non-aggregate function {name}()")));
         }
         let bound = args.iter().map(|a| self.bind(a, scope, aggs)).collect::<Result<Vec<_>, _>>()?;
-        let n = bound.len();
-        let (func, ok) = match name.as_str() {
-            "abs" => (Func::Abs, n == 1),
-            "coalesce" => (Func::Coalesce, n >= 2),
-            "ifnull" => (Func::IfNull, n == 2),
-            "nullif" => (Func::NullIf, n == 2),
-            "length" | "char_length" => (Func::Length, n == 1),
-            "upper" => (Func::Upper, n == 1),
-            "lower" => (Func::Lower, n == 1),
-            "substr" | "substring" => (Func::Substr, n == 2 || n == 3),
-            "trim" => (Func::Trim, n == 1 || n == 2),
-            "ltrim" => (Func::LTrim, n == 1 || n == 2),
-            "rtrim" => (Func::RTrim, n == 1 || n == 2),
-            "replace" => (Func::Replace, n == 3),
-            "round" => (Func::Round, n == 1 || n == 2),
-            "typeof" => (Func::TypeOf, n == 1),
-            "min" => (Func::Min, n >= 2),
-            "max" => (Func::Max, n >= 2),
-            "instr" => (Func::Instr, n == 2),
-            "random" => (Func::Random, n == 0),
-            "now" | "current_timestamp" => (Func::Now, n == 0),
-            "hex" => (Func::Hex, n == 1),
-            "sign" => (Func::Sign, n == 1),
-            _ => return Err(Error::Unsupported(format!("function {name}()"))),
+        let Some(func) = func::lookup(&name) else {
+            return Err(Error::Unsupported(format!("function {name}()")));
         };
-        if !ok {
+        if !func.takes(bound.len()) {
             return Err(Error::Invalid(format!("wrong number of arguments to function {name}()")));
         }
         Ok(BExpr::Func(func, bound))
@@ -1353,6 +1306,11 @@ impl<'a> Binder<'a> {
     }
 }
 
+/// A function the SQL syntax itself calls (`SUBSTRING(x FROM 2)`, `TRIM(LEADING …)`).
+fn builtin(name: &str) -> Result<&'static ScalarFn, Error> {
+    func::lookup(name).ok_or_else(|| Error::Unsupported(format!("function {name}()")))
+}
+
 /// Binds a text constant compared with a numeric column as a number (SQLite's column affinity).
 fn affinity(l: BExpr, r: BExpr, scope: &Scope) -> (BExpr, BExpr) {
     let numeric_col = |e: &BExpr| match e {
@@ -1415,7 +1373,7 @@ fn clone_expr(e: &BExpr) -> BExpr {
         BExpr::Bit(o, a, b) => BExpr::Bit(*o, Box::new(clone_expr(a)), Box::new(clone_expr(b))),
         BExpr::Concat(a, b) => BExpr::Concat(Box::new(clone_expr(a)), Box::new(clone_expr(b))),
         BExpr::Cast(a, t) => BExpr::Cast(Box::new(clone_expr(a)), *t),
-        BExpr::Func(f, args) => BExpr::Func(*f, args.iter().map(clone_expr).collect()),
+        BExpr::Func(f, args) => BExpr::Func(f, args.iter().map(clone_expr).collect()),
         BExpr::Case { operand, whens, otherwise } => BExpr::Case {
             operand: operand.as_ref().map(|o| Box::new(clone_expr(o))),
             whens: whens.iter().map(|(a, b)| (clone_expr(a), clone_expr(b))).collect(),
@@ -1442,8 +1400,7 @@ fn cloneable(e: &BExpr) -> bool {
                 | BExpr::InList(..)
                 | BExpr::Between(..)
                 | BExpr::Like { .. }
-                | BExpr::Func(Func::Random | Func::Now, _)
-        )
+        ) || matches!(x, BExpr::Func(f, _) if !f.deterministic)
     });
     ok
 }

@@ -1,14 +1,13 @@
 //! Runs bound plans: expressions over rows, joins, grouping, sorting, set operations.
 
 use super::eval::{
-    arith, bool_value, cast, compare, int_of, is_true, like, numeric, real_of, round_real, text_of,
-    timestamp, truth, type_name, ROUND_TEXT_BYTES,
+    arith, bool_value, cast, compare, int_or_trunc, is_true, like, numeric, real_of, text_of, truth,
 };
+use super::func::{self, ScalarFn};
 use super::limits::{row_bytes, value_bytes, Meter};
 use super::overlay::OrdKey;
 use super::plan::{
-    Access, AggFunc, AggSpec, BExpr, Bit, Body, Cmp, Func, Level, Query, SelectPlan, SetOp, Source, Sub,
-    SubResult,
+    Access, AggFunc, AggSpec, BExpr, Bit, Body, Cmp, Level, Query, SelectPlan, SetOp, Source, Sub, SubResult,
 };
 use super::{Context, Error};
 use crate::changeset::{DataType, Key, ReadView, Row, Value};
@@ -36,6 +35,36 @@ impl<'a> Env<'a> {
             e = e.outer.expect("the planner bound a column of an enclosing query that exists");
         }
         e
+    }
+}
+
+/// One call of a scalar function: what its evaluator may ask of the statement.
+struct Call<'r, 'v> {
+    runner: &'r Runner<'v>,
+    args: &'r [BExpr],
+    env: &'r Env<'r>,
+}
+
+impl func::Host for Call<'_, '_> {
+    fn charge_text(&self, bytes: usize) -> Result<(), Error> {
+        self.runner.text(bytes)
+    }
+
+    fn random(&self) -> i64 {
+        self.runner.random()
+    }
+
+    fn now_millis(&self) -> i64 {
+        match self.runner.ctx {
+            Some(c) => c.now_millis,
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        }
+    }
+
+    fn arg(&self, i: usize) -> Result<Value, Error> {
+        self.runner.eval(&self.args[i], self.env)
     }
 }
 
@@ -286,176 +315,21 @@ impl<'v> Runner<'v> {
                 }
             }
             BExpr::Cast(a, to) => cast(&self.eval(a, env)?, *to),
-            BExpr::Func(f, args) => self.function(*f, args, env)?,
+            BExpr::Func(f, args) => self.function(f, args, env)?,
         })
     }
 
-    fn function(&self, f: Func, args: &[BExpr], env: &Env) -> Result<Value, Error> {
-        // Lazily evaluated ones first.
-        match f {
-            Func::Coalesce | Func::IfNull => {
-                for a in args {
-                    let v = self.eval(a, env)?;
-                    if !matches!(v, Value::Null) {
-                        return Ok(v);
-                    }
-                }
-                return Ok(Value::Null);
+    /// A scalar function's value: its evaluator from [`func::SCALARS`] over its arguments (all
+    /// evaluated first, or only those it asks for).
+    fn function(&self, f: &ScalarFn, args: &[BExpr], env: &Env) -> Result<Value, Error> {
+        let call = Call { runner: self, args, env };
+        match f.body {
+            func::Body::Values(eval) => {
+                let v: Vec<Value> = args.iter().map(|a| self.eval(a, env)).collect::<Result<_, _>>()?;
+                eval(&call, &v)
             }
-            Func::Random => return Ok(Value::Integer(self.random())),
-            Func::Now => {
-                let millis = match self.ctx {
-                    Some(c) => c.now_millis,
-                    None => std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64),
-                };
-                return Ok(Value::Text(timestamp(millis)));
-            }
-            _ => {}
+            func::Body::Lazy(eval) => eval(&call, args.len()),
         }
-        let v: Vec<Value> = args.iter().map(|a| self.eval(a, env)).collect::<Result<_, _>>()?;
-        let null = |i: usize| matches!(v.get(i), Some(Value::Null));
-        Ok(match f {
-            Func::Abs => match numeric(&v[0]) {
-                Value::Null => Value::Null,
-                Value::Integer(i) => {
-                    Value::Integer(i.checked_abs().ok_or_else(|| Error::Invalid("integer overflow".into()))?)
-                }
-                Value::Real(r) => Value::Real(r.abs()),
-                other => other,
-            },
-            Func::NullIf => {
-                if !null(0) && !null(1) && compare(&v[0], &v[1]) == Ordering::Equal {
-                    Value::Null
-                } else {
-                    v[0].clone()
-                }
-            }
-            Func::Length => match &v[0] {
-                Value::Null => Value::Null,
-                Value::Blob(b) => Value::Integer(b.len() as i64),
-                other => Value::Integer(text_of(other).chars().count() as i64),
-            },
-            Func::Upper | Func::Lower if null(0) => Value::Null,
-            Func::Upper | Func::Lower => {
-                // ASCII letters only, as SQLite without ICU (and as LIKE's case folding here):
-                // upper('é') is 'é'.
-                let s = text_of(&v[0]);
-                self.text(s.len())?;
-                Value::Text(if f == Func::Upper { s.to_ascii_uppercase() } else { s.to_ascii_lowercase() })
-            }
-            Func::Substr => {
-                if v.iter().any(|x| matches!(x, Value::Null)) {
-                    return Ok(Value::Null);
-                }
-                let chars: Vec<char> = text_of(&v[0]).chars().collect();
-                // In i128: start and length are any i64, and `start + len` or `len + start`
-                // must not overflow (it panicked in debug builds and wrapped in release).
-                let n = chars.len() as i128;
-                let mut start = i128::from(int_or_trunc(&numeric(&v[1])));
-                let mut len = v.get(2).map(|x| i128::from(int_or_trunc(&numeric(x))));
-                if start < 0 {
-                    start += n + 1;
-                    if start < 1 {
-                        len = len.map(|l| l + start - 1);
-                        start = 1;
-                    }
-                } else if start == 0 {
-                    start = 1;
-                    len = len.map(|l| l - 1);
-                }
-                let (from, to) = match len {
-                    Some(l) if l < 0 => ((start - 1 + l).max(0), start - 1),
-                    Some(l) => (start - 1, start - 1 + l),
-                    None => (start - 1, n),
-                };
-                let (from, to) = (from.clamp(0, n) as usize, to.clamp(0, n) as usize);
-                Value::Text(if from < to { chars[from..to].iter().collect() } else { String::new() })
-            }
-            Func::Trim | Func::LTrim | Func::RTrim => {
-                if null(0) || null(1) {
-                    return Ok(Value::Null);
-                }
-                let s = text_of(&v[0]);
-                let set: Vec<char> = v.get(1).map_or(vec![' '], |c| text_of(c).chars().collect());
-                let p = |c: char| set.contains(&c);
-                Value::Text(match f {
-                    Func::LTrim => s.trim_start_matches(p).to_string(),
-                    Func::RTrim => s.trim_end_matches(p).to_string(),
-                    _ => s.trim_matches(p).to_string(),
-                })
-            }
-            Func::Replace => {
-                // In SQLite's order: an empty pattern gives the first argument back as it is,
-                // even when the replacement is NULL.
-                if null(0) || null(1) {
-                    return Ok(Value::Null);
-                }
-                if text_of(&v[1]).is_empty() {
-                    return Ok(v[0].clone());
-                }
-                if null(2) {
-                    return Ok(Value::Null);
-                }
-                let (s, from, to) = (text_of(&v[0]), text_of(&v[1]), text_of(&v[2]));
-                // At most every occurrence replaced: reserve for that before building it.
-                let most = s.len() + (s.len() / from.len()) * to.len().saturating_sub(from.len());
-                self.text(most)?;
-                Value::Text(s.replace(&from, &to))
-            }
-            Func::Round => {
-                if null(0) || null(1) {
-                    return Ok(Value::Null);
-                }
-                let x = real_of(&numeric(&v[0]));
-                let digits = v.get(1).map_or(0, |d| int_or_trunc(&numeric(d))).clamp(0, 30);
-                // The exact decimal expansion it reads is at most ~1,100 characters.
-                self.text(ROUND_TEXT_BYTES)?;
-                Value::Real(round_real(x, digits as usize))
-            }
-            Func::TypeOf => Value::Text(type_name(&v[0]).to_ascii_lowercase()),
-            Func::Min | Func::Max => {
-                if v.iter().any(|x| matches!(x, Value::Null)) {
-                    return Ok(Value::Null);
-                }
-                // Among equal values (2 and 2.0), SQLite's min() takes the last, max() the first.
-                let mut best = v[0].clone();
-                for x in &v[1..] {
-                    let o = compare(x, &best);
-                    if (f == Func::Min && o != Ordering::Greater)
-                        || (f == Func::Max && o == Ordering::Greater)
-                    {
-                        best = x.clone();
-                    }
-                }
-                best
-            }
-            Func::Instr => {
-                if null(0) || null(1) {
-                    return Ok(Value::Null);
-                }
-                let (h, n) = (text_of(&v[0]), text_of(&v[1]));
-                Value::Integer(h.find(&n).map_or(0, |i| h[..i].chars().count() as i64 + 1))
-            }
-            Func::Hex => {
-                self.text(2 * value_bytes(&v[0]))?;
-                Value::Text(match &v[0] {
-                    Value::Blob(b) => b.iter().map(|x| format!("{x:02X}")).collect(),
-                    Value::Null => String::new(),
-                    other => text_of(other).bytes().map(|x| format!("{x:02X}")).collect(),
-                })
-            }
-            Func::Sign => match numeric(&v[0]) {
-                Value::Null => Value::Null,
-                x => Value::Integer(match real_of(&x) {
-                    r if r > 0.0 => 1,
-                    r if r < 0.0 => -1,
-                    _ => 0,
-                }),
-            },
-            Func::Coalesce | Func::IfNull | Func::Random | Func::Now => unreachable!("handled above"),
-        })
     }
 
     fn subquery(&self, sub: &Sub, env: &Env) -> Result<Rc<SubResult>, Error> {
@@ -1025,15 +899,6 @@ fn key_value(v: Value, ty: DataType) -> Option<Value> {
         }
         (DataType::Real, Value::Integer(i)) => Some(Value::Real(i as f64)),
         (_, v) => Some(v),
-    }
-}
-
-fn int_or_trunc(v: &Value) -> i64 {
-    match v {
-        Value::Integer(i) => *i,
-        Value::Real(r) => *r as i64,
-        Value::Boolean(b) => *b as i64,
-        _ => int_of(v).unwrap_or(0),
     }
 }
 
