@@ -1,10 +1,12 @@
 //! Statement execution: DDL and DML into `Change`s on an overlay, SELECT into rows.
 
+use super::bind::{object_name, Binder, Scope};
 use super::eval::{coerce, compare_tuples};
+use super::expr::Env;
 use super::limits::{self, Budget, Meter};
 use super::overlay::Overlay;
-use super::plan::{object_name, BExpr, Binder, Scope};
-use super::run::{Env, Runner};
+use super::plan::BExpr;
+use super::run::Runner;
 use super::{parse_piece, Context, Error};
 use crate::changeset::{
     Change, Column, DataType, IndexSchema, Key, ReadView, Row, StatementOutcome, StatementResult,
@@ -882,7 +884,7 @@ fn explain(view: &dyn ReadView, statement: &Statement, params: &[Value]) -> Resu
     };
     let bound = Binder::new(view, params).query(q)?;
     let mut lines = Vec::new();
-    super::plan::describe(&bound, 0, &mut lines);
+    super::explain::describe(&bound, 0, &mut lines);
     Ok(StatementResult {
         columns: vec!["plan".into()],
         rows: lines.into_iter().map(|l| vec![Value::Text(l)]).collect(),

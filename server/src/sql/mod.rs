@@ -45,9 +45,13 @@
 //! the [`Executor`] undoes all of it and returns `Err`, and the sequencer answers it directly
 //! without recording an outcome, so an exactly-once record never replays a timeout.
 
+mod access;
+mod bind;
 pub mod catalog;
 mod eval;
 mod exec;
+mod explain;
+mod expr;
 mod func;
 pub mod limits;
 mod overlay;
