@@ -3,6 +3,90 @@
 //! are read (docs/sql.md, "Join order").
 
 use super::plan::{clone_expr, cloneable, is_constant, Access, BExpr, Cmp, Level, RangeBound, Source};
+use super::Error;
+
+/// Puts a SELECT's levels in the order [`join_order`] picks and gives each its conjuncts, access
+/// path and probe; returns the levels in that order and the conjuncts that name no column of
+/// the query (checked once, before anything is read).
+///
+/// Levels keep the slots of the joined row their written position gives, so no column
+/// reference changes; `at[l]` is written level l's place in the order, `slot_at[i]` the place
+/// of the level that fills slot i. A conjunct goes to the first level in that order where every
+/// column it names is bound.
+pub(super) fn place(
+    levels: Vec<Level>,
+    conjuncts: Vec<(BExpr, Option<usize>)>,
+) -> Result<(Vec<Level>, Vec<BExpr>), Error> {
+    let slot_level: Vec<usize> =
+        levels.iter().enumerate().flat_map(|(l, level)| std::iter::repeat_n(l, level.width)).collect();
+    let order = join_order(&levels, &conjuncts, &slot_level);
+    let mut at = vec![0; levels.len()];
+    order.iter().enumerate().for_each(|(place, &l)| at[l] = place);
+    let slot_at: Vec<usize> = slot_level.iter().map(|&l| at[l]).collect();
+    let mut placed: Vec<(usize, Level)> =
+        levels.into_iter().enumerate().map(|(l, level)| (at[l], level)).collect();
+    placed.sort_by_key(|(place, _)| *place);
+    let mut levels: Vec<Level> = placed.into_iter().map(|(_, level)| level).collect();
+
+    let mut constant_filters = Vec::new();
+    for (e, left_on) in conjuncts {
+        let left_on = left_on.map(|l| at[l]);
+        let cols = e.local_cols();
+        let max_level = cols.iter().map(|&i| slot_at[i]).max();
+        let min_level = cols.iter().map(|&i| slot_at[i]).min();
+        match (left_on, max_level) {
+            (Some(l), None) => levels[l].local.push(e),
+            (Some(l), Some(m)) if m <= l && min_level == Some(l) => levels[l].local.push(e),
+            (Some(l), Some(m)) if m <= l => levels[l].on.push(e),
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid("ON clause references tables to its right".into()))
+            }
+            (None, None) => constant_filters.push(e),
+            (None, Some(m)) => {
+                if min_level == Some(m) && !levels[m].left {
+                    levels[m].local.push(e)
+                } else {
+                    levels[m].filters.push(e)
+                }
+            }
+        }
+    }
+    for (l, level) in levels.iter_mut().enumerate() {
+        choose_access(level);
+        if l > 0 {
+            choose_probe(level, l, &slot_at);
+        }
+    }
+    Ok((levels, constant_filters))
+}
+
+/// Whether a one-table query sorted ascending by `key` can read its level in that order (the
+/// primary key's or an index's), switching a scan to an index-order read where that helps; a
+/// LIMIT then stops the read once it has enough rows.
+pub(super) fn ordered_read(level: &mut Level, key: &BExpr) -> bool {
+    let (BExpr::Col { depth: 0, index: c }, Source::Table { schema, access }) = (key, &mut level.source)
+    else {
+        return false;
+    };
+    let first_of = |index: &str| {
+        schema.indexes.iter().find(|ix| ix.name.eq_ignore_ascii_case(index)).and_then(|ix| ix.columns.first())
+    };
+    match access {
+        Access::Scan if schema.primary_key.first() == Some(c) => true,
+        Access::Scan => match schema.indexes.iter().find(|ix| ix.columns.first() == Some(c)) {
+            Some(ix) => {
+                *access = Access::IndexOrder { index: ix.name.clone() };
+                true
+            }
+            None => false,
+        },
+        // A range reads in key order too: `WHERE k >= $1 ORDER BY k LIMIT n` stops after n
+        // rows instead of reading the rest of the table and sorting it.
+        Access::PkRange { .. } => schema.primary_key.first() == Some(c),
+        Access::IndexRange { index, .. } => first_of(index) == Some(c),
+        _ => false,
+    }
+}
 
 /// `col op const` where col is a column of this level (returns the column index within the
 /// level, the operator as seen from the column, and the constant).
@@ -118,7 +202,7 @@ pub(super) fn choose_access(level: &mut Level) {
 
 /// An equality between a column of this level (read at place `at` of the join order) and an
 /// expression over levels read before it only.
-pub(super) fn choose_probe(level: &mut Level, at: usize, slot_at: &[usize]) {
+fn choose_probe(level: &mut Level, at: usize, slot_at: &[usize]) {
     let (lo, hi) = (level.offset, level.offset + level.width);
     let candidates = if level.left { &level.on } else { &level.filters };
     let found = candidates.iter().find_map(|e| probe_of(e, lo..hi, |i| slot_at[i] < at));
@@ -154,11 +238,7 @@ fn probe_of(
 /// written order, so a join written along its chain is read as written. `conjuncts` are the
 /// WHERE and ON conjuncts (`Some(level)` for a LEFT JOIN's ON); `slot_level[i]` is the written
 /// level that fills slot i of the joined row.
-pub(super) fn join_order(
-    levels: &[Level],
-    conjuncts: &[(BExpr, Option<usize>)],
-    slot_level: &[usize],
-) -> Vec<usize> {
+fn join_order(levels: &[Level], conjuncts: &[(BExpr, Option<usize>)], slot_level: &[usize]) -> Vec<usize> {
     let inner: Vec<&BExpr> = conjuncts.iter().filter(|(_, left)| left.is_none()).map(|(e, _)| e).collect();
     let estimates: Vec<f64> =
         (0..levels.len()).map(|l| estimate_rows(&levels[l], l, &inner, slot_level)).collect();

@@ -2,7 +2,7 @@
 //! expressions name columns by position ([`BExpr::Col`]), with conjuncts attached to the levels
 //! of its joins and each level's access path and join order chosen ([`super::access`]).
 
-use super::access::{choose_access, choose_probe, join_order};
+use super::access::{choose_access, ordered_read, place};
 use super::eval::{literal, parse_number_exact, Arith, CastTo};
 use super::func::{self, ScalarFn};
 use super::plan::*;
@@ -114,6 +114,16 @@ impl<'p> Scope<'p> {
 
 /// A bound SELECT: its plan, output column names and ORDER BY (output position, descending).
 type BoundSelect = (SelectPlan, Vec<String>, Vec<(usize, bool)>);
+
+/// A scope's columns: (table alias, column name, declared type if a table's).
+type ScopeColumns = Vec<(String, String, Option<DataType>)>;
+
+/// A FROM clause's join conditions, by the level they join: ON conditions (with whether the
+/// join is a LEFT JOIN) and USING/NATURAL column names.
+struct Joins<'q> {
+    on: Vec<(usize, &'q Expr, bool)>,
+    using: Vec<(usize, Vec<String>)>,
+}
 
 /// Binds expressions and queries.
 pub struct Binder<'a> {
@@ -619,127 +629,11 @@ impl<'a> Binder<'a> {
             Some(other) => return Err(Error::Unsupported(format!("{other}"))),
         };
 
-        // FROM: levels and the scope of their columns.
-        let mut levels: Vec<Level> = Vec::new();
-        let mut cols: Vec<(String, String, Option<DataType>)> = Vec::new();
-        let mut on_exprs: Vec<(usize, &Expr, bool)> = Vec::new(); // (level, expr, left join)
-        let mut using: Vec<(usize, Vec<String>)> = Vec::new();
-        for twj in &s.from {
-            self.add_level(&twj.relation, false, &mut levels, &mut cols, outer)?;
-            for j in &twj.joins {
-                let (left, constraint) = match &j.join_operator {
-                    ast::JoinOperator::Join(c) | ast::JoinOperator::Inner(c) => (false, c),
-                    ast::JoinOperator::CrossJoin(c) => (false, c),
-                    ast::JoinOperator::Left(c) | ast::JoinOperator::LeftOuter(c) => (true, c),
-                    other => {
-                        return Err(Error::Unsupported(format!(
-                            "join {}",
-                            format!("{other:?}").split('(').next().unwrap_or("")
-                        )))
-                    }
-                };
-                self.add_level(&j.relation, left, &mut levels, &mut cols, outer)?;
-                let level = levels.len() - 1;
-                match constraint {
-                    ast::JoinConstraint::On(e) => on_exprs.push((level, e, left)),
-                    ast::JoinConstraint::None => {}
-                    ast::JoinConstraint::Using(names) => using.push((
-                        level,
-                        names.iter().map(|n| n.to_string().trim_matches('"').to_string()).collect(),
-                    )),
-                    ast::JoinConstraint::Natural => {
-                        let this = &levels[level];
-                        let names: Vec<String> = cols[this.offset..this.offset + this.width]
-                            .iter()
-                            .filter(|(_, c, _)| {
-                                cols[..this.offset].iter().any(|(_, p, _)| p.eq_ignore_ascii_case(c))
-                            })
-                            .map(|(_, c, _)| c.clone())
-                            .collect();
-                        using.push((level, names));
-                    }
-                }
-            }
-        }
+        let (levels, cols, joins) = self.bind_from(&s.from, outer)?;
         let width = cols.len();
         let scope = Scope::new(cols, Some(outer));
-
-        // Conjuncts: WHERE and inner-join ON go to the level where their columns are bound.
-        let mut conjuncts: Vec<(BExpr, Option<usize>)> = Vec::new(); // (expr, Some(level) for LEFT ON)
-        if let Some(w) = &s.selection {
-            for c in split_and(w) {
-                let e = self.expr(c, &scope)?;
-                if e.has_agg() {
-                    return Err(Error::Invalid("misuse of aggregate function in WHERE".into()));
-                }
-                conjuncts.push((e, None));
-            }
-        }
-        for (level, e, left) in on_exprs {
-            for c in split_and(e) {
-                conjuncts.push((self.expr(c, &scope)?, left.then_some(level)));
-            }
-        }
-        for (level, names) in using {
-            let this = (levels[level].offset, levels[level].width);
-            for n in names {
-                let right = (this.0..this.0 + this.1)
-                    .find(|&i| scope.cols[i].1.eq_ignore_ascii_case(&n))
-                    .ok_or_else(|| Error::Invalid(format!("cannot join using column {n}")))?;
-                let left = (0..this.0)
-                    .find(|&i| scope.cols[i].1.eq_ignore_ascii_case(&n))
-                    .ok_or_else(|| Error::Invalid(format!("cannot join using column {n}")))?;
-                let e = BExpr::Cmp(
-                    Cmp::Eq,
-                    Box::new(BExpr::Col { depth: 0, index: left }),
-                    Box::new(BExpr::Col { depth: 0, index: right }),
-                );
-                conjuncts.push((e, levels[level].left.then_some(level)));
-            }
-        }
-        // Join order: levels keep their slots in the joined row (so no column reference
-        // changes) and are read in the order `join_order` picks; `at[l]` is written level l's
-        // place in that order, `slot_at[i]` the place of the level that fills slot i.
-        let slot_level: Vec<usize> =
-            levels.iter().enumerate().flat_map(|(l, level)| std::iter::repeat_n(l, level.width)).collect();
-        let order = join_order(&levels, &conjuncts, &slot_level);
-        let mut at = vec![0; levels.len()];
-        order.iter().enumerate().for_each(|(place, &l)| at[l] = place);
-        let slot_at: Vec<usize> = slot_level.iter().map(|&l| at[l]).collect();
-        let mut placed: Vec<(usize, Level)> =
-            levels.into_iter().enumerate().map(|(l, level)| (at[l], level)).collect();
-        placed.sort_by_key(|(place, _)| *place);
-        let mut levels: Vec<Level> = placed.into_iter().map(|(_, level)| level).collect();
-
-        let mut constant_filters = Vec::new();
-        for (e, left_on) in conjuncts {
-            let left_on = left_on.map(|l| at[l]);
-            let cols = e.local_cols();
-            let max_level = cols.iter().map(|&i| slot_at[i]).max();
-            let min_level = cols.iter().map(|&i| slot_at[i]).min();
-            match (left_on, max_level) {
-                (Some(l), None) => levels[l].local.push(e),
-                (Some(l), Some(m)) if m <= l && min_level == Some(l) => levels[l].local.push(e),
-                (Some(l), Some(m)) if m <= l => levels[l].on.push(e),
-                (Some(_), Some(_)) => {
-                    return Err(Error::Invalid("ON clause references tables to its right".into()))
-                }
-                (None, None) => constant_filters.push(e),
-                (None, Some(m)) => {
-                    if min_level == Some(m) && !levels[m].left {
-                        levels[m].local.push(e)
-                    } else {
-                        levels[m].filters.push(e)
-                    }
-                }
-            }
-        }
-        for (l, level) in levels.iter_mut().enumerate() {
-            choose_access(level);
-            if l > 0 {
-                choose_probe(level, l, &slot_at);
-            }
-        }
+        let conjuncts = self.conjuncts(s.selection.as_ref(), joins, &levels, &scope)?;
+        let (mut levels, constant_filters) = place(levels, conjuncts)?;
 
         // Projection.
         let mut collector = AggCollector { aggs: Vec::new() };
@@ -850,36 +744,11 @@ impl<'a> Binder<'a> {
         if !aggregate && projection.iter().any(|p| p.has_agg()) {
             return Err(Error::Invalid("misuse of aggregate function".into()));
         }
-        let mut ordered = false;
-        if let ([level], false, false, Some(&(k, false))) =
-            (levels.as_mut_slice(), aggregate, distinct, order_by.first())
-        {
-            if let (BExpr::Col { depth: 0, index: c }, Source::Table { schema, access }) =
-                (&projection[k], &mut level.source)
-            {
-                let first_of = |index: &str| {
-                    schema
-                        .indexes
-                        .iter()
-                        .find(|ix| ix.name.eq_ignore_ascii_case(index))
-                        .and_then(|ix| ix.columns.first())
-                };
-                match access {
-                    Access::Scan if schema.primary_key.first() == Some(c) => ordered = true,
-                    Access::Scan => {
-                        if let Some(ix) = schema.indexes.iter().find(|ix| ix.columns.first() == Some(c)) {
-                            *access = Access::IndexOrder { index: ix.name.clone() };
-                            ordered = true;
-                        }
-                    }
-                    // A range reads in key order too: `WHERE k >= $1 ORDER BY k LIMIT n` stops
-                    // after n rows instead of reading the rest of the table and sorting it.
-                    Access::PkRange { .. } if schema.primary_key.first() == Some(c) => ordered = true,
-                    Access::IndexRange { index, .. } if first_of(index) == Some(c) => ordered = true,
-                    _ => {}
-                }
-            }
-        }
+        // A one-table query ordered by one column ascending, not grouped: read in that order.
+        let ordered = match (levels.as_mut_slice(), aggregate, distinct, order_by.first()) {
+            ([level], false, false, Some(&(k, false))) => ordered_read(level, &projection[k]),
+            _ => false,
+        };
         let plan = SelectPlan {
             ordered,
             levels,
@@ -894,6 +763,102 @@ impl<'a> Binder<'a> {
             distinct,
         };
         Ok((plan, columns, order_by))
+    }
+
+    /// FROM: its levels in the written order, the scope's columns, and each join's ON
+    /// conjuncts and USING/NATURAL columns, by level.
+    fn bind_from<'q>(
+        &self,
+        from: &'q [ast::TableWithJoins],
+        outer: &Scope,
+    ) -> Result<(Vec<Level>, ScopeColumns, Joins<'q>), Error> {
+        let mut levels: Vec<Level> = Vec::new();
+        let mut cols: Vec<(String, String, Option<DataType>)> = Vec::new();
+        let mut on_exprs: Vec<(usize, &Expr, bool)> = Vec::new(); // (level, expr, left join)
+        let mut using: Vec<(usize, Vec<String>)> = Vec::new();
+        for twj in from {
+            self.add_level(&twj.relation, false, &mut levels, &mut cols, outer)?;
+            for j in &twj.joins {
+                let (left, constraint) = match &j.join_operator {
+                    ast::JoinOperator::Join(c) | ast::JoinOperator::Inner(c) => (false, c),
+                    ast::JoinOperator::CrossJoin(c) => (false, c),
+                    ast::JoinOperator::Left(c) | ast::JoinOperator::LeftOuter(c) => (true, c),
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "join {}",
+                            format!("{other:?}").split('(').next().unwrap_or("")
+                        )))
+                    }
+                };
+                self.add_level(&j.relation, left, &mut levels, &mut cols, outer)?;
+                let level = levels.len() - 1;
+                match constraint {
+                    ast::JoinConstraint::On(e) => on_exprs.push((level, e, left)),
+                    ast::JoinConstraint::None => {}
+                    ast::JoinConstraint::Using(names) => using.push((
+                        level,
+                        names.iter().map(|n| n.to_string().trim_matches('"').to_string()).collect(),
+                    )),
+                    ast::JoinConstraint::Natural => {
+                        let this = &levels[level];
+                        let names: Vec<String> = cols[this.offset..this.offset + this.width]
+                            .iter()
+                            .filter(|(_, c, _)| {
+                                cols[..this.offset].iter().any(|(_, p, _)| p.eq_ignore_ascii_case(c))
+                            })
+                            .map(|(_, c, _)| c.clone())
+                            .collect();
+                        using.push((level, names));
+                    }
+                }
+            }
+        }
+        Ok((levels, cols, Joins { on: on_exprs, using }))
+    }
+
+    /// WHERE and join conditions as bound conjuncts: `(conjunct, Some(level))` for a LEFT
+    /// JOIN's ON (which decides that level's NULL rows), `None` for the rest.
+    fn conjuncts(
+        &self,
+        selection: Option<&Expr>,
+        joins: Joins<'_>,
+        levels: &[Level],
+        scope: &Scope,
+    ) -> Result<Vec<(BExpr, Option<usize>)>, Error> {
+        let Joins { on: on_exprs, using } = joins;
+        let mut conjuncts: Vec<(BExpr, Option<usize>)> = Vec::new(); // (expr, Some(level) for LEFT ON)
+        if let Some(w) = selection {
+            for c in split_and(w) {
+                let e = self.expr(c, scope)?;
+                if e.has_agg() {
+                    return Err(Error::Invalid("misuse of aggregate function in WHERE".into()));
+                }
+                conjuncts.push((e, None));
+            }
+        }
+        for (level, e, left) in on_exprs {
+            for c in split_and(e) {
+                conjuncts.push((self.expr(c, scope)?, left.then_some(level)));
+            }
+        }
+        for (level, names) in using {
+            let this = (levels[level].offset, levels[level].width);
+            for n in names {
+                let right = (this.0..this.0 + this.1)
+                    .find(|&i| scope.cols[i].1.eq_ignore_ascii_case(&n))
+                    .ok_or_else(|| Error::Invalid(format!("cannot join using column {n}")))?;
+                let left = (0..this.0)
+                    .find(|&i| scope.cols[i].1.eq_ignore_ascii_case(&n))
+                    .ok_or_else(|| Error::Invalid(format!("cannot join using column {n}")))?;
+                let e = BExpr::Cmp(
+                    Cmp::Eq,
+                    Box::new(BExpr::Col { depth: 0, index: left }),
+                    Box::new(BExpr::Col { depth: 0, index: right }),
+                );
+                conjuncts.push((e, levels[level].left.then_some(level)));
+            }
+        }
+        Ok(conjuncts)
     }
 
     fn add_level(
