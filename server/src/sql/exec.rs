@@ -6,7 +6,7 @@ use super::expr::Env;
 use super::limits::{self, Budget, Meter};
 use super::overlay::Overlay;
 use super::plan::BExpr;
-use super::run::Runner;
+use super::run::{Rng, Runner};
 use super::{parse_piece, Context, Error};
 use crate::changeset::{
     Change, Column, DataType, IndexSchema, Key, ReadView, Row, StatementOutcome, StatementResult,
@@ -20,6 +20,8 @@ pub struct Executor<'a> {
     overlay: Overlay<'a>,
     ctx: Context,
     meter: Meter,
+    /// `random()`'s source for the whole batch: every call draws the next number.
+    rng: Rng,
 }
 
 /// What a statement of a request left behind, for the statements after it.
@@ -32,7 +34,7 @@ struct RequestState {
 
 impl<'a> Executor<'a> {
     pub fn new(view: &'a dyn ReadView, ctx: Context) -> Self {
-        Executor { overlay: Overlay::new(view), ctx, meter: Meter::default() }
+        Executor { overlay: Overlay::new(view), ctx, meter: Meter::default(), rng: Rng::new(ctx.seed) }
     }
 
     /// Takes `changes` as already made, before any request is evaluated: the sequencer passes
@@ -455,7 +457,7 @@ impl<'a> Executor<'a> {
             Some(q) => {
                 let binder = Binder::new(&self.overlay, params);
                 let bound = binder.query(q)?;
-                let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx));
+                let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng);
                 runner.query(&bound, &Env::EMPTY)?.0
             }
         };
@@ -552,7 +554,7 @@ impl<'a> Executor<'a> {
     }
 
     fn eval_returning(&self, r: &Returning, row: &Row) -> Result<Row, Error> {
-        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx));
+        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng);
         let env = Env { row, aggs: &[], outer: Some(&Env::EMPTY) };
         r.0.iter().map(|e| runner.eval(e, &env)).collect()
     }
@@ -566,7 +568,7 @@ impl<'a> Executor<'a> {
         params: &[Value],
     ) -> Result<Vec<(Key, Row)>, Error> {
         let plan = Binder::new(&self.overlay, params).table_filter(schema, selection)?;
-        Runner::new(&self.overlay, &self.meter, Some(self.ctx)).keyed_rows(&plan, &Env::EMPTY)
+        Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng).keyed_rows(&plan, &Env::EMPTY)
     }
 
     fn update(
@@ -604,7 +606,7 @@ impl<'a> Executor<'a> {
         }
         let returning = self.returning_plan(update.returning.as_deref(), &schema, params)?;
         let rows = self.matching_rows(&schema, update.selection.as_ref(), params)?;
-        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx));
+        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng);
         let mut updates = Vec::with_capacity(rows.len());
         for (key, row) in rows {
             let env = Env { row: &row, aggs: &[], outer: Some(&Env::EMPTY) };
@@ -713,7 +715,8 @@ impl<'a> Executor<'a> {
                             })?;
                         let top = Scope::marker(None);
                         let bound = Binder::new(&self.overlay, &[]).expr(&expr, &top)?;
-                        Runner::new(&self.overlay, &self.meter, Some(self.ctx)).eval(&bound, &Env::EMPTY)?
+                        Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng)
+                            .eval(&bound, &Env::EMPTY)?
                     }
                     None => Value::Null,
                 },
@@ -873,7 +876,8 @@ fn run_query(
     ctx: Option<Context>,
 ) -> Result<StatementResult, Error> {
     let bound = Binder::new(view, params).query(q)?;
-    let (rows, columns) = Runner::new(view, meter, ctx).query(&bound, &Env::EMPTY)?;
+    let rng = Rng::for_context(ctx);
+    let (rows, columns) = Runner::new(view, meter, ctx, &rng).query(&bound, &Env::EMPTY)?;
     Ok(StatementResult { columns, rows, ..Default::default() })
 }
 
@@ -952,6 +956,30 @@ mod tests {
         let mut v = MemoryView::new();
         ok(&mut v, "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL, email TEXT UNIQUE, at TEXT DEFAULT CURRENT_TIMESTAMP)");
         v
+    }
+
+    /// random() draws a new number at every call of a statement and of a request, as SQLite's
+    /// does, wherever it is called from (VALUES, SELECT, SET, RETURNING); the sequence is fixed by
+    /// the leader's seed, so the change set is the same however often it is evaluated.
+    #[test]
+    fn random_differs_at_every_call_of_a_request() {
+        let mut v = MemoryView::new();
+        ok(&mut v, "CREATE TABLE r (id INTEGER PRIMARY KEY, x INTEGER)");
+        let sql = "INSERT INTO r VALUES (1, random()), (2, random()); INSERT INTO r VALUES (3, random()); \
+                   INSERT INTO r SELECT id + 10, random() FROM r; UPDATE r SET x = random() WHERE id > 10 RETURNING random()";
+        let (changes, outcomes) = run(&mut v, sql);
+        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+        let returned: Vec<Value> =
+            outcomes[3].as_ref().map(|r| r.rows.iter().map(|r| r[0].clone()).collect()).unwrap_or_default();
+        let rows = query(&v, "SELECT x FROM r", &[]).expect("reads").rows;
+        let mut all: Vec<Value> = rows.into_iter().map(|r| r[0].clone()).chain(returned).collect();
+        let n = all.len();
+        all.sort_by(crate::changeset::compare_values);
+        all.dedup();
+        assert_eq!(all.len(), n, "a random() value came twice: {all:?}");
+        let mut w = MemoryView::new();
+        ok(&mut w, "CREATE TABLE r (id INTEGER PRIMARY KEY, x INTEGER)");
+        assert_eq!(run(&mut w, sql).0, changes, "the same seed gives the same change set");
     }
 
     #[test]

@@ -13,26 +13,51 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
-/// What evaluation needs besides rows: the data, the statement's clock and random source, and
-/// the [`Meter`] that bounds its time, its working memory and the rows it examines.
-pub struct Runner<'v> {
-    pub view: &'v dyn ReadView,
-    pub ctx: Option<Context>,
-    pub(super) meter: &'v Meter,
-    rng: Cell<u64>,
-}
+/// The random source of `random()`: splitmix64 from a seed. One lives as long as the
+/// [`Executor`](super::Executor) of a batch (seeded by the leader, so each call of a batch draws a
+/// new number and the change set is the same however often the batch is evaluated), or as long
+/// as one read.
+pub struct Rng(Cell<u64>);
 
-impl<'v> Runner<'v> {
-    pub fn new(view: &'v dyn ReadView, meter: &'v Meter, ctx: Option<Context>) -> Self {
-        let seed = ctx.map_or_else(
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(Cell::new(seed | 1))
+    }
+
+    /// Seeded by the statement's context, or without one by the clock.
+    pub fn for_context(ctx: Option<Context>) -> Self {
+        Rng::new(ctx.map_or_else(
             || {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             },
             |c| c.seed,
-        );
-        Runner { view, ctx, meter, rng: Cell::new(seed | 1) }
+        ))
+    }
+
+    fn next(&self) -> i64 {
+        // splitmix64
+        let mut z = self.0.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as i64
+    }
+}
+
+/// What evaluation needs besides rows: the data, the statement's clock and random source, and
+/// the [`Meter`] that bounds its time, its working memory and the rows it examines.
+pub struct Runner<'v> {
+    pub view: &'v dyn ReadView,
+    pub ctx: Option<Context>,
+    pub(super) meter: &'v Meter,
+    rng: &'v Rng,
+}
+
+impl<'v> Runner<'v> {
+    pub fn new(view: &'v dyn ReadView, meter: &'v Meter, ctx: Option<Context>, rng: &'v Rng) -> Self {
+        Runner { view, ctx, meter, rng }
     }
 
     pub(super) fn spend(&self) -> Result<(), Error> {
@@ -46,12 +71,7 @@ impl<'v> Runner<'v> {
     }
 
     pub(super) fn random(&self) -> i64 {
-        // splitmix64
-        let mut z = self.rng.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        self.rng.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) as i64
+        self.rng.next()
     }
 
     /// Runs a query with `outer` as its enclosing row; returns its rows and column names.
