@@ -119,13 +119,19 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
         {
             tokio::task::spawn_blocking(move || {
                 // Pinned, not under the lock: a read that runs long does not hold apply back.
-                sm.read_pinned(|view| crate::sql::query_with(view, &sql, &params, ctx, budget))
+                match sm.read_pinned(|view| crate::sql::query_with(view, &sql, &params, ctx, budget)) {
+                    // Stopped on purpose (apply kept too much for it, or a snapshot replaced the
+                    // state): no fault of the statement or the store, so UNAVAILABLE, which
+                    // clients retry, not INTERNAL.
+                    (Err(crate::sql::Error::Read(why)), _, true) => Err(Error::Unavailable(why)),
+                    (result, applied, _) => Ok((result, applied)),
+                }
             })
             .await
             .map_err(|panic| {
                 tracing::error!(error = %panic, "query evaluation panicked");
                 Error::Unavailable("internal error while evaluating the query".into())
-            })?
+            })??
         }
         Ok(Some(done)) => done,
         Ok(None) => {

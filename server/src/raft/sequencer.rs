@@ -558,14 +558,15 @@ impl Task {
             if assumed.is_empty() {
                 // Nothing of this leader's is waiting to apply: hold apply for the evaluation
                 // (the cheapest consistent view).
-                sm.read(evaluate)
+                (sm.read(evaluate), false)
             } else {
                 // Pinned: the entries in flight go on applying while this batch evaluates.
-                sm.read_pinned(evaluate).0
+                let (results, _, stopped) = sm.read_pinned(evaluate);
+                (results, stopped)
             }
         })
         .await;
-        let evaluated = match evaluated {
+        let (evaluated, stopped) = match evaluated {
             Ok(e) => e,
             Err(panic) => {
                 // A bug in evaluation: answer, propose nothing, keep serving.
@@ -603,8 +604,14 @@ impl Task {
                 }
                 Err(e) => {
                     debug!(error = %e, "request stopped during evaluation; nothing of it is proposed");
+                    // A read error of a pinned view that was stopped on purpose is a retry,
+                    // not this node's fault (INTERNAL) nor the statement's.
+                    let answer = || match &e {
+                        crate::sql::Error::Read(why) if stopped => Error::Unavailable(why.clone()),
+                        e => Error::Sql(e.clone()),
+                    };
                     for (reply, _) in w.replies {
-                        let _ = reply.send(Err(Error::Sql(e.clone())));
+                        let _ = reply.send(Err(answer()));
                     }
                 }
             }

@@ -135,16 +135,18 @@ impl StateMachine {
 
     /// Runs `f` on a consistent view of the applied state without holding apply back: the
     /// state is pinned (`versions`), apply goes on, and `f` sees the state as it was at the
-    /// pin. Also returns the applied index it saw. For reads that may run long; a pinned read
-    /// stops with an error (retry) if apply had to keep too much for it or a snapshot replaced
-    /// the state.
-    pub fn read_pinned<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> (R, Option<u64>) {
+    /// pin. Also returns the applied index it saw, and whether the read was stopped: a pinned
+    /// read that may run long stops with a read error if apply had to keep too much for it or a
+    /// snapshot replaced the state, which is no fault of the store or the statement (the caller
+    /// answers "retry").
+    pub fn read_pinned<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> (R, Option<u64>, bool) {
         let (tree, pin, applied) = {
             let current = self.shared.read_state();
             let applied = current.last_applied.map(|l| l.index);
             (current.tree.clone(), current.versions.pin(applied.map_or(0, |i| i + 1)), applied)
         };
-        (f(&View { tree: &tree, pin: Some(&pin), fault: &self.shared.fault }), applied)
+        let result = f(&View { tree: &tree, pin: Some(&pin), fault: &self.shared.fault });
+        (result, applied, pin.stopped())
     }
 
     /// [`read`](StateMachine::read) if no apply holds or waits for the state now; `None`

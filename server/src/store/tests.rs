@@ -340,7 +340,7 @@ async fn store_pinned_reads_see_their_state_while_apply_goes_on() {
             ])]),
         ),
     ];
-    let ((seen_before, seen_after, fresh), applied) = sm.read_pinned(|v| {
+    let ((seen_before, seen_after, fresh), applied, was_stopped) = sm.read_pinned(|v| {
         let seen_before = view_state(v);
         // Applies under the pinned read: with the state machine's lock held, this would wait
         // for the read, and the read for this, for ever.
@@ -349,6 +349,7 @@ async fn store_pinned_reads_see_their_state_while_apply_goes_on() {
         (seen_before, view_state(v), fresh)
     });
     assert_eq!(applied, Some(2), "the read reports the state it saw");
+    assert!(!was_stopped);
     assert_eq!(seen_before, before);
     assert_eq!(seen_after, before, "the pinned read saw entries applied after its pin");
     assert_ne!(fresh, before);
@@ -359,13 +360,14 @@ async fn store_pinned_reads_see_their_state_while_apply_goes_on() {
     // Too much kept for one read: it stops with an error (retry), and apply went on.
     let applier = sm.clone();
     sm.shared.read_state().versions.set_max_bytes(1);
-    let (stopped, _) = sm.read_pinned(|v| {
+    let (stopped, _, was_stopped) = sm.read_pinned(|v| {
         let cs = ChangeSet::new(vec![req(vec![user(3, "cy", I(26))])]);
         applier.apply_blocking(vec![normal(5, cs)]).map_err(|(_, e)| e).expect("apply");
         v.get("users", &[I(3)])
     });
     let m = stopped.unwrap_err().0;
     assert!(m.contains("stopped") && m.contains("retry"), "{m}");
+    assert!(was_stopped, "read_pinned says the read was stopped, so it is answered as a retry");
     assert_eq!(sm.read(|v| v.get("users", &[I(3)])).unwrap().unwrap()[1], Text("cy".into()));
 }
 
