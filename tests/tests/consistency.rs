@@ -454,9 +454,13 @@ async fn readme_client_example_runs() -> Result<(), Error> {
 async fn bounded_reads_are_served_within_the_bound_or_refused() {
     let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
     let client = setup(&cluster).await;
-    client.execute("INSERT INTO kv VALUES (1, 1)", &[]).await.unwrap().results.remove(0).unwrap();
+    let mut written = client.execute("INSERT INTO kv VALUES (1, 1)", &[]).await.unwrap();
+    written.results.remove(0).unwrap();
     let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
     let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    // A follower in touch may answer from state up to the bound old: before it has applied the
+    // table, "no such table" would be a right answer. Wait until it holds the write.
+    cluster.wait_applied(follower, written.receipt.applied_index, WAIT).await.unwrap();
     let bounded = |ms| pinned(&cluster, follower, Consistency::Bounded(Duration::from_millis(ms)));
     let r = client.query("SELECT v FROM kv", &[], bounded(5_000)).await.expect("a fresh follower serves it");
     assert_eq!(r.receipt.node_id, follower);
