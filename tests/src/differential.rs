@@ -15,11 +15,12 @@
 //! projections of typed expressions (arithmetic, `/` and `%` with zeros, CASE, CAST,
 //! COALESCE/NULLIF/IFNULL, abs, length, upper, lower, substr, trim, `||`), WHERE with
 //! comparisons, AND/OR/NOT, `IS [NOT] NULL`, BETWEEN, IN lists, LIKE, scalar and IN and EXISTS
-//! subqueries; joins (inner, cross, LEFT); DISTINCT; GROUP BY with HAVING over count, sum,
-//! total, avg, min, max and count(DISTINCT); ORDER BY all columns with LIMIT/OFFSET; compound
-//! selects (UNION, UNION ALL, INTERSECT, EXCEPT). Between queries, writes: an UPDATE of a
-//! non-key column, a DELETE, an INSERT of one row; their rows affected (or an error on both)
-//! and then the table's rows must be the same on both.
+//! subqueries; joins (inner, cross, LEFT, and three tables written against their chain of
+//! equalities, so only a join order that follows it avoids crossing two); DISTINCT; GROUP BY
+//! with HAVING over count, sum, total, avg, min, max and count(DISTINCT); ORDER BY all columns
+//! with LIMIT/OFFSET; compound selects (UNION, UNION ALL, INTERSECT, EXCEPT). Between queries,
+//! writes: an UPDATE of a non-key column, a DELETE, an INSERT of one row; their rows affected
+//! (or an error on both) and then the table's rows must be the same on both.
 //!
 //! Expressions are typed: numbers meet numbers and text meets text. raftsql's one intended
 //! difference (a value that does not fit its column's type is an error; docs/sql.md) lies
@@ -391,7 +392,7 @@ impl Gen<'_> {
 
     fn from(&mut self) -> From {
         let (first, mut scope) = self.item("a");
-        match self.rng.gen_range(0..6) {
+        match self.rng.gen_range(0..7) {
             0 | 1 => {
                 let (second, s2) = self.item("b");
                 let kind = ["JOIN", "LEFT JOIN", "JOIN"][self.rng.gen_range(0..3)];
@@ -405,14 +406,31 @@ impl Gen<'_> {
                 scope.extend(s2);
                 From { sql: format!("{first}, {second}"), scope }
             }
+            3 => {
+                // Three tables written so that the first two are crossed unless the planner
+                // reads them along their equalities (c, then b, then a): join order.
+                let (second, s2) = self.item("b");
+                let (third, s3) = self.item("c");
+                scope.extend(s2);
+                scope.extend(s3);
+                let all = From { sql: String::new(), scope: scope.clone() };
+                let (ab, bc) = (self.equality(&all, "a.", "b."), self.equality(&all, "b.", "c."));
+                From { sql: format!("{third} CROSS JOIN {first} JOIN {second} ON {ab} AND {bc}"), scope }
+            }
             _ => From { sql: first, scope },
         }
     }
 
     /// `a.x = b.y` for columns of one class, or any predicate over both.
     fn join_condition(&mut self, from: &From) -> String {
-        let a: Vec<_> = from.scope.iter().filter(|(n, _)| n.starts_with("a.")).collect();
-        let b: Vec<_> = from.scope.iter().filter(|(n, _)| n.starts_with("b.")).collect();
+        self.equality(from, "a.", "b.")
+    }
+
+    /// An equality between a column of the table aliased by prefix `x` and one of `y`, of one
+    /// class, or any predicate over the scope.
+    fn equality(&mut self, from: &From, x: &str, y: &str) -> String {
+        let a: Vec<_> = from.scope.iter().filter(|(n, _)| n.starts_with(x)).collect();
+        let b: Vec<_> = from.scope.iter().filter(|(n, _)| n.starts_with(y)).collect();
         for _ in 0..8 {
             let (x, tx) = a[self.rng.gen_range(0..a.len())];
             let (y, ty) = b[self.rng.gen_range(0..b.len())];
