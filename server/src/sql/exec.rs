@@ -980,6 +980,12 @@ mod tests {
         let mut w = MemoryView::new();
         ok(&mut w, "CREATE TABLE r (id INTEGER PRIMARY KEY, x INTEGER)");
         assert_eq!(run(&mut w, sql).0, changes, "the same seed gives the same change set");
+
+        // A DEFAULT is evaluated per row, each time drawing anew.
+        ok(&mut v, "CREATE TABLE d (id INTEGER PRIMARY KEY, x INTEGER DEFAULT (random()))");
+        ok(&mut v, "INSERT INTO d (id) VALUES (1), (2), (3)");
+        let rows = query(&v, "SELECT count(DISTINCT x), count(x) FROM d", &[]).expect("reads").rows;
+        assert_eq!(rows, [[Value::Integer(3), Value::Integer(3)]]);
     }
 
     #[test]
