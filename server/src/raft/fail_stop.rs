@@ -60,7 +60,8 @@ impl FailStop {
                 "local storage failed: this node stops serving and exits; check the disk, then restart it"
             );
         }
-        self.error().expect("a cause was recorded above")
+        // The first cause recorded, which may be an earlier one than `cause`.
+        self.answer(&self.cause().unwrap_or_else(|| cause.to_string()))
     }
 
     /// The cause, once tripped.
@@ -70,14 +71,17 @@ impl FailStop {
 
     /// The answer to every request once tripped.
     pub fn error(&self) -> Option<Error> {
-        let cause = self.cause()?;
-        Some(Error::Unavailable(format!(
+        self.cause().map(|cause| self.answer(&cause))
+    }
+
+    fn answer(&self, cause: &str) -> Error {
+        Error::Unavailable(format!(
             "node {} stopped serving: its local storage failed ({cause}). Nothing of this request \
              was applied; retry it at another node (the client library does). Operator: check the \
              node's disk and log, then restart it (it exits for its supervisor to restart it); it \
              recovers from its log and catches up from the others",
             self.node
-        )))
+        ))
     }
 
     /// Resolves with the cause once tripped.

@@ -80,11 +80,17 @@ pub fn ready(
     Ok(())
 }
 
+/// Not ready once the node's store failed (`raft::fail_stop`): it is on its way out.
+fn stopping(core: &Core) -> Result<(), String> {
+    match core.fail_stop().cause() {
+        Some(cause) => Err(format!("the local storage failed ({cause}): the node is stopping")),
+        None => Ok(()),
+    }
+}
+
 /// [`ready`] for `core` as it is now; not ready either once its store failed.
 pub fn readiness(core: &Core, max_lag: u64, require_leader: bool) -> Result<(), String> {
-    if let Some(cause) = core.fail_stop().cause() {
-        return Err(format!("the local storage failed ({cause}): the node is stopping"));
-    }
+    stopping(core)?;
     let rx = core.metrics_watch();
     let m = rx.borrow();
     ready(&m, core.committed_index(), max_lag, require_leader, core.quorum_ack_limit_ms())
@@ -101,10 +107,8 @@ pub async fn watch(core: Arc<Core>, reporter: HealthReporter, max_lag: u64, metr
         let verdict = {
             let m = rx.borrow_and_update();
             metrics.saw_raft(&m);
-            match core.fail_stop().cause() {
-                Some(cause) => Err(format!("the local storage failed ({cause}): the node is stopping")),
-                None => ready(&m, core.committed_index(), max_lag, true, core.quorum_ack_limit_ms()),
-            }
+            stopping(&core)
+                .and_then(|()| ready(&m, core.committed_index(), max_lag, true, core.quorum_ack_limit_ms()))
         };
         let status = if verdict.is_ok() { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
