@@ -66,6 +66,10 @@
 //!    (an assumption about sled 0.34.7 that `tests::store_crash_keeps_acknowledged_writes`
 //!    checks with SIGKILL), so after a crash the state machine is exactly the state after some
 //!    applied entry `a` (its `last_applied` is in the same batch), never a half-applied entry.
+//!    The patched sled fdatasyncs only in `Db::flush` (once per flush) and before it reuses a
+//!    freed segment, and it looks for torn writes above the last *synced* point, so a power
+//!    failure, which may drop unsynced buffers in any order, still leaves a prefix
+//!    (vendor/sled/PATCHES.md).
 //! 2. Every entry up to the committed index is in the log durably (append fsyncs before the
 //!    callback, and nothing is committed before a majority's callbacks). At start-up openraft
 //!    re-applies `(a, committed]` from the log (`get_initial_state`); committed entries it does not

@@ -912,3 +912,82 @@ async fn store_append_fdatasyncs_the_log_and_blob_files() {
         "an append returned before an fdatasync of the log"
     );
 }
+
+/// sled's buffer writes are no longer synced one by one (vendor/sled/PATCHES.md): applying
+/// entries costs no fdatasync however many buffers they fill, and one flush (one log append)
+/// costs exactly one, however many buffers it covers. nextest runs each test in its own
+/// process, so the counter sees this test's store alone.
+#[tokio::test]
+async fn store_apply_costs_no_fdatasync_and_an_append_costs_one() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut sm) = open(&opts(dir.path(), 1)).unwrap();
+    apply(&mut sm, vec![normal(1, ChangeSet::new(vec![req(vec![Change::CreateTable(users())])]))]).await;
+    let before = sled::RAFTSQL_LOG_SYNCS.load(Relaxed);
+    // 20 entries of 100 rows with 2 KiB names: about 4 MB, several of sled's 512 KiB buffers.
+    let name = "n".repeat(2048);
+    let entries = (0..20i64)
+        .map(|e| {
+            normal(
+                2 + e as u64,
+                ChangeSet::new(vec![req((0..100).map(|r| user(e * 100 + r, &name, I(r))).collect())]),
+            )
+        })
+        .collect();
+    apply(&mut sm, entries).await;
+    assert_eq!(sled::RAFTSQL_LOG_SYNCS.load(Relaxed), before, "apply fdatasynced the log");
+
+    let small = ChangeSet::new(vec![req(vec![user(1_000_000, "x", Null)])]);
+    log.blocking_append([normal(22, small)]).await.unwrap();
+    assert_eq!(sled::RAFTSQL_LOG_SYNCS.load(Relaxed), before + 1, "one append, one fdatasync");
+    assert_eq!(scan(&sm, Bound::Unbounded, Bound::Unbounded).len(), 2_000);
+}
+
+/// A segment that sled freed (its live pages moved elsewhere) is reused only after an
+/// fdatasync, since the writes that moved those pages are no longer synced one by one; and the
+/// store reads back what was written last after churning through many reused segments.
+#[test]
+fn sled_reuses_a_freed_segment_only_after_an_fdatasync() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let path = dir.path().join("db");
+    let value = |round: u32, key: u32| format!("{round:08}-{key:08}-{}", "v".repeat(1000)).into_bytes();
+    const KEYS: u32 = 200;
+    let rounds = {
+        let db = sled::Config::new().path(&path).open().expect("open sled");
+        let mut round = 0;
+        // 200 KiB of live data rewritten until sled has reused a segment, at most 400 times
+        // (80 MB, about 160 segments of 512 KiB).
+        while sled::RAFTSQL_REUSE_SYNCS.load(Relaxed) == 0 && round < 400 {
+            round += 1;
+            for key in 0..KEYS {
+                db.insert(key.to_be_bytes(), value(round, key)).expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        assert!(sled::RAFTSQL_REUSE_SYNCS.load(Relaxed) > 0, "no segment was reused in {round} rounds");
+        // More churn after the first reuse, so that reused segments are read back below.
+        for _ in 0..20 {
+            round += 1;
+            for key in 0..KEYS {
+                db.insert(key.to_be_bytes(), value(round, key)).expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        round
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(&path).open() {
+            Ok(db) => break db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("reopen sled: {e}"),
+        }
+    };
+    for key in 0..KEYS {
+        let got = db.get(key.to_be_bytes()).expect("get").expect("every key is there");
+        assert_eq!(&*got, &value(rounds, key)[..], "key {key} after {rounds} rounds");
+    }
+}

@@ -107,9 +107,13 @@ macro_rules! testing_assert {
     };
 }
 
-/// raftsql patch: fdatasyncs of the log file since the process started
-/// (vendor/sled/PATCHES.md), for tests that durability holds.
+/// raftsql patch: fdatasyncs of the log file by `flush` since the process
+/// started (vendor/sled/PATCHES.md), for tests that durability holds.
 pub static RAFTSQL_LOG_SYNCS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// raftsql patch: fdatasyncs of the log file before a freed segment was
+/// reused, since the process started.
+pub static RAFTSQL_REUSE_SYNCS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 /// raftsql patch: blob files fsynced (with their directory) since the
 /// process started.

@@ -309,6 +309,10 @@ pub(crate) struct IoBufs {
     // file, and there may be buffers that have been written out-of-order
     // to stable storage due to interesting thread interleavings.
     pub stable_lsn: AtomicLsn,
+    // raftsql patch (vendor/sled/PATCHES.md): the highest log sequence
+    // number known to be on disk for good: covered by an fdatasync that
+    // started after it was written. `stable_lsn` only says "written".
+    pub synced_lsn: AtomicLsn,
     pub max_reserved_lsn: AtomicLsn,
     pub max_header_stable_lsn: Arc<AtomicLsn>,
     pub segment_accountant: Mutex<SegmentAccountant>,
@@ -412,6 +416,9 @@ impl IoBufs {
             interval_updated: Condvar::new(),
 
             stable_lsn: AtomicLsn::new(stable),
+            // recovery fdatasyncs the file before it returns
+            // (`snapshot::read_snapshot_or_default`).
+            synced_lsn: AtomicLsn::new(stable),
             max_reserved_lsn: AtomicLsn::new(stable),
             max_header_stable_lsn: Arc::new(AtomicLsn::new(next_lsn)),
             segment_accountant: Mutex::new(segment_accountant),
@@ -519,6 +526,18 @@ impl IoBufs {
     pub(in crate::pagecache) fn stable(&self) -> Lsn {
         debug_delay();
         self.stable_lsn.load(Acquire)
+    }
+
+    /// raftsql patch: what a new segment header records as stable, and so
+    /// where recovery starts looking for tears. Buffer writes are no longer
+    /// synced one by one, so this is the synced point, not the written one;
+    /// a temporary database never syncs and keeps sled's written point.
+    fn header_stable(&self) -> Lsn {
+        if self.config.temporary {
+            self.stable()
+        } else {
+            self.synced_lsn.load(Acquire)
+        }
     }
 
     // Adds a header to the front of the buffer
@@ -727,17 +746,13 @@ impl IoBufs {
         #[cfg(not(feature = "io_uring"))]
         {
             let f = &self.config.file;
+            // raftsql patch (vendor/sled/PATCHES.md): sled used
+            // sync_file_range here on Linux, which neither flushes the
+            // drive's write cache nor the file's size. A buffer write is
+            // now only written; `flush` fdatasyncs once after every write
+            // it waited for, and a freed segment is reused only after an
+            // fdatasync (`SegmentAccountant::next`).
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
-                // raftsql patch (vendor/sled/PATCHES.md): sled used
-                // sync_file_range here on Linux, which neither flushes
-                // the drive's write cache nor the file's size, so a
-                // power loss could drop writes sled had reported
-                // stable. fdatasync does both.
-                f.sync_data()?;
-                crate::RAFTSQL_LOG_SYNCS
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
         }
         io_fail!(self, "buffer write post");
 
@@ -992,9 +1007,23 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
-    let _cc = concurrency_control::read();
-    let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
-    make_stable(iobufs, max_reserved_lsn)
+    let written = {
+        let _cc = concurrency_control::read();
+        let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
+        make_stable(iobufs, max_reserved_lsn)?
+    };
+    // raftsql patch (vendor/sled/PATCHES.md): `make_stable` returns once
+    // every buffer up to `max_reserved_lsn` is written; one fdatasync now
+    // makes all of them durable (data, and the file's size), however many
+    // buffer writes there were.
+    if !iobufs.config.temporary {
+        let written_lsn = iobufs.stable();
+        iobufs.config.file.sync_data()?;
+        crate::RAFTSQL_LOG_SYNCS
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bump_atomic_lsn(&iobufs.synced_lsn, written_lsn);
+    }
+    Ok(written)
 }
 
 /// Attempt to seal the current IO buffer, possibly
@@ -1112,7 +1141,7 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             stored_max_stable_lsn: -1,
         };
 
-        next_iobuf.store_segment_header(sealed, next_lsn, iobufs.stable());
+        next_iobuf.store_segment_header(sealed, next_lsn, iobufs.header_stable());
 
         next_iobuf
     } else {

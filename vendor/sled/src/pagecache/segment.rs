@@ -1016,6 +1016,16 @@ impl SegmentAccountant {
         let safe = self.free.iter().next().copied();
 
         let lid = if let Some(next) = safe {
+            // raftsql patch (vendor/sled/PATCHES.md): buffer writes are no
+            // longer synced one by one, so the writes that moved this
+            // segment's live pages elsewhere may still be only in the page
+            // cache. Make them durable before anything overwrites the old
+            // copies.
+            if !self.config.temporary {
+                self.config.file.sync_data()?;
+                crate::RAFTSQL_REUSE_SYNCS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.free.remove(&next);
             next
         } else {

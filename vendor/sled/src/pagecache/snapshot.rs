@@ -361,6 +361,14 @@ fn advance_snapshot(
         return Err(Error::corruption(None));
     }
 
+    // raftsql patch (vendor/sled/PATCHES.md): the log recovered here may
+    // have been written but never synced by a process that crashed; make it
+    // durable before a snapshot refers to it and before new segment headers
+    // call it stable (`IoBufs::synced_lsn` starts here).
+    if !config.temporary {
+        config.file.sync_all()?;
+    }
+
     if snapshot.stable_lsn > old_stable_lsn {
         write_snapshot(config, &snapshot)?;
     }
