@@ -317,6 +317,11 @@ pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<NodeId, Listed>> {
 /// How much lower (in nice steps, Linux) the client runtime's threads run than Raft's.
 pub const CLIENT_NICE: i32 = 5;
 
+/// How long a leader holds back a heartbeat that would only tell a follower a new committed
+/// index, waiting for entries to carry it (`openraft::Config::commit_piggyback_us`, a raftsql
+/// patch). Followers learn of a commit at most this much later when no write follows it.
+pub const COMMIT_PIGGYBACK_US: u64 = 2_000;
+
 /// The node's two tokio runtimes.
 ///
 /// - `raft` (threads "raft", two workers, the process's own priority): start-up, openraft's
@@ -512,6 +517,10 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold.max(1)),
             max_in_snapshot_log_to_keep: cfg.snapshot_keep_logs,
             max_payload_entries: 256,
+            // A commit is told to followers by the next entries when they come within 2 ms,
+            // not by a heartbeat of its own that the next entries would wait behind
+            // (vendor/openraft/PATCHES.md; docs/performance.md, "openraft settings").
+            commit_piggyback_us: COMMIT_PIGGYBACK_US,
             snapshot_max_chunk_size: cfg.snapshot_chunk_bytes.clamp(1, (MAX_PEER_MESSAGE / 2) as u64),
             install_snapshot_timeout: 10_000,
             ..Default::default()

@@ -152,6 +152,12 @@ pub struct Config {
     #[clap(long, default_value = "300")]
     pub max_payload_entries: u64,
 
+    /// raftsql patch (vendor/openraft/PATCHES.md): how long, in microseconds, a leader holds
+    /// back a heartbeat that would only tell a follower a new committed index, so that the
+    /// next entries carry the index instead. 0 sends it at once, as openraft 0.9.25 does.
+    #[clap(long, default_value = "0")]
+    pub commit_piggyback_us: u64,
+
     /// The distance behind in log replication a follower must fall before it is considered lagging
     ///
     /// A follower falls behind this index are replicated with snapshot.

@@ -145,6 +145,12 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// raftsql patch (vendor/openraft/PATCHES.md): when `next_action` is a heartbeat queued
+    /// only to tell the target a new committed index, it is held back until this instant, so
+    /// that the next entries, usually proposed within a millisecond of a commit, carry the
+    /// committed index instead and do not wait behind the heartbeat's round trip.
+    commit_heartbeat_at: Option<InstantOf<C>>,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -198,6 +204,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            commit_heartbeat_at: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -217,6 +224,17 @@ where
                 self.drain_events_with_backoff().await?;
                 continue;
             };
+
+            // raftsql patch: a heartbeat queued only for a new committed index waits a little
+            // for entries that can carry the index instead (see `commit_heartbeat_at`).
+            if let (Data::Heartbeat, Some(at)) = (&d, self.commit_heartbeat_at) {
+                if at > C::now() {
+                    self.next_action = Some(d);
+                    self.wait_for_entries_until(at).await?;
+                    continue;
+                }
+            }
+            self.commit_heartbeat_at = None;
 
             // Backup the log data for retrying.
             let mut log_data = None;
@@ -628,6 +646,28 @@ where
         }
     }
 
+    /// raftsql patch: processes events until `until`, or until an event replaces the queued
+    /// commit heartbeat (entries, or a heartbeat that must go now).
+    async fn wait_for_entries_until(&mut self, until: InstantOf<C>) -> Result<(), ReplicationClosed> {
+        while self.commit_heartbeat_at.is_some() {
+            let now = C::now();
+            if now >= until {
+                self.commit_heartbeat_at = None;
+                break;
+            }
+            select! {
+                _ = C::sleep(until - now) => {
+                    self.commit_heartbeat_at = None;
+                }
+                recv_res = self.rx_event.recv() => {
+                    let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
+                    self.process_event(event);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Receive and process events from RaftCore, until `next_action` is filled.
     ///
     /// It blocks until at least one event is received.
@@ -690,6 +730,10 @@ where
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
+                    if self.config.commit_piggyback_us > 0 {
+                        let delay = Duration::from_micros(self.config.commit_piggyback_us);
+                        self.commit_heartbeat_at = Some(C::now() + delay);
+                    }
                 }
             }
             Replicate::Heartbeat => {
@@ -697,6 +741,8 @@ where
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
                 }
+                // raftsql patch: a heartbeat the leader asked for goes at once.
+                self.commit_heartbeat_at = None;
             }
             Replicate::Data(d) => {
                 // TODO: Currently there is at most 1 in flight data. But in future RaftCore may send next data
@@ -725,6 +771,8 @@ where
                 }
 
                 self.next_action = Some(d);
+                // raftsql patch: the entries carry the committed index.
+                self.commit_heartbeat_at = None;
             }
         }
     }
