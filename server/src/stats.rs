@@ -4,6 +4,8 @@
 //! in prometheus-client's histogram, taken once per fsync, apply call, snapshot or batch,
 //! never per row.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -28,6 +30,20 @@ pub static BATCH_REQUESTS: LazyLock<Histogram> =
 /// (`--write-pipeline-depth`).
 pub static PIPELINE_ENTRIES: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::new(exponential_buckets(1.0, 2.0, 7)));
+
+/// AppendEntries requests from the leader that passed this node's peer checks, by `carrying`:
+/// `entries`, or `none` for a heartbeat, which carries only the leader's term and committed
+/// index. A leader holds back a heartbeat that would only announce a commit, so that the next
+/// entries carry it (`node::COMMIT_PIGGYBACK_US`): under steady writes, fewer heartbeats than
+/// entries.
+pub static APPEND_ENTRIES: LazyLock<Family<[(&'static str, &'static str); 1], Counter>> =
+    LazyLock::new(Family::default);
+
+/// Counts one AppendEntries request accepted, with entries or without.
+pub fn append_entries_received(with_entries: bool) {
+    let carrying = if with_entries { "entries" } else { "none" };
+    APPEND_ENTRIES.get_or_create(&[("carrying", carrying)]).inc();
+}
 
 /// Records the seconds since `started` in `h`.
 pub fn since(h: &Histogram, started: Instant) {

@@ -183,6 +183,9 @@ async fn metrics_follow_the_work_done() {
         assert_eq!(value(&s, "raftsql_auth_failures_total", &[]), Some(0.0));
         assert_eq!(value(&s, "raftsql_tls_handshake_failures_total", &[]), Some(0.0));
         if id != leader {
+            // The writes reached this follower in AppendEntries that carried entries.
+            let carried = must(&s, "raftsql_append_entries_received_total", &[("carrying", "entries")]);
+            assert!(carried >= 1.0, "node {id}: {carried} AppendEntries with entries");
             let matched = must(&l, "raftsql_follower_matched_index", &[("follower", &id.to_string())]);
             assert!(matched <= after.last_log_index as f64, "node {id}");
             let lag = must(&l, "raftsql_follower_lag_entries", &[("follower", &id.to_string())]);

@@ -150,6 +150,11 @@ impl Metrics {
             "Log entries the leader had proposed and not yet applied when it proposed one more, that one included",
             crate::stats::PIPELINE_ENTRIES.clone(),
         );
+        registry.register(
+            "append_entries_received",
+            "AppendEntries requests from the leader that passed the peer checks, by whether they carried entries (`none`: a heartbeat)",
+            crate::stats::APPEND_ENTRIES.clone(),
+        );
         registry.register_collector(Box::new(NodeCollector { core, data_dir }));
         let writes_ok = writes.get_or_create_owned(&[("code", OK)]);
         let reads_ok = LEVELS.map(|level| reads.get_or_create_owned(&[("code", OK), ("level", level)]));

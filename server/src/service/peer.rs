@@ -280,6 +280,7 @@ impl Handler {
     async fn append_entries(&self, request: tonic::Request<pb::RaftMessage>) -> Reply {
         let (env, rpc) = decode(&self.core, request, "AppendEntries")?;
         Local::of(&self.core).append_entries(&env, &rpc).map_err(refused)?;
+        crate::stats::append_entries_received(!rpc.entries.is_empty());
         encode(&self.core.append_entries(rpc).await)
     }
 
