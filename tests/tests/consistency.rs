@@ -84,6 +84,14 @@ async fn monotonic_reads_across_followers() {
     let client = setup(&cluster).await;
     let (leader, _) = cluster.wait_for_leader(WAIT).await.unwrap();
     let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    // The session below starts with no token, so its first read may rightly come from a follower
+    // that has not applied CREATE TABLE yet (a follower learns of a commit from the next entries
+    // or within COMMIT_PIGGYBACK_US): wait until both hold the table, so the reads are about the
+    // inserts.
+    let created = cluster.status(leader).await.expect("leader status").applied_index;
+    for &f in &followers {
+        cluster.wait_applied(f, created, WAIT).await.expect("the follower applies CREATE TABLE");
+    }
     let writer = {
         let client = client.clone();
         tokio::spawn(async move {
