@@ -528,6 +528,20 @@ impl IoBufs {
         self.stable_lsn.load(Acquire)
     }
 
+    /// Records a failed log write or sync as the database's error, so that
+    /// every later operation fails with it (a failed fdatasync must never be
+    /// retried as if the data were safe), and wakes every thread waiting for
+    /// the log to become stable so that it sees the error.
+    fn fail(&self, what: &str, e: Error) {
+        error!("hit error while {}: {:?}", what, e);
+        // store error before notifying so that waiting threads will see it
+        self.config.set_global_error(e);
+        let intervals = self.intervals.lock();
+        // having held the mutex makes this linearized with the notify below.
+        drop(intervals);
+        let _notified = self.interval_updated.notify_all();
+    }
+
     /// raftsql patch: what a new segment header records as stable, and so
     /// where recovery starts looking for tears. Buffer writes are no longer
     /// synced one by one, so this is the synced point, not the written one;
@@ -1022,7 +1036,11 @@ pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     // buffer writes there were.
     if !iobufs.config.temporary {
         let written_lsn = iobufs.stable();
-        iobufs.config.file.sync_data()?;
+        if let Err(e) = iobufs.config.file.sync_data() {
+            let e = Error::from(e);
+            iobufs.fail("syncing the log", e.clone());
+            return Err(e);
+        }
         crate::RAFTSQL_LOG_SYNCS
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         bump_atomic_lsn(&iobufs.synced_lsn, written_lsn);
@@ -1201,53 +1219,32 @@ fn maybe_seal_and_write_iobuf_inner(
     drop(measure_assign_offset);
 
     // if writers is 0, it's our responsibility to write the buffer.
-    if header::n_writers(sealed) == 0 && write_here {
-        iobufs.config.global_error()?;
-        if let Err(e) = iobufs.write_to_log(iobuf) {
-            error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
-            iobufs.config.set_global_error(e.clone());
-            let intervals = iobufs.intervals.lock();
-            drop(intervals);
-            let _notified = iobufs.interval_updated.notify_all();
-            return Err(e);
-        }
-        Ok(())
-    } else if header::n_writers(sealed) == 0 {
-        iobufs.config.global_error()?;
-        trace!(
-            "asynchronously writing iobuf with lsn {} to log from maybe_seal",
-            lsn
-        );
-        let iobufs = iobufs.clone();
-        let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf) {
-                error!(
-                    "hit error while writing iobuf with lsn {}: {:?}",
-                    lsn, e
-                );
-
-                // store error before notifying so that waiting threads will see
-                // it
-                iobufs.config.set_global_error(e);
-
-                let intervals = iobufs.intervals.lock();
-
-                // having held the mutex makes this linearized
-                // with the notify below.
-                drop(intervals);
-
-                let _notified = iobufs.interval_updated.notify_all();
-            }
-        })?;
-
-        #[cfg(feature = "event_log")]
-        _result.wait();
-
-        Ok(())
-    } else {
-        Ok(())
+    if header::n_writers(sealed) != 0 {
+        return Ok(());
     }
+    iobufs.config.global_error()?;
+    if write_here {
+        return iobufs.write_to_log(iobuf).map_err(|e| {
+            iobufs.fail(&format!("writing iobuf with lsn {}", lsn), e.clone());
+            e
+        });
+    }
+    trace!(
+        "asynchronously writing iobuf with lsn {} to log from maybe_seal",
+        lsn
+    );
+    let iobufs = iobufs.clone();
+    let iobuf = iobuf.clone();
+    let _result = threadpool::spawn(move || {
+        if let Err(e) = iobufs.write_to_log(&iobuf) {
+            iobufs.fail(&format!("writing iobuf with lsn {}", lsn), e);
+        }
+    })?;
+
+    #[cfg(feature = "event_log")]
+    _result.wait();
+
+    Ok(())
 }
 
 impl Debug for IoBufs {
