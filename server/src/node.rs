@@ -147,6 +147,13 @@ pub struct Config {
     /// Minimum election timeout, milliseconds (the maximum is twice this).
     #[arg(long, env = "RAFTSQL_ELECTION_TIMEOUT_MS", default_value_t = 1_000)]
     pub election_timeout_ms: u64,
+    /// How long after a quorum last acknowledged it the leader serves STRONG reads without a
+    /// heartbeat round, milliseconds; at most --election-timeout-ms (the default), which is
+    /// half of how long followers refuse to elect another leader after hearing from it. Safe
+    /// while the nodes' monotonic clocks run at rates less than 2x apart (docs/architecture.md);
+    /// 0 = confirm every batch of STRONG reads with a heartbeat round.
+    #[arg(long, env = "RAFTSQL_READ_LEASE_MS")]
+    pub read_lease_ms: Option<u64>,
     /// Bytes of sled's page cache (rows, indexes and log entries read recently; sled counts it
     /// approximately). sled's own default is 1 GiB.
     #[arg(long, env = "RAFTSQL_CACHE_BYTES", default_value_t = crate::store::DEFAULT_CACHE_BYTES)]
@@ -398,6 +405,16 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     if id == 0 {
         bail!("--id must be at least 1");
     }
+    if let Some(lease) = cfg.read_lease_ms.filter(|l| *l > cfg.election_timeout_ms) {
+        bail!(
+            "--read-lease-ms {lease} is above --election-timeout-ms {}: followers refuse to elect another \
+             leader for twice the election timeout after they last heard from this one, and the lease \
+             must stay within half of that to allow for clocks that run at different rates. Lower \
+             --read-lease-ms, raise --election-timeout-ms, or give 0 to confirm every STRONG read \
+             with a heartbeat round",
+            cfg.election_timeout_ms
+        );
+    }
     if cfg.learner && cfg.join.is_none() && plan.is_none() {
         bail!("--learner applies to a node that joins: give --join HOST:PORT too");
     }
@@ -572,7 +589,8 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             );
         }
         let fail_stop = crate::raft::fail_stop::FailStop::new(id);
-        let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout);
+        let read_lease = Duration::from_millis(cfg.read_lease_ms.unwrap_or(cfg.election_timeout_ms));
+        let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout, Some(read_lease));
         let sequencer = {
             let _on_the_client_runtime = client.enter();
             Sequencer::spawn(id, raft.clone(), sm.clone(), read_index.clone(), options.clone(), fail_stop.clone())

@@ -18,6 +18,18 @@ fn pinned(cluster: &Cluster, id: u64, consistency: Consistency) -> QueryOptions 
     QueryOptions { consistency, node: Some(cluster.addr(id).to_string()), ..Default::default() }
 }
 
+/// Which of `ids` leads in a term after `term`, if one does.
+async fn leader_among(cluster: &Cluster, ids: &[u64], term: u64) -> Option<u64> {
+    for &id in ids {
+        if let Ok(s) = cluster.status(id).await {
+            if s.role() == raftsql_client::pb::Role::Leader && s.term > term {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
 fn int(r: &raftsql_client::QueryResult) -> Option<i64> {
     match r.rows.first().map(|row| &row[0]) {
         Some(Value::Integer(i)) => Some(*i),
@@ -136,15 +148,7 @@ async fn strong_reads_never_come_from_a_deposed_leader() {
     let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
     let deadline = tokio::time::Instant::now() + WAIT;
     let new_leader = loop {
-        let mut found = None;
-        for &id in &others {
-            if let Ok(s) = cluster.status(id).await {
-                if s.role() == raftsql_client::pb::Role::Leader && s.term > old_term {
-                    found = Some(id);
-                }
-            }
-        }
-        if let Some(id) = found {
+        if let Some(id) = leader_among(&cluster, &others, old_term).await {
             break id;
         }
         assert!(tokio::time::Instant::now() < deadline, "no new leader while node {old} is paused");
@@ -502,22 +506,39 @@ async fn bounded_reads_are_served_within_the_bound_or_refused() {
 /// STRONG reads share leadership confirmations (batched ReadIndex, issue 18) without giving up
 /// linearizability: while one writer keeps incrementing a counter, waves of 64 concurrent STRONG
 /// reads each see at least the value acknowledged before they were sent, and the nodes ran far
-/// fewer confirmation rounds than they served reads.
+/// fewer confirmation rounds than they served reads. Heartbeat rounds only (`--read-lease-ms
+/// 0`): lease rounds take no round trip, so they are shorter and batch fewer reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strong_reads_share_confirmation_rounds_and_stay_linearizable() {
+    concurrent_strong_reads_under_writes(false).await;
+}
+
+/// The same waves of STRONG reads under writes, confirmed by the leader lease: the read index
+/// the lease gives is the leader's committed index, and every read still sees every
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_by_the_lease_stay_linearizable_under_writes() {
+    concurrent_strong_reads_under_writes(true).await;
+}
+
+async fn concurrent_strong_reads_under_writes(lease: bool) {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
     use std::sync::Arc;
-    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let extra_args = if lease { vec![] } else { vec!["--read-lease-ms".into(), "0".into()] };
+    let cluster =
+        Cluster::start(3, ClusterOptions { extra_args, ..Default::default() }).await.expect("cluster starts");
     let client = setup(&cluster).await;
     client.execute("INSERT INTO kv VALUES (1, 0)", &[]).await.unwrap().results.remove(0).unwrap();
     let totals = |statuses: Vec<raftsql_client::pb::StatusResponse>| {
-        statuses.iter().fold((0, 0), |(r, n), s| (r + s.read_index_reads, n + s.read_index_rounds))
+        statuses.iter().fold((0, 0, 0), |(r, n, l), s| {
+            (r + s.read_index_reads, n + s.read_index_rounds, l + s.read_lease_rounds)
+        })
     };
     let mut before = Vec::new();
     for id in cluster.ids() {
         before.push(cluster.status(id).await.expect("status"));
     }
-    let (reads_before, rounds_before) = totals(before);
+    let (reads_before, rounds_before, leased_before) = totals(before);
 
     let acked = Arc::new(AtomicI64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -564,16 +585,91 @@ async fn strong_reads_share_confirmation_rounds_and_stay_linearizable() {
     for id in cluster.ids() {
         after.push(cluster.status(id).await.expect("status"));
     }
-    let (reads_after, rounds_after) = totals(after);
-    let (reads, rounds) = (reads_after - reads_before, rounds_after - rounds_before);
-    eprintln!("{reads} linearizable reads, {rounds} confirmation rounds");
+    let (reads_after, rounds_after, leased_after) = totals(after);
+    let (reads, rounds, leased) =
+        (reads_after - reads_before, rounds_after - rounds_before, leased_after - leased_before);
+    eprintln!("{reads} linearizable reads, {rounds} confirmation rounds, {leased} of them by the lease");
     assert!(
         reads >= waves * 64,
         "the nodes counted {reads} linearizable reads, expected at least {}",
         waves * 64
     );
-    assert!(
-        rounds * 2 < reads,
-        "{reads} linearizable reads took {rounds} confirmation rounds: concurrent reads are not sharing rounds"
+    if lease {
+        assert!(leased >= 1, "no round was answered by the lease");
+    } else {
+        assert_eq!(leased, 0);
+        assert!(
+            rounds * 2 < reads,
+            "{reads} linearizable reads took {rounds} confirmation rounds: concurrent reads are not sharing rounds"
+        );
+    }
+}
+
+/// The leader lease (issue 18). With reads only, the leader confirms STRONG reads by its lease,
+/// without heartbeat rounds. Cut off from both followers, it stops serving them before the
+/// other two can elect a leader and commit: once the new leader has acknowledged a write, a
+/// STRONG read sent to the old one never returns the old value. (A lease as long as the
+/// followers' would fail here: the old leader would still serve when the new one commits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_use_the_lease_and_an_isolated_leader_stops_before_a_new_one_commits() {
+    let opts = ClusterOptions { proxied: Some(31), ..Default::default() };
+    let cluster = Cluster::start(3, opts).await.expect("cluster starts");
+    let client = setup(&cluster).await;
+    client.execute("INSERT INTO kv VALUES (1, 100)", &[]).await.unwrap().results.remove(0).unwrap();
+    let (old, old_term) = cluster.wait_for_leader(WAIT).await.unwrap();
+    let before = cluster.status(old).await.expect("status");
+    for _ in 0..20 {
+        let r = client.query("SELECT v FROM kv WHERE k = 1", &[], pinned(&cluster, old, Consistency::Strong));
+        assert_eq!(int(&r.await.expect("a STRONG read on the leader")), Some(100));
+    }
+    let after = cluster.status(old).await.expect("status");
+    let (rounds, leased) = (
+        after.read_index_rounds - before.read_index_rounds,
+        after.read_lease_rounds - before.read_lease_rounds,
     );
+    eprintln!("20 STRONG reads: {rounds} confirmations, {leased} of them by the lease");
+    assert!(leased >= 1 && leased <= rounds, "{leased} of {rounds} confirmations by the lease");
+
+    cluster.net().expect("proxied").isolate(old);
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // Reads keep going to the isolated leader while the others elect; the value may be the old
+    // one only until the new leader's write is acknowledged.
+    let mut served_while_isolated = 0;
+    let new_leader = loop {
+        if let Ok(r) = client
+            .query("SELECT v FROM kv WHERE k = 1", &[], pinned(&cluster, old, Consistency::Strong))
+            .await
+        {
+            assert_eq!(int(&r), Some(100));
+            served_while_isolated += u32::from(r.receipt.node_id == old);
+        }
+        if let Some(id) = leader_among(&cluster, &others, old_term).await {
+            break id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader while node {old} is cut off");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("the isolated leader served {served_while_isolated} STRONG reads before node {new_leader} led");
+    let to_new = Client::connect([cluster.addr(new_leader).to_string()]).await.unwrap();
+    let w = to_new.execute("UPDATE kv SET v = 200 WHERE k = 1", &[]).await;
+    w.expect("the new leader commits").results.remove(0).expect("update succeeds");
+    for _ in 0..20 {
+        match client
+            .query("SELECT v FROM kv WHERE k = 1", &[], pinned(&cluster, old, Consistency::Strong))
+            .await
+        {
+            // Redirected to the new leader: the new value.
+            Ok(r) if r.receipt.node_id != old => assert_eq!(int(&r), Some(200)),
+            Ok(r) => panic!(
+                "the cut-off leader served a STRONG read after node {new_leader} committed: {:?}",
+                int(&r)
+            ),
+            Err(e) => assert!(
+                matches!(e, Error::NotLeader { .. } | Error::Unavailable { .. } | Error::Timeout { .. }),
+                "{e}"
+            ),
+        }
+    }
+    cluster.net().expect("proxied").heal_all();
 }

@@ -144,6 +144,11 @@ fn bad_flags_are_refused_with_readable_errors() {
         ),
         (vec!["--id", "1", "--listen", &addr, "--data-dir", "/proc/version"], "not a directory"),
         (vec!["--id", "x", "--listen", &addr, "--data-dir", data], "invalid value"),
+        // The lease must stay within half of how long followers refuse other leaders.
+        (
+            vec!["--id", "1", "--listen", &addr, "--data-dir", data, "--read-lease-ms", "1500"],
+            "--read-lease-ms 1500 is above --election-timeout-ms 1000",
+        ),
         (
             vec!["--id", "1", "--listen", &addr, "--data-dir", data, "--peer-source-addr", "127.0.0.1:7000"],
             "invalid value '127.0.0.1:7000' for '--peer-source-addr <IP>'",

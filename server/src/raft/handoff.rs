@@ -20,7 +20,9 @@
 //! Whatever the outcome, heartbeats and writes resume here afterwards (a failed transfer leaves
 //! this node leading). The whole is bounded by the caller's budget. Safety never depends on it:
 //! it is an ordinary election that the target wins because its log is complete and the leases
-//! ended; STRONG reads are confirmed by a quorum round, never by a lease.
+//! ended. Because it ends leases, no STRONG read is served from this leader's lease while a
+//! transfer runs, nor afterwards from acknowledgements older than its end
+//! (`ReadIndex::suspend_lease` / `resume_lease`).
 
 use super::{Core, Error};
 use crate::typ::NodeId;
@@ -68,6 +70,8 @@ pub async fn transfer(
     let peer_addr = |id: NodeId| membership.get_node(&id).map(|n| n.peer_addr.clone());
     info!(target, term, "handing leadership over: writes paused, heartbeats stopped");
     core.options.handing_off.store(true, Ordering::SeqCst);
+    // Before any lease ends: a lease read from here on would count on leases step 3 ends.
+    core.read_index.suspend_lease();
     core.raft.runtime_config().heartbeat(false);
     let result = async {
         // 2. The target holds everything the leader has.
@@ -114,6 +118,8 @@ pub async fn transfer(
     }
     .await;
     core.raft.runtime_config().heartbeat(true);
+    // If this node still leads, its lease counts again from heartbeats sent from now on.
+    core.read_index.resume_lease();
     core.options.handing_off.store(false, Ordering::SeqCst);
     match &result {
         Ok((leader, new_term)) => info!(leader, term = new_term, "handed leadership over"),

@@ -308,8 +308,8 @@ impl Core {
     }
 
     /// STRONG reads served by batched confirmation, and the confirmation rounds they took.
-    pub fn read_index_stats(&self) -> (u64, u64) {
-        (self.read_index.reads(), self.read_index.rounds())
+    pub fn read_index_stats(&self) -> (u64, u64, u64) {
+        (self.read_index.reads(), self.read_index.rounds(), self.read_index.leased())
     }
 
     /// Milliseconds since the log reached `matched + 1`, while it is at `last`: a follower's lag

@@ -2,7 +2,7 @@
 //!
 //! | level | served by | how |
 //! | --- | --- | --- |
-//! | `Strong` | the leader | `read_index::ReadIndex::confirm` (one heartbeat round, shared by every read that arrived before it started, confirms leadership), then waits for apply ≥ that index |
+//! | `Strong` | the leader | `read_index::ReadIndex::confirm` (the leader lease, or else one heartbeat round; either is shared by every read that arrived before it started and confirms leadership), then waits for apply ≥ that index |
 //! | `ReadYourWrites` | any node whose applied index ≥ the session token | waits up to `ryw_wait` for apply; otherwise `NotLeader` so the client goes to the leader |
 //! | `Bounded(d)` | any node that heard from the current leader within d | the leader counts the last quorum ack; a follower its last accepted AppendEntries |
 //! | `Any` | the local replica | no promise |

@@ -16,12 +16,40 @@
 //! Bounds: the queue is bounded by the in-flight request limit (`Core::admit` runs first); each
 //! round has a deadline (`timeout`); the driver exits when the queue is empty, and a waiter whose
 //! caller went away is simply dropped.
+//!
+//! ## The leader lease
+//!
+//! Most rounds need no heartbeats. Every voter that accepts a request from its leader refuses
+//! every vote request for openraft's leader lease after it (`election_timeout_max`, twice
+//! `--election-timeout-ms`), and a restarted voter does the same from its start. So if a
+//! quorum accepted requests this leader sent at time `t` in its term, no other leader can be
+//! elected before `t + election_timeout_max` as the followers' clocks count it, and until then
+//! the leader's committed index is the cluster's. A round asks openraft's core (patched:
+//! `Raft::get_read_log_id_by_lease`, vendor/openraft/PATCHES.md) for the read index if such a
+//! `t` lies within `lease` (`--read-lease-ms`, by default the election timeout, half the
+//! followers' lease) before now; only otherwise does it send heartbeats. The regular
+//! heartbeats (every `--heartbeat-ms`) keep `t` fresh, so an idle-of-writes leader serves
+//! STRONG reads without a round trip, like etcd's and TiKV's lease reads.
+//!
+//! What it assumes: the nodes' monotonic clocks (`CLOCK_MONOTONIC`) advance at rates that
+//! differ by less than 2× between any two nodes, and keep advancing while a process or its
+//! machine is paused. A paused leader is safe because its clock goes on: when it wakes, its
+//! lease has expired. `--read-lease-ms 0` turns lease reads off (a round per batch, as before).
+//!
+//! A leadership transfer (`handoff`) ends the followers' leases on purpose, so while one runs
+//! no lease read is served (`suspend_lease`), and afterwards only acknowledgements of requests
+//! sent after it ended count (`resume_lease`). A read compares the transfer generation before
+//! and after asking the core: if a transfer started in between, it runs a round instead.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::typ::Raft;
+use crate::typ::{LogId, Raft};
+
+/// A read log id and the applied log id, as openraft answers a read index request.
+type ReadIds = (Option<LogId>, Option<LogId>);
 
 /// What a confirmation round found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +70,19 @@ struct Queue {
     driving: bool,
     reads: u64,
     rounds: u64,
+    /// Rounds answered from the leader lease, without heartbeats (a subset of `rounds`).
+    leased: u64,
+}
+
+/// Whether the leader lease may answer a round (see the module doc).
+#[derive(Clone, Copy)]
+struct LeaseGate {
+    /// A leadership transfer is under way: the followers' leases may have been ended.
+    suspended: bool,
+    /// Bumped when a transfer starts and when it ends.
+    generation: u64,
+    /// Only acknowledgements of requests sent at or after this count.
+    not_before: Instant,
 }
 
 /// One per node; cheap to clone.
@@ -49,12 +90,43 @@ struct Queue {
 pub struct ReadIndex {
     raft: Raft,
     timeout: Duration,
+    /// `None`: every round sends heartbeats (`--read-lease-ms 0`).
+    lease: Option<Duration>,
     queue: Arc<Mutex<Queue>>,
+    gate: Arc<Mutex<LeaseGate>>,
 }
 
 impl ReadIndex {
-    pub fn new(raft: Raft, timeout: Duration) -> ReadIndex {
-        ReadIndex { raft, timeout, queue: Default::default() }
+    /// `lease` must be at most half of openraft's `election_timeout_max` (the config checks it).
+    pub fn new(raft: Raft, timeout: Duration, lease: Option<Duration>) -> ReadIndex {
+        let gate = LeaseGate { suspended: false, generation: 0, not_before: Instant::now() };
+        ReadIndex {
+            raft,
+            timeout,
+            lease: lease.filter(|l| !l.is_zero()),
+            queue: Default::default(),
+            gate: Arc::new(Mutex::new(gate)),
+        }
+    }
+
+    /// No lease read until `resume_lease`: a leadership transfer is about to end the
+    /// followers' leases. Reads already past their gate check notice it and run a round.
+    pub fn suspend_lease(&self) {
+        let mut g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        g.suspended = true;
+        g.generation += 1;
+    }
+
+    /// Lease reads again, counting only acknowledgements of requests sent from now on.
+    pub fn resume_lease(&self) {
+        let mut g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        g.suspended = false;
+        g.generation += 1;
+        g.not_before = Instant::now();
+    }
+
+    fn gate(&self) -> LeaseGate {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits for a confirmation round that starts after this call, then for apply to reach its
@@ -86,6 +158,11 @@ impl ReadIndex {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).rounds
     }
 
+    /// Rounds the leader lease answered, without heartbeats (`Status.read_lease_rounds`).
+    pub fn leased(&self) -> u64 {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).leased
+    }
+
     async fn drive(self) {
         loop {
             let batch = {
@@ -105,11 +182,31 @@ impl ReadIndex {
         }
     }
 
+    /// The read index from the leader lease, if it covers now and no leadership transfer
+    /// began meanwhile; `Err` when this node does not lead.
+    async fn by_lease(&self) -> Result<Option<ReadIds>, ()> {
+        let Some(lease) = self.lease else { return Ok(None) };
+        let before = self.gate();
+        if before.suspended {
+            return Ok(None);
+        }
+        let ids = self.raft.get_read_log_id_by_lease(lease, before.not_before).await.map_err(|_| ())?;
+        // A transfer that started after `before` may have ended leases before the core looked.
+        Ok(ids.filter(|_| self.gate().generation == before.generation))
+    }
+
     async fn round(&self) -> Confirmed {
         let confirm = async {
-            let (read, applied) = match self.raft.get_read_log_id().await {
-                Ok(ids) => ids,
-                Err(_) => return Confirmed::NotLeader,
+            let (read, applied) = match self.by_lease().await {
+                Ok(Some(ids)) => {
+                    self.queue.lock().unwrap_or_else(|p| p.into_inner()).leased += 1;
+                    ids
+                }
+                Ok(None) => match self.raft.get_read_log_id().await {
+                    Ok(ids) => ids,
+                    Err(_) => return Confirmed::NotLeader,
+                },
+                Err(()) => return Confirmed::NotLeader,
             };
             let index = read.map_or(0, |l| l.index);
             if index > applied.map_or(0, |l| l.index)

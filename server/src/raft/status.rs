@@ -77,6 +77,7 @@ impl Core {
             tls_handshake_failures: crate::tls::handshake_failures(),
             read_index_reads: self.read_index.reads(),
             read_index_rounds: self.read_index.rounds(),
+            read_lease_rounds: self.read_index.leased(),
             stalled: crate::watchdog::stalled(),
             members,
             followers,

@@ -467,6 +467,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "read_lease_rounds",
+            "Of those rounds, the ones the leader lease answered without heartbeats",
+            core.read_index_stats().2,
+        )?;
+        counter(
+            &mut e,
             "read_index_reads",
             "STRONG reads served through those rounds",
             core.read_index_stats().0,

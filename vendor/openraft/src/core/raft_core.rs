@@ -281,6 +281,37 @@ where
     // TODO: the second condition is such a read request can only read from state machine only when the last log it sees
     //       at `T1` is committed.
     #[tracing::instrument(level = "trace", skip(self, tx))]
+    /// raftsql patch (vendor/openraft/PATCHES.md): a linearizable read without a heartbeat
+    /// round, while the leader lease covers now.
+    ///
+    /// `last_quorum_acked_time` is the latest time `t` at which this leader *sent* a request that
+    /// a quorum has since accepted in its term (its own clock counts for itself). Each of those
+    /// voters refreshed its lease on receipt, after `t`, and refuses every vote request for
+    /// `leader_lease` after that, so no other leader can be elected before `t + leader_lease`
+    /// by a clock that runs at the same rate. The caller passes `lease` well below
+    /// `leader_lease` to allow for clocks that run at different rates, and `not_before` to
+    /// disregard acknowledgements given before it ended the followers' leases itself (a
+    /// leadership transfer). The read log id is the one a heartbeat round would return.
+    pub(super) fn handle_lease_read_request(
+        &mut self,
+        lease: Duration,
+        not_before: InstantOf<C>,
+        tx: crate::core::raft_msg::LeaseReadTx<C>,
+    ) {
+        let resp = match self.engine.leader_handler() {
+            Ok(lh) => (lh.get_read_log_id(), self.engine.state.io_applied().cloned()),
+            Err(forward) => {
+                let _ = tx.send(Err(forward.into()));
+                return;
+            }
+        };
+        let acked = self.last_quorum_acked_time();
+        let now = C::now();
+        let covered = acked.is_some_and(|t| t >= not_before && now < t + lease);
+        tracing::debug!(covered, acked = debug(acked), lease = debug(lease), "lease read");
+        let _ = tx.send(Ok(covered.then_some(resp)));
+    }
+
     pub(super) async fn handle_check_is_leader_request(&mut self, tx: ClientReadTx<C>) {
         // Setup sentinel values to track when we've received majority confirmation of leadership.
 
@@ -1172,6 +1203,9 @@ where
             }
             RaftMsg::CheckIsLeaderRequest { tx } => {
                 self.handle_check_is_leader_request(tx).await;
+            }
+            RaftMsg::LeaseReadRequest { lease, not_before, tx } => {
+                self.handle_lease_read_request(lease, not_before, tx);
             }
             RaftMsg::ClientWriteRequest { app_data, tx } => {
                 self.write_entry(C::Entry::from_app_data(app_data), Some(tx));

@@ -79,6 +79,7 @@ pub use crate::raft::runtime_config_handle::RuntimeConfigHandle;
 use crate::raft::trigger::Trigger;
 use crate::storage::RaftLogStorage;
 use crate::storage::RaftStateMachine;
+use crate::type_config::alias::InstantOf;
 use crate::type_config::alias::ResponderOf;
 use crate::type_config::alias::ResponderReceiverOf;
 use crate::type_config::alias::SnapshotDataOf;
@@ -627,6 +628,26 @@ where C: RaftTypeConfig
         let (tx, rx) = C::AsyncRuntime::oneshot();
         let (read_log_id, applied) = self.inner.call_core(RaftMsg::CheckIsLeaderRequest { tx }, rx).await?;
         Ok((read_log_id, applied))
+    }
+
+    /// raftsql patch (vendor/openraft/PATCHES.md): [`get_read_log_id`](Raft::get_read_log_id)
+    /// answered from the leader lease, without a heartbeat round.
+    ///
+    /// Returns `Ok(None)` when no acknowledgement by a quorum, of a request sent at or after
+    /// `not_before`, is younger than `lease`: then the caller confirms leadership with
+    /// `get_read_log_id`. `lease` must be well below the followers' lease
+    /// (`Config::election_timeout_max`), by the most the nodes' clock rates may differ.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn get_read_log_id_by_lease(
+        &self,
+        lease: Duration,
+        not_before: InstantOf<C>,
+    ) -> Result<
+        Option<(Option<LogId<C::NodeId>>, Option<LogId<C::NodeId>>)>,
+        RaftError<C::NodeId, CheckIsLeaderError<C::NodeId, C::Node>>,
+    > {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        self.inner.call_core(RaftMsg::LeaseReadRequest { lease, not_before, tx }, rx).await
     }
 
     /// Submit a mutating client request to Raft to update the state of the system (§5.1).

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::core::raft_msg::external_command::ExternalCommand;
 use crate::error::CheckIsLeaderError;
@@ -10,6 +11,7 @@ use crate::raft::BoxCoreFn;
 use crate::raft::SnapshotResponse;
 use crate::raft::VoteRequest;
 use crate::raft::VoteResponse;
+use crate::type_config::alias::InstantOf;
 use crate::type_config::alias::LogIdOf;
 use crate::type_config::alias::NodeIdOf;
 use crate::type_config::alias::NodeOf;
@@ -36,6 +38,13 @@ pub(crate) type AppendEntriesTx<C> = ResultSender<C, AppendEntriesResponse<NodeI
 /// TX for Linearizable Read Response
 pub(crate) type ClientReadTx<C> =
     ResultSender<C, (Option<LogIdOf<C>>, Option<LogIdOf<C>>), CheckIsLeaderError<NodeIdOf<C>, NodeOf<C>>>;
+
+/// TX for a lease read: `None` when the lease does not cover now.
+pub(crate) type LeaseReadTx<C> = ResultSender<
+    C,
+    Option<(Option<LogIdOf<C>>, Option<LogIdOf<C>>)>,
+    CheckIsLeaderError<NodeIdOf<C>, NodeOf<C>>,
+>;
 
 /// A message sent by application to the [`RaftCore`].
 ///
@@ -76,6 +85,14 @@ where C: RaftTypeConfig
 
     CheckIsLeaderRequest {
         tx: ClientReadTx<C>,
+    },
+
+    /// raftsql patch (vendor/openraft/PATCHES.md): answer a linearizable read from the leader
+    /// lease, without a heartbeat round; `None` when the lease does not cover now.
+    LeaseReadRequest {
+        lease: Duration,
+        not_before: InstantOf<C>,
+        tx: LeaseReadTx<C>,
     },
 
     Initialize {
@@ -119,6 +136,7 @@ where C: RaftTypeConfig
             }
             RaftMsg::ClientWriteRequest { .. } => "ClientWriteRequest".to_string(),
             RaftMsg::CheckIsLeaderRequest { .. } => "CheckIsLeaderRequest".to_string(),
+            RaftMsg::LeaseReadRequest { lease, .. } => format!("LeaseReadRequest: lease: {:?}", lease),
             RaftMsg::Initialize { members, .. } => {
                 format!("Initialize: {:?}", members)
             }
