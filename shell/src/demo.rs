@@ -45,6 +45,9 @@ struct Demo {
     server: PathBuf,
     nodes: BTreeMap<u64, Node>,
     dir: Option<tempfile::TempDir>,
+    /// `SNAPSHOT_ARGS` for the demo; a bench cluster runs the server's defaults, which is what
+    /// a deployment measures (a snapshot every 100 entries copies the whole state that often).
+    frequent_snapshots: bool,
 }
 
 impl Demo {
@@ -155,7 +158,7 @@ impl Demo {
             .arg(&node.addr)
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(SNAPSHOT_ARGS)
+            .args(if self.frequent_snapshots { &SNAPSHOT_ARGS[..] } else { &[] })
             .args(extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -385,7 +388,8 @@ pub async fn start_local(n: u64, tls: bool) -> anyhow::Result<(Handle, Client)> 
         };
         nodes.insert(id, node);
     }
-    let handle = Handle(Arc::new(Mutex::new(Demo { server, nodes, dir: Some(dir) })));
+    let demo = Demo { server, nodes, dir: Some(dir), frequent_snapshots: false };
+    let handle = Handle(Arc::new(Mutex::new(demo)));
     let bootstrap = listed.join(",");
     for (id, mut args) in per_node {
         args.extend(["--bootstrap".to_string(), bootstrap.clone()]);
@@ -424,7 +428,8 @@ pub async fn run(n: u64, format: Format) -> anyhow::Result<usize> {
         );
     }
     let bootstrap: Vec<String> = nodes.iter().map(|(id, n)| format!("{id}={}", n.addr)).collect();
-    let handle = Handle(Arc::new(Mutex::new(Demo { server, nodes, dir: Some(dir) })));
+    let handle =
+        Handle(Arc::new(Mutex::new(Demo { server, nodes, dir: Some(dir), frequent_snapshots: true })));
     // From here on, every way out removes the cluster: signals here, the rest below (and Drop).
     let interactive = std::io::stdin().is_terminal();
     install_signal_handlers(handle.clone(), !interactive)?;
