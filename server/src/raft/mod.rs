@@ -413,8 +413,16 @@ impl AppendTimes {
 }
 
 impl Core {
+    /// A copy of openraft's metrics (membership, replication and all: it allocates). Per
+    /// request, read what is needed through [`Core::with_metrics`] instead.
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// `f` of openraft's current metrics, without copying them. `f` runs under the metrics'
+    /// read lock, which openraft's core waits for to publish: keep it short.
+    pub fn with_metrics<R>(&self, f: impl FnOnce(&RaftMetrics) -> R) -> R {
+        f(&self.raft.metrics().borrow())
     }
 
     /// A lazily connected channel to another node at `addr`, from this node's peer source
@@ -457,7 +465,7 @@ impl Core {
     /// self`: a leader that removed itself keeps its vote, and so names itself leader, after
     /// it stepped down.
     pub fn is_leader(&self) -> bool {
-        self.metrics().state == openraft::ServerState::Leader
+        self.with_metrics(|m| m.state == openraft::ServerState::Leader)
     }
 
     /// The NotLeader error as this node knows it now.
@@ -653,11 +661,11 @@ impl Core {
     }
 
     pub fn receipt(&self, index: u64, level: Consistency) -> Receipt {
-        let m = self.metrics();
+        let (state, term) = self.with_metrics(|m| (m.state, m.current_term));
         Receipt {
             node_id: self.id,
-            role: m.state.into(),
-            term: m.current_term,
+            role: state.into(),
+            term,
             index,
             level,
             // The state machine's own applied index: openraft's metrics trail it, and a read is

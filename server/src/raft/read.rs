@@ -161,8 +161,7 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
 }
 
 async fn strong(core: &Core) -> Result<(), Error> {
-    let m = core.metrics();
-    if m.current_leader != Some(core.id) {
+    if core.with_metrics(|m| m.current_leader) != Some(core.id) {
         return Err(core.not_leader());
     }
     match core.read_index.confirm().await {
@@ -190,14 +189,13 @@ async fn read_your_writes(core: &Core, token: Option<&str>) -> Result<(), Error>
         }
         None => return Err(Error::Unavailable("this node has not learnt the cluster id yet".into())),
     }
-    let m = core.metrics();
-    let is_leader = m.state == ServerState::Leader;
-    if is_leader && token.index > m.last_log_index.unwrap_or(0) {
+    let (is_leader, last_log_index) =
+        core.with_metrics(|m| (m.state == ServerState::Leader, m.last_log_index.unwrap_or(0)));
+    if is_leader && token.index > last_log_index {
         return Err(Error::Token(format!(
-            "the token's index {} is beyond the last log index {}: it does not come from this cluster's \
-             history",
+            "the token's index {} is beyond the last log index {last_log_index}: it does not come from \
+             this cluster's history",
             token.index,
-            m.last_log_index.unwrap_or(0)
         )));
     }
     if core.sm.applied_index().unwrap_or(0) >= token.index {
@@ -214,9 +212,9 @@ async fn read_your_writes(core: &Core, token: Option<&str>) -> Result<(), Error>
 }
 
 fn bounded(core: &Core, max: Duration) -> Result<(), Error> {
-    let m = core.metrics();
-    let staleness_ms = if m.state == ServerState::Leader {
-        m.millis_since_quorum_ack.unwrap_or(u64::MAX)
+    let (state, since_quorum_ack) = core.with_metrics(|m| (m.state, m.millis_since_quorum_ack));
+    let staleness_ms = if state == ServerState::Leader {
+        since_quorum_ack.unwrap_or(u64::MAX)
     } else {
         let last = core.last_leader_contact.load(Ordering::Relaxed);
         if last == 0 {

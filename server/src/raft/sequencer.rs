@@ -252,7 +252,8 @@ impl Task {
 
     /// The current term if this node leads it, else None.
     fn leading_term(&self) -> Option<u64> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics();
+        let m = m.borrow();
         (m.state == ServerState::Leader && m.current_leader == Some(self.id)).then_some(m.current_term)
     }
 
@@ -882,7 +883,8 @@ impl Completion {
 }
 
 fn leads(raft: &Raft, id: NodeId, term: u64) -> bool {
-    let m = raft.metrics().borrow().clone();
+    let m = raft.metrics();
+    let m = m.borrow();
     m.current_term == term && m.current_leader == Some(id)
 }
 

@@ -95,7 +95,7 @@ fn overloaded(e: crate::raft::Error) -> tonic::Status {
 }
 
 fn term_now(core: &Core) -> u64 {
-    core.metrics().current_term
+    core.with_metrics(|m| m.current_term)
 }
 
 /// The stream of a query's pages.
