@@ -154,6 +154,15 @@ async fn metrics_follow_the_work_done() {
     assert_eq!(must(&l, "raftsql_role", &[("role", "leader")]), 1.0);
     assert_eq!(must(&l, "raftsql_role", &[("role", "follower")]), 0.0);
     assert!(histogram_count(&l, "raftsql_write_duration_seconds", &[]).expect("histogram") >= 1.0);
+    // The STRONG read's confirmation, by the lease or a heartbeat round; no reads run now.
+    let st = cluster.status(leader).await.expect("status");
+    let rounds = must(&l, "raftsql_read_index_rounds_total", &[]);
+    assert!(rounds >= 1.0 && rounds == st.read_index_rounds as f64, "{rounds} rounds, status: {st:?}");
+    let leased = must(&l, "raftsql_read_lease_rounds_total", &[]);
+    assert!(
+        leased <= rounds && leased == st.read_lease_rounds as f64,
+        "{leased} by the lease, status: {st:?}"
+    );
     // The sequencer took the 21 writes in batches: at least one, at most one per write.
     let batches = histogram_count(&l, "raftsql_sequencer_batch_requests", &[]).expect("batch histogram");
     assert!((1.0..=writes_after).contains(&batches), "{batches} batches for {writes_after} writes");
