@@ -116,3 +116,80 @@ async fn transfer_leader_moves_leadership_where_asked() {
     assert_eq!(agreed_leader(&c).await.0, back);
     all_there(&c, &[1]).await;
 }
+
+/// A transfer ends the followers' leader leases, so while it runs the old leader must not
+/// confirm STRONG reads by its own lease (issue 18). Here the target's messages to the old
+/// leader are cut: the target gets TimeoutNow and wins with the third node's vote, but the old
+/// leader hears neither its election nor TimeoutNow's answer, and believes it leads until the
+/// transfer gives up. After the new leader commits, STRONG reads pinned to the old one never
+/// return the old value. (Without the suspension in `ReadIndex` they did: the old leader's
+/// lease still covered acknowledgements from before the transfer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_leader_serves_no_stale_strong_read_while_its_transfer_runs() {
+    use raftsql_client::{Client, Consistency, QueryOptions, Value};
+    let c =
+        Cluster::start(3, ClusterOptions { proxied: Some(37), ..Default::default() }).await.expect("cluster");
+    let client = c.client().await;
+    client.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)", &[]).await.expect("create");
+    client.execute("INSERT INTO kv VALUES (1, 100)", &[]).await.expect("insert");
+    let (old, term) = agreed_leader(&c).await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|&id| id != old).collect();
+    let target = others[0];
+    // The target holds the whole log before its link back to the leader is cut.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (l, t) = (c.status(old).await.expect("status"), c.status(target).await.expect("status"));
+        if t.applied_index >= l.last_log_index {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {target} did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let net = c.net().expect("proxied");
+    net.cut(target, old);
+    let transfer = {
+        let client = client.clone();
+        tokio::spawn(async move { client.transfer_leader(Some(target)).await })
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(s) = c.status(target).await {
+            if s.role() == raftsql_client::pb::Role::Leader && s.term > term {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {target} did not take over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let to_new = Client::connect([c.addr(target).to_string()]).await.expect("connect");
+    to_new.execute("UPDATE kv SET v = 200 WHERE k = 1", &[]).await.expect("the new leader commits");
+    let pinned = QueryOptions {
+        consistency: Consistency::Strong,
+        node: Some(c.addr(old).to_string()),
+        ..Default::default()
+    };
+    let (mut refused, mut redirected) = (0, 0);
+    for _ in 0..20 {
+        match client.query("SELECT v FROM kv WHERE k = 1", &[], pinned.clone()).await {
+            Ok(r) => {
+                assert_eq!(
+                    r.rows.first().map(|row| &row[0]),
+                    Some(&Value::Integer(200)),
+                    "a STRONG read served by node {} after node {target} committed",
+                    r.receipt.node_id
+                );
+                redirected += 1; // the old leader cannot have applied the update
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, Error::NotLeader { .. } | Error::Unavailable { .. } | Error::Timeout { .. }),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("after the new leader committed: {redirected} STRONG reads redirected to it, {refused} refused");
+    let _ = transfer.await;
+    net.heal_all();
+}
