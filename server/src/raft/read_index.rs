@@ -31,6 +31,12 @@
 //! heartbeats (every `--heartbeat-ms`) keep `t` fresh, so an idle-of-writes leader serves
 //! STRONG reads without a round trip, like etcd's and TiKV's lease reads.
 //!
+//! The leader counts itself in that quorum, and it is not bound by a lease of its own: openraft
+//! lets it grant a newer candidate its vote (once its own vote is older than the lease). But
+//! granting it makes it a follower at once, in the core's memory, before the candidate hears
+//! the answer; the core checks the lease at the moment of each request, so every lease read it
+//! answered came before this node's vote could help another leader, and none comes after.
+//!
 //! What it assumes: the nodes' monotonic clocks (`CLOCK_MONOTONIC`) advance at rates that
 //! differ by less than 2× between any two nodes, and keep advancing while a process or its
 //! machine is paused. A paused leader is safe because its clock goes on: when it wakes, its
