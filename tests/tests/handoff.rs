@@ -189,7 +189,9 @@ async fn an_old_leader_serves_no_stale_strong_read_while_its_transfer_runs() {
             }
         }
     }
-    eprintln!("after the new leader committed: {redirected} STRONG reads redirected to it, {refused} refused");
+    eprintln!(
+        "after the new leader committed: {redirected} STRONG reads redirected to it, {refused} refused"
+    );
     let _ = transfer.await;
     net.heal_all();
 }
