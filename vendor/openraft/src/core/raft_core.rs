@@ -269,18 +269,6 @@ where
         self.runtime_loop(rx_shutdown).await
     }
 
-    /// Handle `is_leader` requests.
-    ///
-    /// Send heartbeat to all voters. We respond once we have
-    /// a quorum of agreement.
-    ///
-    /// Why:
-    /// To ensure linearizability, a read request proposed at time `T1` confirms this node's
-    /// leadership to guarantee that all the committed entries proposed before `T1` are present in
-    /// this node.
-    // TODO: the second condition is such a read request can only read from state machine only when the last log it sees
-    //       at `T1` is committed.
-    #[tracing::instrument(level = "trace", skip(self, tx))]
     /// raftsql patch (vendor/openraft/PATCHES.md): a linearizable read without a heartbeat
     /// round, while the leader lease covers now.
     ///
@@ -312,6 +300,18 @@ where
         let _ = tx.send(Ok(covered.then_some(resp)));
     }
 
+    /// Handle `is_leader` requests.
+    ///
+    /// Send heartbeat to all voters. We respond once we have
+    /// a quorum of agreement.
+    ///
+    /// Why:
+    /// To ensure linearizability, a read request proposed at time `T1` confirms this node's
+    /// leadership to guarantee that all the committed entries proposed before `T1` are present in
+    /// this node.
+    // TODO: the second condition is such a read request can only read from state machine only when the last log it sees
+    //       at `T1` is committed.
+    #[tracing::instrument(level = "trace", skip(self, tx))]
     pub(super) async fn handle_check_is_leader_request(&mut self, tx: ClientReadTx<C>) {
         // Setup sentinel values to track when we've received majority confirmation of leadership.
 
