@@ -590,7 +590,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         }
         let fail_stop = crate::raft::fail_stop::FailStop::new(id);
         let read_lease = Duration::from_millis(cfg.read_lease_ms.unwrap_or(cfg.election_timeout_ms));
-        let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout, Some(read_lease));
+        let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout, read_lease);
         let sequencer = {
             let _on_the_client_runtime = client.enter();
             Sequencer::spawn(id, raft.clone(), sm.clone(), read_index.clone(), options.clone(), fail_stop.clone())

@@ -103,13 +103,14 @@ pub struct ReadIndex {
 }
 
 impl ReadIndex {
-    /// `lease` must be at most half of openraft's `election_timeout_max` (the config checks it).
-    pub fn new(raft: Raft, timeout: Duration, lease: Option<Duration>) -> ReadIndex {
+    /// `lease` must be at most half of openraft's `election_timeout_max` (the config checks it);
+    /// zero turns lease reads off.
+    pub fn new(raft: Raft, timeout: Duration, lease: Duration) -> ReadIndex {
         let gate = LeaseGate { suspended: false, generation: 0, not_before: Instant::now() };
         ReadIndex {
             raft,
             timeout,
-            lease: lease.filter(|l| !l.is_zero()),
+            lease: Some(lease).filter(|l| !l.is_zero()),
             queue: Default::default(),
             gate: Arc::new(Mutex::new(gate)),
         }

@@ -459,24 +459,15 @@ impl Collector for NodeCollector {
             "Times the watchdog saw an activity (fsync, apply, the Raft core, ...) stuck past its limit",
             crate::watchdog::stalls(),
         )?;
-        counter(
-            &mut e,
-            "read_index_rounds",
-            "Leadership confirmation rounds run for STRONG reads",
-            core.read_index_stats().1,
-        )?;
+        let (reads, rounds, leased) = core.read_index_stats();
+        counter(&mut e, "read_index_rounds", "Leadership confirmation rounds run for STRONG reads", rounds)?;
         counter(
             &mut e,
             "read_lease_rounds",
             "Of those rounds, the ones the leader lease answered without heartbeats",
-            core.read_index_stats().2,
+            leased,
         )?;
-        counter(
-            &mut e,
-            "read_index_reads",
-            "STRONG reads served through those rounds",
-            core.read_index_stats().0,
-        )?;
+        counter(&mut e, "read_index_reads", "STRONG reads served through those rounds", reads)?;
         Ok(())
     }
 }

@@ -289,14 +289,16 @@ impl SqlService {
         }
         pages[0].columns = result.columns;
         pages.last_mut().expect("at least one page").receipt = Some(receipt_to_pb(&receipt));
-        if pages.len() == 1 {
-            // Nothing to pace: the task below would put the one page in its channel and end at
-            // once, letting go of both holds. The same without a task and a wake-up per read
-            // (a point SELECT's case).
-            drop((admitted, held));
-            let page = pages.pop().expect("one page");
-            return Ok(tonic::Response::new(Box::pin(futures::stream::once(async move { Ok(page) }))));
-        }
+        // One page has nothing to pace: the task below would put it in its channel and end at
+        // once, letting go of both holds. The same without a task and a wake-up per read (a
+        // point SELECT's case).
+        let pages = match <[pb::QueryResponse; 1]>::try_from(pages) {
+            Ok([page]) => {
+                drop((admitted, held));
+                return Ok(tonic::Response::new(Box::pin(futures::stream::once(async move { Ok(page) }))));
+            }
+            Err(pages) => pages,
+        };
         // A reader must take each page within --query-timeout: one that stops reading (and
         // neither closes nor resets its stream) would otherwise keep its in-flight slot and its
         // result forever. Past it, the rest of the result and both holds are dropped, and the
