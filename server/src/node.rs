@@ -158,6 +158,10 @@ pub struct Config {
     /// approximately). sled's own default is 1 GiB.
     #[arg(long, env = "RAFTSQL_CACHE_BYTES", default_value_t = crate::store::DEFAULT_CACHE_BYTES)]
     pub cache_bytes: u64,
+    /// Bytes of the cache of parsed statement texts (`sql::parse_cache`): the estimate of their
+    /// syntax trees plus the texts; texts over 2 KiB are never kept. 0 = parse every statement.
+    #[arg(long, env = "RAFTSQL_PARSE_CACHE_BYTES", default_value_t = crate::sql::parse_cache::DEFAULT_BYTES)]
+    pub parse_cache_bytes: u64,
     /// sled's background flush interval in ms; 0 = only explicit fsyncs persist anything.
     #[arg(long, env = "RAFTSQL_FLUSH_EVERY_MS", default_value_t = 500)]
     pub flush_every_ms: u64,
@@ -405,6 +409,10 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     if id == 0 {
         bail!("--id must be at least 1");
     }
+    // Before anything parses SQL; a process runs one node, and a second configuration (tests
+    // that run nodes in one process) keeps the first, which is harmless: parses depend on the
+    // text alone.
+    crate::sql::parse_cache::configure(cfg.parse_cache_bytes);
     if let Some(lease) = cfg.read_lease_ms.filter(|l| *l > cfg.election_timeout_ms) {
         bail!(
             "--read-lease-ms {lease} is above --election-timeout-ms {}: followers refuse to elect another \

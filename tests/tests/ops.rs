@@ -4,7 +4,7 @@
 //! network cut (the harness's fault proxies), and health needs no credentials.
 
 use prometheus_parse::{Scrape, Value as Metric};
-use raftsql_client::{Consistency, QueryOptions};
+use raftsql_client::{Consistency, QueryOptions, Value};
 use raftsql_tests::{exec, hash_password, http_get, Cluster, ClusterOptions};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -129,6 +129,14 @@ async fn metrics_follow_the_work_done() {
     let strong =
         client.query("SELECT COUNT(*) FROM kv", &[], QueryOptions::default()).await.expect("STRONG read");
     assert_eq!(strong.rows.len(), 1);
+    // The same text three times: parsed once, then found in the leader's parse cache.
+    for k in 0..3 {
+        let r = client
+            .query("SELECT v FROM kv WHERE k = ?", &[Value::Integer(k)], QueryOptions::default())
+            .await
+            .expect("STRONG read");
+        assert_eq!(r.rows, vec![vec![Value::Text(format!("v{k}"))]]);
+    }
     let (rows, _) = cluster.assert_converged("kv").await.expect("replicas converge");
     assert_eq!(rows, 20);
     let pinned = raftsql_tests::pinned(&cluster, follower);
@@ -163,6 +171,12 @@ async fn metrics_follow_the_work_done() {
         leased <= rounds && leased == st.read_lease_rounds as f64,
         "{leased} by the lease, status: {st:?}"
     );
+    // The CREATE, the 20 INSERTs (literals inline) and the SELECTs were each parsed once; the
+    // repeated SELECT was then found parsed.
+    let hits = total(&cluster, "raftsql_parse_cache_hits_total", &[]).await;
+    let misses = total(&cluster, "raftsql_parse_cache_misses_total", &[]).await;
+    assert!(hits >= 2.0 && misses >= 22.0, "parse cache: {hits} hits, {misses} misses");
+    assert!(must(&l, "raftsql_parse_cache_bytes", &[]) > 0.0);
     // The sequencer took the 21 writes in batches: at least one, at most one per write.
     let batches = histogram_count(&l, "raftsql_sequencer_batch_requests", &[]).expect("batch histogram");
     assert!((1.0..=writes_after).contains(&batches), "{batches} batches for {writes_after} writes");

@@ -468,6 +468,25 @@ impl Collector for NodeCollector {
             leased,
         )?;
         counter(&mut e, "read_index_reads", "STRONG reads served through those rounds", reads)?;
+        let parses = crate::sql::parse_cache::stats();
+        counter(
+            &mut e,
+            "parse_cache_hits",
+            "Statement texts found already parsed (--parse-cache-bytes)",
+            parses.hits,
+        )?;
+        counter(
+            &mut e,
+            "parse_cache_misses",
+            "Statement texts short enough to keep that had to be parsed",
+            parses.misses,
+        )?;
+        gauge(
+            &mut e,
+            "parse_cache_bytes",
+            "Estimated bytes of the parsed statements kept (syntax trees and texts)",
+            parses.bytes as i64,
+        )?;
         Ok(())
     }
 }

@@ -107,7 +107,7 @@ impl<'a> Executor<'a> {
                     break;
                 }
             };
-            for stmt in stmts {
+            for stmt in stmts.iter() {
                 count += 1;
                 if count > 1 && !params.is_empty() {
                     text_error = Some(Error::Invalid(
@@ -117,7 +117,7 @@ impl<'a> Executor<'a> {
                     ));
                     break 'pieces;
                 }
-                self.one(&stmt, params, st)?;
+                self.one(stmt, params, st)?;
                 if let Some(Ok(r)) = st.outcomes.last() {
                     self.meter.keep(r.rows.iter().map(|row| limits::row_bytes(row)).sum())?;
                 }
@@ -853,11 +853,11 @@ pub fn query_with(
     // every syntax tree at once (~400 bytes per byte of SQL: 75 MiB for 190 KB of SELECTs).
     let mut pieces = limits::pieces(sql);
     let stmts = match (pieces.next(), pieces.next()) {
-        (None, _) => vec![],
+        (None, _) => std::sync::Arc::from([]),
         (Some(piece), None) => parse_piece(piece, &meter)?,
         (Some(_), Some(_)) => return Err(Error::Invalid("a query holds exactly one statement".into())),
     };
-    match stmts.as_slice() {
+    match &*stmts {
         [Statement::Query(q)] => run_query(view, &meter, q, params, Some(ctx)),
         [Statement::Explain { statement, .. }] => explain(view, statement, params),
         [] => Err(Error::Invalid("empty query".into())),

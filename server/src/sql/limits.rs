@@ -461,8 +461,15 @@ pub const SYNTAX_TREE_BYTES_PER_TOKEN: usize = 1024;
 
 /// Charges the syntax tree `tokens` will become to `meter`, refusing a statement whose tree
 /// alone would exceed `--max-query-memory` (or that the node's memory cannot take now).
-pub fn charge_syntax_tree(tokens: &[TokenWithSpan], meter: &Meter) -> Result<(), Error> {
+/// Returns the number of tokens charged for.
+pub fn charge_syntax_tree(tokens: &[TokenWithSpan], meter: &Meter) -> Result<usize, Error> {
     let n = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).count();
+    charge_tree(n, meter)?;
+    Ok(n)
+}
+
+/// Charges the syntax tree of a statement of `n` tokens (whitespace aside) to `meter`.
+pub fn charge_tree(n: usize, meter: &Meter) -> Result<(), Error> {
     let bytes = n.saturating_mul(SYNTAX_TREE_BYTES_PER_TOKEN);
     let max = meter.budget().max_memory;
     if bytes > max {

@@ -55,6 +55,7 @@ mod expr;
 mod func;
 pub mod limits;
 mod overlay;
+pub mod parse_cache;
 mod plan;
 mod run;
 
@@ -187,10 +188,36 @@ pub const STACK_BYTES: usize = 64 << 20;
 /// tree exists ([`limits::check_depth`]), charge the tree about to be built to `meter`
 /// ([`limits::charge_syntax_tree`]), then parse. Error positions are those of the whole
 /// request text.
+///
+/// A text parsed before comes from the [`parse_cache`], charged to `meter` as if parsed.
 pub(crate) fn parse_piece(
     piece: limits::Piece<'_>,
     meter: &limits::Meter,
-) -> Result<Vec<sqlparser::ast::Statement>, Error> {
+) -> Result<std::sync::Arc<[sqlparser::ast::Statement]>, Error> {
+    parse_piece_with(parse_cache::global(), piece, meter)
+}
+
+/// [`parse_piece`] through `cache`.
+pub(crate) fn parse_piece_with(
+    cache: &parse_cache::ParseCache,
+    piece: limits::Piece<'_>,
+    meter: &limits::Meter,
+) -> Result<std::sync::Arc<[sqlparser::ast::Statement]>, Error> {
+    if let Some(parsed) = cache.get(piece.text) {
+        limits::charge_tree(parsed.tokens, meter)?;
+        return Ok(parsed.statements);
+    }
+    let (statements, tokens) = parse_uncached(piece, meter)?;
+    let statements: std::sync::Arc<[sqlparser::ast::Statement]> = statements.into();
+    cache.put(piece.text, parse_cache::Parsed { statements: statements.clone(), tokens });
+    Ok(statements)
+}
+
+/// [`parse_piece`] without the cache; also returns the tokens charged for.
+fn parse_uncached(
+    piece: limits::Piece<'_>,
+    meter: &limits::Meter,
+) -> Result<(Vec<sqlparser::ast::Statement>, usize), Error> {
     use sqlparser::parser::{Parser, ParserError};
     use sqlparser::tokenizer::{Token, Tokenizer};
     let dialect = sqlparser::dialect::SQLiteDialect {};
@@ -213,8 +240,8 @@ pub(crate) fn parse_piece(
         }
     }
     limits::check_depth(&tokens)?;
-    limits::charge_syntax_tree(&tokens, meter)?;
-    Parser::new(&dialect)
+    let charged = limits::charge_syntax_tree(&tokens, meter)?;
+    let statements = Parser::new(&dialect)
         .with_recursion_limit(MAX_NESTING)
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -238,7 +265,8 @@ pub(crate) fn parse_piece(
                 None => (text, 0, 0),
             };
             Error::Parse { message, line, column }
-        })
+        })?;
+    Ok((statements, charged))
 }
 
 #[cfg(test)]
