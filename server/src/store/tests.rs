@@ -991,3 +991,47 @@ fn sled_reuses_a_freed_segment_only_after_an_fdatasync() {
         assert_eq!(&*got, &value(rounds, key)[..], "key {key} after {rounds} rounds");
     }
 }
+
+/// Voluntary context switches of this process's sled pool threads (`sled-io-*`) so far.
+fn sled_pool_switches() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("read /proc/self/task").flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("sled-io") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// A task queued on sled's thread pool wakes one pool thread, not all seven of them (sled woke
+/// every idle thread per task: about 25 context switches per replicated write per node;
+/// vendor/sled/PATCHES.md, "One pool thread woken per task").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_pool_task_wakes_one_pool_thread() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut sm) = open(&opts(dir.path(), 1)).unwrap();
+    apply(&mut sm, vec![normal(1, ChangeSet::new(vec![req(vec![Change::CreateTable(users())])]))]).await;
+    let (tasks_before, switches_before) = (sled::RAFTSQL_POOL_TASKS.load(Relaxed), sled_pool_switches());
+    let started = std::time::Instant::now();
+    for i in 0..300i64 {
+        let entry = ChangeSet::new(vec![req(vec![user(10 + i, "x", Null)])]);
+        log.blocking_append([normal(2 + i as u64, entry.clone())]).await.unwrap();
+        apply(&mut sm, vec![normal(2 + i as u64, entry)]).await;
+    }
+    let tasks = sled::RAFTSQL_POOL_TASKS.load(Relaxed) - tasks_before;
+    let switches = sled_pool_switches() - switches_before;
+    // Every idle pool thread also wakes once a second (its wait's timeout), and a woken thread
+    // may block briefly on sled's locks; woken all at once, seven threads switched about seven
+    // times per task.
+    let idle = 7 * (started.elapsed().as_secs() + 1);
+    assert!(tasks >= 300, "300 appends and applies queued only {tasks} pool tasks");
+    assert!(switches <= 3 * tasks + idle, "{switches} switches of the pool threads for {tasks} tasks");
+}

@@ -120,6 +120,11 @@ pub static RAFTSQL_REUSE_SYNCS: std::sync::atomic::AtomicU64 =
 pub static RAFTSQL_BLOB_SYNCS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
+/// raftsql patch: tasks queued on sled's thread pool since the process
+/// started, for the test that each wakes one pool thread.
+pub static RAFTSQL_POOL_TASKS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 mod arc;
 mod atomic_shim;
 mod batch;

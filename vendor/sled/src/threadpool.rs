@@ -68,7 +68,11 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // raftsql: one task needs one thread. notify_all woke every idle
+        // pool thread (7) for each task, and all but one went back to
+        // sleep: about 25 context switches per replicated write per node
+        // (vendor/sled/PATCHES.md, "One pool thread woken per task").
+        self.cv.notify_one();
 
         len
     }
@@ -206,6 +210,8 @@ where
         promise_filler.fill(result);
     };
 
+    crate::RAFTSQL_POOL_TASKS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let depth = QUEUE.send(Box::new(task));
 
     if depth > DESIRED_WAITING_THREADS {
