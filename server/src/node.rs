@@ -747,14 +747,20 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         // A Raft core that stopped (a storage failure: a damaged value, a failed write) never
         // recovers in this process, and a node that only answers UNAVAILABLE looks alive to an
         // orchestrator: stop, naming the cause, so the operator (or a restart policy) acts.
+        // Watched through the server metrics, which change with the role, the vote or the
+        // membership and close when the core ends: the full metrics are sent on every turn of
+        // the core's loop, several times per write, and each woke this (the main) thread.
         let core_stopped = async {
-            let mut metrics = raft.metrics();
+            let mut server = raft.server_metrics();
             loop {
-                if let Err(fatal) = &metrics.borrow().running_state {
+                if let Err(fatal) = &raft.metrics().borrow().running_state {
                     return fatal.to_string();
                 }
-                if metrics.changed().await.is_err() {
-                    return "its metrics channel closed".to_string();
+                if server.changed().await.is_err() {
+                    return match &raft.metrics().borrow().running_state {
+                        Err(fatal) => fatal.to_string(),
+                        Ok(()) => "its metrics channel closed".to_string(),
+                    };
                 }
             }
         };

@@ -398,9 +398,11 @@ impl AppendTimes {
     pub fn follow(&self, raft: Raft) {
         let times = self.clone();
         tokio::spawn(async move {
-            let mut rx = raft.metrics();
+            // The data metrics change only when a value in them does; the full metrics are
+            // sent on every turn of the core's loop.
+            let mut rx = raft.data_metrics();
             loop {
-                let last = rx.borrow_and_update().last_log_index;
+                let last = rx.borrow_and_update().last_log.map(|l| l.index);
                 if let Some(i) = last {
                     times.record(i);
                 }

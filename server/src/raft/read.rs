@@ -62,8 +62,9 @@ pub struct ReadRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// How long a read may run on the calling worker before it moves to a blocking thread.
-const INLINE_SLICE: Duration = Duration::from_millis(2);
+/// How long a read (or the sequencer's evaluation of a batch) may run on the calling worker
+/// before it moves to a blocking thread.
+pub(super) const INLINE_SLICE: Duration = Duration::from_millis(2);
 
 /// Serves a read at its level, or says where to go instead.
 pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Receipt), Error> {

@@ -528,49 +528,88 @@ impl Task {
         let pool = self.options.memory.clone();
         let sm = self.sm.clone();
         let assumed: Vec<Arc<ChangeSet>> = self.in_flight.iter().map(|f| f.entry.clone()).collect();
+        let assumed_empty = assumed.is_empty();
         let ctx = crate::sql::Context {
             now_millis: super::wall_clock_millis(self.options.clock_offset_ms),
             seed: rand::random(),
         };
-        let evaluated = tokio::task::spawn_blocking(move || {
-            let _busy = crate::watchdog::EVALUATE.enter(requests.len() as u64);
-            let evaluate = |view: &dyn crate::changeset::ReadView| {
-                let mut executor = crate::sql::Executor::new(view, ctx);
-                executor
-                    .assume(assumed.iter().flat_map(|e| e.requests.iter()).flat_map(|r| r.changes.iter()));
-                requests
-                    .iter()
-                    .map(|(r, cancel)| {
-                        // Each request gets its own deadline, so one slow request does not
-                        // starve the others of the batch.
-                        let mut budget = crate::sql::Budget::with_timeout(
-                            limit,
-                            format!("--write-eval-timeout-ms ({limit:?})"),
-                        );
-                        budget.cancel = cancel.clone();
-                        budget.max_memory = max_memory;
-                        budget.pool = Some(pool.clone());
-                        budget.max_rows_written = max_rows;
-                        executor.set_budget(budget);
-                        executor.execute(&r.statements, r.transaction)
-                    })
-                    .collect::<Vec<_>>()
-            };
-            if assumed.is_empty() {
-                // Nothing of this leader's is waiting to apply: hold apply for the evaluation
-                // (the cheapest consistent view).
-                (sm.read(evaluate), false)
-            } else {
-                // Pinned: the entries in flight go on applying while this batch evaluates.
-                let (results, _, stopped) = sm.read_pinned(evaluate);
-                (results, stopped)
+        let n = requests.len() as u64;
+        // Evaluates the batch, every request under its own budget, none past `slice_end`.
+        let evaluate_until = move |view: &dyn crate::changeset::ReadView,
+                                   slice_end: Option<std::time::Instant>| {
+            let mut executor = crate::sql::Executor::new(view, ctx);
+            executor.assume(assumed.iter().flat_map(|e| e.requests.iter()).flat_map(|r| r.changes.iter()));
+            requests
+                .iter()
+                .map(|(r, cancel)| {
+                    // Each request gets its own deadline, so one slow request does not
+                    // starve the others of the batch.
+                    let mut budget = crate::sql::Budget::with_timeout(
+                        limit,
+                        format!("--write-eval-timeout-ms ({limit:?})"),
+                    );
+                    if let Some(end) = slice_end.filter(|end| budget.deadline.is_none_or(|d| *end < d)) {
+                        budget.deadline = Some(end);
+                        budget.deadline_source = "the inline slice".into();
+                    }
+                    budget.cancel = cancel.clone();
+                    budget.max_memory = max_memory;
+                    budget.pool = Some(pool.clone());
+                    budget.max_rows_written = max_rows;
+                    executor.set_budget(budget);
+                    executor.execute(&r.statements, r.transaction)
+                })
+                .collect::<Vec<_>>()
+        };
+        // A batch of a few single-row writes evaluates in microseconds, less than the two thread
+        // switches to a blocking thread and back cost. So, as reads do (`read::INLINE_SLICE`),
+        // the batch first runs here on this worker, within the slice, when nothing of this
+        // leader's is waiting to apply (then the view is the applied state under the state
+        // machine's lock, taken only if no apply holds or waits for it). If any request was
+        // stopped (by the slice, or cancelled), the whole batch runs again from the start on a
+        // blocking thread under its full budgets: evaluation changes nothing, and the same
+        // context (clock, seed) gives the same result.
+        let inline = if assumed_empty {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _busy = crate::watchdog::EVALUATE.enter(n);
+                let slice_end = std::time::Instant::now().checked_add(super::read::INLINE_SLICE);
+                sm.try_read(|view| evaluate_until(view, slice_end))
+            }))
+        } else {
+            Ok(None)
+        };
+        let evaluated = match inline {
+            Ok(Some(results))
+                if !results.iter().any(|r| matches!(r, Err(crate::sql::Error::Interrupted(_)))) =>
+            {
+                Ok((results, false))
             }
-        })
-        .await;
+            Err(panic) => Err(panic),
+            Ok(_) => tokio::task::spawn_blocking(move || {
+                let _busy = crate::watchdog::EVALUATE.enter(n);
+                let evaluate = |view: &dyn crate::changeset::ReadView| evaluate_until(view, None);
+                if assumed_empty {
+                    // Nothing of this leader's is waiting to apply: hold apply for the evaluation
+                    // (the cheapest consistent view).
+                    (sm.read(evaluate), false)
+                } else {
+                    // Pinned: the entries in flight go on applying while this batch evaluates.
+                    let (results, _, stopped) = sm.read_pinned(evaluate);
+                    (results, stopped)
+                }
+            })
+            .await
+            .map_err(|e| -> Box<dyn std::any::Any + Send> { Box::new(e.to_string()) }),
+        };
         let (evaluated, stopped) = match evaluated {
             Ok(e) => e,
             Err(panic) => {
                 // A bug in evaluation: answer, propose nothing, keep serving.
+                let panic = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic without a message".into());
                 tracing::error!(error = %panic, "SQL evaluation panicked; the batch was not proposed");
                 for w in work {
                     for (reply, _) in w.replies {
@@ -801,12 +840,15 @@ impl Completion {
     /// tells the sequencer the entry's fate (`end`), which after a timeout means waiting on.
     async fn run(mut self, rx: oneshot::Receiver<ClientWriteResult<TypeConfig>>, end: oneshot::Sender<bool>) {
         let (id, term) = (self.id, self.term);
-        let mut metrics = self.raft.metrics();
+        // The server metrics change with the vote and the leader only (the full metrics are
+        // sent on every turn of the core's loop, which woke this task several times per
+        // write), and close when the core ends.
+        let mut metrics = self.raft.server_metrics();
         let deposed = async move {
             loop {
                 {
                     let m = metrics.borrow_and_update();
-                    if m.current_term != term || m.current_leader != Some(id) {
+                    if m.vote.leader_id().get_term() != term || m.current_leader != Some(id) {
                         return;
                     }
                 }
