@@ -19,3 +19,12 @@ pub mod throttle;
 pub mod tls;
 pub mod typ;
 pub mod watchdog;
+
+/// The message a panic carried (`panic!("...")` with or without arguments), if any: for logs and
+/// errors that report a panic caught at a boundary (`catch_unwind`, a joined task).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}

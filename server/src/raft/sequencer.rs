@@ -599,17 +599,14 @@ impl Task {
                 }
             })
             .await
-            .map_err(|e| -> Box<dyn std::any::Any + Send> { Box::new(e.to_string()) }),
+            .map_err(|e| e.try_into_panic().unwrap_or_else(|e| Box::new(e.to_string()))),
         };
         let (evaluated, stopped) = match evaluated {
             Ok(e) => e,
             Err(panic) => {
                 // A bug in evaluation: answer, propose nothing, keep serving.
-                let panic = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a panic without a message".into());
+                let panic =
+                    crate::panic_message(&*panic).unwrap_or_else(|| "a panic without a message".into());
                 tracing::error!(error = %panic, "SQL evaluation panicked; the batch was not proposed");
                 for w in work {
                     for (reply, _) in w.replies {

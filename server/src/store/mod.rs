@@ -310,11 +310,8 @@ pub fn open(opts: &Options) -> Result<(LogStore, StateMachine), Error> {
             e => Error::Sled { context: format!("open the sled database in {db_path:?}"), source: e },
         })?,
         Err(panic) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "sled panicked while reading it".into());
+            let reason =
+                crate::panic_message(&*panic).unwrap_or_else(|| "sled panicked while reading it".into());
             return Err(Error::Corrupt { path: db_path, reason });
         }
     };
