@@ -844,3 +844,30 @@ async fn every_acknowledged_write_survives_kill_9_of_all_nodes_with_unflushed_ap
         assert_every_acked_row_once(&cluster, &client, &acked, &format!("round {round}: ")).await;
     }
 }
+
+/// A follower applies the last write of a burst without waiting for the next write: after one
+/// INSERT and nothing else, every node reaches the leader's applied index (and an ANY read
+/// pinned to a follower sees the row). The leader holds back a heartbeat that would only carry a
+/// new commit index, hoping the next entries carry it (vendor/openraft/PATCHES.md); when none
+/// come, the heartbeat must still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_apply_the_last_write_without_a_next_one() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await.expect("cluster starts");
+    let client = cluster.client().await;
+    create_table(&client).await;
+    client.execute("INSERT INTO t VALUES (1, 'only', 1.0)", &[]).await.expect("insert");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let index = cluster.status(leader).await.expect("leader status").applied_index;
+    for id in cluster.ids() {
+        cluster.wait_applied(id, index, Duration::from_secs(10)).await.unwrap_or_else(|e| {
+            panic!("{e}; the last write must reach every replica without another one after it")
+        });
+    }
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        let r = client
+            .query("SELECT id FROM t", &[], raftsql_tests::pinned(&cluster, id))
+            .await
+            .expect("ANY read on a follower");
+        assert_eq!(r.rows, vec![vec![Value::Integer(1)]], "node {id} serves the write");
+    }
+}

@@ -195,3 +195,36 @@ async fn an_old_leader_serves_no_stale_strong_read_while_its_transfer_runs() {
     let _ = transfer.await;
     net.heal_all();
 }
+
+/// Transfers while several clients write without pause: each one elects its target in the very
+/// next term. A write that passed the sequencer's pause check just before a transfer began used
+/// to be proposed after the transfer had taken the leader's last index, so the target lacked
+/// it, lost its election to the longer logs, and the cluster went through more elections with
+/// writes stalled for seconds (seen in CI as a term 3 higher instead of 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_under_concurrent_writes_elect_the_target_in_the_next_term() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.expect("cluster");
+    let client = c.client().await;
+    client.execute("CREATE TABLE t (k INTEGER)", &[]).await.expect("create");
+    let writers: Vec<SteadyWriter> =
+        (0..6).map(|w| SteadyWriter::start(client.clone(), "t", w * 100_000, Duration::ZERO, WAIT)).collect();
+    let (mut leader, mut term) = agreed_leader(&c).await;
+    for round in 0..12 {
+        let target = c.ids().into_iter().filter(|id| *id != leader).nth(round % 2).unwrap();
+        let moved = client.transfer_leader(Some(target)).await;
+        let (now, now_term) = agreed_leader(&c).await;
+        assert_eq!(
+            (now, now_term),
+            (target, term + 1),
+            "round {round}: a transfer from node {leader} in term {term} to node {target} answered {moved:?}"
+        );
+        assert_eq!(moved.expect("the transfer"), (target, term + 1), "round {round}: its answer");
+        (leader, term) = (now, now_term);
+    }
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.finish().await.0);
+    }
+    assert!(acked.len() > 12, "the writers wrote all along: {} rows", acked.len());
+    all_there(&c, &acked).await;
+}

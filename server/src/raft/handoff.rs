@@ -6,10 +6,13 @@
 //! that heard from its leader within the lease refuses every vote, so a target told to
 //! campaign loses. The steps, on the leader:
 //!
-//! 1. Stop taking writes: the sequencer refuses new batches with UNAVAILABLE (clients retry,
-//!    and find the new leader), and stop the heartbeats, so nothing renews the lease.
-//! 2. Wait until the target holds the leader's whole log (the entries in flight when writes
-//!    stopped included), so it can win and nothing acknowledged is at risk.
+//! 1. Stop taking writes ([`WritePause`]): the sequencer refuses new batches with UNAVAILABLE
+//!    (clients retry, and find the new leader) and proposes nothing more, not even a batch it
+//!    was evaluating; and stop the heartbeats, so nothing renews the lease.
+//! 2. Wait until the target holds the leader's whole log, read from openraft's core after the
+//!    pause (so every entry ever proposed in the term is in it), so that it can win and nothing
+//!    acknowledged is at risk. A target missing one entry loses its election to the longer
+//!    logs, and the cluster goes through more elections with writes stalled.
 //! 3. `TimeoutNow { elect: false }` to every other voter and to itself: each ends the lease it
 //!    grants (a vendored openraft patch, `Trigger::expire_leader_lease`), acting only on its
 //!    current leader's request in its current term. Their election timers still give the
@@ -27,11 +30,45 @@
 use super::{Core, Error};
 use crate::typ::NodeId;
 use raftsql_proto::v1 as pb;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
+
+/// Writes paused for a leadership transfer. The sequencer checks [`WritePause::is_paused`]
+/// as it takes a batch (an early refusal) and again as it hands an entry to openraft, holding
+/// [`WritePause::proposal`] across that hand-over; [`WritePause::pause`] returns only once no
+/// proposal that missed the pause is still under way. So after `pause`, openraft's log holds
+/// every entry this leader will propose until [`WritePause::resume`]; without the second check
+/// a batch evaluated while the transfer began was proposed after the transfer read the log.
+#[derive(Clone, Debug, Default)]
+pub struct WritePause {
+    paused: Arc<AtomicBool>,
+    proposing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl WritePause {
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Pauses writes; returns once every proposal that began before is in openraft's queue.
+    pub async fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        drop(self.proposing.lock().await);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Leave to propose: `None` while paused. Hold the guard until openraft has the entry.
+    pub async fn proposal(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let guard = self.proposing.lock().await;
+        (!self.is_paused()).then_some(guard)
+    }
+}
 
 /// How long one TimeoutNow call may take.
 const CALL: Duration = Duration::from_millis(500);
@@ -69,18 +106,23 @@ pub async fn transfer(
     };
     let peer_addr = |id: NodeId| membership.get_node(&id).map(|n| n.peer_addr.clone());
     info!(target, term, "handing leadership over: writes paused, heartbeats stopped");
-    core.options.handing_off.store(true, Ordering::SeqCst);
+    core.options.writes.pause().await;
     // Before any lease ends: a lease read from here on would count on leases step 3 ends.
     core.read_index.suspend_lease();
     core.raft.runtime_config().heartbeat(false);
     let result = async {
-        // 2. The target holds everything the leader has.
+        // 2. The target holds everything the leader has. The core takes requests in order, so
+        //    its answer comes after every proposal the pause waited for.
+        let last = core
+            .raft
+            .with_raft_state(|s| s.log_ids.last().map_or(0, |l| l.index))
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
         loop {
             let m = core.metrics();
             if m.current_leader != Some(core.id) || m.current_term != term {
                 return Err(core.not_leader());
             }
-            let last = m.last_log_index.unwrap_or(0);
             if matched(&m, target) >= last {
                 break;
             }
@@ -114,13 +156,23 @@ pub async fn transfer(
             .metrics(|m| m.current_term > term, "a newer term")
             .await
             .map_err(|_| Error::Timeout(format!("node {target} did not take over in time; leadership stays here")))?;
-        Ok((moved.current_leader.unwrap_or(target), moved.current_term))
+        // The answer names the leader this node hears from, not the one it asked for: a newer
+        // term alone may be a lost election. (Not knowing it by the deadline, it names the
+        // target: leadership has left this node either way.)
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let known = core
+            .raft
+            .wait(Some(left))
+            .metrics(|m| m.current_term > term && m.current_leader.is_some(), "a new leader")
+            .await
+            .unwrap_or(moved);
+        Ok((known.current_leader.unwrap_or(target), known.current_term))
     }
     .await;
     core.raft.runtime_config().heartbeat(true);
     // If this node still leads, its lease counts again from heartbeats sent from now on.
     core.read_index.resume_lease();
-    core.options.handing_off.store(false, Ordering::SeqCst);
+    core.options.writes.resume();
     match &result {
         Ok((leader, new_term)) => info!(leader, term = new_term, "handed leadership over"),
         Err(e) => warn!(error = %e, "leadership transfer failed"),

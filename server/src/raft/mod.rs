@@ -165,9 +165,10 @@ pub struct Options {
     pub request_limits: crate::sql::RequestLimits,
     /// The node's memory for evaluations and unread results (`--max-node-memory`), shared.
     pub memory: std::sync::Arc<crate::sql::MemoryPool>,
-    /// Set while this leader hands leadership over (`handoff`): the sequencer refuses new
-    /// writes with UNAVAILABLE so that the log stops growing. Shared by every clone.
-    pub handing_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Paused while this leader hands leadership over (`handoff`): the sequencer proposes
+    /// nothing more and refuses writes with UNAVAILABLE, so the log stops growing. Shared by
+    /// every clone.
+    pub writes: handoff::WritePause,
 }
 
 impl Default for Options {
@@ -190,7 +191,7 @@ impl Default for Options {
             max_inflight: 512,
             request_limits: crate::sql::RequestLimits::default(),
             memory: crate::sql::MemoryPool::new(crate::sql::limits::DEFAULT_NODE_MEMORY),
-            handing_off: Default::default(),
+            writes: Default::default(),
         }
     }
 }

@@ -181,6 +181,15 @@ struct Work {
     cancel: Arc<AtomicBool>,
 }
 
+/// The answer to writes while leadership moves away (`handoff`): nothing was proposed.
+fn handing_off() -> Error {
+    Error::Unavailable(
+        "leadership is moving to another node (a transfer, or this node is shutting down); nothing \
+         was applied; retry: the new leader takes writes within moments"
+            .into(),
+    )
+}
+
 /// Resolves with the oldest entry in flight's fate; never, if none is.
 async fn oldest(in_flight: &mut VecDeque<Flight>) -> bool {
     match in_flight.front_mut() {
@@ -290,14 +299,10 @@ impl Task {
             }
             return;
         };
-        if self.options.handing_off.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.options.writes.is_paused() {
             self.gather(&mut batch);
             for p in batch {
-                let _ = p.reply.send(Err(Error::Unavailable(
-                    "leadership is moving to another node (a transfer, or this node is shutting down); \
-                     retry: the new leader takes writes within moments"
-                        .into(),
-                )));
+                let _ = p.reply.send(Err(handing_off()));
             }
             return;
         }
@@ -742,6 +747,15 @@ impl Task {
     async fn submit(&mut self, cs: ChangeSet, term: u64, done: Completion) -> Result<(), Error> {
         let encoded = EncodedChangeSet::encode(&cs);
         let bytes = encoded.len() as u64;
+        let writes = self.options.writes.clone();
+        // Held until openraft has the entry: a transfer that pauses writes meanwhile waits for
+        // it, and reads the log only after (`handoff::WritePause`).
+        let Some(_proposing) = writes.proposal().await else {
+            // Leadership is moving: this batch, evaluated before the pause, is not proposed.
+            let e = handing_off();
+            answer_all(done.work, &e);
+            return Err(e);
+        };
         let rx = match self.raft.client_write_ff(encoded).await {
             Ok(rx) => rx,
             Err(fatal) => {

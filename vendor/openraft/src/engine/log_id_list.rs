@@ -293,7 +293,9 @@ impl<NID: NodeId> LogIdList<NID> {
         self.key_log_ids.first()
     }
 
-    pub(crate) fn last(&self) -> Option<&LogId<NID>> {
+    /// raftsql patch (vendor/openraft/PATCHES.md): public, so that `Raft::with_raft_state` can
+    /// tell the last log id the core holds, after every request queued before it.
+    pub fn last(&self) -> Option<&LogId<NID>> {
         self.key_log_ids.last()
     }
 
