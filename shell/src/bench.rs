@@ -19,8 +19,9 @@
 //!   by error code. `--format json` prints exactly one line on stdout in `../shared/bench`'s
 //!   format; text prints a progress line on stderr each second and a summary.
 //! - `--local` starts a throwaway 3-node cluster on loopback (as `raftsql demo` does, but with
-//!   the server's default settings, not the demo's snapshot every 100 entries; with `--tls`, TLS
-//!   on both ports), runs, and removes it.
+//!   the server's default settings, not the demo's snapshot every 100 entries, and peers on
+//!   their own ports (`--peer-listen`) as deploy/ runs them; with `--tls`, TLS on both ports),
+//!   runs, and removes it.
 
 use hdrhistogram::Histogram;
 use raftsql_client::{Client, Consistency, QueryOptions, Value};

@@ -662,7 +662,11 @@ pub fn check_request<'a>(
     }
     let mut statements = 0usize;
     for (sql, params) in texts {
-        statements += pieces(sql).count();
+        let mut only = None;
+        for (i, piece) in pieces(sql).enumerate() {
+            only = (i == 0).then_some(piece.text);
+            statements += 1;
+        }
         if statements > limits.max_statements {
             return Err(Error::RequestTooLarge(format!(
                 "the request holds more than {} statements (--max-statements): split it into several \
@@ -677,10 +681,17 @@ pub fn check_request<'a>(
             )));
         }
         if params > 0 {
-            let dialect = sqlparser::dialect::SQLiteDialect {};
-            // A text that does not tokenize fails later with a positioned syntax error.
-            if let Ok(tokens) = sqlparser::tokenizer::Tokenizer::new(&dialect, sql).tokenize_with_location() {
-                let wanted = placeholder_count(&tokens);
+            // A one-statement text parsed before needs no tokenizing: its parse is kept with
+            // the count (`parse_cache`); comments and blanks around it take no parameters.
+            let wanted =
+                only.and_then(|text| super::parse_cache::global().placeholders(text)).or_else(|| {
+                    let dialect = sqlparser::dialect::SQLiteDialect {};
+                    // A text that does not tokenize fails later with a positioned syntax error.
+                    let tokens =
+                        sqlparser::tokenizer::Tokenizer::new(&dialect, sql).tokenize_with_location().ok()?;
+                    Some(placeholder_count(&tokens))
+                });
+            if let Some(wanted) = wanted {
                 if wanted != params {
                     return Err(Error::Invalid(format!(
                         "the statement has {wanted} parameter placeholders but {params} parameters were \
@@ -775,5 +786,38 @@ mod tests {
         assert!(check_request([("SELECT $2, $1", 2)], &limits).is_ok());
         assert!(matches!(check_request([("SELECT ?", 2)], &limits), Err(Error::Invalid(_))));
         assert!(matches!(check_request([("SELECT ?, ?", 1)], &limits), Err(Error::Invalid(_))));
+    }
+
+    /// Parameter counts of texts the parse cache holds come from the cache, and are the counts a
+    /// tokenizing check finds: around comments and blanks, and for texts of several statements
+    /// (whose first statement alone may be cached) too.
+    #[test]
+    fn parameter_counts_of_cached_texts_are_checked_as_before() {
+        let limits = RequestLimits::default();
+        let texts = [
+            ("SELECT v FROM kv WHERE k = ? AND v > $3 /* ?, $9 */", 3),
+            ("  -- a comment ?\n SELECT ?, ?  ", 2),
+            ("SELECT ?; SELECT ?, ?", 3),
+            ("SELECT ?", 1),
+        ];
+        for (text, wanted) in texts {
+            for _ in 0..2 {
+                assert!(check_request([(text, wanted)], &limits).is_ok(), "{text:?}");
+                for wrong in [wanted - 1, wanted + 1].into_iter().filter(|w| *w > 0) {
+                    let e = check_request([(text, wrong)], &limits).unwrap_err();
+                    assert!(
+                        matches!(&e, Error::Invalid(m) if m.contains(&format!("has {wanted} parameter"))),
+                        "{text:?}: {e:?}"
+                    );
+                }
+                // Parsed, so the next round finds the first statement in the cache.
+                let meter = Meter::new(Budget::default());
+                for piece in pieces(text) {
+                    crate::sql::parse_piece(piece, &meter).unwrap();
+                }
+            }
+            let first = pieces(text).next().unwrap().text;
+            assert!(super::super::parse_cache::global().placeholders(first).is_some(), "{text:?} is cached");
+        }
     }
 }

@@ -207,17 +207,18 @@ pub(crate) fn parse_piece_with(
         limits::charge_tree(parsed.tokens, meter)?;
         return Ok(parsed.statements);
     }
-    let (statements, tokens) = parse_uncached(piece, meter)?;
+    let (statements, tokens, placeholders) = parse_uncached(piece, meter)?;
     let statements: std::sync::Arc<[sqlparser::ast::Statement]> = statements.into();
-    cache.put(piece.text, parse_cache::Parsed { statements: statements.clone(), tokens });
+    cache.put(piece.text, parse_cache::Parsed { statements: statements.clone(), tokens, placeholders });
     Ok(statements)
 }
 
-/// [`parse_piece`] without the cache; also returns the tokens charged for.
+/// [`parse_piece`] without the cache; also returns the tokens charged for and the parameters
+/// the text takes.
 fn parse_uncached(
     piece: limits::Piece<'_>,
     meter: &limits::Meter,
-) -> Result<(Vec<sqlparser::ast::Statement>, usize), Error> {
+) -> Result<(Vec<sqlparser::ast::Statement>, usize, usize), Error> {
     use sqlparser::parser::{Parser, ParserError};
     use sqlparser::tokenizer::{Token, Tokenizer};
     let dialect = sqlparser::dialect::SQLiteDialect {};
@@ -232,6 +233,7 @@ fn parse_uncached(
         let (line, column) = shift(e.location.line as u32, e.location.column as u32);
         Error::Parse { message: e.message, line, column }
     })?;
+    let placeholders = limits::placeholder_count(&tokens);
     let mut n = 0;
     for t in &mut tokens {
         if matches!(&t.token, Token::Placeholder(p) if p == "?") {
@@ -266,7 +268,7 @@ fn parse_uncached(
             };
             Error::Parse { message, line, column }
         })?;
-    Ok((statements, charged))
+    Ok((statements, charged, placeholders))
 }
 
 #[cfg(test)]

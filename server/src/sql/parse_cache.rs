@@ -40,6 +40,9 @@ pub(crate) struct Parsed {
     pub statements: Arc<[Statement]>,
     /// Tokens of the text, whitespace aside: what `limits::charge_tree` charges for.
     pub tokens: usize,
+    /// The parameters the text takes (`limits::placeholder_count`), so that checking a
+    /// request's parameter count does not tokenize a text the cache holds.
+    pub placeholders: usize,
 }
 
 #[derive(Clone)]
@@ -102,6 +105,16 @@ impl ParseCache {
         found
     }
 
+    /// How many parameters `text` takes, if its parse is kept; counts neither a hit nor a miss
+    /// (the parse that follows does).
+    pub(crate) fn placeholders(&self, text: &str) -> Option<usize> {
+        let cache = self.cache.as_ref()?;
+        if text.len() > MAX_CACHED_TEXT_BYTES {
+            return None;
+        }
+        cache.peek(text).map(|p| p.placeholders)
+    }
+
     /// Keeps the parse of `text`, if the text is short enough to keep.
     pub(crate) fn put(&self, text: &str, parsed: Parsed) {
         if let Some(cache) = &self.cache {
@@ -158,6 +171,8 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again), "the second parse must come from the cache");
         assert_eq!(*again, *parse(&off, text).unwrap(), "a hit must be the tree a parse builds");
         assert!(again[0].to_string().contains("k = ?1 AND v > ?2"), "{}", again[0]);
+        assert_eq!(cache.placeholders(text), Some(2), "the parameters it takes are kept with it");
+        assert_eq!(cache.placeholders("SELECT $3"), None, "a text not parsed yet");
         let s = cache.stats();
         assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));
         assert!(s.bytes >= (text.len() + 14 * limits::SYNTAX_TREE_BYTES_PER_TOKEN) as u64, "{s:?}");
