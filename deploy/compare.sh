@@ -28,18 +28,20 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Three free ports, kept by nothing once chosen (a race with other programs is possible but harmless:
-# the node would fail to start and the script stop).
-read -r p1 p2 p3 < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(3)]
+# Six free ports, kept by nothing once chosen (a race with other programs is possible but harmless:
+# the node would fail to start and the script stop): a client port and a peer port per node, as
+# deploy/ runs them (peers then run on the node's Raft runtime).
+read -r p1 p2 p3 q1 q2 q3 < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(6)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
-boot="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
+boot="1=127.0.0.1:$p1/127.0.0.1:$q1,2=127.0.0.1:$p2/127.0.0.1:$q2,3=127.0.0.1:$p3/127.0.0.1:$q3"
 i=0
 for p in $p1 $p2 $p3; do
   i=$((i + 1))
-  "$bin/raftsql-server" --id $i --listen 127.0.0.1:$p --data-dir "$work/n$i" --bootstrap "$boot" \
-    >"$work/n$i.log" 2>&1 &
+  q=$(eval echo "\$q$i")
+  "$bin/raftsql-server" --id $i --listen 127.0.0.1:$p --peer-listen 127.0.0.1:$q --data-dir "$work/n$i" \
+    --bootstrap "$boot" >"$work/n$i.log" 2>&1 &
   pids+=($!)
 done
 addrs=127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3
