@@ -46,6 +46,9 @@ use tracing::{info, warn};
 pub struct WritePause {
     paused: Arc<AtomicBool>,
     proposing: Arc<tokio::sync::Mutex<()>>,
+    /// One transfer at a time: the end of one resumes writes and heartbeats, which would undo
+    /// another still running (its target short of entries, leases renewed under it).
+    transfers: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl WritePause {
@@ -81,6 +84,14 @@ pub async fn transfer(
     budget: Duration,
 ) -> Result<(NodeId, u64), Error> {
     let deadline = Instant::now() + budget;
+    // A transfer already running here (an operator's, a SIGTERM's) is waited for, within the
+    // budget; this one then finds whether this node still leads.
+    let _one =
+        tokio::time::timeout_at(deadline, core.options.writes.transfers.lock()).await.map_err(|_| {
+            Error::Unavailable(format!(
+                "another leadership transfer on this node did not end within {budget:?}; retry"
+            ))
+        })?;
     let m = core.metrics();
     if m.current_leader != Some(core.id) {
         return Err(core.not_leader());
