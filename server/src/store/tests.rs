@@ -1035,3 +1035,30 @@ async fn a_sled_pool_task_wakes_one_pool_thread() {
     assert!(tasks >= 300, "300 appends and applies queued only {tasks} pool tasks");
     assert!(switches <= 3 * tasks + idle, "{switches} switches of the pool threads for {tasks} tasks");
 }
+
+/// A one-entry append — every append at low concurrency — queues nothing on sled's thread pool:
+/// it is a single `insert`, where an `apply_batch` rolls sled's I/O buffer and hands the sealed
+/// buffer to a pool thread before the flush may cover it. Appends of several entries still go in
+/// one batch, and every entry reads back.
+#[tokio::test]
+async fn a_one_entry_append_queues_no_sled_pool_task() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _sm) = open(&opts(dir.path(), 1)).unwrap();
+    let entry = |i: u64| normal(i, ChangeSet::new(vec![req(vec![user(i as i64, "x", Null)])]));
+    log.blocking_append([entry(1)]).await.unwrap();
+    let before = sled::RAFTSQL_POOL_TASKS.load(Relaxed);
+    for i in 2..=101 {
+        log.blocking_append([entry(i)]).await.unwrap();
+    }
+    let one_by_one = sled::RAFTSQL_POOL_TASKS.load(Relaxed) - before;
+    // Well under one task per append (a full 512 KiB buffer would still be written by a pool
+    // thread; 100 small entries fill none). As batches, the 100 appends queued 100.
+    assert!(one_by_one < 10, "100 one-entry appends queued {one_by_one} sled pool tasks");
+    let before = sled::RAFTSQL_POOL_TASKS.load(Relaxed);
+    log.blocking_append((102..=111).map(entry)).await.unwrap();
+    assert!(sled::RAFTSQL_POOL_TASKS.load(Relaxed) > before, "a ten-entry append was not one sled batch");
+    let indexes: Vec<u64> =
+        log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, (1..=111).collect::<Vec<u64>>());
+}
