@@ -286,11 +286,15 @@ impl Shared {
 struct Txn<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Table schemas read so far in this entry, by catalog key: every row change needs its
+    /// table's, and an entry of many rows would otherwise read and decode it once per row.
+    /// Emptied by any write to the catalog.
+    schemas: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Option<Arc<TableSchema>>>>,
 }
 
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Txn { tree, writes: BTreeMap::new() }
+        Txn { tree, writes: BTreeMap::new(), schemas: Default::default() }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
@@ -301,11 +305,19 @@ impl<'a> Txn<'a> {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.forget_schema(&key);
         self.writes.insert(key, Some(value));
     }
 
     fn remove(&mut self, key: Vec<u8>) {
+        self.forget_schema(&key);
         self.writes.insert(key, None);
+    }
+
+    fn forget_schema(&mut self, key: &[u8]) {
+        if key.starts_with(&keys::catalog_prefix()) {
+            self.schemas.get_mut().clear();
+        }
     }
 
     /// Every live key/value under `prefix`, this entry's writes included, in key order.
@@ -332,11 +344,17 @@ impl<'a> Txn<'a> {
         batch
     }
 
-    fn schema(&self, table: &str) -> Result<Option<TableSchema>, Error> {
-        match self.get(&keys::catalog_key(table))? {
-            Some(v) => Ok(Some(decode(&v, "table schema")?)),
-            None => Ok(None),
+    fn schema(&self, table: &str) -> Result<Option<Arc<TableSchema>>, Error> {
+        let key = keys::catalog_key(table);
+        if let Some(known) = self.schemas.borrow().get(&key) {
+            return Ok(known.clone());
         }
+        let schema = match self.get(&key)? {
+            Some(v) => Some(Arc::new(decode::<TableSchema>(&v, "table schema")?)),
+            None => None,
+        };
+        self.schemas.borrow_mut().insert(key, schema.clone());
+        Ok(schema)
     }
 }
 
@@ -430,11 +448,17 @@ impl From<Error> for ChangeError {
     }
 }
 
-fn must_schema(txn: &Txn<'_>, table: &str) -> Result<TableSchema, ChangeError> {
+fn must_schema(txn: &Txn<'_>, table: &str) -> Result<Arc<TableSchema>, ChangeError> {
     txn.schema(table)?.ok_or_else(|| ChangeError::Invalid(format!("table {table:?} does not exist")))
 }
 
+/// Removes the index entries of the row stored under `key_bytes`, if any. A table without
+/// indexes has none to remove (DROP INDEX removes an index's entries with it), so its old row
+/// is not read.
 fn remove_row_indexes(txn: &mut Txn<'_>, schema: &TableSchema, key_bytes: &[u8]) -> Result<(), ChangeError> {
+    if schema.indexes.is_empty() {
+        return Ok(());
+    }
     if let Some(old) = txn.get(key_bytes)? {
         let old: StoredRow = decode(&old, "row")?;
         for (k, _) in index_entries(schema, &old.key, &old.row).map_err(ChangeError::Invalid)? {
@@ -458,7 +482,7 @@ fn apply_change(txn: &mut Txn<'_>, change: &Change, index: u64) -> Result<(), Ch
             }
         }
         Change::CreateIndex(ix) => {
-            let mut schema = must_schema(txn, &ix.table)?;
+            let mut schema = (*must_schema(txn, &ix.table)?).clone();
             let lname = keys::lookup_name(&ix.name);
             schema.indexes.retain(|i| keys::lookup_name(&i.name) != lname);
             schema.indexes.push(ix.clone());
@@ -472,7 +496,7 @@ fn apply_change(txn: &mut Txn<'_>, change: &Change, index: u64) -> Result<(), Ch
             txn.put(keys::catalog_key(&schema.name), encode(&schema)?);
         }
         Change::DropIndex { table, index } => {
-            let mut schema = must_schema(txn, table)?;
+            let mut schema = (*must_schema(txn, table)?).clone();
             let lname = keys::lookup_name(index);
             schema.indexes.retain(|i| keys::lookup_name(&i.name) != lname);
             for (k, _) in txn.scan_prefix(&keys::index_prefix(table, index))? {

@@ -1062,3 +1062,36 @@ async fn a_one_entry_append_queues_no_sled_pool_task() {
         log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
     assert_eq!(indexes, (1..=111).collect::<Vec<u64>>());
 }
+
+/// Within one entry, a row change sees the schema as the entry's earlier changes left it: apply
+/// keeps each table's schema for the rest of the entry, and forgets it at any catalog write.
+#[tokio::test]
+async fn store_one_entry_changing_schema_and_rows_keeps_indexes_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = populated(dir.path()).await;
+    // The index is dropped between two row changes: the second may not write an entry for it.
+    let drop_index = Change::DropIndex { table: "users".into(), index: "by_age".into() };
+    let cs =
+        ChangeSet::new(vec![req(vec![user(1, "ann", I(31))]), req(vec![drop_index, user(2, "bob", I(20))])]);
+    apply(&mut sm, vec![normal(3, cs)]).await;
+    let index_keys = crate::store::keys::table_indexes_prefix("users");
+    let left: Vec<_> = dump(&sm).into_iter().filter(|(k, _)| k.starts_with(&index_keys)).collect();
+    assert!(left.is_empty(), "index entries after DROP INDEX: {left:?}");
+    // The index is created between two row changes: the second must update its entry.
+    let cs = ChangeSet::new(vec![
+        req(vec![user(3, "cid", I(26))]),
+        req(vec![Change::CreateIndex(by_age()), user(4, "dan", I(33))]),
+        req(vec![Change::Delete { table: "users".into(), key: vec![I(5)] }]),
+    ]);
+    apply(&mut sm, vec![normal(4, cs)]).await;
+    assert_eq!(
+        scan_index(&sm, Unbounded, Unbounded),
+        vec![
+            (vec![I(20)], vec![I(2)]),
+            (vec![I(26)], vec![I(3)]),
+            (vec![I(31)], vec![I(1)]),
+            (vec![I(33)], vec![I(4)])
+        ]
+    );
+    assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 2, 3, 4]);
+}
