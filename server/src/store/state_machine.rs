@@ -452,13 +452,11 @@ fn must_schema(txn: &Txn<'_>, table: &str) -> Result<Arc<TableSchema>, ChangeErr
     txn.schema(table)?.ok_or_else(|| ChangeError::Invalid(format!("table {table:?} does not exist")))
 }
 
-/// Removes the index entries of the row stored under `key_bytes`, if any. A table without
-/// indexes has none to remove (DROP INDEX removes an index's entries with it), so its old row
-/// is not read.
+/// Removes the index entries of the row stored under `key_bytes`, if any. The old row is read
+/// and its checksum checked even for a table without indexes: a node never applies a change
+/// over a row it cannot read, it stops and names the damage (issue 16;
+/// `robustness::a_damaged_row_is_refused_and_stops_its_node_with_the_recovery`).
 fn remove_row_indexes(txn: &mut Txn<'_>, schema: &TableSchema, key_bytes: &[u8]) -> Result<(), ChangeError> {
-    if schema.indexes.is_empty() {
-        return Ok(());
-    }
     if let Some(old) = txn.get(key_bytes)? {
         let old: StoredRow = decode(&old, "row")?;
         for (k, _) in index_entries(schema, &old.key, &old.row).map_err(ChangeError::Invalid)? {
