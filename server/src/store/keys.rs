@@ -131,6 +131,11 @@ pub(crate) fn meta_key(name: &str) -> Vec<u8> {
     k
 }
 
+/// Whether `key` is a table schema's (the catalog's), without building the prefix.
+pub(crate) fn is_catalog_key(key: &[u8]) -> bool {
+    key.first() == Some(&CATALOG)
+}
+
 pub(crate) fn catalog_prefix() -> Vec<u8> {
     vec![CATALOG]
 }

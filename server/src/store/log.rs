@@ -211,8 +211,8 @@ impl LogStore {
             encoded.push((log_key(e.log_id.index), encode(&e)?));
             last = Some(e.log_id);
         }
-        if encoded.len() == 1 {
-            let (key, value) = encoded.pop().expect("one entry");
+        let single = if encoded.len() == 1 { encoded.pop() } else { None };
+        if let Some((key, value)) = single {
             self.inner.log.insert(key, value).map_err(Error::sled("append to the log"))?;
         } else {
             let mut batch = sled::Batch::default();

@@ -315,7 +315,7 @@ impl<'a> Txn<'a> {
     }
 
     fn forget_schema(&mut self, key: &[u8]) {
-        if key.starts_with(&keys::catalog_prefix()) {
+        if keys::is_catalog_key(key) {
             self.schemas.get_mut().clear();
         }
     }
