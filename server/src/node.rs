@@ -353,6 +353,13 @@ pub struct Runtimes {
     client: tokio::runtime::Runtime,
 }
 
+/// Threads the client runtime runs blocking work on (reads and batches longer than the inline
+/// slice, reads that met an apply, password checks, backups); more such work waits for one.
+/// tokio's default (512) let a thousand clients keep over 400 threads busy on the leader
+/// (robustness::a_thousand_clients_are_served_or_shed_and_the_leader_keeps_its_role), each
+/// with its stack and allocator heap, on two cores that run two at a time.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
 impl Runtimes {
     pub fn new() -> std::io::Result<Runtimes> {
         let raft = tokio::runtime::Builder::new_multi_thread()
@@ -366,6 +373,7 @@ impl Runtimes {
             // (bounded by `sql::MAX_NESTING`); large stacks keep the deepest statement we accept
             // far from overflow.
             .thread_stack_size(crate::sql::STACK_BYTES)
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
             .on_thread_start(lower_this_threads_priority)
             .enable_all()
             .build()?;

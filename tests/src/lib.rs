@@ -670,6 +670,13 @@ impl Cluster {
         kb.parse::<u64>().ok().map(|kb| kb * 1024)
     }
 
+    /// A running node's thread count (`Threads` in /proc/PID/status).
+    pub fn threads(&self, id: u64) -> Option<u64> {
+        let pid = self.nodes.get(&id)?.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find(|l| l.starts_with("Threads:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// SIGKILL a node and reap it.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {

@@ -338,8 +338,9 @@ async fn overload_is_shed_with_a_retry_hint() {
 /// 1,000 concurrent clients for 60 s used to depose the leader (8,151 "timeout while confirming
 /// leadership", 510 indeterminate writes) and were never shed. Now, with default flags, 1,000
 /// clients on 20 connections keep writing, reading at STRONG and ANY, and scanning for 15 s: the
-/// leader keeps its term, every answer is a result or a typed shed/timeout, and every node's
-/// resident memory stays under the bound docs/testing.md documents (`RSS_BOUND`).
+/// leader keeps its term, every answer is a result or a typed shed/timeout, every node's
+/// resident memory stays under the bound docs/testing.md documents (`RSS_BOUND`), and its
+/// threads under the client runtime's blocking bound plus the node's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_clients_are_served_or_shed_and_the_leader_keeps_its_role() {
     use raftsql_client::{Consistency, QueryOptions};
@@ -397,12 +398,15 @@ async fn a_thousand_clients_are_served_or_shed_and_the_leader_keeps_its_role() {
             (ok, shed, other)
         }));
     }
-    let mut peak = std::collections::BTreeMap::new();
+    let (mut peak, mut threads) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
     while Instant::now() < until {
         for id in cluster.ids() {
             let rss = cluster.rss_bytes(id).unwrap_or(0);
             let p = peak.entry(id).or_insert(0u64);
             *p = (*p).max(rss);
+            let n = cluster.threads(id).unwrap_or(0);
+            let t = threads.entry(id).or_insert(0u64);
+            *t = (*t).max(n);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -414,7 +418,7 @@ async fn a_thousand_clients_are_served_or_shed_and_the_leader_keeps_its_role() {
     }
     let mb: Vec<String> = peak.iter().map(|(id, b)| format!("node {id}: {} MiB", b >> 20)).collect();
     println!(
-        "1000 clients, 15 s: {ok} served, {shed} shed, {} other errors; peak RSS {}",
+        "1000 clients, 15 s: {ok} served, {shed} shed, {} other errors; peak RSS {}; peak threads {threads:?}",
         other.len(),
         mb.join(", ")
     );
@@ -430,6 +434,13 @@ async fn a_thousand_clients_are_served_or_shed_and_the_leader_keeps_its_role() {
     assert_eq!(cluster.status(leader).await.expect("leader status").term, term, "the leader kept its term");
     for (id, b) in &peak {
         assert!(*b < RSS_BOUND, "node {id} reached {} MiB of RSS, over the documented bound", b >> 20);
+    }
+    // Blocking work has at most MAX_BLOCKING_THREADS threads; the rest of a node is a few dozen
+    // (two runtimes' workers, sled's pool, the flusher). With tokio's default the leader ran
+    // over 400.
+    let bound = raftsql_server::node::MAX_BLOCKING_THREADS as u64 + 40;
+    for (id, n) in &threads {
+        assert!(*n <= bound, "node {id} ran {n} threads, over {bound}");
     }
     all_answer(&cluster).await;
 }
