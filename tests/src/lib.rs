@@ -664,17 +664,19 @@ impl Cluster {
 
     /// A running node's resident memory (VmRSS), in bytes.
     pub fn rss_bytes(&self, id: u64) -> Option<u64> {
-        let pid = self.nodes.get(&id)?.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?;
-        kb.parse::<u64>().ok().map(|kb| kb * 1024)
+        self.proc_status(id, "VmRSS:").map(|kb| kb * 1024)
     }
 
-    /// A running node's thread count (`Threads` in /proc/PID/status).
+    /// A running node's thread count.
     pub fn threads(&self, id: u64) -> Option<u64> {
+        self.proc_status(id, "Threads:")
+    }
+
+    /// The number of field `name` (with its colon) in a running node's /proc/PID/status.
+    fn proc_status(&self, id: u64, name: &str) -> Option<u64> {
         let pid = self.nodes.get(&id)?.child.as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status.lines().find(|l| l.starts_with("Threads:"))?.split_whitespace().nth(1)?.parse().ok()
+        status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// SIGKILL a node and reap it.
