@@ -253,8 +253,8 @@ impl Error {
             // tonic reports its own request deadline passing as Cancelled "Timeout expired".
             tonic::Code::Cancelled if s.message().contains("Timeout expired") => Error::Timeout {
                 message: format!(
-                    "no answer from {addr} before the deadline; a write may or may not have been applied: \
-                     retry it with the same request id"
+                    "no answer from {addr} before the deadline; if this was a write, it may or may not have \
+                     been applied: retry it with the same request id"
                 ),
             },
             tonic::Code::Unavailable | tonic::Code::Cancelled => {
@@ -889,8 +889,9 @@ impl Client {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout {
                     message: format!(
-                        "no answer from {target} before the deadline (no connection could be completed); a \
-                         write may or may not have been applied: retry it with the same request id"
+                        "no answer from {target} before the deadline (no connection could be completed); if \
+                         this was a write, it may or may not have been applied: retry it with the \
+                         same request id"
                     ),
                 }),
             };

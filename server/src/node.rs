@@ -360,6 +360,13 @@ pub struct Runtimes {
 /// with its stack and allocator heap, on two cores that run two at a time.
 pub const MAX_BLOCKING_THREADS: usize = 64;
 
+/// Of the [`MAX_BLOCKING_THREADS`], the most that reads may take at once (`raft::read`); a read
+/// that needs a thread beyond them waits for a turn without one. The rest are kept for the
+/// sequencer's batches (one at a time), password checks (`service::auth::MAX_VERIFYING`) and
+/// backups (one at a time), which would otherwise queue behind reads that run for up to
+/// `--query-timeout-ms`.
+pub const MAX_LONG_READS: usize = MAX_BLOCKING_THREADS - 16;
+
 impl Runtimes {
     pub fn new() -> std::io::Result<Runtimes> {
         let raft = tokio::runtime::Builder::new_multi_thread()

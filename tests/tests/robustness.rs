@@ -3,7 +3,7 @@
 
 use prost::bytes::{Buf, BufMut};
 use raftsql_client::{Client, Error, Value};
-use raftsql_tests::{exec, pinned, Cluster, ClusterOptions};
+use raftsql_tests::{exec, hash_password, pinned, Cluster, ClusterOptions};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -135,6 +135,119 @@ async fn a_long_read_does_not_hold_apply_back() {
     );
     // The caller goes away: the read stops at its next check (no need to wait for it).
     long.abort();
+    all_answer(&cluster).await;
+}
+
+/// Long reads took every thread of the client runtime's blocking pool (`MAX_BLOCKING_THREADS`),
+/// and a write whose evaluation outran its inline slice queued behind them for a thread until
+/// one of them ended (up to --query-timeout-ms). Now long reads take at most `MAX_LONG_READS`
+/// of those threads, further ones wait for a turn without a thread, and the rest of the pool is
+/// kept for the sequencer's batches, password checks and backups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_reads_leave_threads_for_writes() {
+    use raftsql_server::node::{MAX_BLOCKING_THREADS, MAX_LONG_READS};
+    const READS: usize = MAX_BLOCKING_THREADS + 8;
+    use raftsql_client::Credentials;
+    // Two users: `admin` for everything until the end, when `late` signs in for the first
+    // time, so its password is checked (argon2, on a blocking thread) while the reads run.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let users = dir.path().join("users.toml");
+    let user = |name: &str, pw: &str| {
+        format!("[[user]]\nname = {name:?}\npassword = {:?}\npermissions = [\"all\"]\n", hash_password(pw))
+    };
+    std::fs::write(&users, user("admin", "pw") + &user("late", "pw2")).expect("users file written");
+    let opts = ClusterOptions {
+        http: true,
+        extra_args: vec!["--users-file".into(), users.display().to_string()],
+        credentials: Some(Credentials::Basic { user: "admin".into(), password: "pw".into() }),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(3, opts).await.expect("cluster starts");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let client = cluster.client().await;
+    exec(&client, "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)").await;
+    exec(&client, "CREATE TABLE u (id INTEGER PRIMARY KEY, s TEXT)").await;
+    let values: Vec<String> = (0..400).map(|i| format!("({i}, 'row {i}')")).collect();
+    exec(&client, &format!("INSERT INTO t VALUES {}", values.join(","))).await;
+
+    // READS reads of 64 million joined rows each on the leader, on a few connections: each
+    // runs until its 30 s deadline (--query-timeout-ms's default too) or the rows-examined
+    // bound, far longer than this test.
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        readers.push(cluster.client().await.with_deadline(Duration::from_secs(30)));
+    }
+    let long: Vec<_> = (0..READS)
+        .map(|i| {
+            let client = readers[i % readers.len()].clone();
+            let at = pinned(&cluster, leader);
+            tokio::spawn(async move { client.query("SELECT count(*) FROM t a, t b, t c", &[], at).await })
+        })
+        .collect();
+    // Every one of them has been admitted: the leader counts them in flight.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, body) = raftsql_tests::http_get(cluster.http_addr(leader).expect("http"), "/metrics")
+            .await
+            .expect("GET /metrics");
+        assert_eq!(code, 200, "{body}");
+        let inflight = body
+            .lines()
+            .find_map(|l| l.strip_prefix("raftsql_inflight_requests "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("raftsql_inflight_requests");
+        if inflight >= READS as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {inflight} of {READS} reads reached the leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(long.iter().all(|r| !r.is_finished()), "a long read ended early: make them longer");
+
+    // 8,000 rows from a 160,000-row join: far more than the sequencer's inline slice, so the
+    // batch needs a blocking thread.
+    let started = Instant::now();
+    let res = client
+        .with_deadline(Duration::from_secs(25))
+        .execute("INSERT INTO u SELECT a.id * 1000 + b.id, a.s FROM t a, t b WHERE b.id < 20", &[])
+        .await
+        .unwrap_or_else(|e| panic!("the write waited for a thread behind the long reads: {e}"));
+    assert_eq!(res.results[0].as_ref().expect("inserted").rows_affected, 8_000);
+    println!(
+        "the write committed {:?} after it was sent, beside {READS} long reads ({MAX_LONG_READS} running)",
+        started.elapsed()
+    );
+    let ended = long.iter().filter(|r| r.is_finished()).count();
+    assert_eq!(ended, 0, "{ended} long reads ended before the write committed: it waited for their threads");
+
+    // A user's first request: its password check needs a blocking thread too.
+    let started = Instant::now();
+    let late = Client::connect([cluster.addr(leader).to_string()])
+        .await
+        .expect("a valid address")
+        .with_credentials(&Credentials::Basic { user: "late".into(), password: "pw2".into() })
+        .expect("valid credentials")
+        .with_deadline(Duration::from_secs(25));
+    let r = late
+        .query("SELECT 1", &[], pinned(&cluster, leader))
+        .await
+        .unwrap_or_else(|e| panic!("the password check waited for a thread behind the long reads: {e}"));
+    assert_eq!(r.rows, vec![vec![Value::Integer(1)]]);
+    println!("a first sign-in was answered {:?} after it was sent", started.elapsed());
+    let ended = long.iter().filter(|r| r.is_finished()).count();
+    assert_eq!(ended, 0, "{ended} long reads ended before the sign-in was answered");
+
+    // One more read longer than the inline slice queues for a turn behind the others, and its
+    // deadline ends the wait: TIMEOUT (the server's, saying why, or the client's own, whichever
+    // speaks first at the same instant).
+    let e = client
+        .with_deadline(Duration::from_millis(500))
+        .query("SELECT count(*) FROM t a, t b", &[], pinned(&cluster, leader))
+        .await
+        .expect_err("no turn within 500 ms");
+    assert_eq!(e.code(), "TIMEOUT", "{e}");
+    // Their callers go away: each stops at its next check.
+    long.iter().for_each(|r| r.abort());
     all_answer(&cluster).await;
 }
 

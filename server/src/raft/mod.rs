@@ -225,6 +225,10 @@ pub struct Core {
     peer_tls: Option<Arc<crate::tls::Tls>>,
     /// Client requests being served now, bounded by `Options::max_inflight` ([`Core::admit`]).
     inflight: Arc<tokio::sync::Semaphore>,
+    /// Reads running on the client runtime's blocking threads, bounded by
+    /// [`crate::node::MAX_LONG_READS`] so that the sequencer, password checks and backups always
+    /// find one of those threads (`read::query`).
+    long_reads: Arc<tokio::sync::Semaphore>,
     /// The runtime client work runs on (see [`crate::node::Runtimes`]): the peer service moves
     /// the client requests other members forward to this node there.
     client_runtime: tokio::runtime::Handle,
@@ -273,6 +277,7 @@ impl Core {
             peer_source: p.peer_source,
             peer_tls: p.peer_tls,
             inflight: Arc::new(tokio::sync::Semaphore::new(max_inflight)),
+            long_reads: Arc::new(tokio::sync::Semaphore::new(crate::node::MAX_LONG_READS)),
             client_runtime: p.client_runtime,
             raft_runtime: p.raft_runtime,
             fail_stop: p.fail_stop,

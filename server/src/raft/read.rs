@@ -118,7 +118,24 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
             if !budget.cancel.load(Ordering::Relaxed)
                 && budget.deadline.is_none_or(|d| std::time::Instant::now() < d) =>
         {
+            // At most `MAX_LONG_READS` reads hold blocking threads; this one waits for a turn
+            // (without a thread) within its own deadline. The permit goes with the thread.
+            let turn = core.long_reads.clone().acquire_owned();
+            let turn = match budget.deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), turn).await.map_err(|_| {
+                    Error::Timeout(format!(
+                        "{} reads were already running on this node's blocking threads until {} \
+                         passed: retry, spread reads over the replicas (ANY, BOUNDED), or make \
+                         long queries cheaper",
+                        crate::node::MAX_LONG_READS,
+                        budget.deadline_source
+                    ))
+                })?,
+                None => turn.await,
+            }
+            .map_err(|_| Error::Unavailable("this node is shutting down".into()))?;
             tokio::task::spawn_blocking(move || {
+                let _turn = turn;
                 // Pinned, not under the lock: a read that runs long does not hold apply back.
                 match sm.read_pinned(|view| crate::sql::query_with(view, &sql, &params, ctx, budget)) {
                     // Stopped on purpose (apply kept too much for it, or a snapshot replaced the
