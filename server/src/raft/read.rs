@@ -66,6 +66,10 @@ pub struct ReadRequest {
 /// before it moves to a blocking thread.
 pub(super) const INLINE_SLICE: Duration = Duration::from_millis(2);
 
+/// How long a read waits on its worker for an apply that holds the state before it moves to a
+/// blocking thread instead (where it waits for the apply too, but holding a thread).
+const APPLY_WAIT: Duration = Duration::from_millis(10);
+
 /// Serves a read at its level, or says where to go instead.
 pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Receipt), Error> {
     core.ensure_running()?;
@@ -98,21 +102,29 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
     // deadline and runs again from the start on a blocking thread under its whole budget
     // (reads change nothing, so running one twice is harmless). A worker is held at most
     // about one slice per read, and never waits for the state machine's lock.
-    let slice_end = std::time::Instant::now().checked_add(INLINE_SLICE);
-    let slice = match (slice_end, budget.deadline) {
-        (Some(end), Some(full)) if end < full => crate::sql::Budget {
-            deadline: Some(end),
-            deadline_source: "the inline slice".into(),
-            ..budget.clone()
+    // An apply in progress (or waiting) is waited for here, without blocking the worker, for up
+    // to `APPLY_WAIT`; one that takes longer sends the read to a blocking thread. The slice
+    // starts when the read does.
+    let patience = budget
+        .deadline
+        .map_or(APPLY_WAIT, |d| d.saturating_duration_since(std::time::Instant::now()).min(APPLY_WAIT));
+    let inline = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(sm.read_after_apply(
+        patience,
+        |view| {
+            let slice_end = std::time::Instant::now().checked_add(INLINE_SLICE);
+            let slice = match (slice_end, budget.deadline) {
+                (Some(end), Some(full)) if end < full => crate::sql::Budget {
+                    deadline: Some(end),
+                    deadline_source: "the inline slice".into(),
+                    ..budget.clone()
+                },
+                // The whole budget is shorter than a slice: its own deadline and message apply.
+                _ => budget.clone(),
+            };
+            (crate::sql::query_with(view, &sql, &params, ctx, slice), sm.applied_index())
         },
-        // The whole budget is shorter than a slice: its own deadline and message apply.
-        _ => budget.clone(),
-    };
-    // An apply in progress (or waiting) would block this worker: then straight to a blocking
-    // thread.
-    let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        sm.try_read(|view| (crate::sql::query_with(view, &sql, &params, ctx, slice), sm.applied_index()))
-    }));
+    )))
+    .await;
     let (result, applied) = match inline {
         Ok(None) | Ok(Some((Err(crate::sql::Error::Interrupted(_)), _)))
             if !budget.cancel.load(Ordering::Relaxed)

@@ -636,6 +636,7 @@ impl StateMachine {
             shared.set_applied_index(meta.last_log_id);
             old
         };
+        shared.released.notify_waiters();
         drop(old_tree);
         shared.db.drop_tree(generation_tree_name(old_gen)).map_err(Error::sled("drop the old generation"))?;
         dir.publish(&part, meta, true)?;

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub(crate) incarnation: u64,
     /// The first storage failure a read of the state met (see `fault`).
     pub(crate) fault: super::fault::Fault,
+    /// Woken whenever apply (or a snapshot's switch) lets go of the state, for reads waiting
+    /// on an async worker ([`StateMachine::read_after_apply`]).
+    pub(super) released: tokio::sync::Notify,
 }
 
 /// The current generation and the applied state, as in memory.
@@ -120,6 +123,7 @@ impl StateMachine {
             cluster_id: std::sync::OnceLock::new(),
             incarnation,
             fault: Default::default(),
+            released: tokio::sync::Notify::new(),
         };
         Ok(StateMachine { shared: Arc::new(shared) })
     }
@@ -160,6 +164,33 @@ impl StateMachine {
             }
         };
         Some(f(&View { tree: &current.tree, pin: None, fault: &self.shared.fault }))
+    }
+
+    /// [`try_read`](StateMachine::try_read), but an apply that holds or waits for the state is
+    /// waited for without blocking the thread, for up to `patience` (then `None`): an apply takes
+    /// microseconds to milliseconds, less than the two thread switches of moving the read to a
+    /// blocking thread and back cost.
+    pub async fn read_after_apply<R>(
+        &self,
+        patience: std::time::Duration,
+        f: impl FnOnce(&dyn ReadView) -> R,
+    ) -> Option<R> {
+        let mut f = Some(f);
+        // `try_read` calls its closure only when it got the state: `f` is taken once.
+        if let Some(r) = self.try_read(|view| f.take().map(|f| f(view))) {
+            return r;
+        }
+        let until = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before the attempt, so a release between the two is not missed.
+            let released = self.shared.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(r) = self.try_read(|view| f.take().map(|f| f(view))) {
+                return r;
+            }
+            tokio::time::timeout_at(until, released).await.ok()?;
+        }
     }
 
     /// This data dir's incarnation: a random id it got when it was created, never 0.
@@ -215,15 +246,26 @@ impl StateMachine {
     pub(crate) fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Applied>, (LogId, Error)> {
         let first = entries.first().map_or(0, |e| e.log_id.index);
         let _busy = crate::watchdog::APPLY.enter(first);
-        let mut current = self.shared.write_state();
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let log_id = entry.log_id;
-            tracing::trace!(%log_id, "apply");
-            out.push(apply_entry(&mut current, &entry).map_err(|e| (log_id, e))?);
-            self.shared.applied_index.store(log_id.index, Ordering::Release);
-        }
-        Ok(out)
+        let result = {
+            let mut current = self.shared.write_state();
+            let mut out = Vec::with_capacity(entries.len());
+            let mut failed = None;
+            for entry in entries {
+                let log_id = entry.log_id;
+                tracing::trace!(%log_id, "apply");
+                match apply_entry(&mut current, &entry) {
+                    Ok(applied) => out.push(applied),
+                    Err(e) => {
+                        failed = Some((log_id, e));
+                        break;
+                    }
+                }
+                self.shared.applied_index.store(log_id.index, Ordering::Release);
+            }
+            failed.map_or(Ok(out), Err)
+        };
+        self.shared.released.notify_waiters();
+        result
     }
 }
 

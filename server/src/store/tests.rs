@@ -371,6 +371,46 @@ async fn store_pinned_reads_see_their_state_while_apply_goes_on() {
     assert_eq!(sm.read(|v| v.get("users", &[I(3)])).unwrap().unwrap()[1], Text("cy".into()));
 }
 
+/// Issue 18: a read on an async worker that meets an apply waits for it without blocking its
+/// thread (this test's runtime has one thread: a blocked read would never let the apply be
+/// released), then reads the state the apply left; one that outwaits its patience gets `None`,
+/// and its caller moves it to a blocking thread.
+#[tokio::test]
+// The guard is held across the read's wait on purpose: it stands for a long apply.
+#[allow(clippy::await_holding_lock)]
+async fn store_a_read_that_meets_an_apply_waits_for_it_on_its_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, sm) = populated(dir.path()).await;
+    let row_6 = |v: &dyn crate::changeset::ReadView| v.get("users", &[I(6)]).expect("get").is_some();
+
+    // Something holds the state (as a snapshot's switch does) past the read's patience.
+    let held = sm.shared.write_state();
+    let waited = std::time::Instant::now();
+    assert_eq!(sm.read_after_apply(Duration::from_millis(50), row_6).await, None);
+    assert!(waited.elapsed() >= Duration::from_millis(50), "it gave up before its patience ran out");
+    drop(held);
+
+    // An apply holds the state until told to go on, then applies entry 3 (user 6).
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (holding, held) = std::sync::mpsc::channel::<()>();
+    let applier = sm.clone();
+    let apply = std::thread::spawn(move || {
+        let guard = applier.shared.write_state();
+        holding.send(()).expect("the test waits");
+        wait.recv().expect("the test says go");
+        drop(guard);
+        let cs = ChangeSet::new(vec![req(vec![user(6, "fay", I(31))])]);
+        applier.apply_blocking(vec![normal(3, cs)]).map_err(|(_, e)| e).expect("apply");
+    });
+    held.recv().expect("the apply holds the state");
+    assert_eq!(sm.try_read(row_6), None, "the state is held");
+    let (seen, ()) = tokio::join!(sm.read_after_apply(Duration::from_secs(30), row_6), async {
+        go.send(()).expect("the apply waits");
+    });
+    assert_eq!(seen, Some(true), "the read saw the state after the apply, not before it");
+    apply.join().expect("the apply thread");
+}
+
 fn with_id(client: &str, seq: u64, changes: Vec<Change>, rows_affected: u64) -> RequestEffects {
     RequestEffects {
         request_id: Some(RequestId { client_id: client.into(), seq, digest: [seq as u8; 16] }),
