@@ -184,22 +184,30 @@ async fn long_reads_leave_threads_for_writes() {
             tokio::spawn(async move { client.query("SELECT count(*) FROM t a, t b, t c", &[], at).await })
         })
         .collect();
-    // Every one of them has been admitted: the leader counts them in flight.
+    // Every one of them has outrun its inline slice: MAX_LONG_READS run on blocking threads and
+    // the rest wait for a turn, as the leader's /metrics count them.
     let deadline = Instant::now() + WAIT;
     loop {
         let (code, body) = raftsql_tests::http_get(cluster.http_addr(leader).expect("http"), "/metrics")
             .await
             .expect("GET /metrics");
         assert_eq!(code, 200, "{body}");
-        let inflight = body
-            .lines()
-            .find_map(|l| l.strip_prefix("raftsql_inflight_requests "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .expect("raftsql_inflight_requests");
-        if inflight >= READS as f64 {
+        let gauge = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} is missing"))
+        };
+        let (running, waiting) = (gauge("raftsql_long_reads"), gauge("raftsql_long_reads_waiting"));
+        if running == MAX_LONG_READS as f64 && waiting == (READS - MAX_LONG_READS) as f64 {
             break;
         }
-        assert!(Instant::now() < deadline, "only {inflight} of {READS} reads reached the leader");
+        assert!(running <= MAX_LONG_READS as f64, "{running} reads on blocking threads");
+        assert!(
+            Instant::now() < deadline,
+            "{running} long reads ran and {waiting} waited, not {MAX_LONG_READS} and {}",
+            READS - MAX_LONG_READS
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(long.iter().all(|r| !r.is_finished()), "a long read ended early: make them longer");

@@ -229,6 +229,8 @@ pub struct Core {
     /// [`crate::node::MAX_LONG_READS`] so that the sequencer, password checks and backups always
     /// find one of those threads (`read::query`).
     long_reads: Arc<tokio::sync::Semaphore>,
+    /// Reads waiting for one of those turns now.
+    long_reads_waiting: std::sync::atomic::AtomicUsize,
     /// The runtime client work runs on (see [`crate::node::Runtimes`]): the peer service moves
     /// the client requests other members forward to this node there.
     client_runtime: tokio::runtime::Handle,
@@ -278,6 +280,7 @@ impl Core {
             peer_tls: p.peer_tls,
             inflight: Arc::new(tokio::sync::Semaphore::new(max_inflight)),
             long_reads: Arc::new(tokio::sync::Semaphore::new(crate::node::MAX_LONG_READS)),
+            long_reads_waiting: Default::default(),
             client_runtime: p.client_runtime,
             raft_runtime: p.raft_runtime,
             fail_stop: p.fail_stop,
@@ -332,6 +335,13 @@ impl Core {
     /// Client requests being served now.
     pub fn inflight_now(&self) -> usize {
         self.options.max_inflight.saturating_sub(self.inflight.available_permits())
+    }
+
+    /// Reads running on blocking threads now, and reads waiting for a turn to
+    /// (`node::MAX_LONG_READS`).
+    pub fn long_reads_now(&self) -> (usize, usize) {
+        let running = crate::node::MAX_LONG_READS.saturating_sub(self.long_reads.available_permits());
+        (running, self.long_reads_waiting.load(Ordering::Relaxed))
     }
 
     /// Peer TLS, if on.

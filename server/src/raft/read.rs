@@ -16,7 +16,7 @@
 use super::{Core, Error, Receipt};
 use crate::changeset::{StatementResult, Value};
 use openraft::ServerState;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,6 +132,7 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
         {
             // At most `MAX_LONG_READS` reads hold blocking threads; this one waits for a turn
             // (without a thread) within its own deadline. The permit goes with the thread.
+            let waiting = Waiting::new(&core.long_reads_waiting);
             let turn = core.long_reads.clone().acquire_owned();
             let turn = match budget.deadline {
                 Some(d) => tokio::time::timeout_at(d.into(), turn).await.map_err(|_| {
@@ -146,6 +147,7 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
                 None => turn.await,
             }
             .map_err(|_| Error::Unavailable("this node is shutting down".into()))?;
+            drop(waiting);
             tokio::task::spawn_blocking(move || {
                 let _turn = turn;
                 // Pinned, not under the lock: a read that runs long does not hold apply back.
@@ -188,6 +190,23 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
     // applied since: that is what the session token names and what monotonic reads compare.
     receipt.applied_index = served_at;
     Ok((result, receipt))
+}
+
+/// Counts a read waiting for a turn on a blocking thread for as long as it lives, including
+/// when the wait is dropped because its caller went away.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn strong(core: &Core) -> Result<(), Error> {

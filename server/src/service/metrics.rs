@@ -440,6 +440,25 @@ impl Collector for NodeCollector {
             "Client requests this node serves at once (--max-inflight-requests)",
             core.options().max_inflight as i64,
         )?;
+        let (running, waiting) = core.long_reads_now();
+        gauge(
+            &mut e,
+            "long_reads",
+            "Reads running on blocking threads now (those that outran their inline slice)",
+            running as i64,
+        )?;
+        gauge(
+            &mut e,
+            "long_reads_waiting",
+            "Reads waiting for a turn on a blocking thread (all turns are taken)",
+            waiting as i64,
+        )?;
+        gauge(
+            &mut e,
+            "long_reads_limit",
+            "Reads that may run on blocking threads at once (node::MAX_LONG_READS)",
+            crate::node::MAX_LONG_READS as i64,
+        )?;
         gauge(
             &mut e,
             "data_dir_bytes",
