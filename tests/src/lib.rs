@@ -96,6 +96,32 @@ pub fn bin_dir() -> &'static Path {
 
 pub use raftsql_shell::demo::free_port;
 
+/// Node `id`'s `/metrics`, parsed as Prometheus text (the cluster was started with `http`).
+pub async fn scrape(cluster: &Cluster, id: u64) -> prometheus_parse::Scrape {
+    let addr = cluster.http_addr(id).expect("started with http");
+    let (code, body) = http_get(addr, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("/metrics parses as Prometheus text")
+}
+
+/// The value of `metric` with exactly these labels (counters and gauges), if present.
+pub fn metric_value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value as V;
+    s.samples
+        .iter()
+        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .and_then(|x| match x.value {
+            V::Counter(v) | V::Gauge(v) | V::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// [`metric_value`], which must be present.
+pub fn metric(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(s, metric, labels).unwrap_or_else(|| panic!("{metric}{labels:?} is missing"))
+}
+
 /// `GET path` on `addr` over plain HTTP/1.1 (the nodes' `--http` port): the status code and
 /// the body, or why nothing usable answered within 5 s.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {

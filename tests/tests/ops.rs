@@ -5,7 +5,9 @@
 
 use prometheus_parse::{Scrape, Value as Metric};
 use raftsql_client::{Consistency, QueryOptions, Value};
-use raftsql_tests::{exec, hash_password, http_get, Cluster, ClusterOptions};
+use raftsql_tests::{
+    exec, hash_password, http_get, metric as must, metric_value as value, scrape, Cluster, ClusterOptions,
+};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -13,29 +15,6 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Node `id`'s `/metrics`, parsed.
-async fn scrape(cluster: &Cluster, id: u64) -> Scrape {
-    let addr = cluster.http_addr(id).expect("started with http");
-    let (code, body) = http_get(addr, "/metrics").await.expect("GET /metrics");
-    assert_eq!(code, 200, "{body}");
-    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("/metrics parses as Prometheus text")
-}
-
-/// The value of `metric` with exactly these labels (counters and gauges), if present.
-fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    s.samples
-        .iter()
-        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .and_then(|x| match x.value {
-            Metric::Counter(v) | Metric::Gauge(v) | Metric::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
-
-fn must(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    value(s, metric, labels).unwrap_or_else(|| panic!("{metric}{labels:?} is missing"))
-}
 
 /// The sum of `metric` over every node with these labels.
 async fn total(cluster: &Cluster, metric: &str, labels: &[(&str, &str)]) -> f64 {

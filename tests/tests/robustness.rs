@@ -3,7 +3,7 @@
 
 use prost::bytes::{Buf, BufMut};
 use raftsql_client::{Client, Error, Value};
-use raftsql_tests::{exec, hash_password, pinned, Cluster, ClusterOptions};
+use raftsql_tests::{exec, hash_password, metric, pinned, Cluster, ClusterOptions};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -188,17 +188,9 @@ async fn long_reads_leave_threads_for_writes() {
     // the rest wait for a turn, as the leader's /metrics count them.
     let deadline = Instant::now() + WAIT;
     loop {
-        let (code, body) = raftsql_tests::http_get(cluster.http_addr(leader).expect("http"), "/metrics")
-            .await
-            .expect("GET /metrics");
-        assert_eq!(code, 200, "{body}");
-        let gauge = |name: &str| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("{name} is missing"))
-        };
-        let (running, waiting) = (gauge("raftsql_long_reads"), gauge("raftsql_long_reads_waiting"));
+        let s = raftsql_tests::scrape(&cluster, leader).await;
+        let (running, waiting) =
+            (metric(&s, "raftsql_long_reads", &[]), metric(&s, "raftsql_long_reads_waiting", &[]));
         if running == MAX_LONG_READS as f64 && waiting == (READS - MAX_LONG_READS) as f64 {
             break;
         }
