@@ -9,6 +9,10 @@
 //!   rows, request record, applied index). Apply never asks for a flush, but sled writes and
 //!   fdatasyncs its buffers at every batch (vendor/sled/PATCHES.md), which this includes.
 //!
+//! - `store_read/point_select_planned_once` and `store_read/point_select_bound_every_time`: the
+//!   same point SELECT over the real sled state machine, as a node reads, with the plan cache
+//!   (`sql::plan_cache`) on and off: what binding costs over sled (a schema read and decoded).
+//!
 //! Run: `cargo bench -p raftsql-server --bench micro` (a few minutes; `-- eval` for one group).
 //! The tables evaluated over are in-memory (`sql::MemoryView`), so `eval/*` is the SQL engine's
 //! own cost; `benches/lookup.rs` measures lookups in sled at 1,000 and 1,000,000 rows.
@@ -98,13 +102,7 @@ fn changeset(c: &mut Criterion) {
 fn apply(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp dir");
-    let opts = store::Options {
-        data_dir: dir.path().join("data"),
-        node_id: 1,
-        flush_every: None,
-        cache_bytes: store::DEFAULT_CACHE_BYTES,
-    };
-    let (_log, mut sm) = store::open(&opts).expect("a fresh store");
+    let (_log, mut sm) = fresh_store(&dir);
     let entry = |index: u64, cs: &ChangeSet| Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(EncodedChangeSet::encode(cs)),
@@ -129,5 +127,54 @@ fn apply(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, eval, changeset, apply);
+/// A store in `dir` that never flushes on its own (what is measured is the work, not the disk).
+fn fresh_store(dir: &tempfile::TempDir) -> (store::LogStore, store::StateMachine) {
+    let opts = store::Options {
+        data_dir: dir.path().join("data"),
+        node_id: 1,
+        flush_every: None,
+        cache_bytes: store::DEFAULT_CACHE_BYTES,
+    };
+    store::open(&opts).expect("a fresh store")
+}
+
+fn store_read(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (_log, mut sm) = fresh_store(&dir);
+    let entry = |index: u64, changes: Vec<Change>| Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(EncodedChangeSet::encode(&ChangeSet::new(vec![RequestEffects {
+            request_id: None,
+            changes,
+            outcomes: vec![],
+        }]))),
+    };
+    let mut entries = vec![entry(1, vec![Change::CreateTable(schema())])];
+    for (n, chunk) in (0..ROWS).collect::<Vec<_>>().chunks(100).enumerate() {
+        entries.push(entry(n as u64 + 2, chunk.iter().map(|&i| row_change(i)).collect()));
+    }
+    runtime.block_on(sm.apply(entries)).expect("load the table");
+    let mut g = c.benchmark_group("store_read");
+    let mut i = 0;
+    for (name, bytes) in
+        [("point_select_planned_once", sql::plan_cache::DEFAULT_BYTES), ("point_select_bound_every_time", 0)]
+    {
+        sql::plan_cache::configure(bytes);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 7919) % ROWS;
+                sm.read(|v| {
+                    black_box(
+                        sql::query(v, "SELECT v FROM kv WHERE k = $1", &[key(i)], CTX).expect("answers"),
+                    )
+                })
+            })
+        });
+    }
+    sql::plan_cache::configure(sql::plan_cache::DEFAULT_BYTES);
+    g.finish();
+}
+
+criterion_group!(benches, eval, changeset, apply, store_read);
 criterion_main!(benches);

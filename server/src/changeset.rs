@@ -493,6 +493,14 @@ pub trait ReadView {
     ) -> IndexIter<'_>;
     /// The highest key of a table, for assigning the next hidden row id.
     fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError>;
+    /// A number naming the schema this view shows: it changes whenever the schema may have
+    /// (a table or index created, altered or dropped, a snapshot installed), and no two views
+    /// of different schemas in one process share it, so that what was derived from one view's
+    /// schema (a bound plan) may be reused for another view with the same number. `None` when
+    /// the view does not keep one: then nothing derived from its schema is reused.
+    fn schema_version(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -162,6 +162,11 @@ pub struct Config {
     /// syntax trees plus the texts; texts over 2 KiB are never kept. 0 = parse every statement.
     #[arg(long, env = "RAFTSQL_PARSE_CACHE_BYTES", default_value_t = crate::sql::parse_cache::DEFAULT_BYTES)]
     pub parse_cache_bytes: u64,
+    /// Bytes of bound query plans each thread that runs reads keeps (`sql::plan_cache`), by
+    /// estimate; a plan is kept for its text and the schema it was bound against. 0 = bind every
+    /// query.
+    #[arg(long, env = "RAFTSQL_PLAN_CACHE_BYTES", default_value_t = crate::sql::plan_cache::DEFAULT_BYTES)]
+    pub plan_cache_bytes: u64,
     /// sled's background flush interval in ms; 0 = only explicit fsyncs persist anything.
     #[arg(long, env = "RAFTSQL_FLUSH_EVERY_MS", default_value_t = 500)]
     pub flush_every_ms: u64,
@@ -428,6 +433,7 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     // that run nodes in one process) keeps the first, which is harmless: parses depend on the
     // text alone.
     crate::sql::parse_cache::configure(cfg.parse_cache_bytes);
+    crate::sql::plan_cache::configure(cfg.plan_cache_bytes);
     if let Some(lease) = cfg.read_lease_ms.filter(|l| *l > cfg.election_timeout_ms) {
         bail!(
             "--read-lease-ms {lease} is above --election-timeout-ms {}: followers refuse to elect another \

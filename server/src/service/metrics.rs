@@ -506,6 +506,19 @@ impl Collector for NodeCollector {
             "Estimated bytes of the parsed statements kept (syntax trees and texts)",
             parses.bytes as i64,
         )?;
+        let plans = crate::sql::plan_cache::stats();
+        counter(
+            &mut e,
+            "plan_cache_hits",
+            "Queries whose plan this node had bound before for the same text and schema (--plan-cache-bytes)",
+            plans.hits,
+        )?;
+        counter(
+            &mut e,
+            "plan_cache_misses",
+            "Queries that could have reused a plan and had to be bound",
+            plans.misses,
+        )?;
         Ok(())
     }
 }

@@ -126,9 +126,27 @@ struct Joins<'q> {
 }
 
 /// Binds expressions and queries.
+///
+/// Parameters are bound as slots ([`BExpr::Param`]), never as their values, so a plan depends
+/// only on the statement's text and the schema it was bound against: the values are read when
+/// it runs, and a plan may run again with others (`plan_cache`). Binding still checks that every
+/// parameter the text names has a value.
 pub struct Binder<'a> {
     pub view: &'a dyn ReadView,
     pub params: &'a [Value],
+    /// What the plan being bound takes from outside its text, for `plan_cache`.
+    pub(super) notes: Notes,
+}
+
+/// What binding saw besides the text: the parameters the plan reads, whether it holds
+/// subqueries (their per-run result caches make it single-use), and an estimate of the schemas
+/// it copied.
+#[derive(Default)]
+pub(super) struct Notes {
+    /// One past the highest parameter index the plan reads.
+    pub params: Cell<usize>,
+    pub subqueries: Cell<bool>,
+    pub schema_bytes: Cell<usize>,
 }
 
 /// Collects aggregate calls while binding an aggregate query's expressions.
@@ -138,7 +156,7 @@ struct AggCollector {
 
 impl<'a> Binder<'a> {
     pub fn new(view: &'a dyn ReadView, params: &'a [Value]) -> Self {
-        Binder { view, params }
+        Binder { view, params, notes: Notes::default() }
     }
 
     pub fn expr(&self, e: &Expr, scope: &Scope) -> Result<BExpr, Error> {
@@ -150,7 +168,7 @@ impl<'a> Binder<'a> {
         let b = |x: &Expr, aggs: &mut Option<&mut AggCollector>| self.bind(x, scope, aggs).map(Box::new);
         Ok(match e {
             Expr::Value(v) => match &v.value {
-                ast::Value::Placeholder(p) => BExpr::Const(self.param(p)?),
+                ast::Value::Placeholder(p) => BExpr::Param { index: self.param(p)?, numeric: false },
                 other => BExpr::Const(literal(other)?),
             },
             Expr::Identifier(id) => {
@@ -305,19 +323,23 @@ impl<'a> Binder<'a> {
         })
     }
 
-    fn param(&self, p: &str) -> Result<Value, Error> {
-        let index = p
+    /// The slot of placeholder `p` (0-based), once its value is known to be given.
+    fn param(&self, p: &str) -> Result<usize, Error> {
+        let number = p
             .trim_start_matches(['$', '?', ':'])
             .parse::<usize>()
             .map_err(|_| Error::Unsupported(format!("parameter {p}: use $1, ?1 or ?")))?;
-        self.params
-            .get(index.wrapping_sub(1))
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("parameter {p} has no value: {} given", self.params.len())))
+        let index = number.wrapping_sub(1);
+        if index >= self.params.len() {
+            return Err(Error::Invalid(format!("parameter {p} has no value: {} given", self.params.len())));
+        }
+        self.notes.params.set(self.notes.params.get().max(number));
+        Ok(index)
     }
 
     #[recursive::recursive]
     fn sub(&self, q: &ast::Query, scope: &Scope) -> Result<Sub, Error> {
+        self.notes.subqueries.set(true);
         let inner = Scope::marker(Some(scope));
         let query = self.query_in(q, &inner)?;
         let outer_refs: Vec<(usize, usize)> = inner.refs.borrow().clone();
@@ -885,6 +907,9 @@ impl<'a> Binder<'a> {
             TableFactor::Table { name, alias, args: None, .. } => {
                 let name = object_name(name)?;
                 let schema = self.view.table(&name)?.ok_or(Error::NoSuchTable(name.clone()))?;
+                self.notes
+                    .schema_bytes
+                    .set(self.notes.schema_bytes.get().saturating_add(schema_bytes(&schema)));
                 let alias = alias.as_ref().map_or(schema.name.clone(), |a| a.name.value.clone());
                 let names = schema.columns.iter().map(|c| (c.name.clone(), Some(c.data_type))).collect();
                 (Source::Table { schema: Box::new(schema), access: Access::Scan }, alias, names)
@@ -942,6 +967,13 @@ impl<'a> Binder<'a> {
     }
 }
 
+/// An estimate of the bytes a copy of `schema` takes in a plan.
+fn schema_bytes(schema: &TableSchema) -> usize {
+    let columns: usize = schema.columns.iter().map(|c| c.name.len() + 64).sum();
+    let indexes: usize = schema.indexes.iter().map(|i| i.name.len() + 8 * i.columns.len() + 64).sum();
+    128 + schema.name.len() + columns + indexes
+}
+
 /// A function the SQL syntax itself calls (`SUBSTRING(x FROM 2)`, `TRIM(LEADING …)`).
 fn builtin(name: &str) -> Result<&'static ScalarFn, Error> {
     func::lookup(name).ok_or_else(|| Error::Unsupported(format!("function {name}()")))
@@ -960,6 +992,8 @@ fn affinity(l: BExpr, r: BExpr, scope: &Scope) -> (BExpr, BExpr) {
             Some(v) => BExpr::Const(v),
             None => BExpr::Const(Value::Text(s)),
         },
+        // The same conversion, when the value arrives.
+        BExpr::Param { index, .. } => BExpr::Param { index, numeric: true },
         other => other,
     };
     if numeric_col(&l) {

@@ -228,7 +228,7 @@ impl<'a> Executor<'a> {
             Statement::Insert(insert) => self.insert(insert, params, out),
             Statement::Update(update) => self.update(update, params, out),
             Statement::Delete(delete) => self.delete(delete, params, out),
-            Statement::Query(q) => run_query(&self.overlay, &self.meter, q, params, Some(self.ctx)),
+            Statement::Query(q) => run_query(&self.overlay, &self.meter, q, None, params, Some(self.ctx)),
             Statement::Explain { statement, .. } => explain(&self.overlay, statement, params),
             other => Err(Error::Unsupported(format!("statement {}", first_words(&other.to_string())))),
         }
@@ -457,7 +457,7 @@ impl<'a> Executor<'a> {
             Some(q) => {
                 let binder = Binder::new(&self.overlay, params);
                 let bound = binder.query(q)?;
-                let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng);
+                let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng, params);
                 runner.query(&bound, &Env::EMPTY)?.0
             }
         };
@@ -501,7 +501,7 @@ impl<'a> Executor<'a> {
                 last_insert_id = Some(*id);
             }
             if let Some(r) = &returning {
-                returned.push(self.eval_returning(r, &row)?);
+                returned.push(self.eval_returning(r, &row, params)?);
             }
             let change = if existing.is_some() {
                 Change::Update { table: schema.name.clone(), key, row }
@@ -553,8 +553,8 @@ impl<'a> Executor<'a> {
         Ok(Some((exprs, names)))
     }
 
-    fn eval_returning(&self, r: &Returning, row: &Row) -> Result<Row, Error> {
-        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng);
+    fn eval_returning(&self, r: &Returning, row: &Row, params: &[Value]) -> Result<Row, Error> {
+        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng, params);
         let env = Env { row, aggs: &[], outer: Some(&Env::EMPTY) };
         r.0.iter().map(|e| runner.eval(e, &env)).collect()
     }
@@ -568,7 +568,8 @@ impl<'a> Executor<'a> {
         params: &[Value],
     ) -> Result<Vec<(Key, Row)>, Error> {
         let plan = Binder::new(&self.overlay, params).table_filter(schema, selection)?;
-        Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng).keyed_rows(&plan, &Env::EMPTY)
+        Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng, params)
+            .keyed_rows(&plan, &Env::EMPTY)
     }
 
     fn update(
@@ -606,7 +607,7 @@ impl<'a> Executor<'a> {
         }
         let returning = self.returning_plan(update.returning.as_deref(), &schema, params)?;
         let rows = self.matching_rows(&schema, update.selection.as_ref(), params)?;
-        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng);
+        let runner = Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng, params);
         let mut updates = Vec::with_capacity(rows.len());
         for (key, row) in rows {
             let env = Env { row: &row, aggs: &[], outer: Some(&Env::EMPTY) };
@@ -639,7 +640,7 @@ impl<'a> Executor<'a> {
                 }
                 self.emit(Change::Delete { table: schema.name.clone(), key }, out)?;
                 if let Some(r) = &returning {
-                    returned.push(self.eval_returning(r, &row)?);
+                    returned.push(self.eval_returning(r, &row, params)?);
                 }
                 self.emit(Change::Insert { table: schema.name.clone(), key: new_key, row }, out)?;
             } else {
@@ -647,7 +648,7 @@ impl<'a> Executor<'a> {
                     return Err(e);
                 }
                 if let Some(r) = &returning {
-                    returned.push(self.eval_returning(r, &row)?);
+                    returned.push(self.eval_returning(r, &row, params)?);
                 }
                 self.emit(Change::Update { table: schema.name.clone(), key, row }, out)?;
             }
@@ -687,7 +688,7 @@ impl<'a> Executor<'a> {
         let affected = rows.len() as u64;
         for (key, row) in rows {
             if let Some(r) = &returning {
-                returned.push(self.eval_returning(r, &row)?);
+                returned.push(self.eval_returning(r, &row, params)?);
             }
             self.emit(Change::Delete { table: schema.name.clone(), key }, out)?;
         }
@@ -715,7 +716,7 @@ impl<'a> Executor<'a> {
                             })?;
                         let top = Scope::marker(None);
                         let bound = Binder::new(&self.overlay, &[]).expr(&expr, &top)?;
-                        Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng)
+                        Runner::new(&self.overlay, &self.meter, Some(self.ctx), &self.rng, &[])
                             .eval(&bound, &Env::EMPTY)?
                     }
                     None => Value::Null,
@@ -853,12 +854,13 @@ pub fn query_with(
     // every syntax tree at once (~400 bytes per byte of SQL: 75 MiB for 190 KB of SELECTs).
     let mut pieces = limits::pieces(sql);
     let stmts = match (pieces.next(), pieces.next()) {
-        (None, _) => std::sync::Arc::from([]),
-        (Some(piece), None) => parse_piece(piece, &meter)?,
+        (None, _) => (std::sync::Arc::from([]), ""),
+        (Some(piece), None) => (parse_piece(piece, &meter)?, piece.text),
         (Some(_), Some(_)) => return Err(Error::Invalid("a query holds exactly one statement".into())),
     };
+    let (stmts, text) = stmts;
     match &*stmts {
-        [Statement::Query(q)] => run_query(view, &meter, q, params, Some(ctx)),
+        [Statement::Query(q)] => run_query(view, &meter, q, Some(text), params, Some(ctx)),
         [Statement::Explain { statement, .. }] => explain(view, statement, params),
         [] => Err(Error::Invalid("empty query".into())),
         [_] => Err(Error::Invalid(
@@ -868,16 +870,22 @@ pub fn query_with(
     }
 }
 
+/// Runs query `q`; `text`, the text it was parsed from, if its plan may be reused
+/// (`plan_cache`).
 fn run_query(
     view: &dyn ReadView,
     meter: &Meter,
     q: &ast::Query,
+    text: Option<&str>,
     params: &[Value],
     ctx: Option<Context>,
 ) -> Result<StatementResult, Error> {
-    let bound = Binder::new(view, params).query(q)?;
+    let bound = match text {
+        Some(text) => super::plan_cache::plan(view, text, q, params)?,
+        None => std::rc::Rc::new(Binder::new(view, params).query(q)?),
+    };
     let rng = Rng::for_context(ctx);
-    let (rows, columns) = Runner::new(view, meter, ctx, &rng).query(&bound, &Env::EMPTY)?;
+    let (rows, columns) = Runner::new(view, meter, ctx, &rng, params).query(&bound, &Env::EMPTY)?;
     Ok(StatementResult { columns, rows, ..Default::default() })
 }
 

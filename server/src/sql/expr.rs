@@ -2,7 +2,9 @@
 //! SQL's NULL rules, scalar functions from [`func::SCALARS`] and subqueries (run through
 //! [`Runner::query`], cached when uncorrelated).
 
-use super::eval::{arith, bool_value, cast, compare, int_or_trunc, like, numeric, text_of, truth};
+use super::eval::{
+    arith, bool_value, cast, compare, int_or_trunc, like, numeric, parse_number_exact, text_of, truth,
+};
 use super::func::{self, ScalarFn};
 use super::limits::{row_bytes, value_bytes};
 use super::overlay::OrdKey;
@@ -70,6 +72,15 @@ impl Runner<'_> {
     pub fn eval(&self, e: &BExpr, env: &Env) -> Result<Value, Error> {
         Ok(match e {
             BExpr::Const(v) => v.clone(),
+            BExpr::Param { index, numeric } => {
+                // The binder checked that every parameter the plan reads has a value, and a
+                // cached plan runs only with at least as many (`plan_cache`).
+                let v = self.params.get(*index).cloned().unwrap_or(Value::Null);
+                match v {
+                    Value::Text(s) if *numeric => parse_number_exact(&s).unwrap_or(Value::Text(s)),
+                    v => v,
+                }
+            }
             BExpr::Col { depth, index } => env.at(*depth).row.get(*index).cloned().unwrap_or(Value::Null),
             BExpr::Agg(i) => env.aggs.get(*i).cloned().unwrap_or(Value::Null),
             BExpr::Neg(a) => match numeric(&self.eval(a, env)?) {

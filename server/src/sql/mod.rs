@@ -57,6 +57,7 @@ pub mod limits;
 mod overlay;
 pub mod parse_cache;
 mod plan;
+pub mod plan_cache;
 mod run;
 
 pub use exec::{query, query_with, Executor};

@@ -487,9 +487,11 @@ impl ReadView for Overlay<'_> {
     }
 }
 
-/// An in-memory `ReadView` that applies changes: the store of `sql`'s tests.
+/// An in-memory `ReadView` that applies changes: the store of `sql`'s tests. It shows no
+/// schema version unless given one ([`MemoryView::set_schema_version`]), so plans bound over it
+/// are not reused.
 #[derive(Clone)]
-pub struct MemoryView(Overlay<'static>);
+pub struct MemoryView(Overlay<'static>, Option<u64>);
 
 impl Default for MemoryView {
     fn default() -> Self {
@@ -499,7 +501,13 @@ impl Default for MemoryView {
 
 impl MemoryView {
     pub fn new() -> Self {
-        MemoryView(Overlay { recording: false, ..Overlay::new(&EMPTY) })
+        MemoryView(Overlay { recording: false, ..Overlay::new(&EMPTY) }, None)
+    }
+
+    /// What [`ReadView::schema_version`] answers from now on; the caller keeps it true (a new
+    /// number after every schema change), as a store does.
+    pub fn set_schema_version(&mut self, version: Option<u64>) {
+        self.1 = version;
     }
 
     pub fn apply(&mut self, change: &Change) {
@@ -531,6 +539,9 @@ impl ReadView for MemoryView {
     }
     fn last_key(&self, table: &str) -> Result<Option<Key>, ReadError> {
         self.0.last_key(table)
+    }
+    fn schema_version(&self) -> Option<u64> {
+        self.1
     }
 }
 

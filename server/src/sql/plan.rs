@@ -85,6 +85,13 @@ pub struct AggSpec {
 #[derive(Debug)]
 pub enum BExpr {
     Const(Value),
+    /// The statement's parameter `index` (0-based), read when the plan runs. `numeric`: the
+    /// value is compared with a numeric column, so a text that is exactly a number is taken as
+    /// that number (SQLite's column affinity, which a literal gets when bound).
+    Param {
+        index: usize,
+        numeric: bool,
+    },
     Col {
         depth: usize,
         index: usize,
@@ -196,7 +203,12 @@ impl BExpr {
                 }
             }
             BExpr::Func(_, args) => args.iter().for_each(|e| e.walk(f)),
-            BExpr::Const(_) | BExpr::Col { .. } | BExpr::Agg(_) | BExpr::Exists(..) | BExpr::Scalar(_) => {}
+            BExpr::Const(_)
+            | BExpr::Param { .. }
+            | BExpr::Col { .. }
+            | BExpr::Agg(_)
+            | BExpr::Exists(..)
+            | BExpr::Scalar(_) => {}
         }
     }
 }
@@ -353,6 +365,7 @@ pub(super) fn is_constant(e: &BExpr) -> bool {
 pub(super) fn clone_expr(e: &BExpr) -> BExpr {
     match e {
         BExpr::Const(v) => BExpr::Const(v.clone()),
+        BExpr::Param { index, numeric } => BExpr::Param { index: *index, numeric: *numeric },
         BExpr::Col { depth, index } => BExpr::Col { depth: *depth, index: *index },
         BExpr::Neg(a) => BExpr::Neg(Box::new(clone_expr(a))),
         BExpr::Not(a) => BExpr::Not(Box::new(clone_expr(a))),

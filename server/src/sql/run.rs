@@ -53,11 +53,19 @@ pub struct Runner<'v> {
     pub ctx: Option<Context>,
     pub(super) meter: &'v Meter,
     rng: &'v Rng,
+    /// The statement's parameters, which its plan reads as [`BExpr::Param`](super::plan::BExpr).
+    pub(super) params: &'v [Value],
 }
 
 impl<'v> Runner<'v> {
-    pub fn new(view: &'v dyn ReadView, meter: &'v Meter, ctx: Option<Context>, rng: &'v Rng) -> Self {
-        Runner { view, ctx, meter, rng }
+    pub fn new(
+        view: &'v dyn ReadView,
+        meter: &'v Meter,
+        ctx: Option<Context>,
+        rng: &'v Rng,
+        params: &'v [Value],
+    ) -> Self {
+        Runner { view, ctx, meter, rng, params }
     }
 
     pub(super) fn spend(&self) -> Result<(), Error> {

@@ -353,7 +353,11 @@ impl SnapshotBuilder {
             (current.versions.pin(pos), current.tree.clone(), meta)
         };
         after_pin();
-        match self.copy(prefix, &meta, &View { tree: &tree, pin: Some(&pin), fault: &shared.fault }) {
+        match self.copy(
+            prefix,
+            &meta,
+            &View { tree: &tree, pin: Some(&pin), fault: &shared.fault, schema_version: None },
+        ) {
             Ok((part, records, file)) => Ok((meta, part, records, file, Duration::ZERO)),
             Err(e) if pin.stopped() => {
                 drop(pin);
@@ -365,8 +369,11 @@ impl SnapshotBuilder {
                     last_membership: current.membership.clone(),
                     snapshot_id: dir.next_id(current.last_applied),
                 };
-                let (part, records, file) =
-                    self.copy(prefix, &meta, &View { tree: &current.tree, pin: None, fault: &shared.fault })?;
+                let (part, records, file) = self.copy(
+                    prefix,
+                    &meta,
+                    &View { tree: &current.tree, pin: None, fault: &shared.fault, schema_version: None },
+                )?;
                 Ok((meta, part, records, file, locked.elapsed()))
             }
             Err(e) => Err(e),
@@ -631,6 +638,7 @@ impl StateMachine {
             old_versions
                 .retire("the read was stopped: a snapshot replaced this node's state while it ran; retry it");
             current.gen = gen;
+            current.schema_version = super::state_machine::next_schema_version();
             current.last_applied = meta.last_log_id;
             current.membership = meta.last_membership.clone();
             shared.set_applied_index(meta.last_log_id);

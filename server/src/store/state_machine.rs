@@ -72,6 +72,18 @@ pub(crate) struct Current {
     pub membership: StoredMembership,
     /// Old values of this generation kept for pinned reads (see `versions`).
     pub versions: Arc<Versions>,
+    /// What [`ReadView::schema_version`] answers for this state: a fresh
+    /// [`next_schema_version`] whenever an applied entry writes the catalog or a snapshot
+    /// replaces the state.
+    pub schema_version: u64,
+}
+
+/// A schema version no state machine of this process has used: versions are drawn from one
+/// counter, so a plan cached for one node's schema is never taken for another's (tests run
+/// several stores in one process).
+pub(crate) fn next_schema_version() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 pub(crate) fn generation_tree_name(gen: u64) -> String {
@@ -118,7 +130,14 @@ impl StateMachine {
             meta,
             flusher,
             applied_index: AtomicU64::new(last_applied.map_or(NO_INDEX, |l| l.index)),
-            state: RwLock::new(Current { gen, tree, last_applied, membership, versions: Versions::new() }),
+            state: RwLock::new(Current {
+                gen,
+                tree,
+                last_applied,
+                membership,
+                versions: Versions::new(),
+                schema_version: next_schema_version(),
+            }),
             snapshots,
             cluster_id: std::sync::OnceLock::new(),
             incarnation,
@@ -134,7 +153,12 @@ impl StateMachine {
     /// nested read deadlocks when an apply is waiting for it.
     pub fn read<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> R {
         let current = self.shared.read_state();
-        f(&View { tree: &current.tree, pin: None, fault: &self.shared.fault })
+        f(&View {
+            tree: &current.tree,
+            pin: None,
+            fault: &self.shared.fault,
+            schema_version: Some(current.schema_version),
+        })
     }
 
     /// Runs `f` on a consistent view of the applied state without holding apply back: the
@@ -144,12 +168,19 @@ impl StateMachine {
     /// snapshot replaced the state, which is no fault of the store or the statement (the caller
     /// answers "retry").
     pub fn read_pinned<R>(&self, f: impl FnOnce(&dyn ReadView) -> R) -> (R, Option<u64>, bool) {
-        let (tree, pin, applied) = {
+        let (tree, pin, applied, schema_version) = {
             let current = self.shared.read_state();
             let applied = current.last_applied.map(|l| l.index);
-            (current.tree.clone(), current.versions.pin(applied.map_or(0, |i| i + 1)), applied)
+            let pin = current.versions.pin(applied.map_or(0, |i| i + 1));
+            (current.tree.clone(), pin, applied, current.schema_version)
         };
-        let result = f(&View { tree: &tree, pin: Some(&pin), fault: &self.shared.fault });
+        let view = View {
+            tree: &tree,
+            pin: Some(&pin),
+            fault: &self.shared.fault,
+            schema_version: Some(schema_version),
+        };
+        let result = f(&view);
         (result, applied, pin.stopped())
     }
 
@@ -163,7 +194,12 @@ impl StateMachine {
                 panic!("state-machine lock poisoned by a panic during apply")
             }
         };
-        Some(f(&View { tree: &current.tree, pin: None, fault: &self.shared.fault }))
+        Some(f(&View {
+            tree: &current.tree,
+            pin: None,
+            fault: &self.shared.fault,
+            schema_version: Some(current.schema_version),
+        }))
     }
 
     /// [`try_read`](StateMachine::try_read), but an apply that holds or waits for the state is
@@ -299,9 +335,13 @@ fn apply_entry(current: &mut Current, entry: &Entry) -> Result<Applied, Error> {
         }
         current.versions.save(log_id.index, olds);
     }
+    let catalog_written = txn.catalog_written;
     let batch = txn.into_batch();
     current.tree.apply_batch(batch).map_err(Error::sled("apply an entry"))?;
     current.last_applied = Some(log_id);
+    if catalog_written {
+        current.schema_version = next_schema_version();
+    }
     if let Some(m) = membership {
         current.membership = m;
     }
@@ -332,11 +372,13 @@ struct Txn<'a> {
     /// table's, and an entry of many rows would otherwise read and decode it once per row.
     /// Emptied by any write to the catalog.
     schemas: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Option<Arc<TableSchema>>>>,
+    /// Whether this entry writes the catalog (a new schema version once applied).
+    catalog_written: bool,
 }
 
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Txn { tree, writes: BTreeMap::new(), schemas: Default::default() }
+        Txn { tree, writes: BTreeMap::new(), schemas: Default::default(), catalog_written: false }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
@@ -359,6 +401,7 @@ impl<'a> Txn<'a> {
     fn forget_schema(&mut self, key: &[u8]) {
         if keys::is_catalog_key(key) {
             self.schemas.get_mut().clear();
+            self.catalog_written = true;
         }
     }
 
@@ -578,6 +621,9 @@ pub(crate) struct View<'a> {
     pub pin: Option<&'a Pin>,
     /// Where a failure of sled itself is recorded (see `fault`).
     pub fault: &'a Fault,
+    /// [`Current::schema_version`] as of this view; `None` for views that never bind a query
+    /// (snapshot building).
+    pub schema_version: Option<u64>,
 }
 
 fn read_err(e: impl std::fmt::Display) -> ReadError {
@@ -742,5 +788,9 @@ impl ReadView for View<'_> {
             Some(v) => Ok(Some(decode::<StoredRow>(&v, "row").map_err(read_err)?.key)),
             None => Ok(None),
         }
+    }
+
+    fn schema_version(&self) -> Option<u64> {
+        self.schema_version
     }
 }

@@ -471,6 +471,38 @@ async fn store_apply_is_exactly_once() {
     assert_eq!(scan(&sm, Unbounded, Unbounded), vec![1, 4, 5]);
 }
 
+/// The schema version a view shows (what cached plans are keyed by) changes with every entry
+/// that writes the catalog and with every installed snapshot, never with rows alone, and no two
+/// stores of one process share one.
+#[tokio::test]
+async fn store_schema_version_changes_with_the_catalog_only() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_la, mut sm) = populated(a.path()).await;
+    let version = |sm: &StateMachine| sm.read(|v| v.schema_version()).expect("a store keeps a version");
+    let start = version(&sm);
+    assert_eq!(sm.try_read(|v| v.schema_version()), Some(Some(start)));
+    assert_eq!(sm.read_pinned(|v| v.schema_version()).0, Some(start));
+
+    apply(&mut sm, vec![normal(3, ChangeSet::new(vec![req(vec![user(6, "fay", I(20))])]))]).await;
+    assert_eq!(version(&sm), start, "rows alone leave the schema as it was");
+
+    let drop_index = Change::DropIndex { table: "users".into(), index: by_age().name };
+    apply(&mut sm, vec![normal(4, ChangeSet::new(vec![req(vec![drop_index])]))]).await;
+    let dropped = version(&sm);
+    assert_ne!(dropped, start, "an entry that drops an index is a new schema");
+
+    let (_lb, mut other) = open(&opts(b.path(), 2)).unwrap();
+    let fresh = version(&other);
+    assert!(fresh != start && fresh != dropped, "another store never shares a version");
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut recv = other.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+    other.install_snapshot(&snap.meta, recv).await.unwrap();
+    let installed = version(&other);
+    assert!(installed != fresh && installed != dropped, "an installed snapshot is a new schema");
+}
+
 #[tokio::test]
 async fn store_snapshot_build_install_gives_identical_state() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
