@@ -55,9 +55,11 @@ pub struct ReadRequest {
     pub params: Vec<Value>,
     pub level: Consistency,
     pub session_token: Option<String>,
-    /// The caller's deadline (`grpc-timeout`), if it sent one: the evaluation stops at the
-    /// earlier of it and `--query-timeout`.
+    /// The caller's deadline (`grpc-timeout`), if it sent one, counted from `arrived`: the
+    /// evaluation stops at the earlier of it (less `answer_margin`) and `--query-timeout`.
     pub caller_timeout: Option<Duration>,
+    /// When the request reached this node.
+    pub arrived: std::time::Instant,
     /// Set when the caller goes away: the evaluation stops at its next check.
     pub cancel: Arc<AtomicBool>,
 }
@@ -70,6 +72,12 @@ pub(super) const INLINE_SLICE: Duration = Duration::from_millis(2);
 /// blocking thread instead (where it waits for the apply too, but holding a thread).
 const APPLY_WAIT: Duration = Duration::from_millis(10);
 
+/// How much earlier than its caller's deadline a read stops: a tenth of the caller's timeout,
+/// at most a second, time for the node's answer to reach the caller.
+pub(crate) fn answer_margin(caller_timeout: Duration) -> Duration {
+    (caller_timeout / 10).min(Duration::from_secs(1))
+}
+
 /// Serves a read at its level, or says where to go instead.
 pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Receipt), Error> {
     core.ensure_running()?;
@@ -79,11 +87,19 @@ pub async fn query(core: &Core, req: ReadRequest) -> Result<(StatementResult, Re
         Consistency::Bounded(max) => bounded(core, max)?,
         Consistency::Any => {}
     }
-    // The budget starts when evaluation is about to start: the caller's timeout also covered
-    // the wait above, which the transport enforces on its own.
+    // `--query-timeout` counts from here, when evaluation is about to start; the caller's
+    // deadline from the request's arrival, since it also covered the wait above, and ends
+    // `answer_margin` early, so that this node's TIMEOUT, which says why (the query ran long,
+    // it waited for a turn), reaches the caller before its own timer gives up without a reason.
     let own = core.options.query_timeout;
-    let mut budget = match req.caller_timeout {
-        Some(t) if t < own => crate::sql::Budget::with_timeout(t, format!("the caller's deadline ({t:?})")),
+    let caller_left = req.caller_timeout.map(|t| {
+        let answer_by = req.arrived + t.saturating_sub(answer_margin(t));
+        (t, answer_by.saturating_duration_since(std::time::Instant::now()))
+    });
+    let mut budget = match caller_left {
+        Some((t, left)) if left < own => {
+            crate::sql::Budget::with_timeout(left, format!("the caller's deadline ({t:?})"))
+        }
         _ => crate::sql::Budget::with_timeout(own, format!("--query-timeout-ms ({own:?})")),
     };
     budget.cancel = req.cancel.clone();

@@ -230,6 +230,7 @@ impl SqlService {
         &self,
         request: tonic::Request<pb::QueryRequest>,
     ) -> Result<tonic::Response<QueryStream>, tonic::Status> {
+        let arrived = std::time::Instant::now();
         let caller = self.auth.caller(&request).await?;
         caller.require(Permission::Read, "read rows")?;
         // Held by the response stream below, so a slow reader still counts as in flight.
@@ -259,6 +260,7 @@ impl SqlService {
             level,
             session_token: Some(req.session_token).filter(|t| !t.is_empty()),
             caller_timeout,
+            arrived,
             cancel,
         };
         let (result, receipt) =
