@@ -28,7 +28,7 @@
 //! each thread that runs queries keeps its own cache: a runtime worker that serves point reads
 //! inline, a blocking thread that serves long ones. Each is bounded by `--plan-cache-bytes`
 //! (default [`DEFAULT_BYTES`], 0 turns it off) of estimated plan size (64 bytes per byte of text
-//! plus the schemas copied), so a node holds at most that many bytes per thread that reads
+//! plus twice the schemas copied), so a node holds at most that many bytes per thread that reads
 //! (the client runtime's 2 workers and up to 64 blocking threads). quick_cache's eviction
 //! (CLOCK-Pro) admits a text seen once on probation, so a stream of texts with their literals
 //! inline does not push out the statements that come back.
@@ -152,9 +152,11 @@ pub(super) fn plan(
     let binder = Binder::new(view, params);
     let plan = Rc::new(binder.query(q)?);
     if !binder.notes.subqueries.get() {
+        // The schemas twice: a plan holds each table's schema, and `*` copies its columns
+        // again into the projection and the output names.
         let weight = (text.len() as u64)
             .saturating_mul(PLAN_BYTES_PER_TEXT_BYTE)
-            .saturating_add(binder.notes.schema_bytes.get() as u64)
+            .saturating_add((binder.notes.schema_bytes.get() as u64).saturating_mul(2))
             .max(1);
         let entry = Entry { plan: plan.clone(), params: binder.notes.params.get(), weight };
         PLANS.with_borrow_mut(|cache| {
@@ -221,6 +223,34 @@ pub(super) mod tests {
 
     fn hits() -> u64 {
         THREAD_HITS.get()
+    }
+
+    /// This thread's cache: estimated bytes and plans held.
+    fn held() -> (u64, usize) {
+        super::PLANS.with_borrow(|c| c.as_ref().map_or((0, 0), |c| (c.weight(), c.len())))
+    }
+
+    /// A client that sends ever new texts (values inline) cannot grow a thread's plans past
+    /// the bound, and the texts that come back stay.
+    #[test]
+    fn a_stream_of_new_texts_stays_within_the_bound() {
+        let mut v = Versioned::new(400);
+        v.run("CREATE TABLE w (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT, d TEXT, e TEXT)");
+        v.run("INSERT INTO w VALUES (1, 'a', 'b', 'c', 'd', 'e')");
+        let again = "SELECT a FROM w WHERE id = $1";
+        for i in 0..5_000 {
+            if i % 10 == 0 {
+                assert_eq!(v.rows(again, &[Value::Integer(1)]).unwrap(), vec![vec![text("a")]]);
+            }
+            let inline = format!("SELECT *, {i} FROM w WHERE id = {i} OR b = 'value {i}'");
+            assert_eq!(v.rows(&inline, &[]).unwrap().len(), usize::from(i == 1));
+        }
+        let (bytes, plans) = held();
+        assert!(bytes <= super::DEFAULT_BYTES, "{bytes} estimated bytes held");
+        assert!((100..1_000).contains(&plans), "{plans} plans held: the cache filled up to its bound");
+        let before = hits();
+        v.rows(again, &[Value::Integer(1)]).unwrap();
+        assert_eq!(hits(), before + 1, "the text sent again and again was pushed out");
     }
 
     /// A plan is bound once per text and schema: later runs read their own parameters, and a
