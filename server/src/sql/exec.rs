@@ -853,12 +853,11 @@ pub fn query_with(
     // A second statement is refused before anything is parsed: parsing all of them first held
     // every syntax tree at once (~400 bytes per byte of SQL: 75 MiB for 190 KB of SELECTs).
     let mut pieces = limits::pieces(sql);
-    let stmts = match (pieces.next(), pieces.next()) {
+    let (stmts, text) = match (pieces.next(), pieces.next()) {
         (None, _) => (std::sync::Arc::from([]), ""),
         (Some(piece), None) => (parse_piece(piece, &meter)?, piece.text),
         (Some(_), Some(_)) => return Err(Error::Invalid("a query holds exactly one statement".into())),
     };
-    let (stmts, text) = stmts;
     match &*stmts {
         [Statement::Query(q)] => run_query(view, &meter, q, Some(text), params, Some(ctx)),
         [Statement::Explain { statement, .. }] => explain(view, statement, params),
