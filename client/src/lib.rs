@@ -68,7 +68,45 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+/// One node's connection: without TLS, an HTTP/2 connection the caller's task drives itself
+/// ([`raftsql_proto::channel`]: one task per connection, where tonic's channel wakes four per
+/// call); with TLS, tonic's channel.
+#[derive(Clone)]
+enum Channel {
+    Plain(raftsql_proto::channel::Channel),
+    Tls(tonic::transport::Channel),
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl tonic::codegen::Service<HttpRequest> for Channel {
+    type Response = HttpResponse;
+    type Error = tonic::codegen::StdError;
+    type Future = tonic::codegen::BoxFuture<HttpResponse, tonic::codegen::StdError>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            Channel::Plain(c) => c.poll_ready(cx).map_err(Into::into),
+            Channel::Tls(c) => c.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        match self {
+            Channel::Plain(c) => {
+                let call = c.call(req);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+            Channel::Tls(c) => {
+                let call = c.call(req);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+        }
+    }
+}
 
 /// Options of one query.
 #[derive(Clone, Debug, Default)]
@@ -575,15 +613,27 @@ impl Client {
         let bad = |e: tonic::transport::Error| Error::InvalidArgument {
             message: format!("bad address {addr:?}: {e}"),
         };
-        let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(bad)?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
-        if let Some(tls) = &self.inner.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
-        }
-        let c = endpoint.connect_lazy();
+        let c =
+            match &self.inner.tls {
+                None => {
+                    let options = raftsql_proto::channel::Options {
+                        connect_timeout: Duration::from_secs(1),
+                        ..Default::default()
+                    };
+                    Channel::Plain(raftsql_proto::channel::Channel::lazy(addr, options).map_err(|e| {
+                        Error::InvalidArgument { message: format!("bad address {addr:?}: {e}") }
+                    })?)
+                }
+                Some(tls) => Channel::Tls(
+                    Endpoint::from_shared(format!("https://{addr}"))
+                        .map_err(bad)?
+                        .connect_timeout(Duration::from_secs(1))
+                        .tcp_nodelay(true)
+                        .tls_config(tls.clone())
+                        .map_err(bad)?
+                        .connect_lazy(),
+                ),
+            };
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -875,8 +925,8 @@ impl Client {
         loop {
             let remaining =
                 deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-            // The call carries `remaining` as its gRPC timeout, but tonic applies that only once
-            // a connection is ready: a request queued behind a connection that never completes
+            // The call carries `remaining` as its gRPC timeout, but the channel applies that only
+            // once a connection is ready: a request queued behind a connection that never completes
             // (replies swallowed by the network during a TLS or HTTP/2 handshake) would wait
             // forever. So the attempt is bounded here too, a little later than the server's.
             let attempt_bound = remaining + Duration::from_millis(250);

@@ -4,6 +4,7 @@
 //! (which SQL text is a read).
 #![allow(clippy::all)]
 
+pub mod channel;
 pub mod convert;
 pub mod sql;
 mod value;

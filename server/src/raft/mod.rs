@@ -445,7 +445,7 @@ impl Core {
 
     /// A lazily connected channel to another node at `addr`, from this node's peer source
     /// address ([`network::channel`]).
-    pub fn peer_channel(&self, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    pub fn peer_channel(&self, addr: &str) -> Result<raftsql_proto::channel::Channel, String> {
         network::channel(addr, self.peer_source, self.peer_tls.as_ref(), None)
     }
 

@@ -22,7 +22,7 @@
 //!   timeout is `Timeout`; any other transport failure is `Network` (openraft retries).
 //! - Source address (`--peer-source-addr IP`): every connection this node opens to another
 //!   node — replication here, and the join, bootstrap, write-forwarding, remove-forwarding and
-//!   `min_replicas` status calls elsewhere — goes through [`channel`] and is bound to that local
+//!   `min_replicas` status calls elsewhere — goes through [`channel()`] and is bound to that local
 //!   IP, so a multi-homed host picks the interface its peers see (and a test proxy can tell
 //!   nodes apart by source IP). It applies to peers of its own family only: an IPv4 source
 //!   address is not used to reach an IPv6 peer, and vice versa. An address that cannot be bound
@@ -41,6 +41,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use raftsql_proto::channel::{self, Channel};
 use raftsql_proto::v1::raft_client::RaftClient;
 use raftsql_proto::v1::RaftMessage;
 use serde::{de::DeserializeOwned, Serialize};
@@ -48,7 +49,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 
 /// The largest peer message either side sends or accepts (64 MiB).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
@@ -63,47 +63,36 @@ const _: () = assert!(MAX_PEER_MESSAGE as u64 <= crate::store::MAX_RECORD_BYTES)
 /// 0.4 s at 10 MB/s); a batch over it is resent as several smaller ones.
 pub const MAX_APPEND_BYTES: usize = 4 << 20;
 
-/// The endpoint of a node-to-node connection to `addr` ("host:port"), bound to the local IP
-/// `source` when one is given (`--peer-source-addr`).
-fn endpoint(addr: &str, source: Option<IpAddr>) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .local_address(source))
-}
-
 /// Opens a lazily connected channel to the node at `addr` ("host:port"), from the local IP
-/// `source` if given. Every node-to-node connection is made through here. With peer TLS
-/// (`tls`), each connection presents this node's certificate and verifies the server as node
-/// `expect` — or, when `None`, as any node the peer CA vouches for (see [`crate::tls`]); the
-/// configuration is read at each connect, so a rotated certificate is used from then on.
+/// `source` if given. Every node-to-node connection is made through here: HTTP/2 driven by the
+/// caller's task ([`raftsql_proto::channel`]), pinged every 10 s and dropped when a ping goes 5 s
+/// unanswered. With peer TLS (`tls`), each connection presents this node's certificate and
+/// verifies the server as node `expect` — or, when `None`, as any node the peer CA vouches for
+/// (see [`crate::tls`]); the configuration is read at each connect, so a rotated certificate is
+/// used from then on.
 pub fn channel(
     addr: &str,
     source: Option<IpAddr>,
     tls: Option<&Arc<Tls>>,
     expect: Option<NodeId>,
-) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = endpoint(addr, source)?;
-    let Some(tls) = tls.cloned() else { return Ok(endpoint.connect_lazy()) };
-    let addr = addr.to_string();
-    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-        let (tls, addr) = (tls.clone(), addr.clone());
-        async move {
-            use std::io::{Error, ErrorKind};
+) -> Result<Channel, String> {
+    let options = channel::Options {
+        connect_timeout: CONNECT_TIMEOUT,
+        keep_alive: Some((Duration::from_secs(10), Duration::from_secs(5))),
+        local_addr: source,
+    };
+    let Some(tls) = tls.cloned() else { return Channel::lazy(addr, options) };
+    let target = addr.to_string();
+    let connector: channel::Connector = Arc::new(move || {
+        let (tls, addr) = (tls.clone(), target.clone());
+        Box::pin(async move {
+            use std::io::Error;
             let config = tls.client_config().ok_or_else(|| Error::other("peer TLS has no client side"))?;
-            let connect = crate::tls::connect(&addr, source, config, expect, tls.peer_domain());
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| {
-                Error::new(
-                    ErrorKind::TimedOut,
-                    format!("no TLS connection to {addr} within {CONNECT_TIMEOUT:?}"),
-                )
-            })??;
-            Ok::<_, Error>(hyper_util::rt::TokioIo::new(stream))
-        }
+            let stream = crate::tls::connect(&addr, source, config, expect, tls.peer_domain()).await?;
+            Ok(Box::new(stream) as Box<dyn channel::Io>)
+        })
     });
-    Ok(endpoint.connect_with_connector_lazy(connector))
+    Channel::with_connector(addr, options, connector)
 }
 
 /// How long connecting to another node (TCP, and TLS when on) may take.
@@ -161,7 +150,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             target_incarnation: node.incarnation,
             addr: node.peer_addr.clone(),
-            channel: channel.map_err(|e| e.to_string()),
+            channel,
         }
     }
 }

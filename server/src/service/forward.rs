@@ -6,8 +6,8 @@
 
 use super::status_from;
 use crate::raft::{Core, Error};
+use raftsql_proto::channel::Channel;
 use raftsql_proto::v1 as pb;
-use tonic::transport::Channel;
 
 /// The leader's peer address to forward to; Err is the answer to give instead: no leader known,
 /// this node names itself (a stale leader), or the request was forwarded once already.
@@ -24,8 +24,7 @@ pub(super) fn leader_target(core: &Core, was_forwarded: bool) -> Result<String, 
 
 /// A peer-service client of the leader at `addr`, carrying messages up to the client limit.
 pub(super) fn client(core: &Core, addr: &str) -> Result<pb::raft_client::RaftClient<Channel>, tonic::Status> {
-    let channel =
-        core.peer_channel(addr).map_err(|e| failed(addr, tonic::Status::unavailable(e.to_string())))?;
+    let channel = core.peer_channel(addr).map_err(|e| failed(addr, tonic::Status::unavailable(e)))?;
     Ok(pb::raft_client::RaftClient::new(channel)
         .max_decoding_message_size(super::sql::MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(super::sql::MAX_CLIENT_MESSAGE))
