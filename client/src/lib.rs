@@ -64,49 +64,13 @@ pub use raftsql_proto::sql::is_read_only;
 /// The metadata that marks a write as part of a restore ([`Client::restore`]): the server then
 /// requires the `backup` permission besides what the statements need.
 pub const RESTORE_HEADER: &str = "x-raftsql-restore";
+/// One node's connection: HTTP/2 from the `h2` crate, driven by the calling task and one task
+/// per connection ([`raftsql_proto::channel`]; tonic's own channel wakes four tasks per call).
+use raftsql_proto::channel::Channel;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
-
-/// One node's connection: without TLS, an HTTP/2 connection the caller's task drives itself
-/// ([`raftsql_proto::channel`]: one task per connection, where tonic's channel wakes four per
-/// call); with TLS, tonic's channel.
-#[derive(Clone)]
-enum Channel {
-    Plain(raftsql_proto::channel::Channel),
-    Tls(tonic::transport::Channel),
-}
-
-type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
-type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
-
-impl tonic::codegen::Service<HttpRequest> for Channel {
-    type Response = HttpResponse;
-    type Error = tonic::codegen::StdError;
-    type Future = tonic::codegen::BoxFuture<HttpResponse, tonic::codegen::StdError>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        match self {
-            Channel::Plain(c) => c.poll_ready(cx).map_err(Into::into),
-            Channel::Tls(c) => c.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
-        match self {
-            Channel::Plain(c) => {
-                let call = c.call(req);
-                Box::pin(async move { call.await.map_err(Into::into) })
-            }
-            Channel::Tls(c) => {
-                let call = c.call(req);
-                Box::pin(async move { call.await.map_err(Into::into) })
-            }
-        }
-    }
-}
 
 /// Options of one query.
 #[derive(Clone, Debug, Default)]
@@ -351,7 +315,7 @@ struct Inner {
     /// The `authorization` value every request carries, if any.
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// TLS for every connection, if on.
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<Arc<TlsSetup>>,
     /// Where the next unpinned READ_YOUR_WRITES, BOUNDED or ANY read goes first: they rotate
     /// over every address, leaving the leader's CPU to writes and STRONG reads.
     next_read: std::sync::atomic::AtomicUsize,
@@ -405,22 +369,97 @@ impl Tls {
         Ok(Tls { ca: ca.map(|p| read(p, "CA file")).transpose()?, identity, server_name })
     }
 
-    fn config(&self) -> tonic::transport::ClientTlsConfig {
-        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        // tonic bounds only the TCP connect by itself: a server (or a network) that accepts the
-        // connection and never answers the handshake would hold the channel forever.
-        let mut c = ClientTlsConfig::new().assume_http2(true).timeout(TLS_HANDSHAKE_TIMEOUT);
-        c = match &self.ca {
-            Some(ca) => c.ca_certificate(Certificate::from_pem(ca)),
-            None => c.with_native_roots(),
+    /// The rustls configuration every TLS connection of a client uses, built once; a CA or
+    /// identity that does not parse is reported by every call that would have used it.
+    fn setup(&self) -> TlsSetup {
+        TlsSetup { config: self.rustls().map(Arc::new), server_name: self.server_name.clone() }
+    }
+
+    fn rustls(&self) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
         };
-        if let Some((cert, key)) = &self.identity {
-            c = c.identity(Identity::from_pem(cert, key));
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    let cert =
+                        cert.map_err(|e| format!("the CA file holds no readable PEM certificate: {e}"))?;
+                    roots.add(cert).map_err(|e| format!("the CA file holds an unusable certificate: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err("the CA file holds no PEM certificate".into());
+                }
+            }
+            None => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
         }
-        if let Some(name) = &self.server_name {
-            c = c.domain_name(name.clone());
-        }
-        c
+        // ring, as the nodes use (server/src/tls.rs says why; rustls marks it deprecated for
+        // lacking post-quantum key exchange).
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| format!("the client key is not a PEM key: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("the client certificate and key do not go together: {e}"))?
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// A client's TLS, ready to connect with.
+struct TlsSetup {
+    config: Result<Arc<tokio_rustls::rustls::ClientConfig>, String>,
+    server_name: Option<String>,
+}
+
+impl TlsSetup {
+    /// A connector for `addr` ("host:port"): TCP, then a TLS handshake within
+    /// [`TLS_HANDSHAKE_TIMEOUT`] verifying the server as `server_name` or as the address's host.
+    fn connector(&self, addr: &str) -> Result<raftsql_proto::channel::Connector, String> {
+        use tokio_rustls::rustls::pki_types::ServerName;
+        let config = self.config.clone()?;
+        let host = match &self.server_name {
+            Some(n) => n.clone(),
+            None => {
+                let authority: tonic::codegen::http::uri::Authority =
+                    addr.parse().map_err(|e| format!("not a host:port: {e}"))?;
+                authority.host().trim_start_matches('[').trim_end_matches(']').to_string()
+            }
+        };
+        let name =
+            ServerName::try_from(host.clone()).map_err(|e| format!("{host:?} is no server name: {e}"))?;
+        let addr = addr.to_string();
+        Ok(Arc::new(move || {
+            let (config, name, addr) = (config.clone(), name.clone(), addr.clone());
+            Box::pin(async move {
+                let tcp = raftsql_proto::channel::tcp(&addr, None).await?;
+                let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+                let stream =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no TLS handshake with {addr} within {TLS_HANDSHAKE_TIMEOUT:?}"),
+                        )
+                    })??;
+                Ok(Box::new(stream) as Box<dyn raftsql_proto::channel::Io>)
+            })
+        }))
     }
 }
 
@@ -502,7 +541,7 @@ impl Client {
         }
         // One https:// address puts every connection on TLS (with the system's roots until
         // `with_tls` says otherwise): a cluster's nodes are all configured alike.
-        let tls = addrs.iter().any(|(_, https)| *https).then(|| Tls::default().config());
+        let tls = addrs.iter().any(|(_, https)| *https).then(|| Arc::new(Tls::default().setup()));
         let addrs = addrs.into_iter().map(|(a, _)| a).collect();
         Ok(Client {
             inner: Arc::new(Inner {
@@ -579,7 +618,7 @@ impl Client {
         // Connections made before were made without this configuration.
         let c = self.with_own_connections();
         let inner = Arc::into_inner(c.inner).expect("a fresh client has one owner");
-        Client { inner: Arc::new(Inner { tls: Some(tls.config()), ..inner }) }
+        Client { inner: Arc::new(Inner { tls: Some(Arc::new(tls.setup())), ..inner }) }
     }
 
     /// `message` as a request with this client's credentials.
@@ -610,30 +649,18 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let bad = |e: tonic::transport::Error| Error::InvalidArgument {
-            message: format!("bad address {addr:?}: {e}"),
+        let options =
+            raftsql_proto::channel::Options { connect_timeout: Duration::from_secs(1), ..Default::default() };
+        let c = match &self.inner.tls {
+            None => Channel::lazy(addr, options)
+                .map_err(|e| Error::InvalidArgument { message: format!("bad address {addr:?}: {e}") })?,
+            Some(tls) => tls
+                .connector(addr)
+                .and_then(|connector| Channel::with_connector(addr, options, connector))
+                .map_err(|e| Error::InvalidArgument {
+                    message: format!("cannot reach {addr} over TLS: {e}"),
+                })?,
         };
-        let c =
-            match &self.inner.tls {
-                None => {
-                    let options = raftsql_proto::channel::Options {
-                        connect_timeout: Duration::from_secs(1),
-                        ..Default::default()
-                    };
-                    Channel::Plain(raftsql_proto::channel::Channel::lazy(addr, options).map_err(|e| {
-                        Error::InvalidArgument { message: format!("bad address {addr:?}: {e}") }
-                    })?)
-                }
-                Some(tls) => Channel::Tls(
-                    Endpoint::from_shared(format!("https://{addr}"))
-                        .map_err(bad)?
-                        .connect_timeout(Duration::from_secs(1))
-                        .tcp_nodelay(true)
-                        .tls_config(tls.clone())
-                        .map_err(bad)?
-                        .connect_lazy(),
-                ),
-            };
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -1080,6 +1107,22 @@ impl Session {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[tokio::test]
+    async fn unusable_tls_material_is_an_invalid_argument_naming_it() {
+        let junk = Tls { ca: Some(b"not a certificate".to_vec()), ..Default::default() };
+        let c = Client::connect(["https://127.0.0.1:1"]).await.unwrap().with_tls(&junk);
+        let e = c.query("SELECT 1", &[], QueryOptions::default()).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument { message } if message.contains("CA file") && message.contains("127.0.0.1:1")),
+            "{e:?}"
+        );
+        let half = Tls { identity: Some((b"junk".to_vec(), b"junk".to_vec())), ..Default::default() };
+        let e = half.rustls().unwrap_err();
+        assert!(e.contains("client certificate") || e.contains("client key"), "{e}");
+        // The system's roots, no client certificate: usable as is.
+        assert!(Tls::default().rustls().is_ok());
+    }
 
     #[tokio::test]
     async fn sessions_keep_the_highest_token_and_share_it_when_cloned() {

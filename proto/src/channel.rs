@@ -217,7 +217,7 @@ impl Shared {
     ) -> io::Result<(h2::client::SendRequest<Bytes>, h2::client::Connection<Box<dyn Io>, Bytes>)> {
         let io: Box<dyn Io> = match &self.connector {
             Some(connect) => connect().await?,
-            None => Box::new(self.tcp().await?),
+            None => Box::new(tcp(&self.addr, self.options.local_addr).await?),
         };
         h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
@@ -227,21 +227,23 @@ impl Shared {
             .await
             .map_err(|e| io::Error::other(format!("HTTP/2 handshake: {e}")))
     }
+}
 
-    async fn tcp(&self) -> io::Result<tokio::net::TcpStream> {
-        let mut last = None;
-        let resolved = tokio::net::lookup_host(self.addr.as_str())
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("resolving {}: {e}", self.addr)))?;
-        for addr in resolved {
-            match connect(addr, self.options.local_addr).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
+/// A TCP connection to `addr` ("host:port", resolved here; each address it resolves to is tried
+/// in turn) from `local` (if given), with Nagle off.
+pub async fn tcp(addr: &str, local: Option<IpAddr>) -> io::Result<tokio::net::TcpStream> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("resolving {addr}: {e}")))?;
+    let mut last = None;
+    for target in resolved {
+        match connect(target, local).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
         }
-        Err(last
-            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")))
     }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolved to no address"))))
 }
 
 /// A TCP connection to `addr` from `local` (if given and of the same family), with Nagle off.
