@@ -631,8 +631,8 @@ async fn nemesis(
 /// leader; if it is not `target`, waits until it has committed an entry of its term (so `target`,
 /// the only other node that acknowledged it, holds that entry) and moves the isolation to it
 /// without healing it in between: `cut` never saw the new term's entries, so `target` has the only
-/// log up to date enough to win the next election. Gives up quietly at a deadline: this is a
-/// fault, not an assertion.
+/// log up to date enough to win the next election, and waits for it to. Gives up quietly at a
+/// deadline: this is a fault, not an assertion.
 async fn make_leader(cluster: &Cluster, target: u64, cut: u64, until: Instant, f: &mut Faults) {
     let deadline = (Instant::now() + Duration::from_secs(15)).min(until);
     let mut new_leader = None;
@@ -658,6 +658,16 @@ async fn make_leader(cluster: &Cluster, target: u64, cut: u64, until: Instant, f
                     net(cluster).heal(cut, other);
                 }
                 f.log("isolate", json!({"node": l, "healed": cut, "so_that_leads": target}));
+                // `cut` may campaign in the same term as `target` and split the vote (it cannot
+                // win, its log is behind, but it keeps `target` waiting for another timeout):
+                // hold the isolation until `target` leads, or the deadline, so the fault's
+                // window is spent with `target` leading rather than electing.
+                while Instant::now() < deadline {
+                    if cluster.leader_now(&[]).await == Some(target) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 return;
             }
             Ok(s) if s.role() != pb::Role::Leader => return,
