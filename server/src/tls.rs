@@ -448,26 +448,8 @@ pub async fn connect(
     };
     let name = ServerName::try_from(name)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad node name: {e}")))?;
-    let mut last =
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
-    for target in tokio::net::lookup_host(addr).await? {
-        let socket = if target.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        if let Some(ip) = source.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
-            socket.bind(std::net::SocketAddr::new(ip, 0))?;
-        }
-        match socket.connect(target).await {
-            Ok(tcp) => {
-                let _ = tcp.set_nodelay(true);
-                return tokio_rustls::TlsConnector::from(config).connect(name, tcp).await;
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+    let tcp = raftsql_proto::channel::tcp(addr, source).await?;
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
 }
 
 #[cfg(test)]
