@@ -617,6 +617,13 @@ async fn run(cfg: Config, client: tokio::runtime::Handle) -> anyhow::Result<()> 
                 store::INJECT_ENV
             );
         }
+        if let Some(file) = store::hold_fsync_file() {
+            warn!(
+                file = %file.display(),
+                "{} is set: while that file exists, this node's fsyncs wait (a test-only hook)",
+                store::HOLD_FSYNC_ENV
+            );
+        }
         let fail_stop = crate::raft::fail_stop::FailStop::new(id);
         let read_lease = Duration::from_millis(cfg.read_lease_ms.unwrap_or(cfg.election_timeout_ms));
         let read_index = crate::raft::read_index::ReadIndex::new(raft.clone(), options.read_timeout, read_lease);

@@ -305,6 +305,50 @@ async fn acknowledged_writes_survive_kill_9_of_the_leader_under_load() {
     assert_every_acked_row_once(&cluster, &client, &acked, "").await;
 }
 
+/// A leader sends new entries to the followers while its own fsync runs, and counts itself
+/// only once that fsync is done (vendor/openraft/PATCHES.md, "A leader replicates beside its
+/// own fsync"). With the leader's fsyncs held back (test hook `RAFTSQL_TEST_HOLD_FSYNC`), writes
+/// still commit on the two followers' fsyncs and the leader answers them; openraft as released
+/// waits for the leader's own fsync before it replicates, and would answer none of them. Killed
+/// with its fsync still held, the leader loses nothing acknowledged: a quorum holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_on_the_followers_fsyncs_while_the_leaders_is_held() {
+    const HOLD: &str = "RAFTSQL_TEST_HOLD_FSYNC";
+    let holds = tempfile::tempdir().expect("a temp dir for the hold files");
+    let hold = |id: u64| holds.path().join(format!("hold-fsync-{id}"));
+    let opts = ClusterOptions {
+        node_env: (1..=3).map(|id| (id, HOLD.to_string(), hold(id).display().to_string())).collect(),
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start(3, opts).await.expect("cluster starts");
+    let (leader, term) = cluster.wait_for_leader(WAIT).await.expect("a leader is elected");
+    let client = cluster.client().await;
+    create_table(&client).await;
+
+    std::fs::write(hold(leader), b"").expect("hold the leader's fsyncs");
+    let mut acked = Vec::new();
+    for id in 0..20i64 {
+        let sql = format!("INSERT INTO t (id, name) VALUES ({id}, 'held-{id}')");
+        let done = client.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(done.receipt.node_id, leader, "the leader whose fsync is held answered");
+        assert_eq!(done.results[0].as_ref().expect("inserted").rows_affected, 1);
+        acked.push(id);
+    }
+    assert!(hold(leader).exists(), "every write was acknowledged while the leader's fsync was held");
+    assert_eq!(cluster.wait_for_leader(WAIT).await.expect("a leader"), (leader, term), "no election");
+
+    cluster.kill(leader);
+    std::fs::remove_file(hold(leader)).expect("release the hold");
+    cluster.restart(leader).await.expect("restart the old leader");
+    assert_every_acked_row_once(
+        &cluster,
+        &client,
+        &acked,
+        "after the leader's kill -9 with its fsync held: ",
+    )
+    .await;
+}
+
 /// Every node holds the same rows of `t`, among them every id in `acked`, and no id twice.
 async fn assert_every_acked_row_once(cluster: &Cluster, client: &Client, acked: &[i64], when: &str) {
     let (rows, _) = cluster.assert_converged("t").await.expect("replicas converge");

@@ -41,6 +41,26 @@ impl Fault {
     }
 }
 
+/// The environment variable of the fsync-holding test hook: a file path; while the file exists,
+/// this node's flusher does not start an fsync.
+pub const HOLD_FSYNC_ENV: &str = "RAFTSQL_TEST_HOLD_FSYNC";
+
+/// The trigger file of the fsync-holding hook, read from [`HOLD_FSYNC_ENV`] once per process.
+pub fn hold_fsync_file() -> Option<&'static PathBuf> {
+    static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FILE.get_or_init(|| std::env::var_os(HOLD_FSYNC_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+        .as_ref()
+}
+
+/// Waits while the fsync-holding hook is armed and its file exists (on the flusher's thread).
+pub(crate) fn hold_fsync() {
+    if let Some(file) = hold_fsync_file() {
+        while file.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
 /// The trigger file of the test hook, read from [`INJECT_ENV`] once per process.
 pub fn injection_file() -> Option<&'static PathBuf> {
     static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();

@@ -52,6 +52,7 @@ impl Flusher {
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
+                super::fault::hold_fsync();
                 let durable = mark.before_flush();
                 let result = {
                     let _busy = crate::watchdog::FSYNC.enter(waiting.len() as u64);

@@ -112,7 +112,7 @@ mod tests;
 mod versions;
 mod watermark;
 
-pub use fault::{injection_file, INJECT_ENV};
+pub use fault::{hold_fsync_file, injection_file, HOLD_FSYNC_ENV, INJECT_ENV};
 pub use log::{CommittedIndex, LogStore};
 pub use snapshot::{verify as verify_snapshot, Export, ExportItem, SnapshotBuilder, MAX_RECORD_BYTES};
 pub use state_machine::StateMachine;

@@ -279,11 +279,28 @@ impl StateMachine {
 
     /// Applies entries, one atomic sled batch each (not flushed: see the module doc of `store`).
     /// On failure, returns the log id of the entry that failed.
-    pub(crate) fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Applied>, (LogId, Error)> {
-        let first = entries.first().map_or(0, |e| e.log_id.index);
-        let _busy = crate::watchdog::APPLY.enter(first);
+    pub(crate) fn apply_blocking(&self, entries: Vec<Entry>) -> ApplyResult {
+        let _busy = crate::watchdog::APPLY.enter(entries.first().map_or(0, |e| e.log_id.index));
+        let current = self.shared.write_state();
+        self.apply_holding(current, entries)
+    }
+
+    /// Applies `entries` here and now if no read holds the state and none waits for it;
+    /// otherwise gives them back untouched (the caller then applies them on a blocking thread,
+    /// where waiting for the lock harms nobody).
+    pub(crate) fn try_apply_now(&self, entries: Vec<Entry>) -> Result<ApplyResult, Vec<Entry>> {
+        let _busy = crate::watchdog::APPLY.enter(entries.first().map_or(0, |e| e.log_id.index));
+        match self.shared.state.try_write() {
+            Ok(current) => Ok(self.apply_holding(current, entries)),
+            Err(std::sync::TryLockError::WouldBlock) => Err(entries),
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                panic!("state-machine lock poisoned by a panic during apply")
+            }
+        }
+    }
+
+    fn apply_holding(&self, mut current: RwLockWriteGuard<'_, Current>, entries: Vec<Entry>) -> ApplyResult {
         let result = {
-            let mut current = self.shared.write_state();
             let mut out = Vec::with_capacity(entries.len());
             let mut failed = None;
             for entry in entries {
@@ -300,10 +317,14 @@ impl StateMachine {
             }
             failed.map_or(Ok(out), Err)
         };
+        drop(current);
         self.shared.released.notify_waiters();
         result
     }
 }
+
+/// What applying a batch gives: each entry's outcome, or the log id of the entry that failed.
+pub(crate) type ApplyResult = Result<Vec<Applied>, (LogId, Error)>;
 
 fn apply_entry(current: &mut Current, entry: &Entry) -> Result<Applied, Error> {
     let log_id = entry.log_id;

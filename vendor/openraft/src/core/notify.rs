@@ -42,6 +42,14 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
 
+    /// raftsql patch: a leader's own append of entries up to `last_log_id`, made under `vote`,
+    /// is on disk (or failed to get there).
+    LocalLogFlushed {
+        vote: Vote<C::NodeId>,
+        last_log_id: crate::LogId<C::NodeId>,
+        result: Result<(), std::io::Error>,
+    },
+
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
         /// ith tick
@@ -84,6 +92,13 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                format!("LocalLogFlushed: by {}, upto {}: {:?}", vote, last_log_id, result)
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)

@@ -1322,6 +1322,23 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                if let Err(e) = result {
+                    let e = StorageIOError::write_logs(AnyError::error(e));
+                    return Err(Fatal::from(StorageError::from(e)));
+                }
+                // A flush made under an earlier vote says nothing about this leadership.
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1681,12 +1698,26 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
-                self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                // raftsql patch: a leader does not wait for its own append to be flushed. The
+                // commands after this one, which send the entries to the followers, run at once,
+                // so the followers' fsyncs run beside the leader's instead of after it. The flush
+                // reports to this core (`Notify::LocalLogFlushed`), and only then does the leader
+                // count itself as holding the entries, so an entry still commits only once a
+                // quorum holds it on disk. The vote was saved (and flushed) before any entry of
+                // this leader was appended (`SaveVote` is awaited). A follower's append is still
+                // awaited: its answer to the leader must wait for the flush.
+                let own = matches!(self.engine.leader_handler(), Ok(lh) if lh.leader.vote == vote);
+                if own {
+                    let callback = LogFlushed::to_core(vote, last_log_id, self.tx_notify.clone());
+                    self.log_store.append(entries, callback).await?;
+                } else {
+                    self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
-                // The leader may have changed.
-                // But reporting to a different leader is not a problem.
-                if let Ok(mut lh) = self.engine.leader_handler() {
-                    lh.replication_handler().update_local_progress(Some(last_log_id));
+                    // The leader may have changed.
+                    // But reporting to a different leader is not a problem.
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
                 }
             }
             Command::SaveVote { vote } => {
