@@ -48,8 +48,7 @@ pub const HOLD_FSYNC_ENV: &str = "RAFTSQL_TEST_HOLD_FSYNC";
 /// The trigger file of the fsync-holding hook, read from [`HOLD_FSYNC_ENV`] once per process.
 pub fn hold_fsync_file() -> Option<&'static PathBuf> {
     static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
-    FILE.get_or_init(|| std::env::var_os(HOLD_FSYNC_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
-        .as_ref()
+    FILE.get_or_init(|| env_file(HOLD_FSYNC_ENV)).as_ref()
 }
 
 /// Waits while the fsync-holding hook is armed and its file exists (on the flusher's thread).
@@ -64,7 +63,12 @@ pub(crate) fn hold_fsync() {
 /// The trigger file of the test hook, read from [`INJECT_ENV`] once per process.
 pub fn injection_file() -> Option<&'static PathBuf> {
     static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
-    FILE.get_or_init(|| std::env::var_os(INJECT_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)).as_ref()
+    FILE.get_or_init(|| env_file(INJECT_ENV)).as_ref()
+}
+
+/// The file a test hook's environment variable names, if it is set and not empty.
+fn env_file(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// The failure the test hook injects into this read, if it is armed and its file exists.

@@ -285,17 +285,15 @@ impl StateMachine {
         self.apply_holding(current, entries)
     }
 
-    /// Applies `entries` here and now if no read holds the state and none waits for it;
-    /// otherwise gives them back untouched (the caller then applies them on a blocking thread,
+    /// Applies `entries` here and now if no read holds the state; otherwise gives them back
+    /// untouched (the caller then applies them on a blocking thread,
     /// where waiting for the lock harms nobody).
     pub(crate) fn try_apply_now(&self, entries: Vec<Entry>) -> Result<ApplyResult, Vec<Entry>> {
         let _busy = crate::watchdog::APPLY.enter(entries.first().map_or(0, |e| e.log_id.index));
         match self.shared.state.try_write() {
             Ok(current) => Ok(self.apply_holding(current, entries)),
-            Err(std::sync::TryLockError::WouldBlock) => Err(entries),
-            Err(std::sync::TryLockError::Poisoned(_)) => {
-                panic!("state-machine lock poisoned by a panic during apply")
-            }
+            // Held (or poisoned, which `apply_blocking` reports as every other caller does).
+            Err(_) => Err(entries),
         }
     }
 
